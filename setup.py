@@ -1,0 +1,147 @@
+"""Build script for dpo_fast's compiled kernels.
+
+Everything declarative lives in pyproject.toml; this file only does what needs code:
+cythonising the kernels, choosing compiler flags per compiler, and detecting OpenMP with a
+compile-and-link probe (the approach of astropy's extension-helpers and POT's
+``add_openmp_flags_if_available``). Without OpenMP the build still succeeds and the kernels run
+serially; ``DPO_FAST_NO_OPENMP=1`` forces that serial build.
+"""
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import textwrap
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_DIR = os.path.join("src", "dpo_fast", "_kernels")
+CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return (n > 0 && omp_get_max_threads() > 0) ? 0 : 1;
+    }
+    """
+)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _openmp_flag_candidates(compiler_type):
+    """(compile flags, link flags) pairs worth trying, most likely first."""
+    if compiler_type == "msvc":
+        return [(["/openmp"], [])]
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        # Apple clang has no -fopenmp driver flag; libomp (Homebrew, or a prefix given in
+        # DPO_FAST_LIBOMP_PREFIX) supplies the runtime.
+        prefixes = [os.environ.get("DPO_FAST_LIBOMP_PREFIX", ""), "/opt/homebrew/opt/libomp",
+                    "/usr/local/opt/libomp"]
+        for prefix in filter(None, prefixes):
+            candidates.append(
+                (["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include"],
+                 [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"])
+            )
+    return candidates
+
+
+class BuildExt(build_ext):
+    """build_ext that picks optimisation and OpenMP flags for the compiler in use."""
+
+    def _probe_openmp(self):
+        if _env_flag("DPO_FAST_NO_OPENMP"):
+            print("dpo_fast: DPO_FAST_NO_OPENMP is set: building the serial kernels")
+            return None
+        tmpdir = tempfile.mkdtemp(prefix="dpo_fast_omp_")
+        try:
+            source = os.path.join(tmpdir, "probe.c")
+            with open(source, "w") as fh:
+                fh.write(OPENMP_PROBE)
+            for compile_flags, link_flags in _openmp_flag_candidates(self.compiler.compiler_type):
+                try:
+                    objects = self.compiler.compile(
+                        [source], output_dir=tmpdir, extra_postargs=compile_flags
+                    )
+                    self.compiler.link_executable(
+                        objects, "probe", output_dir=tmpdir, extra_postargs=link_flags
+                    )
+                except Exception:  # noqa: BLE001 - any failure means "not this flag set"
+                    continue
+                print(f"dpo_fast: OpenMP found with {' '.join(compile_flags)}")
+                return compile_flags, link_flags
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        print("dpo_fast: no working OpenMP: building the serial kernels")
+        return None
+
+    def build_extensions(self):
+        compiler_type = self.compiler.compiler_type
+        openmp = self._probe_openmp()
+        if compiler_type == "msvc":
+            # /fp:precise keeps IEEE semantics (no contraction into FMA in VS 2022+ defaults).
+            base_compile = ["/O2", "/fp:precise"]
+        else:
+            # -ffp-contract=off: GCC's default gnu C mode fuses a*b+c into FMA on targets that
+            # have it, which would make the AVX-512/AVX2 clones give other bits than the
+            # baseline one. No -ffast-math and no -march: wheels must run everywhere and the
+            # runtime dispatch picks the instruction set.
+            # -fno-math-errno / -fno-trapping-math change no value, only errno and FP flags,
+            # and let the vectoriser if-convert the branch-free selects in csrc/simd_math.h.
+            base_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+            if _env_flag("DPO_FAST_VEC_REPORT"):
+                base_compile.append("-fopt-info-vec-optimized")
+        for ext in self.extensions:
+            ext.extra_compile_args = base_compile + list(ext.extra_compile_args)
+            if openmp is not None:
+                ext.extra_compile_args += openmp[0]
+                ext.extra_link_args = list(ext.extra_link_args) + openmp[1]
+        super().build_extensions()
+
+
+def _extensions():
+    common = dict(include_dirs=[CSRC_DIR], depends=[
+        os.path.join(CSRC_DIR, name) for name in sorted(os.listdir(CSRC_DIR))
+    ])
+    return [
+        Extension(
+            "dpo_fast._kernels._pairwise",
+            sources=[os.path.join(KERNEL_DIR, "_pairwise.pyx"),
+                     os.path.join(CSRC_DIR, "dispatch.c")],
+            **common,
+        ),
+        Extension(
+            "dpo_fast._seed",
+            sources=[os.path.join("src", "dpo_fast", "_seed.pyx")],
+            **common,
+        ),
+    ]
+
+
+directives = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "initializedcheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+if platform.python_implementation() == "CPython" and sys.version_info >= (3, 13):
+    # The kernels hold no Python state across threads, so they are safe without the GIL.
+    directives["freethreading_compatible"] = True
+
+setup(
+    ext_modules=cythonize(_extensions(), compiler_directives=directives),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,42 @@
+# Declarations shared by the compiled modules: the C dispatch layer (csrc/dispatch.h) and the
+# one cdef entry point that other Cython modules (dpo_fast._seed) call through this module,
+# so the whole package shares one SIMD dispatch state.
+
+cdef extern from "dispatch.h" nogil:
+    enum:
+        DPO_CHUNK
+        DPO_NSUMS
+        DPO_SUM_LOSS
+        DPO_SUM_CHOSEN_REWARD
+        DPO_SUM_REJECTED_REWARD
+        DPO_SUM_MARGIN
+        DPO_SUM_ACCURACY
+        DPO_SUM_CHOSEN_LOGP
+        DPO_SUM_REJECTED_LOGP
+        DPO_LOSS_SIGMOID
+        DPO_N_LOSS_TYPES
+        DPO_SIMD_SCALAR
+        DPO_SIMD_BASELINE
+        DPO_SIMD_AVX2
+        DPO_SIMD_AVX512
+
+    ctypedef struct DpoLossParams:
+        double beta
+        double label_smoothing
+
+    ctypedef struct DpoChunkArgs:
+        const void *chosen
+        const void *rejected
+        const void *ref_chosen
+        const void *ref_rejected
+        void *losses
+        void *chosen_rewards
+        void *rejected_rewards
+        void *grad_chosen
+        void *grad_rejected
+        double grad_divisor
+        int loss_type
+        DpoLossParams params
+
+cdef void chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n,
+                    double *sums) noexcept nogil

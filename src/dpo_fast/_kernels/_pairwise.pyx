@@ -1,0 +1,162 @@
+# cython: language_level=3
+"""Compiled drivers for the pairwise preference losses.
+
+Thin layer: the Python code in dpo_fast.losses validates and allocates; these functions run
+the chunked loops of csrc/ over C-contiguous memoryviews, in parallel over fixed chunks of
+DPO_CHUNK rows (OpenMP dynamic schedule: a busy core does not stall the others), and combine
+the per-chunk sums in a fixed order, so results do not depend on the number of threads.
+"""
+
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+cdef extern from "dispatch.h" nogil:
+    void dpo_chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
+    void dpo_chunk_f32(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
+    void dpo_combine_sums(const double *partials, Py_ssize_t n_chunks, double *total)
+    void dpo_traffic_f64(const double *a, const double *b, const double *c, const double *d,
+                         double *x, double *y, double *z, Py_ssize_t start, Py_ssize_t n)
+    void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
+                         float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
+    int dpo_simd_detect()
+    int dpo_simd_get()
+    int dpo_simd_set(int level)
+    const char *dpo_simd_name(int level)
+    int dpo_openmp_enabled()
+
+ctypedef fused floating:
+    float
+    double
+
+CHUNK_ROWS = DPO_CHUNK
+LOSS_SIGMOID = DPO_LOSS_SIGMOID
+SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
+             "chosen_logps", "rejected_logps")
+_LEVELS = (DPO_SIMD_SCALAR, DPO_SIMD_BASELINE, DPO_SIMD_AVX2, DPO_SIMD_AVX512)
+
+
+cdef void chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n,
+                    double *sums) noexcept nogil:
+    dpo_chunk_f64(args, start, n, sums)
+
+
+cdef inline const void *_ptr_or_null(const floating[::1] view) noexcept:
+    if view is None:
+        return NULL
+    return <const void *>&view[0]
+
+
+cdef inline void *_out_ptr_or_null(floating[::1] view) noexcept:
+    return NULL if view is None else <void *>&view[0]
+
+
+def pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
+                  const floating[::1] ref_chosen, const floating[::1] ref_rejected,
+                  floating[::1] losses, floating[::1] chosen_rewards,
+                  floating[::1] rejected_rewards, floating[::1] grad_chosen,
+                  floating[::1] grad_rejected, *, int loss_type, double beta,
+                  double label_smoothing, double grad_divisor, int n_threads):
+    """Run the fused per-pair loss over all rows; return the DPO_NSUMS sums (SUM_NAMES).
+
+    All arrays must have the same non-zero length and dtype; ref_* and grad_* may be None.
+    The caller guarantees that outputs overlap neither inputs nor each other.
+    """
+    cdef Py_ssize_t n = chosen.shape[0]
+    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
+    cdef Py_ssize_t chunk, start
+    cdef DpoChunkArgs args
+    cdef double totals[DPO_NSUMS]
+    cdef double *partials
+    if n == 0:
+        raise ValueError("empty input")
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if not 0 <= loss_type < DPO_N_LOSS_TYPES:
+        raise ValueError(f"unknown loss type id {loss_type}")
+    args.chosen = &chosen[0]
+    args.rejected = &rejected[0]
+    args.ref_chosen = _ptr_or_null(ref_chosen)
+    args.ref_rejected = _ptr_or_null(ref_rejected)
+    args.losses = &losses[0]
+    args.chosen_rewards = &chosen_rewards[0]
+    args.rejected_rewards = &rejected_rewards[0]
+    args.grad_chosen = _out_ptr_or_null(grad_chosen)
+    args.grad_rejected = _out_ptr_or_null(grad_rejected)
+    args.grad_divisor = grad_divisor
+    args.loss_type = loss_type
+    args.params.beta = beta
+    args.params.label_smoothing = label_smoothing
+
+    partials = <double *>malloc(n_chunks * DPO_NSUMS * sizeof(double))
+    if partials == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic",
+                                chunksize=1, use_threads_if=n_threads > 1 and n_chunks > 1):
+                start = chunk * DPO_CHUNK
+                if floating is double:
+                    dpo_chunk_f64(&args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                                  &partials[chunk * DPO_NSUMS])
+                else:
+                    dpo_chunk_f32(&args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                                  &partials[chunk * DPO_NSUMS])
+            dpo_combine_sums(partials, n_chunks, totals)
+    finally:
+        free(partials)
+    return tuple([totals[q] for q in range(DPO_NSUMS)])
+
+
+def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[::1] c,
+                   const floating[::1] d, floating[::1] x, floating[::1] y, floating[::1] z,
+                   int n_threads):
+    """Benchmark reference: the loss kernel's memory traffic (4 streams read, 3 written) with
+    trivial arithmetic, chunked and scheduled the same way. Its time is the bandwidth bound."""
+    cdef Py_ssize_t n = a.shape[0]
+    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
+    cdef Py_ssize_t chunk, start
+    if n == 0:
+        return
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    with nogil:
+        for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                            use_threads_if=n_threads > 1 and n_chunks > 1):
+            start = chunk * DPO_CHUNK
+            if floating is double:
+                dpo_traffic_f64(&a[0], &b[0], &c[0], &d[0], &x[0], &y[0], &z[0], start,
+                                min(<Py_ssize_t>DPO_CHUNK, n - start))
+            else:
+                dpo_traffic_f32(&a[0], &b[0], &c[0], &d[0], &x[0], &y[0], &z[0], start,
+                                min(<Py_ssize_t>DPO_CHUNK, n - start))
+
+
+def openmp_enabled():
+    """True when this build runs the kernels with OpenMP threads."""
+    return bool(dpo_openmp_enabled())
+
+
+def simd_level():
+    """Name of the instruction set the kernels use now."""
+    return dpo_simd_name(dpo_simd_get()).decode()
+
+
+def supported_simd_levels():
+    """Names of the code paths this CPU and build can run, lowest first."""
+    best = dpo_simd_detect()
+    return tuple([dpo_simd_name(level).decode() for level in _LEVELS if level <= best])
+
+
+def set_simd_level(str name):
+    """Use the code path `name` (one of supported_simd_levels(), or a name above the best
+    supported one, which gives the best); return the name of the path now in use."""
+    names = {dpo_simd_name(level).decode(): level for level in _LEVELS}
+    names.update({"scalar": DPO_SIMD_SCALAR, "avx2": DPO_SIMD_AVX2, "avx512": DPO_SIMD_AVX512})
+    if name not in names:
+        raise ValueError(
+            f"unknown SIMD level {name!r}; expected one of {sorted(set(names))}")
+    return dpo_simd_name(dpo_simd_set(names[name])).decode()
+
+
+# Start on the best code path this CPU supports; dpo_fast/__init__.py applies DPO_FAST_SIMD.
+dpo_simd_set(dpo_simd_detect())

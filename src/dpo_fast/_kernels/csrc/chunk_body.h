@@ -1,0 +1,108 @@
+/*
+ * The chunk loop, written once. dispatch.c includes this file once per (instruction set,
+ * element type) with these macros defined:
+ *   DPO_T          element type of inputs and outputs (float or double)
+ *   DPO_ZEROS      DPO_CHUNK zeros of DPO_T, read in place of a missing reference
+ *   DPO_CHUNK_FN   name of the function to define
+ *   DPO_TARGET     function attribute selecting the instruction set (may be empty)
+ *   DPO_LOOP_HINT  loop pragma (empty, or one that disables vectorisation for "scalar")
+ * All arithmetic is double; outputs are rounded to DPO_T once.
+ */
+
+/* Rows computed into local buffers before their sums are taken; LANES partial sums per
+ * quantity, row i of the chunk always landing in lane i % LANES, so every instruction set
+ * (and the scalar loop) adds the same numbers in the same order. */
+#ifndef DPO_BLOCK
+#define DPO_BLOCK 256
+#define DPO_LANES 8
+#endif
+
+#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD)                                                    \
+    DPO_LOOP_HINT                                                                           \
+    for (ptrdiff_t i = 0; i < m; i++) {                                                     \
+        ptrdiff_t row = block + i;                                                          \
+        double chosen = (double)pc[row];                                                    \
+        double rejected = (double)pr[row];                                                  \
+        double c = chosen - (double)rc[row];                                                \
+        double r = rejected - (double)rr[row];                                              \
+        DpoPairLoss pl = PAIR_FN(&params, c, r);                                      \
+        double chosen_reward = beta * c;                                                    \
+        double rejected_reward = beta * r;                                                  \
+        out_loss[row] = (DPO_T)pl.value;                                                    \
+        out_chosen_reward[row] = (DPO_T)chosen_reward;                                      \
+        out_rejected_reward[row] = (DPO_T)rejected_reward;                                  \
+        if (WITH_GRAD) {                                                                    \
+            out_grad_chosen[row] = (DPO_T)(pl.d_chosen / grad_divisor);                     \
+            out_grad_rejected[row] = (DPO_T)(pl.d_rejected / grad_divisor);                 \
+        }                                                                                   \
+        buf[DPO_SUM_LOSS][i] = pl.value;                                                    \
+        buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                      \
+        buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                  \
+        buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                           \
+        buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;           \
+        buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                               \
+        buf[DPO_SUM_REJECTED_LOGP][i] = rejected;                                           \
+    }
+
+#define DPO_LOSS_CASE(ID, PAIR_FN)                                                          \
+    case ID:                                                                                \
+        if (with_grad) {                                                                    \
+            DPO_ROW_LOOP(PAIR_FN, 1)                                                        \
+        } else {                                                                            \
+            DPO_ROW_LOOP(PAIR_FN, 0)                                                        \
+        }                                                                                   \
+        break;
+
+DPO_TARGET static void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
+                                    double *sums)
+{
+    /* DPO_RESTRICT: the Python layer guarantees outputs never overlap inputs or each other; it
+     * also lets the vectoriser drop run-time alias checks it would otherwise give up on. */
+    const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;
+    const DPO_T *DPO_RESTRICT pr = (const DPO_T *)args->rejected + start;
+    const DPO_T *DPO_RESTRICT rc =
+        args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;
+    const DPO_T *DPO_RESTRICT rr =
+        args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;
+    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;
+    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;
+    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;
+    const int with_grad = args->grad_chosen != NULL;
+    DPO_T *DPO_RESTRICT out_grad_chosen = with_grad ? (DPO_T *)args->grad_chosen + start : NULL;
+    DPO_T *DPO_RESTRICT out_grad_rejected = with_grad ? (DPO_T *)args->grad_rejected + start : NULL;
+    /* Local copies: read through args inside the loop, they could alias the outputs. */
+    const DpoLossParams params = args->params;
+    const double beta = params.beta;
+    const double grad_divisor = args->grad_divisor;
+
+    double lanes[DPO_NSUMS][DPO_LANES];
+    double buf[DPO_NSUMS][DPO_BLOCK];
+    for (int q = 0; q < DPO_NSUMS; q++)
+        for (int j = 0; j < DPO_LANES; j++)
+            lanes[q][j] = 0.0;
+
+    for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
+        ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
+        switch (args->loss_type) {
+            DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)
+        default:
+            break;
+        }
+        /* Pad to a whole number of lanes with zeros (x + 0.0 == x for the +0.0-started sums). */
+        ptrdiff_t m_padded = (m + DPO_LANES - 1) / DPO_LANES * DPO_LANES;
+        for (int q = 0; q < DPO_NSUMS; q++)
+            for (ptrdiff_t i = m; i < m_padded; i++)
+                buf[q][i] = 0.0;
+        for (int q = 0; q < DPO_NSUMS; q++)
+            for (ptrdiff_t i = 0; i < m_padded; i += DPO_LANES)
+                for (int j = 0; j < DPO_LANES; j++)
+                    lanes[q][j] += buf[q][i + j];
+    }
+    for (int q = 0; q < DPO_NSUMS; q++) {
+        const double *l = lanes[q];
+        sums[q] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    }
+}
+
+#undef DPO_LOSS_CASE
+#undef DPO_ROW_LOOP

@@ -1,0 +1,69 @@
+/*
+ * The C side of the kernels: chunked per-pair loops compiled once per instruction set, and the
+ * runtime dispatch that picks one. Cython (_pairwise.pyx, _seed.pyx) sees only this header.
+ */
+#ifndef DPO_DISPATCH_H
+#define DPO_DISPATCH_H
+
+#include <stddef.h>
+#include "pair_losses.h"
+
+/* Rows per chunk: the unit of parallel work and of the fixed-order reduction, so results do
+ * not depend on the thread count. 8192 rows keep a chunk's 7 streams in L2. */
+#define DPO_CHUNK 8192
+
+/* Sums accumulated per chunk (for the reduced loss and TRL's metrics). */
+enum {
+    DPO_SUM_LOSS = 0,
+    DPO_SUM_CHOSEN_REWARD,
+    DPO_SUM_REJECTED_REWARD,
+    DPO_SUM_MARGIN,
+    DPO_SUM_ACCURACY,
+    DPO_SUM_CHOSEN_LOGP,
+    DPO_SUM_REJECTED_LOGP,
+    DPO_NSUMS
+};
+
+/* SIMD levels, lowest first. */
+enum {
+    DPO_SIMD_SCALAR = 0,
+    DPO_SIMD_BASELINE = 1, /* sse2 on x86_64, neon on aarch64, the compiler default elsewhere */
+    DPO_SIMD_AVX2 = 2,
+    DPO_SIMD_AVX512 = 3
+};
+
+typedef struct {
+    const void *chosen;       /* pc */
+    const void *rejected;     /* pr */
+    const void *ref_chosen;   /* rc, or NULL: reference-free */
+    const void *ref_rejected; /* rr, or NULL */
+    void *losses;
+    void *chosen_rewards;
+    void *rejected_rewards;
+    void *grad_chosen;        /* NULL: no gradient wanted */
+    void *grad_rejected;
+    double grad_divisor;      /* N for reduction="mean", 1 otherwise */
+    int loss_type;
+    DpoLossParams params;
+} DpoChunkArgs;
+
+/* Process rows [start, start + n) (n <= DPO_CHUNK) and write the chunk's DPO_NSUMS sums. */
+void dpo_chunk_f64(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums);
+void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums);
+
+/* Sum n_chunks rows of DPO_NSUMS partial sums pairwise, in a fixed order. */
+void dpo_combine_sums(const double *partials, ptrdiff_t n_chunks, double *total);
+
+/* Memory-traffic reference for the benchmark: 4 streams read, 3 written, no math. */
+void dpo_traffic_f64(const double *a, const double *b, const double *c, const double *d,
+                     double *x, double *y, double *z, ptrdiff_t start, ptrdiff_t n);
+void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
+                     float *x, float *y, float *z, ptrdiff_t start, ptrdiff_t n);
+
+int dpo_simd_detect(void);          /* best level this CPU and build support */
+int dpo_simd_get(void);             /* level in use */
+int dpo_simd_set(int level);        /* clamp to the supported level, install it, return it */
+const char *dpo_simd_name(int level);
+int dpo_openmp_enabled(void);
+
+#endif /* DPO_DISPATCH_H */

@@ -1,0 +1,212 @@
+# cython: language_level=3
+"""The seed drop-in, dpo_loss, with a fast path that reads Python lists directly.
+
+For lists and tuples of at most CHUNK_ROWS pairs, the values are read straight from the
+Python objects into C buffers and run through the same compiled chunk function as
+preference_loss (so the numbers are the same bits); anything else (NumPy arrays, longer
+sequences) goes through dpo_fast.losses. Rounding reproduces Python's round(x, 4) exactly
+(csrc/round4.h), falling back to Python's own round() in the rare near-tie cases.
+"""
+
+import math
+import numbers
+
+cimport cython
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.math cimport isfinite
+from libc.stdlib cimport free, malloc
+
+from dpo_fast._kernels._pairwise cimport (
+    DPO_CHUNK, DPO_LOSS_SIGMOID, DPO_NSUMS, DPO_SUM_LOSS, DpoChunkArgs, chunk_f64,
+)
+
+cdef extern from "round4.h" nogil:
+    int dpo_round4(double x, double *out)
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    PyObject **PySequence_Fast_ITEMS(object o)
+
+# The four arguments in the exercise's order: (name, slot in the C buffer).
+_ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
+              "log_probs_chosen_ref", "log_probs_rejected_ref")
+# Up to this many pairs the C buffers live on the stack (no malloc).
+DEF STACK_ROWS = 32
+
+
+cpdef double round4(double x):
+    """round(x, 4) for a float, bit-for-bit as Python's built-in round."""
+    cdef double rounded
+    if dpo_round4(x, &rounded):
+        return rounded
+    return round(x, 4)
+
+
+cdef inline object _rounded(double x):
+    cdef double rounded
+    if dpo_round4(x, &rounded):
+        return rounded
+    return round(x, 4)
+
+
+@cython.boundscheck(False)
+def round4_list(const double[::1] values):
+    """[round(float(v), 4) for v in values], bit-for-bit, as a list of Python floats."""
+    cdef Py_ssize_t i, n = values.shape[0]
+    cdef list out = PyList_New(n)
+    cdef object item
+    for i in range(n):
+        item = _rounded(values[i])
+        Py_INCREF(item)
+        PyList_SET_ITEM(out, i, item)
+    return out
+
+
+cdef inline double _read_number(object item, Py_ssize_t index, int arg) except? -1.0:
+    """float(item) for a real number, with errors that name the argument and index."""
+    if type(item) is float:
+        return PyFloat_AS_DOUBLE(item)
+    if isinstance(item, bool) or not isinstance(item, numbers.Real):
+        if isinstance(item, (list, tuple)) or getattr(item, "ndim", 0):
+            raise ValueError(
+                f"{_ARG_NAMES[arg]} must be 1-D: element {index} is a {type(item).__name__}")
+        raise TypeError(
+            f"{_ARG_NAMES[arg]}[{index}] must be a real number, got {type(item).__name__}")
+    try:
+        return float(item)
+    except OverflowError:
+        raise ValueError(
+            f"{_ARG_NAMES[arg]}[{index}] = {item!r} is not representable as a finite float")
+
+
+cpdef double validate_beta(object beta) except? -1.0:
+    """beta as a float, or TypeError/ValueError unless it is a finite real number > 0."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
+    cdef double value = float(beta)
+    if not isfinite(value) or value <= 0.0:
+        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+    return value
+
+
+def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chosen_ref,
+             log_probs_rejected_ref, beta):
+    """DPO loss and implicit rewards, rounded to 4 decimals: the classic exercise, exactly.
+
+    Parameters
+    ----------
+    log_probs_chosen_policy, log_probs_rejected_policy : sequence of float
+        Policy log-probabilities of the chosen / rejected response of each pair (lists,
+        tuples or 1-D NumPy arrays of the same non-zero length).
+    log_probs_chosen_ref, log_probs_rejected_ref : sequence of float
+        The same under the frozen reference model.
+    beta : float
+        Inverse temperature of the implicit reward; finite and > 0.
+
+    Returns
+    -------
+    dict
+        ``{'loss': float, 'chosen_rewards': [float, ...], 'rejected_rewards': [float, ...]}``
+        where ``chosen_rewards[i] = beta * (chosen_policy[i] - chosen_ref[i])`` (likewise
+        rejected) and ``loss`` is the mean over pairs of
+        ``-log(sigmoid(chosen_reward - rejected_reward))``, computed stably in double
+        precision. Every number is a Python float rounded as ``round(x, 4)`` would.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a sequence of real numbers, or ``beta`` is not a real number.
+    ValueError
+        Lengths differ, an input is empty, not 1-D, or holds NaN/inf (the message names the
+        argument and the first bad index), or ``beta`` is not finite and > 0.
+
+    Examples
+    --------
+    >>> dpo_loss([-2.0, -1.5], [-3.0, -2.5], [-2.5, -2.0], [-2.5, -2.0], 0.5)
+    {'loss': 0.4741, 'chosen_rewards': [0.25, 0.25], 'rejected_rewards': [-0.25, -0.25]}
+    """
+    cdef tuple seqs = (log_probs_chosen_policy, log_probs_rejected_policy,
+                       log_probs_chosen_ref, log_probs_rejected_ref)
+    cdef object seq
+    cdef Py_ssize_t n = -1, i, size
+    cdef int arg
+    cdef double stack_buf[7 * STACK_ROWS]
+    cdef double *buf = stack_buf
+    cdef double sums[DPO_NSUMS]
+    cdef double value
+    cdef PyObject **items
+    cdef DpoChunkArgs args
+    cdef double beta_value
+    cdef list chosen_rewards, rejected_rewards
+
+    for arg in range(4):
+        seq = seqs[arg]
+        if type(seq) is not list and type(seq) is not tuple:
+            n = -1
+            break
+        size = len(seq)
+        if size > DPO_CHUNK:
+            n = -1
+            break
+        if arg == 0:
+            n = size
+    if n < 0:
+        from dpo_fast.losses import _dpo_loss_general
+        return _dpo_loss_general(log_probs_chosen_policy, log_probs_rejected_policy,
+                                 log_probs_chosen_ref, log_probs_rejected_ref, beta)
+
+    for arg in range(4):
+        size = len(seqs[arg])
+        if size != n:
+            raise ValueError(
+                f"length mismatch: {_ARG_NAMES[0]} has {n} elements but {_ARG_NAMES[arg]} "
+                f"has {size}")
+    if n == 0:
+        raise ValueError(f"{_ARG_NAMES[0]} is empty: at least one pair is needed")
+    beta_value = validate_beta(beta)
+
+    if n > STACK_ROWS:
+        buf = <double *>malloc(7 * n * sizeof(double))
+        if buf == NULL:
+            raise MemoryError()
+    try:
+        # Layout: 4 input columns, then losses, chosen rewards, rejected rewards.
+        for arg in range(4):
+            items = PySequence_Fast_ITEMS(seqs[arg])
+            for i in range(n):
+                value = _read_number(<object>items[i], i, arg)
+                if not isfinite(value):
+                    raise ValueError(
+                        f"{_ARG_NAMES[arg]}[{i}] is {value!r}: inputs must be finite")
+                buf[arg * n + i] = value
+        args.chosen = &buf[0]
+        args.rejected = &buf[n]
+        args.ref_chosen = &buf[2 * n]
+        args.ref_rejected = &buf[3 * n]
+        args.losses = &buf[4 * n]
+        args.chosen_rewards = &buf[5 * n]
+        args.rejected_rewards = &buf[6 * n]
+        args.grad_chosen = NULL
+        args.grad_rejected = NULL
+        args.grad_divisor = 1.0
+        args.loss_type = DPO_LOSS_SIGMOID
+        args.params.beta = beta_value
+        args.params.label_smoothing = 0.0
+        chunk_f64(&args, 0, n, sums)
+
+        chosen_rewards = PyList_New(n)
+        rejected_rewards = PyList_New(n)
+        for i in range(n):
+            item = _rounded(buf[5 * n + i])
+            Py_INCREF(item)
+            PyList_SET_ITEM(chosen_rewards, i, item)
+            item = _rounded(buf[6 * n + i])
+            Py_INCREF(item)
+            PyList_SET_ITEM(rejected_rewards, i, item)
+        return {"loss": _rounded(sums[DPO_SUM_LOSS] / n), "chosen_rewards": chosen_rewards,
+                "rejected_rewards": rejected_rewards}
+    finally:
+        if buf != stack_buf:
+            free(buf)

@@ -1,0 +1,80 @@
+"""How many threads a kernel call uses.
+
+``n_threads=None`` means the CPUs this process may actually run on: the affinity mask
+(``os.sched_getaffinity``, which taskset/numactl and container cpusets set), capped by a cgroup
+CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1, as Docker/Kubernetes set) and by
+``OMP_NUM_THREADS`` when it is set. Small inputs always run on one thread: below
+``PARALLEL_MIN_ROWS`` the start-up of an OpenMP team (about 1 us warm, ~100 us after the pool
+has slept, measured on a 2-core machine) costs more than the second core saves.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import os
+
+# Below this many rows a call stays on one thread. Measured with bench (see bench/README.md):
+# one 8192-row chunk takes ~15-25 us on one core, so 2 threads only win from a few chunks on.
+PARALLEL_MIN_ROWS = 4 * 8192
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs allowed by a cgroup quota, or None when there is no quota."""
+    try:  # cgroup v2
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as fh:
+            quota_us = int(fh.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as fh:
+            period_us = int(fh.read())
+        if quota_us > 0 and period_us > 0:
+            return max(1, math.ceil(quota_us / period_us))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """Number of CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        count = min(count, limit)
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) > 0:
+        count = min(count, int(omp))
+    return max(1, count)
+
+
+def validate_n_threads(n_threads: object) -> int | None:
+    """Check the user's ``n_threads``: None or a positive int (never 0/negative: OpenMP
+    aborts the process on those)."""
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
+        raise ValueError(
+            f"n_threads must be None or a positive integer, got {n_threads!r}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be None or a positive integer, got {n_threads}")
+    return int(n_threads)
+
+
+def resolve_n_threads(n_threads: int | None, n_rows: int) -> int:
+    """Threads for a call over ``n_rows`` rows, given an already validated ``n_threads``."""
+    if n_rows < PARALLEL_MIN_ROWS:
+        return 1
+    if n_threads is None:
+        return available_cpus()
+    return n_threads

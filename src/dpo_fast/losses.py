@@ -1,0 +1,322 @@
+"""preference_loss: the array API over the fused compiled kernel.
+
+This layer validates arguments, applies the dtype rules, allocates (or checks) the outputs and
+documents; the arithmetic happens in one pass of dpo_fast._kernels._pairwise.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from dpo_fast import _threads
+from dpo_fast._kernels import _pairwise
+from dpo_fast._seed import round4, round4_list, validate_beta
+
+__all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS"]
+
+# The loss-type registry: public name -> kernel id (csrc/pair_losses.h).
+LOSS_TYPES: Mapping[str, int] = {"sigmoid": _pairwise.LOSS_SIGMOID}
+REDUCTIONS = ("mean", "sum", "none")
+OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
+_PREFERENCE_ARG_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
+                         "ref_rejected_logps")
+_SEED_ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
+                   "log_probs_chosen_ref", "log_probs_rejected_ref")
+
+
+@dataclass(frozen=True)
+class PreferenceLossResult:
+    """What :func:`preference_loss` returns.
+
+    Attributes
+    ----------
+    loss : float or numpy.ndarray
+        The reduced loss: a Python float for ``reduction="mean"`` or ``"sum"``; for
+        ``reduction="none"`` the per-pair array (the same object as ``losses``).
+    losses : numpy.ndarray
+        Per-pair losses.
+    chosen_rewards, rejected_rewards : numpy.ndarray
+        Implicit rewards ``beta * (policy - reference)`` per pair (not rounded).
+    grad_chosen, grad_rejected : numpy.ndarray or None
+        Derivatives of the reduced loss with respect to ``chosen_logps`` and
+        ``rejected_logps`` (per-pair derivatives of each pair's loss for ``"none"``), or None
+        unless ``compute_grad=True``.
+    metrics : dict of str to float
+        TRL's names: ``rewards/chosen``, ``rewards/rejected`` (means), ``rewards/accuracies``
+        (share of pairs with chosen reward strictly above rejected), ``rewards/margins`` (mean
+        of the difference), ``logps/chosen``, ``logps/rejected`` (means of the policy
+        log-probs).
+    """
+
+    loss: float | np.ndarray
+    losses: np.ndarray
+    chosen_rewards: np.ndarray
+    rejected_rewards: np.ndarray
+    grad_chosen: np.ndarray | None
+    grad_rejected: np.ndarray | None
+    metrics: dict[str, float]
+
+
+def _as_input_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a 1-D NumPy array of a supported dtype (no copy yet), or a clear error."""
+    if value is None:
+        raise TypeError(f"{name} is required, got None")
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a 1-D sequence of numbers: {exc}") from None
+    if array.dtype == object:
+        raise TypeError(f"{name} must hold real numbers, got Python objects "
+                        f"(e.g. {type(array.flat[0]).__name__})" if array.size else
+                        f"{name} must hold real numbers, got dtype object")
+    kind = array.dtype.kind
+    if kind == "f":
+        if array.dtype.itemsize > 8:
+            raise TypeError(f"{name} has dtype {array.dtype}; convert it to float64 first")
+    elif kind not in "iu":
+        raise TypeError(f"{name} must hold real numbers (float or integer), got dtype "
+                        f"{array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    return array
+
+
+def _prepare_inputs(values: Sequence[Any], names: Sequence[str], force_float64: bool = False
+                    ) -> tuple[list[np.ndarray | None], type]:
+    """Validate the input arrays (None allowed after the first two) and convert them to one
+    C-contiguous floating dtype: float32 if every input is float32 (or float16), else
+    float64. Copies only where needed; the caller's arrays are never written."""
+    arrays: list[np.ndarray | None] = []
+    for index, (value, name) in enumerate(zip(values, names)):
+        if value is None and index >= 2:
+            arrays.append(None)
+            continue
+        arrays.append(_as_input_array(value, name))
+    present = [(a, n) for a, n in zip(arrays, names) if a is not None]
+    length = present[0][0].shape[0]
+    for array, name in present[1:]:
+        if array.shape[0] != length:
+            raise ValueError(f"length mismatch: {present[0][1]} has {length} elements but "
+                             f"{name} has {array.shape[0]}")
+    if length == 0:
+        raise ValueError(f"{names[0]} is empty: at least one pair is needed")
+    if (arrays[2] is None) != (arrays[3] is None):
+        given, missing = (names[2], names[3]) if arrays[3] is None else (names[3], names[2])
+        raise ValueError(f"{given} was given but {missing} was not: pass both reference "
+                         "log-probs, or neither for the reference-free loss")
+    all_single = all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a, _ in present)
+    dtype = np.float32 if all_single and not force_float64 else np.float64
+    converted = [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    return converted, dtype
+
+
+def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length: int,
+                   dtype: type, inputs: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """Allocate the outputs, or check the caller's preallocated ones in ``out``."""
+    given = {} if out is None else dict(out)
+    if out is not None and not isinstance(out, Mapping):
+        raise TypeError(f"out must be a dict of arrays keyed by {OUTPUT_NAMES}, got "
+                        f"{type(out).__name__}")
+    for key in given:
+        if key not in OUTPUT_NAMES:
+            raise ValueError(f"out has unknown key {key!r}; expected some of {OUTPUT_NAMES}")
+        if key not in wanted:
+            raise ValueError(f"out[{key!r}] was given but compute_grad=False")
+    arrays: dict[str, np.ndarray] = {}
+    for key in wanted:
+        if key not in given:
+            arrays[key] = np.empty(length, dtype=dtype)
+            continue
+        array = given[key]
+        label = f"out[{key!r}]"
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{label} must be a numpy.ndarray, got {type(array).__name__}")
+        if array.dtype != dtype:
+            raise TypeError(f"{label} has dtype {array.dtype}, but the inputs give "
+                            f"{np.dtype(dtype)} results")
+        if array.shape != (length,):
+            raise ValueError(f"{label} has shape {array.shape}, expected ({length},)")
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError(f"{label} must be C-contiguous and writeable")
+        for other in [a for a in inputs if a is not None] + list(arrays.values()):
+            if np.may_share_memory(array, other):
+                raise ValueError(f"{label} overlaps an input or another output")
+        arrays[key] = array
+    return arrays
+
+
+def _first_non_finite(arrays: Sequence[np.ndarray | None], names: Sequence[str]) -> None:
+    """Raise ValueError naming the first NaN/inf among the inputs (input order, then index)."""
+    for array, name in zip(arrays, names):
+        if array is None:
+            continue
+        bad = np.flatnonzero(~np.isfinite(array))
+        if bad.size:
+            index = int(bad[0])
+            raise ValueError(f"{name}[{index}] is {float(array[index])!r}: inputs must be "
+                             "finite (pass check_finite=False to let NaN/inf through)")
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: Any,
+         label_smoothing: Any, reduction: Any, compute_grad: Any, check_finite: Any,
+         n_threads: Any, out: Mapping[str, Any] | None, force_float64: bool = False
+         ) -> PreferenceLossResult:
+    beta_value = validate_beta(beta)
+    if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; supported: {sorted(LOSS_TYPES)}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
+    smoothing = float(label_smoothing)
+    if not 0.0 <= smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    want_grad = _check_flag(compute_grad, "compute_grad")
+    want_finite = _check_flag(check_finite, "check_finite")
+    threads = _threads.validate_n_threads(n_threads)
+
+    arrays, dtype = _prepare_inputs(values, names, force_float64)
+    length = arrays[0].shape[0]
+    wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
+    outputs = _check_outputs(out, wanted, length, dtype, arrays)
+
+    sums = _pairwise.pairwise_loss(
+        *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
+        outputs.get("grad_chosen"), outputs.get("grad_rejected"),
+        loss_type=LOSS_TYPES[loss_type], beta=beta_value, label_smoothing=smoothing,
+        grad_divisor=float(length) if reduction == "mean" else 1.0,
+        n_threads=_threads.resolve_n_threads(threads, length),
+    )
+    (loss_sum, chosen_sum, rejected_sum, margin_sum, accuracy_sum, chosen_logp_sum,
+     rejected_logp_sum) = sums
+    # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
+    # a finite overflow of a sum is told apart by the exact search.
+    if want_finite and not all(np.isfinite(sums)):
+        _first_non_finite(arrays, names)
+
+    if reduction == "mean":
+        loss: float | np.ndarray = loss_sum / length
+    elif reduction == "sum":
+        loss = loss_sum
+    else:
+        loss = outputs["losses"]
+    metrics = {
+        "rewards/chosen": chosen_sum / length,
+        "rewards/rejected": rejected_sum / length,
+        "rewards/accuracies": accuracy_sum / length,
+        "rewards/margins": margin_sum / length,
+        "logps/chosen": chosen_logp_sum / length,
+        "logps/rejected": rejected_logp_sum / length,
+    }
+    return PreferenceLossResult(
+        loss=loss, losses=outputs["losses"], chosen_rewards=outputs["chosen_rewards"],
+        rejected_rewards=outputs["rejected_rewards"], grad_chosen=outputs.get("grad_chosen"),
+        grad_rejected=outputs.get("grad_rejected"), metrics=metrics,
+    )
+
+
+def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any = None,
+                    ref_rejected_logps: Any = None, *, beta: float = 0.1,
+                    loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                    reduction: str = "mean", compute_grad: bool = False,
+                    check_finite: bool = True, n_threads: int | None = None,
+                    out: Mapping[str, np.ndarray] | None = None) -> PreferenceLossResult:
+    """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
+
+    With log-ratios ``c = chosen_logps - ref_chosen_logps`` and
+    ``r = rejected_logps - ref_rejected_logps`` and ``z = beta * (c - r)``, the ``"sigmoid"``
+    loss (DPO) of a pair is ``-(1 - eps) * log(sigmoid(z)) - eps * log(sigmoid(-z))`` with
+    ``eps = label_smoothing`` (conservative DPO, as in the DPO authors' code; ``eps = 0`` is
+    plain DPO). It is evaluated stably in double precision: finite inputs never give NaN,
+    and ``|z|`` up to 1e6 and beyond gives the exact limits.
+
+    Parameters
+    ----------
+    chosen_logps, rejected_logps : array_like, shape (n,)
+        Policy log-probabilities of the chosen and rejected responses (summed over tokens).
+    ref_chosen_logps, ref_rejected_logps : array_like, shape (n,), optional
+        The same under the reference model. Both None (the default): reference-free, the
+        log-ratios are taken against 0.
+    beta : float, default 0.1
+        Inverse temperature; finite and > 0.
+    loss_type : str, default "sigmoid"
+        The per-pair loss. Supported: ``"sigmoid"``.
+    label_smoothing : float, default 0.0
+        ``eps`` above, in ``[0, 0.5)``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        How ``loss`` reduces the per-pair losses.
+    compute_grad : bool, default False
+        Also return the derivatives of the reduced loss with respect to ``chosen_logps`` and
+        ``rejected_logps``, computed in the same pass.
+    check_finite : bool, default True
+        Raise ValueError (naming the input and the first bad index) if any input holds NaN
+        or inf. The check is folded into the kernel's pass and costs nothing measurable.
+    n_threads : int, optional
+        OpenMP threads. None: the CPUs this process may use (affinity mask, cgroup quota,
+        ``OMP_NUM_THREADS``). Inputs below a measured size run on one thread either way.
+        Results are bit-identical for every value.
+    out : dict of str to numpy.ndarray, optional
+        Preallocated outputs, keyed by any of ``"losses"``, ``"chosen_rewards"``,
+        ``"rejected_rewards"`` and, with ``compute_grad=True``, ``"grad_chosen"``,
+        ``"grad_rejected"``: C-contiguous, writeable, of the result dtype and shape ``(n,)``,
+        overlapping no input. Missing keys are allocated.
+
+    Returns
+    -------
+    PreferenceLossResult
+        ``loss``, ``losses``, ``chosen_rewards``, ``rejected_rewards``, ``grad_chosen``,
+        ``grad_rejected`` and ``metrics`` (TRL's names); see :class:`PreferenceLossResult`.
+
+    Notes
+    -----
+    dtypes: if every input is float32 (or float16) the outputs are float32; otherwise
+    (float64, integer or mixed inputs) they are float64. The arithmetic and all sums are
+    double precision either way, so float32 outputs are the float64 results rounded once.
+    Strided and read-only inputs are accepted (strided ones are copied); inputs are never
+    written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> result = preference_loss(np.array([-2.0, -1.5]), np.array([-3.0, -2.5]),
+    ...                          np.array([-2.5, -2.0]), np.array([-2.5, -2.0]), beta=0.5)
+    >>> round(result.loss, 6)
+    0.474077
+    >>> result.chosen_rewards
+    array([0.25, 0.25])
+    >>> result.metrics["rewards/accuracies"]
+    1.0
+    """
+    return _run((chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps),
+                _PREFERENCE_ARG_NAMES, beta=beta, loss_type=loss_type,
+                label_smoothing=label_smoothing, reduction=reduction,
+                compute_grad=compute_grad, check_finite=check_finite, n_threads=n_threads,
+                out=out)
+
+
+def _dpo_loss_general(chosen_policy: Any, rejected_policy: Any, chosen_ref: Any,
+                      rejected_ref: Any, beta: Any) -> dict[str, Any]:
+    """dpo_loss for inputs the list fast path does not take (arrays, long sequences).
+
+    Always float64, like the list path, so both give the same numbers.
+    """
+    for value, name in zip((chosen_ref, rejected_ref), _SEED_ARG_NAMES[2:]):
+        if value is None:
+            raise TypeError(f"{name} is required, got None")
+    result = _run((chosen_policy, rejected_policy, chosen_ref, rejected_ref), _SEED_ARG_NAMES,
+                  beta=beta, loss_type="sigmoid", label_smoothing=0.0, reduction="mean",
+                  compute_grad=False, check_finite=True, n_threads=None, out=None,
+                  force_float64=True)
+    return {"loss": round4(result.loss),
+            "chosen_rewards": round4_list(result.chosen_rewards),
+            "rejected_rewards": round4_list(result.rejected_rewards)}
