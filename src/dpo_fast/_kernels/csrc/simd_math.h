@@ -74,19 +74,23 @@ DPO_INLINE double dpo_exp(double x)
     int64_t k = dpo_double_bits(t) - dpo_double_bits(shifter);
     double r = (x - k_real * ln2_hi) - k_real * ln2_lo;
 
-    double q = 1.6059043836821613e-10;
-    q = q * r + 2.08767569878681e-09;
-    q = q * r + 2.505210838544172e-08;
-    q = q * r + 2.755731922398589e-07;
-    q = q * r + 2.7557319223985893e-06;
-    q = q * r + 2.48015873015873e-05;
-    q = q * r + 0.0001984126984126984;
-    q = q * r + 0.001388888888888889;
-    q = q * r + 0.008333333333333333;
-    q = q * r + 0.041666666666666664;
-    q = q * r + 0.16666666666666666;
-    q = q * r + 0.5;
-    double p = 1.0 + (r + (r * r) * q);
+    /* q(r) = sum_{n=2}^{13} r^(n-2)/n!, evaluated with Estrin's scheme: the same number of
+     * operations as Horner's rule but a dependency chain a third as long, which is what limits
+     * the vectorised loop (it is latency-bound, not throughput-bound). */
+    double r2 = r * r;
+    double r4 = r2 * r2;
+    double r8 = r4 * r4;
+    double a0 = 0.5 + r * 0.16666666666666666;
+    double a1 = 0.041666666666666664 + r * 0.008333333333333333;
+    double a2 = 0.001388888888888889 + r * 0.0001984126984126984;
+    double a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06;
+    double a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08;
+    double a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10;
+    double b0 = a0 + r2 * a1;
+    double b1 = a2 + r2 * a3;
+    double b2 = a4 + r2 * a5;
+    double q = b0 + r4 * (b1 + r4 * b2);
+    double p = 1.0 + (r + r2 * q);
 
     /* k1 = round(k/2), k2 = k - k1: both in [-549, 520], so 2^k1 and 2^k2 are normal. */
     double t_half = k_real * 0.5 + shifter;
