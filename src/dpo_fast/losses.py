@@ -7,8 +7,9 @@ documents; the arithmetic happens in one pass of dpo_fast._kernels._pairwise.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
