@@ -19,6 +19,15 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNEL_DIR = os.path.join("src", "dpo_fast", "_kernels")
+# -ffp-contract=off: GCC's default gnu C mode fuses a*b+c into FMA on targets that have it,
+# which would make the AVX-512/AVX2 clones give other bits than the baseline one. No
+# -ffast-math and no -march: wheels must run everywhere and the runtime dispatch picks the
+# instruction set. -fno-math-errno / -fno-trapping-math change no value, only errno and FP
+# exception flags, and let the vectoriser if-convert the selects in csrc/simd_math.h.
+# (tests/test_vectorization.py reads this list to check the vectoriser's report.)
+GCC_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+# /fp:precise keeps IEEE semantics (no contraction into FMA in VS 2022+ defaults).
+MSVC_FLAGS = ["/O2", "/fp:precise"]
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 
 OPENMP_PROBE = textwrap.dedent(
@@ -88,19 +97,9 @@ class BuildExt(build_ext):
     def build_extensions(self):
         compiler_type = self.compiler.compiler_type
         openmp = self._probe_openmp()
-        if compiler_type == "msvc":
-            # /fp:precise keeps IEEE semantics (no contraction into FMA in VS 2022+ defaults).
-            base_compile = ["/O2", "/fp:precise"]
-        else:
-            # -ffp-contract=off: GCC's default gnu C mode fuses a*b+c into FMA on targets that
-            # have it, which would make the AVX-512/AVX2 clones give other bits than the
-            # baseline one. No -ffast-math and no -march: wheels must run everywhere and the
-            # runtime dispatch picks the instruction set.
-            # -fno-math-errno / -fno-trapping-math change no value, only errno and FP flags,
-            # and let the vectoriser if-convert the branch-free selects in csrc/simd_math.h.
-            base_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-            if _env_flag("DPO_FAST_VEC_REPORT"):
-                base_compile.append("-fopt-info-vec-optimized")
+        base_compile = list(MSVC_FLAGS if compiler_type == "msvc" else GCC_FLAGS)
+        if compiler_type != "msvc" and _env_flag("DPO_FAST_VEC_REPORT"):
+            base_compile.append("-fopt-info-vec-optimized")
         for ext in self.extensions:
             ext.extra_compile_args = base_compile + list(ext.extra_compile_args)
             if openmp is not None:

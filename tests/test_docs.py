@@ -1,0 +1,36 @@
+"""The examples in the docstrings and the README run and print what they claim."""
+
+import doctest
+import pathlib
+import re
+
+import pytest
+
+import dpo_fast
+import dpo_fast._seed
+import dpo_fast.losses
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("module", [dpo_fast, dpo_fast.losses, dpo_fast._seed])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+@pytest.mark.skipif(not README.exists(), reason="needs the source tree")
+def test_readme_python_blocks_run():
+    """Every ```python block of the README executes (doctest-style ones are checked)."""
+    text = README.read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        if block.lstrip().startswith(">>>"):
+            if "simd_level()" in block:  # machine-dependent output
+                continue
+            parser = doctest.DocTestParser()
+            test = parser.get_doctest(block, {}, "README", str(README), 0)
+            runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+            runner.run(test)
+            assert runner.failures == 0
+        else:
+            exec(compile(block, str(README), "exec"), {})
