@@ -83,9 +83,13 @@ cdef inline double _read_number(object item, Py_ssize_t index, int arg) except? 
 
 cpdef double validate_beta(object beta) except? -1.0:
     """beta as a float, or TypeError/ValueError unless it is a finite real number > 0."""
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+    cdef double value
+    if type(beta) is float:  # the common case, without the slow ABC check below
+        value = PyFloat_AS_DOUBLE(beta)
+    elif isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
-    cdef double value = float(beta)
+    else:
+        value = float(beta)
     if not isfinite(value) or value <= 0.0:
         raise ValueError(f"beta must be finite and > 0, got {beta!r}")
     return value
