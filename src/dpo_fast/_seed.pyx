@@ -89,7 +89,10 @@ cpdef double validate_beta(object beta) except? -1.0:
     elif isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
     else:
-        value = float(beta)
+        try:
+            value = float(beta)
+        except OverflowError:
+            raise ValueError(f"beta must be finite and > 0, got {beta!r}") from None
     if not isfinite(value) or value <= 0.0:
         raise ValueError(f"beta must be finite and > 0, got {beta!r}")
     return value

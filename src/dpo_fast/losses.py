@@ -6,6 +6,7 @@ documents; the arithmetic happens in one pass of dpo_fast._kernels._pairwise.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ __all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS"
 LOSS_TYPES: Mapping[str, int] = {"sigmoid": _pairwise.LOSS_SIGMOID}
 REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
+# Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
+(_SUM_LOSS, _SUM_CHOSEN, _SUM_REJECTED, _SUM_MARGIN, _SUM_ACCURACY, _SUM_CHOSEN_LOGP,
+ _SUM_REJECTED_LOGP) = range(len(_pairwise.SUM_NAMES))
 _PREFERENCE_ARG_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
                          "ref_rejected_logps")
 _SEED_ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
@@ -66,14 +70,17 @@ def _as_input_array(value: Any, name: str) -> np.ndarray:
     """``value`` as a 1-D NumPy array of a supported dtype (no copy yet), or a clear error."""
     if value is None:
         raise TypeError(f"{name} is required, got None")
+    if isinstance(value, (list, tuple)) and bool in map(type, value):
+        # NumPy would silently turn True into 1.0 next to floats; the list fast path of
+        # dpo_loss refuses bools, and so does this one.
+        index = list(map(type, value)).index(bool)
+        raise TypeError(f"{name}[{index}] must be a real number, got bool")
     try:
         array = np.asarray(value)
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(f"{name} must be a 1-D sequence of numbers: {exc}") from None
     if array.dtype == object:
-        raise TypeError(f"{name} must hold real numbers, got Python objects "
-                        f"(e.g. {type(array.flat[0]).__name__})" if array.size else
-                        f"{name} must hold real numbers, got dtype object")
+        _raise_for_object_array(array, name)
     kind = array.dtype.kind
     if kind == "f":
         if array.dtype.itemsize > 8:
@@ -86,11 +93,34 @@ def _as_input_array(value: Any, name: str) -> np.ndarray:
     return array
 
 
+def _raise_for_object_array(array: np.ndarray, name: str) -> None:
+    """Explain why NumPy could not make numbers of ``array`` (dtype object)."""
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    for index, item in enumerate(array):
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            if isinstance(item, (list, tuple, np.ndarray)):
+                raise ValueError(f"{name} must be 1-D: element {index} is a "
+                                 f"{type(item).__name__}")
+            raise TypeError(f"{name}[{index}] must be a real number, got "
+                            f"{type(item).__name__}")
+        try:
+            float(item)
+        except OverflowError:
+            raise ValueError(f"{name}[{index}] = {item!r} is not representable as a finite "
+                             "float") from None
+    raise TypeError(f"{name} must hold real numbers, got dtype object")
+
+
 def _prepare_inputs(values: Sequence[Any], names: Sequence[str], force_float64: bool = False
-                    ) -> tuple[list[np.ndarray | None], type]:
+                    ) -> tuple[list[np.ndarray | None], type, list[np.ndarray]]:
     """Validate the input arrays (None allowed after the first two) and convert them to one
     C-contiguous floating dtype: float32 if every input is float32 (or float16), else
-    float64. Copies only where needed; the caller's arrays are never written."""
+    float64. Copies only where needed; the caller's arrays are never written.
+
+    Returns the converted arrays, their dtype, and the caller's arrays as given (views, for
+    the overlap check of ``out=``: a strided input is copied, but ``out`` must not alias the
+    original either)."""
     arrays: list[np.ndarray | None] = []
     for index, (value, name) in enumerate(zip(values, names)):
         if value is None and index >= 2:
@@ -112,16 +142,16 @@ def _prepare_inputs(values: Sequence[Any], names: Sequence[str], force_float64: 
     all_single = all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a, _ in present)
     dtype = np.float32 if all_single and not force_float64 else np.float64
     converted = [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays]
-    return converted, dtype
+    return converted, dtype, [a for a, _ in present]
 
 
 def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length: int,
                    dtype: type, inputs: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
     """Allocate the outputs, or check the caller's preallocated ones in ``out``."""
-    given = {} if out is None else dict(out)
     if out is not None and not isinstance(out, Mapping):
         raise TypeError(f"out must be a dict of arrays keyed by {OUTPUT_NAMES}, got "
                         f"{type(out).__name__}")
+    given = {} if out is None else dict(out)
     for key in given:
         if key not in OUTPUT_NAMES:
             raise ValueError(f"out has unknown key {key!r}; expected some of {OUTPUT_NAMES}")
@@ -177,7 +207,10 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
         raise ValueError(f"unknown loss_type {loss_type!r}; supported: {sorted(LOSS_TYPES)}")
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
-    smoothing = float(label_smoothing)
+    try:
+        smoothing = float(label_smoothing)
+    except OverflowError:
+        smoothing = math.inf
     if not 0.0 <= smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
@@ -186,10 +219,10 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     want_finite = _check_flag(check_finite, "check_finite")
     threads = _threads.validate_n_threads(n_threads)
 
-    arrays, dtype = _prepare_inputs(values, names, force_float64)
+    arrays, dtype, originals = _prepare_inputs(values, names, force_float64)
     length = arrays[0].shape[0]
     wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
-    outputs = _check_outputs(out, wanted, length, dtype, arrays)
+    outputs = _check_outputs(out, wanted, length, dtype, arrays + originals)
 
     sums = _pairwise.pairwise_loss(
         *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
@@ -198,26 +231,44 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
         grad_divisor=float(length) if reduction == "mean" else 1.0,
         n_threads=_threads.resolve_n_threads(threads, length),
     )
-    (loss_sum, chosen_sum, rejected_sum, margin_sum, accuracy_sum, chosen_logp_sum,
-     rejected_logp_sum) = sums
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a finite overflow of a sum is told apart by the exact search.
-    if want_finite and not all(np.isfinite(sums)):
+    finite_sums = all(math.isfinite(total) for total in sums)
+    if want_finite and not finite_sums:
         _first_non_finite(arrays, names)
+    means = [total / length for total in sums]
+    if not finite_sums:
+        # With inputs near DBL_MAX a sum can overflow although every term and the mean are
+        # finite: take the means that overflowed the slow way, dividing before adding.
+        def share(values: np.ndarray) -> np.ndarray:
+            return np.asarray(values, np.float64) / length
+
+        shares = {
+            _SUM_LOSS: lambda: share(outputs["losses"]),
+            _SUM_CHOSEN: lambda: share(outputs["chosen_rewards"]),
+            _SUM_REJECTED: lambda: share(outputs["rejected_rewards"]),
+            _SUM_MARGIN: lambda: (share(outputs["chosen_rewards"])
+                                  - share(outputs["rejected_rewards"])),
+            _SUM_CHOSEN_LOGP: lambda: share(arrays[0]),
+            _SUM_REJECTED_LOGP: lambda: share(arrays[1]),
+        }
+        for index, total in enumerate(sums):
+            if not math.isfinite(total) and index in shares:
+                means[index] = float(np.sum(shares[index]()))
 
     if reduction == "mean":
-        loss: float | np.ndarray = loss_sum / length
+        loss: float | np.ndarray = means[_SUM_LOSS]
     elif reduction == "sum":
-        loss = loss_sum
+        loss = sums[_SUM_LOSS]
     else:
         loss = outputs["losses"]
     metrics = {
-        "rewards/chosen": chosen_sum / length,
-        "rewards/rejected": rejected_sum / length,
-        "rewards/accuracies": accuracy_sum / length,
-        "rewards/margins": margin_sum / length,
-        "logps/chosen": chosen_logp_sum / length,
-        "logps/rejected": rejected_logp_sum / length,
+        "rewards/chosen": means[_SUM_CHOSEN],
+        "rewards/rejected": means[_SUM_REJECTED],
+        "rewards/accuracies": means[_SUM_ACCURACY],
+        "rewards/margins": means[_SUM_MARGIN],
+        "logps/chosen": means[_SUM_CHOSEN_LOGP],
+        "logps/rejected": means[_SUM_REJECTED_LOGP],
     }
     return PreferenceLossResult(
         loss=loss, losses=outputs["losses"], chosen_rewards=outputs["chosen_rewards"],

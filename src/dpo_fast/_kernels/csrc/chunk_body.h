@@ -12,36 +12,69 @@
 /* Rows computed into local buffers before their sums are taken; LANES partial sums per
  * quantity, row i of the chunk always landing in lane i % LANES, so every instruction set
  * (and the scalar loop) adds the same numbers in the same order. */
+#ifndef DPO_ABS
+#define DPO_ABS(x) ((x) < 0.0 ? -(x) : (x))
+#endif
 #ifndef DPO_BLOCK
 #define DPO_BLOCK 256
 #define DPO_LANES 8
 #endif
 
+/* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
+ * Near DBL_MAX, c, r or c - r can overflow although beta times them does not. Such rows
+ * (HUGE true) use quarter-scaled log-ratios and 4*beta: x/4 is exact for normal x, so the
+ * result is what the plain formula gives wherever nothing overflows; `scale` = d(c)/d(pc)
+ * for the chain rule. The vectorised loop runs every row with HUGE = 0 and only flags the
+ * rows that overflowed; a scalar fix-up loop then redoes those (a NaN row, possible with
+ * check_finite=False, is flagged too and stays NaN). */
+#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE)                                              \
+    ptrdiff_t row = block + i;                                                              \
+    double chosen = (double)pc[row];                                                        \
+    double rejected = (double)pr[row];                                                      \
+    double ref_chosen = (double)rc[row];                                                    \
+    double ref_rejected = (double)rr[row];                                                  \
+    const int huge = (HUGE);                                                                \
+    double scale = huge ? 0.25 : 1.0;                                                       \
+    double row_beta = huge ? beta4 : beta;                                                  \
+    double c = scale * chosen - scale * ref_chosen;                                         \
+    double r = scale * rejected - scale * ref_rejected;                                     \
+    DpoPairLoss pl = PAIR_FN(&params, row_beta, c, r);                                      \
+    double chosen_reward = row_beta * c;                                                    \
+    double rejected_reward = row_beta * r;                                                  \
+    out_loss[row] = (DPO_T)pl.value;                                                        \
+    out_chosen_reward[row] = (DPO_T)chosen_reward;                                          \
+    out_rejected_reward[row] = (DPO_T)rejected_reward;                                      \
+    if (WITH_GRAD) {                                                                        \
+        out_grad_chosen[row] = (DPO_T)(pl.d_chosen * scale / grad_divisor);                 \
+        out_grad_rejected[row] = (DPO_T)(pl.d_rejected * scale / grad_divisor);             \
+    }                                                                                       \
+    buf[DPO_SUM_LOSS][i] = pl.value;                                                        \
+    buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                          \
+    buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                      \
+    buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                               \
+    buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;               \
+    buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                                   \
+    buf[DPO_SUM_REJECTED_LOGP][i] = rejected;
+
+#define DPO_OVERFLOWS(c_minus_r) (!(DPO_ABS(c_minus_r) <= DBL_MAX))
+
 #define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD)                                                    \
-    DPO_LOOP_HINT                                                                           \
-    for (ptrdiff_t i = 0; i < m; i++) {                                                     \
-        ptrdiff_t row = block + i;                                                          \
-        double chosen = (double)pc[row];                                                    \
-        double rejected = (double)pr[row];                                                  \
-        double c = chosen - (double)rc[row];                                                \
-        double r = rejected - (double)rr[row];                                              \
-        DpoPairLoss pl = PAIR_FN(&params, c, r);                                      \
-        double chosen_reward = beta * c;                                                    \
-        double rejected_reward = beta * r;                                                  \
-        out_loss[row] = (DPO_T)pl.value;                                                    \
-        out_chosen_reward[row] = (DPO_T)chosen_reward;                                      \
-        out_rejected_reward[row] = (DPO_T)rejected_reward;                                  \
-        if (WITH_GRAD) {                                                                    \
-            out_grad_chosen[row] = (DPO_T)(pl.d_chosen / grad_divisor);                     \
-            out_grad_rejected[row] = (DPO_T)(pl.d_rejected / grad_divisor);                 \
+    {                                                                                       \
+        int any_huge = 0;                                                                   \
+        DPO_LOOP_HINT                                                                       \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0)                                             \
+            any_huge |= DPO_OVERFLOWS(c - r);                                               \
         }                                                                                   \
-        buf[DPO_SUM_LOSS][i] = pl.value;                                                    \
-        buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                      \
-        buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                  \
-        buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                           \
-        buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;           \
-        buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                               \
-        buf[DPO_SUM_REJECTED_LOGP][i] = rejected;                                           \
+        if (any_huge) {                                                                     \
+            for (ptrdiff_t i = 0; i < m; i++) {                                             \
+                ptrdiff_t k = block + i;                                                    \
+                double h = ((double)pc[k] - (double)rc[k]) - ((double)pr[k] - (double)rr[k]); \
+                if (DPO_OVERFLOWS(h)) {                                                     \
+                    DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1)                                     \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
     }
 
 #define DPO_LOSS_CASE(ID, PAIR_FN)                                                          \
@@ -73,6 +106,7 @@ DPO_TARGET static void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, p
     /* Local copies: read through args inside the loop, they could alias the outputs. */
     const DpoLossParams params = args->params;
     const double beta = params.beta;
+    const double beta4 = 4.0 * beta;
     const double grad_divisor = args->grad_divisor;
 
     double lanes[DPO_NSUMS][DPO_LANES];

@@ -5,6 +5,7 @@
 #ifndef DPO_DISPATCH_H
 #define DPO_DISPATCH_H
 
+#include <float.h>
 #include <stddef.h>
 #include "pair_losses.h"
 

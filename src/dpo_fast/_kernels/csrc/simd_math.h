@@ -7,7 +7,9 @@
  * operations are plain IEEE-754 double adds/multiplies/divides (built with
  * -ffp-contract=off: no fused multiply-add).
  *
- * Accuracy (measured in tests/test_math.py against mpmath): exp <= 1 ulp, softplus <= 1.5 ulp.
+ * Accuracy (measured by tests/test_extremes.py against mpmath over z in [-800, 800]): the
+ * logistic loss log(1 + exp(-z)) within 1.75 ulp (1.68 measured), its derivative within 3 ulp
+ * (2.4 measured).
  */
 #ifndef DPO_SIMD_MATH_H
 #define DPO_SIMD_MATH_H
@@ -79,7 +81,6 @@ DPO_INLINE double dpo_exp(double x)
      * the vectorised loop (it is latency-bound, not throughput-bound). */
     double r2 = r * r;
     double r4 = r2 * r2;
-    double r8 = r4 * r4;
     double a0 = 0.5 + r * 0.16666666666666666;
     double a1 = 0.041666666666666664 + r * 0.008333333333333333;
     double a2 = 0.001388888888888889 + r * 0.0001984126984126984;
