@@ -460,3 +460,23 @@ def test_error_leaves_out_untouched_on_validation_failure():
     with pytest.raises(ValueError):
         preference_loss(*pref_args(), beta=-1.0, out=out)
     assert all(np.all(a == 7.0) for a in out.values())
+
+
+def test_dpo_loss_list_resized_by_float_conversion_is_an_error_not_a_crash():
+    """A number whose __float__ empties the list being read gives ValueError, never a read
+    of freed memory (the fast path re-checks the list after calling Python code)."""
+    import numbers
+
+    class Shrinking:
+        def __init__(self, owner):
+            self.owner = owner
+
+        def __float__(self):
+            self.owner.clear()
+            return 1.0
+
+    numbers.Real.register(Shrinking)
+    chosen = [0.0, -1.0, -2.0]
+    chosen[0] = Shrinking(chosen)
+    with pytest.raises(ValueError, match="log_probs_chosen_policy changed size"):
+        dpo_loss(chosen, [0.0] * 3, [0.0] * 3, [0.0] * 3, 0.1)

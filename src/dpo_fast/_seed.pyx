@@ -8,8 +8,8 @@ sequences) goes through dpo_fast.losses. Rounding reproduces Python's round(x, 4
 (csrc/round4.h), falling back to Python's own round() in the rare near-tie cases.
 """
 
-import math
 import numbers
+import sysconfig
 
 cimport cython
 from cpython.float cimport PyFloat_AS_DOUBLE
@@ -32,6 +32,8 @@ cdef extern from "Python.h":
 # The four arguments in the exercise's order: (name, slot in the C buffer).
 _ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
               "log_probs_chosen_ref", "log_probs_rejected_ref")
+# Free-threaded CPython (3.13t+): list item arrays can change under us (see dpo_loss).
+cdef bint _FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 # Up to this many pairs the C buffers live on the stack (no malloc).
 DEF STACK_ROWS = 32
 
@@ -136,7 +138,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
     """
     cdef tuple seqs = (log_probs_chosen_policy, log_probs_rejected_policy,
                        log_probs_chosen_ref, log_probs_rejected_ref)
-    cdef object seq
+    cdef object seq, item
     cdef Py_ssize_t n = -1, i, size
     cdef int arg
     cdef double stack_buf[7 * STACK_ROWS]
@@ -181,9 +183,24 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
     try:
         # Layout: 4 input columns, then losses, chosen rewards, rejected rewards.
         for arg in range(4):
-            items = PySequence_Fast_ITEMS(seqs[arg])
+            seq = seqs[arg]
+            if _FREE_THREADED and type(seq) is list:
+                # Without the GIL another thread may resize the list while we read its item
+                # array: read a snapshot instead (tuple() copies under the list's lock).
+                seq = tuple(seq)
+                if len(seq) != n:
+                    raise ValueError(f"{_ARG_NAMES[arg]} changed size during the call")
+            items = PySequence_Fast_ITEMS(seq)
             for i in range(n):
-                value = _read_number(<object>items[i], i, arg)
+                item = <object>items[i]
+                if type(item) is float:
+                    value = PyFloat_AS_DOUBLE(item)
+                else:
+                    value = _read_number(item, i, arg)
+                    # That may have run Python code (__float__) that resized the list.
+                    if len(seq) != n:
+                        raise ValueError(f"{_ARG_NAMES[arg]} changed size during the call")
+                    items = PySequence_Fast_ITEMS(seq)
                 if not isfinite(value):
                     raise ValueError(
                         f"{_ARG_NAMES[arg]}[{i}] is {value!r}: inputs must be finite")
