@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import sys
+import sysconfig
 import tempfile
 import textwrap
 
@@ -27,9 +28,17 @@ KERNEL_DIR = os.path.join("src", "dpo_fast", "_kernels")
 # (tests/test_vectorization.py reads this list to check the vectoriser's report.)
 # -g0 overrides the -g in Python's own CFLAGS: no DWARF debug info in the shipped modules
 # (about 4x smaller .so files; the symbol table stays for readable backtraces).
-GCC_FLAGS = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+# -fvisibility=hidden: the modules export only their PyInit_* entry points.
+GCC_FLAGS = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+             "-fvisibility=hidden"]
 # /fp:precise keeps IEEE semantics (no contraction into FMA in VS 2022+ defaults).
 MSVC_FLAGS = ["/O2", "/fp:precise"]
+# The extra x86-64 SIMD clones: csrc/simd_clone.c compiled once per instruction set with the
+# compiler's switch for it (tests/test_vectorization.py reads this table too).
+X86_CLONE_FLAGS = {
+    "avx2": {"unix": ["-mavx2"], "msvc": ["/arch:AVX2"]},
+    "avx512": {"unix": ["-mavx512f", "-mavx512dq", "-mavx512vl"], "msvc": ["/arch:AVX512"]},
+}
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 
 OPENMP_PROBE = textwrap.dedent(
@@ -43,6 +52,16 @@ OPENMP_PROBE = textwrap.dedent(
     }
     """
 )
+
+
+def _targets_x86_64():
+    """Whether the extension is built for x86-64 (and only x86-64: a macOS universal2 build
+    cannot take the -mavx2 clones)."""
+    archflags = os.environ.get("ARCHFLAGS", "").split()
+    if sys.platform == "darwin" and archflags:
+        return archflags == ["-arch", "x86_64"]
+    plat = sysconfig.get_platform().lower()
+    return plat.endswith(("x86_64", "amd64")) and "universal" not in plat
 
 
 def _env_flag(name):
@@ -107,7 +126,23 @@ class BuildExt(build_ext):
             if openmp is not None:
                 ext.extra_compile_args += openmp[0]
                 ext.extra_link_args = list(ext.extra_link_args) + openmp[1]
+            if ext.name == "dpo_fast._kernels._pairwise" and _targets_x86_64():
+                ext.extra_objects = list(ext.extra_objects) + self._x86_clones(ext, base_compile)
+                ext.define_macros = list(ext.define_macros) + [("DPO_X86_CLONES", "1")]
         super().build_extensions()
+
+    def _x86_clones(self, ext, base_compile):
+        """Object files of csrc/simd_clone.c, one per extra instruction set."""
+        family = "msvc" if self.compiler.compiler_type == "msvc" else "unix"
+        objects = []
+        for isa, flags in X86_CLONE_FLAGS.items():
+            objects += self.compiler.compile(
+                [os.path.join(CSRC_DIR, "simd_clone.c")],
+                output_dir=os.path.join(self.build_temp, f"clone_{isa}"),
+                macros=[("DPO_ISA", isa)], include_dirs=ext.include_dirs,
+                extra_postargs=base_compile + flags[family], depends=ext.depends,
+            )
+        return objects
 
 
 def _extensions():

@@ -172,8 +172,6 @@ MACHINE = platform.machine().lower()
 
 
 @pytest.mark.skipif(MACHINE not in ("x86_64", "amd64"), reason="x86-64 only")
-@pytest.mark.xfail(sys.platform == "win32", strict=False,
-                   reason="MSVC builds have no AVX2/AVX-512 clones (csrc/dispatch.c)")
 def test_x86_64_build_has_the_simd_clones():
     if not _cpu_has_avx2():
         pytest.skip("this CPU has no AVX2 (or it cannot be asked)")

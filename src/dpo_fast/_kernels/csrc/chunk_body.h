@@ -6,6 +6,7 @@
  *   DPO_CHUNK_FN   name of the function to define
  *   DPO_TARGET     function attribute selecting the instruction set (may be empty)
  *   DPO_LOOP_HINT  loop pragma (empty, or one that disables vectorisation for "scalar")
+ *   DPO_LINKAGE    static (dispatch.c) or empty (simd_clone.c, called from dispatch.c)
  * All arithmetic is double; outputs are rounded to DPO_T once.
  */
 
@@ -60,17 +61,21 @@
 
 #define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD)                                                    \
     {                                                                                       \
-        int any_huge = 0;                                                                   \
         DPO_LOOP_HINT                                                                       \
         for (ptrdiff_t i = 0; i < m; i++) {                                                 \
             DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0)                                             \
-            any_huge |= DPO_OVERFLOWS(c - r);                                               \
+            /* Keep c - r and test it in the scalar scan below: GCC vectorises neither an    \
+             * OR-reduction of the test nor the unordered compare it needs (NaN counts). */ \
+            buf[DPO_NSUMS][i] = c - r;                                                      \
         }                                                                                   \
+        /* Scan first, fix up only if needed: GCC would otherwise if-convert the fix-up    \
+         * loop and run the whole row body again, masked, for every row. */                 \
+        int any_huge = 0;                                                                   \
+        for (ptrdiff_t i = 0; i < m; i++)                                                   \
+            any_huge |= DPO_OVERFLOWS(buf[DPO_NSUMS][i]);                                   \
         if (any_huge) {                                                                     \
             for (ptrdiff_t i = 0; i < m; i++) {                                             \
-                ptrdiff_t k = block + i;                                                    \
-                double h = ((double)pc[k] - (double)rc[k]) - ((double)pr[k] - (double)rr[k]); \
-                if (DPO_OVERFLOWS(h)) {                                                     \
+                if (DPO_OVERFLOWS(buf[DPO_NSUMS][i])) {                                     \
                     DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1)                                     \
                 }                                                                           \
             }                                                                               \
@@ -86,7 +91,7 @@
         }                                                                                   \
         break;
 
-DPO_TARGET static void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
+DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                     double *sums)
 {
     /* DPO_RESTRICT: the Python layer guarantees outputs never overlap inputs or each other; it
@@ -110,7 +115,8 @@ DPO_TARGET static void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, p
     const double grad_divisor = args->grad_divisor;
 
     double lanes[DPO_NSUMS][DPO_LANES];
-    double buf[DPO_NSUMS][DPO_BLOCK];
+    /* Row terms of the sums, and (last row) each row's c - r, to find rows that overflowed. */
+    double buf[DPO_NSUMS + 1][DPO_BLOCK];
     for (int q = 0; q < DPO_NSUMS; q++)
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;

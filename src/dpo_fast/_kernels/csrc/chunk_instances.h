@@ -1,6 +1,7 @@
 /*
  * Defines dpo_chunk_f64_<DPO_ISA> and dpo_chunk_f32_<DPO_ISA> from chunk_body.h, compiled with
- * DPO_TARGET / DPO_LOOP_HINT as set by the includer (dispatch.c), then clears those macros.
+ * DPO_TARGET / DPO_LOOP_HINT / DPO_LINKAGE as set by the includer (dispatch.c or
+ * simd_clone.c), then clears those macros.
  */
 #define DPO_PASTE_(a, b) a##_##b
 #define DPO_PASTE(a, b) DPO_PASTE_(a, b)
@@ -24,3 +25,4 @@
 #undef DPO_ISA
 #undef DPO_TARGET
 #undef DPO_LOOP_HINT
+#undef DPO_LINKAGE

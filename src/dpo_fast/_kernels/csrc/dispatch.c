@@ -1,70 +1,43 @@
 /*
- * Runtime SIMD dispatch. The chunk loop of chunk_body.h is compiled several times: for the
- * build's baseline target, with vectorisation disabled ("scalar", for testing that every path
- * gives the same bits), and on x86-64 with GCC/Clang also for AVX2 and AVX-512 through
- * __attribute__((target)). The best one this CPU supports is chosen at import with
- * __builtin_cpu_supports. This is the portable route: target_clones would need ifunc, which
- * musl, macOS and MSVC lack. MSVC builds get the baseline and scalar paths only.
+ * Runtime SIMD dispatch. The chunk loop of chunk_body.h is compiled several times: here for the
+ * build's baseline target (SSE2 on x86-64, NEON on aarch64) and with vectorisation disabled
+ * ("scalar", for testing that every path gives the same bits); on x86-64, simd_clone.c adds
+ * AVX2 and AVX-512 clones compiled with the compiler's own ISA switches (setup.py defines
+ * DPO_X86_CLONES when it built them). The best one this CPU and OS support is chosen at import
+ * (__builtin_cpu_supports, or CPUID + XGETBV on MSVC). This is the portable route: target_clones
+ * would need ifunc, which musl, macOS and MSVC lack.
  */
-#include "dispatch.h"
+#include "dispatch_internal.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(DPO_X86_CLONES) && defined(_MSC_VER) && !defined(__clang__)
+#include <immintrin.h>
+#include <intrin.h>
+#endif
 
-static const double dpo_zeros_f64[DPO_CHUNK];
-static const float dpo_zeros_f32[DPO_CHUNK];
-
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#ifdef DPO_X86_CLONES
 #define DPO_HAVE_X86_CLONES 1
 #else
 #define DPO_HAVE_X86_CLONES 0
 #endif
 
-/* DPO_VEC_HINT: the rows of a chunk are independent and outputs never alias inputs (the
- * Python layer checks), which GCC cannot prove across 9 pointers: without the hint it gives up
- * on the run-time alias checks (--param vect-max-version-for-alias-checks) and stays scalar. */
-#if defined(__clang__)
-#define DPO_VEC_HINT _Pragma("clang loop vectorize(assume_safety)")
-#define DPO_NOVEC_HINT _Pragma("clang loop vectorize(disable) interleave(disable)")
-#define DPO_NOVEC_ATTR
-#elif defined(__GNUC__)
-#define DPO_VEC_HINT _Pragma("GCC ivdep")
-#define DPO_NOVEC_HINT
-#define DPO_NOVEC_ATTR __attribute__((optimize("no-tree-vectorize")))
-#elif defined(_MSC_VER)
-#define DPO_VEC_HINT __pragma(loop(ivdep))
-#define DPO_NOVEC_HINT __pragma(loop(no_vector))
-#define DPO_NOVEC_ATTR
-#else
-#define DPO_VEC_HINT
-#define DPO_NOVEC_HINT
-#define DPO_NOVEC_ATTR
-#endif
+const double dpo_zeros_f64[DPO_CHUNK] = {0};
+const float dpo_zeros_f32[DPO_CHUNK] = {0};
 
-
-/* ---- the chunk loop once per instruction set (each gives an f64 and an f32 function) ---- */
+/* ---- the chunk loop for the baseline and scalar paths (each an f64 and an f32 function) ---- */
 #define DPO_ISA baseline
+#define DPO_LINKAGE static
 #define DPO_TARGET
 #define DPO_LOOP_HINT DPO_VEC_HINT
 #include "chunk_instances.h"
 
 #define DPO_ISA scalar
+#define DPO_LINKAGE static
 #define DPO_TARGET DPO_NOVEC_ATTR
 #define DPO_LOOP_HINT DPO_NOVEC_HINT
 #include "chunk_instances.h"
-
-#if DPO_HAVE_X86_CLONES
-#define DPO_ISA avx2
-#define DPO_TARGET __attribute__((target("avx2")))
-#define DPO_LOOP_HINT DPO_VEC_HINT
-#include "chunk_instances.h"
-
-#define DPO_ISA avx512
-#define DPO_TARGET __attribute__((target("avx512f,avx512dq,avx512vl")))
-#define DPO_LOOP_HINT DPO_VEC_HINT
-#include "chunk_instances.h"
-#endif
 
 typedef void (*dpo_chunk_fn)(const DpoChunkArgs *, ptrdiff_t, ptrdiff_t, double *);
 
@@ -82,17 +55,45 @@ void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, doubl
     dpo_f32_impl(args, start, n, sums);
 }
 
+#if DPO_HAVE_X86_CLONES && defined(_MSC_VER) && !defined(__clang__)
+/* CPUID feature bits, and XGETBV for the OS saving the wider registers (Intel SDM vol. 1,
+ * 13.3 and 15.2): XCR0 bits 1-2 (SSE, AVX state) and 5-7 (AVX-512 opmask, ZMM state). */
+static int dpo_msvc_detect(void)
+{
+    int info[4];
+    __cpuid(info, 0);
+    int max_leaf = info[0];
+    __cpuid(info, 1);
+    int osxsave = (info[2] >> 27) & 1, avx = (info[2] >> 28) & 1;
+    if (max_leaf < 7 || !osxsave || !avx)
+        return DPO_SIMD_BASELINE;
+    unsigned long long xcr0 = _xgetbv(0);
+    __cpuidex(info, 7, 0);
+    int avx2 = (info[1] >> 5) & 1;
+    int avx512 = ((info[1] >> 16) & 1) && ((info[1] >> 17) & 1) && ((info[1] >> 31) & 1);
+    if (avx512 && (xcr0 & 0xE6) == 0xE6)
+        return DPO_SIMD_AVX512;
+    if (avx2 && (xcr0 & 0x6) == 0x6)
+        return DPO_SIMD_AVX2;
+    return DPO_SIMD_BASELINE;
+}
+#endif
+
 int dpo_simd_detect(void)
 {
-#if DPO_HAVE_X86_CLONES
+#if DPO_HAVE_X86_CLONES && defined(_MSC_VER) && !defined(__clang__)
+    return dpo_msvc_detect();
+#elif DPO_HAVE_X86_CLONES
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
         && __builtin_cpu_supports("avx512vl"))
         return DPO_SIMD_AVX512;
     if (__builtin_cpu_supports("avx2"))
         return DPO_SIMD_AVX2;
-#endif
     return DPO_SIMD_BASELINE;
+#else
+    return DPO_SIMD_BASELINE;
+#endif
 }
 
 int dpo_simd_get(void)

@@ -1,0 +1,65 @@
+/*
+ * Fused per-token log-probabilities of a language model's logits: the C side of
+ * dpo_fast.sequence_logps (Cython: _logps.pyx sees only this header).
+ *
+ * A "row" is one (sequence b, position t) pair: V contiguous logits at
+ *     logits + b * stride_b + t * stride_t           (strides in elements),
+ * its label labels[r] and its flat index r = b * n_t + t. The Python layer validates labels
+ * and picks the rows that count (mask, ignore_index); these functions only do arithmetic.
+ *
+ * Per row everything is double precision: z = x * inv_temperature, m = max z,
+ * s = sum exp(z - m), lse = m + log(s), token logp = (z[label] - m) - log(s),
+ * entropy = log(s) - sum exp(z - m) * (z - m) / s. Each row is computed the same way (same
+ * operations in the same order) whatever the SIMD level or thread count, so the results are
+ * bit-identical across both.
+ */
+#ifndef DPO_LOGPS_API_H
+#define DPO_LOGPS_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Forward status per row. */
+enum {
+    DPO_LOGPS_NOT_ARGMAX = 0, /* the label is not the (first) arg-max of the logits */
+    DPO_LOGPS_ARGMAX = 1,     /* it is: TRL's token accuracy counts these */
+    DPO_LOGPS_NONFINITE = 2   /* the row holds a NaN or an infinity; outputs are NaN */
+};
+
+typedef struct {
+    const void *logits;     /* float or double, see the row layout above */
+    ptrdiff_t stride_b;     /* elements between sequences */
+    ptrdiff_t stride_t;     /* elements between positions */
+    ptrdiff_t n_t;          /* positions per sequence (T) */
+    ptrdiff_t vocab;        /* V >= 1 */
+    const int64_t *labels;  /* n_b * n_t labels, already checked to lie in [0, V) where used */
+    double inv_temperature; /* 1 / temperature */
+    int simd_level;         /* DPO_SIMD_* numbering of dispatch.h; clamped to what runs here */
+
+    /* Forward outputs, indexed by r (rows not processed are left alone). */
+    double *token_logps;
+    double *logsumexp;      /* lse of the row, what the backward needs */
+    double *entropy;        /* NULL: not wanted */
+    uint8_t *status;        /* DPO_LOGPS_* (backward: written only when it recomputes lse) */
+
+    /* Backward: grad + r * V receives row_weight[r] * (onehot(label) - softmax(z)) *
+     * inv_temperature, or zeros when row_weight[r] == 0 (rows that do not count). */
+    const double *row_weight;
+    const double *lse_in;   /* logsumexp from the forward, or NULL: recompute it */
+    void *grad;             /* n_b * n_t * V elements, C order, same type as logits */
+} DpoLogpsArgs;
+
+/* Forward over rows[k] for k in [k0, k1). */
+void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, ptrdiff_t k0,
+                           ptrdiff_t k1);
+void dpo_logps_forward_f64(const DpoLogpsArgs *args, const int64_t *rows, ptrdiff_t k0,
+                           ptrdiff_t k1);
+
+/* Backward over rows r in [r0, r1) (all rows: those with weight 0 get zeros). */
+void dpo_logps_backward_f32(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
+void dpo_logps_backward_f64(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
+
+/* Best SIMD level this CPU and build can run (same numbering and CPU test as dispatch.c). */
+int dpo_logps_simd_detect(void);
+
+#endif /* DPO_LOGPS_API_H */
