@@ -68,26 +68,29 @@ class PreferenceLossResult:
 
 def _as_input_array(value: Any, name: str) -> np.ndarray:
     """``value`` as a 1-D NumPy array of a supported dtype (no copy yet), or a clear error."""
-    if value is None:
-        raise TypeError(f"{name} is required, got None")
-    if isinstance(value, (list, tuple)) and bool in map(type, value):
-        # NumPy would silently turn True into 1.0 next to floats; the list fast path of
-        # dpo_loss refuses bools, and so does this one.
-        index = list(map(type, value)).index(bool)
-        raise TypeError(f"{name}[{index}] must be a real number, got bool")
-    try:
-        array = np.asarray(value)
-    except ValueError as exc:  # ragged nested sequences
-        raise ValueError(f"{name} must be a 1-D sequence of numbers: {exc}") from None
-    if array.dtype == object:
-        _raise_for_object_array(array, name)
-    kind = array.dtype.kind
+    if type(value) is np.ndarray:  # the common case, kept cheap for small batches
+        array = value
+    else:
+        if value is None:
+            raise TypeError(f"{name} is required, got None")
+        if isinstance(value, (list, tuple)) and bool in map(type, value):
+            # NumPy would silently turn True into 1.0 next to floats; the list fast path of
+            # dpo_loss refuses bools, and so does this one.
+            index = list(map(type, value)).index(bool)
+            raise TypeError(f"{name}[{index}] must be a real number, got bool")
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged nested sequences
+            raise ValueError(f"{name} must be a 1-D sequence of numbers: {exc}") from None
+    dtype = array.dtype
+    kind = dtype.kind
     if kind == "f":
-        if array.dtype.itemsize > 8:
-            raise TypeError(f"{name} has dtype {array.dtype}; convert it to float64 first")
+        if dtype.itemsize > 8:
+            raise TypeError(f"{name} has dtype {dtype}; convert it to float64 first")
     elif kind not in "iu":
-        raise TypeError(f"{name} must hold real numbers (float or integer), got dtype "
-                        f"{array.dtype}")
+        if kind == "O":
+            _raise_for_object_array(array, name)
+        raise TypeError(f"{name} must hold real numbers (float or integer), got dtype {dtype}")
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
     return array
@@ -121,37 +124,38 @@ def _prepare_inputs(values: Sequence[Any], names: Sequence[str], force_float64: 
     Returns the converted arrays, their dtype, and the caller's arrays as given (views, for
     the overlap check of ``out=``: a strided input is copied, but ``out`` must not alias the
     original either)."""
-    arrays: list[np.ndarray | None] = []
-    for index, (value, name) in enumerate(zip(values, names)):
-        if value is None and index >= 2:
-            arrays.append(None)
-            continue
-        arrays.append(_as_input_array(value, name))
-    present = [(a, n) for a, n in zip(arrays, names) if a is not None]
-    length = present[0][0].shape[0]
-    for array, name in present[1:]:
-        if array.shape[0] != length:
-            raise ValueError(f"length mismatch: {present[0][1]} has {length} elements but "
-                             f"{name} has {array.shape[0]}")
-    if length == 0:
-        raise ValueError(f"{names[0]} is empty: at least one pair is needed")
+    arrays: list[np.ndarray | None] = [_as_input_array(values[0], names[0]),
+                                       _as_input_array(values[1], names[1])]
+    for value, name in zip(values[2:], names[2:]):
+        arrays.append(None if value is None else _as_input_array(value, name))
     if (arrays[2] is None) != (arrays[3] is None):
         given, missing = (names[2], names[3]) if arrays[3] is None else (names[3], names[2])
         raise ValueError(f"{given} was given but {missing} was not: pass both reference "
                          "log-probs, or neither for the reference-free loss")
-    all_single = all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a, _ in present)
-    dtype = np.float32 if all_single and not force_float64 else np.float64
+    present = [a for a in arrays if a is not None]
+    length = present[0].shape[0]
+    for array, name in zip(present[1:], names[1:]):
+        if array.shape[0] != length:
+            raise ValueError(f"length mismatch: {names[0]} has {length} elements but "
+                             f"{name} has {array.shape[0]}")
+    if length == 0:
+        raise ValueError(f"{names[0]} is empty: at least one pair is needed")
+    single = not force_float64 and all(a.dtype.kind == "f" and a.dtype.itemsize <= 4
+                                       for a in present)
+    dtype = np.float32 if single else np.float64
     converted = [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays]
-    return converted, dtype, [a for a, _ in present]
+    return converted, dtype, present
 
 
 def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length: int,
-                   dtype: type, inputs: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+                   dtype: type, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Allocate the outputs, or check the caller's preallocated ones in ``out``."""
-    if out is not None and not isinstance(out, Mapping):
+    if out is None:
+        return {key: np.empty(length, dtype=dtype) for key in wanted}
+    if not isinstance(out, Mapping):
         raise TypeError(f"out must be a dict of arrays keyed by {OUTPUT_NAMES}, got "
                         f"{type(out).__name__}")
-    given = {} if out is None else dict(out)
+    given = dict(out)
     for key in given:
         if key not in OUTPUT_NAMES:
             raise ValueError(f"out has unknown key {key!r}; expected some of {OUTPUT_NAMES}")
@@ -173,7 +177,7 @@ def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length:
             raise ValueError(f"{label} has shape {array.shape}, expected ({length},)")
         if not array.flags.c_contiguous or not array.flags.writeable:
             raise ValueError(f"{label} must be C-contiguous and writeable")
-        for other in [a for a in inputs if a is not None] + list(arrays.values()):
+        for other in [*inputs, *arrays.values()]:
             if np.may_share_memory(array, other):
                 raise ValueError(f"{label} overlaps an input or another output")
         arrays[key] = array
@@ -205,7 +209,8 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     beta_value = validate_beta(beta)
     if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; supported: {sorted(LOSS_TYPES)}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+    if type(label_smoothing) is not float and (
+            isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)):
         raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
     try:
         smoothing = float(label_smoothing)
@@ -222,18 +227,21 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     arrays, dtype, originals = _prepare_inputs(values, names, force_float64)
     length = arrays[0].shape[0]
     wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
-    outputs = _check_outputs(out, wanted, length, dtype, arrays + originals)
+    # The caller's arrays (a converted copy cannot overlap anything the caller holds).
+    outputs = _check_outputs(out, wanted, length, dtype, originals)
 
-    sums = _pairwise.pairwise_loss(
+    kernel = _pairwise.pairwise_loss_f32 if dtype is np.float32 else _pairwise.pairwise_loss_f64
+    sums = kernel(
         *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
-        outputs.get("grad_chosen"), outputs.get("grad_rejected"),
-        loss_type=LOSS_TYPES[loss_type], beta=beta_value, label_smoothing=smoothing,
-        grad_divisor=float(length) if reduction == "mean" else 1.0,
-        n_threads=_threads.resolve_n_threads(threads, length),
+        outputs.get("grad_chosen"), outputs.get("grad_rejected"), LOSS_TYPES[loss_type],
+        beta_value, smoothing, float(length) if reduction == "mean" else 1.0,
+        _threads.resolve_n_threads(threads, length),
     )
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a finite overflow of a sum is told apart by the exact search.
-    finite_sums = all(math.isfinite(total) for total in sums)
+    # (One test for all 7: a NaN or inf term makes the sum non-finite; a false alarm from an
+    # overflowing sum of finite terms only costs the exact checks below.)
+    finite_sums = math.isfinite(sum(sums))
     if want_finite and not finite_sums:
         _first_non_finite(arrays, names)
     means = [total / length for total in sums]

@@ -7,17 +7,32 @@ CHUNK_ROWS: int
 LOSS_SIGMOID: int
 SUM_NAMES: tuple[str, ...]
 
-def pairwise_loss(
-    chosen: _Float,
-    rejected: _Float,
-    ref_chosen: _Float | None,
-    ref_rejected: _Float | None,
-    losses: _Float,
-    chosen_rewards: _Float,
-    rejected_rewards: _Float,
-    grad_chosen: _Float | None,
-    grad_rejected: _Float | None,
-    *,
+def pairwise_loss_f64(
+    chosen: npt.NDArray[np.float64],
+    rejected: npt.NDArray[np.float64],
+    ref_chosen: npt.NDArray[np.float64] | None,
+    ref_rejected: npt.NDArray[np.float64] | None,
+    losses: npt.NDArray[np.float64],
+    chosen_rewards: npt.NDArray[np.float64],
+    rejected_rewards: npt.NDArray[np.float64],
+    grad_chosen: npt.NDArray[np.float64] | None,
+    grad_rejected: npt.NDArray[np.float64] | None,
+    loss_type: int,
+    beta: float,
+    label_smoothing: float,
+    grad_divisor: float,
+    n_threads: int,
+) -> tuple[float, ...]: ...
+def pairwise_loss_f32(
+    chosen: npt.NDArray[np.float32],
+    rejected: npt.NDArray[np.float32],
+    ref_chosen: npt.NDArray[np.float32] | None,
+    ref_rejected: npt.NDArray[np.float32] | None,
+    losses: npt.NDArray[np.float32],
+    chosen_rewards: npt.NDArray[np.float32],
+    rejected_rewards: npt.NDArray[np.float32],
+    grad_chosen: npt.NDArray[np.float32] | None,
+    grad_rejected: npt.NDArray[np.float32] | None,
     loss_type: int,
     beta: float,
     label_smoothing: float,

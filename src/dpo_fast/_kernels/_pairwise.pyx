@@ -50,17 +50,12 @@ cdef inline void *_out_ptr_or_null(floating[::1] view) noexcept:
     return NULL if view is None else <void *>&view[0]
 
 
-def pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
-                  const floating[::1] ref_chosen, const floating[::1] ref_rejected,
-                  floating[::1] losses, floating[::1] chosen_rewards,
-                  floating[::1] rejected_rewards, floating[::1] grad_chosen,
-                  floating[::1] grad_rejected, *, int loss_type, double beta,
-                  double label_smoothing, double grad_divisor, int n_threads):
-    """Run the fused per-pair loss over all rows; return the DPO_NSUMS sums (SUM_NAMES).
-
-    All arrays must have the same non-zero length and dtype; ref_* and grad_* may be None.
-    The caller guarantees that outputs overlap neither inputs nor each other.
-    """
+cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
+                          const floating[::1] ref_chosen, const floating[::1] ref_rejected,
+                          floating[::1] losses, floating[::1] chosen_rewards,
+                          floating[::1] rejected_rewards, floating[::1] grad_chosen,
+                          floating[::1] grad_rejected, int loss_type, double beta,
+                          double label_smoothing, double grad_divisor, int n_threads):
     cdef Py_ssize_t n = chosen.shape[0]
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef Py_ssize_t chunk, start
@@ -105,6 +100,35 @@ def pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
     finally:
         free(partials)
     return tuple([totals[q] for q in range(DPO_NSUMS)])
+
+
+
+# Two concrete entry points rather than one fused `def`: Cython's run-time dispatch of a fused
+# def function costs about a microsecond per call, which small batches would feel.
+def pairwise_loss_f64(const double[::1] chosen, const double[::1] rejected,
+                      const double[::1] ref_chosen, const double[::1] ref_rejected,
+                      double[::1] losses, double[::1] chosen_rewards,
+                      double[::1] rejected_rewards, double[::1] grad_chosen,
+                      double[::1] grad_rejected, int loss_type, double beta,
+                      double label_smoothing, double grad_divisor, int n_threads):
+    """Run the fused per-pair loss over all rows (float64); return the DPO_NSUMS sums
+    (SUM_NAMES). All arrays have the same non-zero length; ref_* and grad_* may be None. The
+    caller guarantees that outputs overlap neither inputs nor each other."""
+    return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
+                          rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
+                          label_smoothing, grad_divisor, n_threads)
+
+
+def pairwise_loss_f32(const float[::1] chosen, const float[::1] rejected,
+                      const float[::1] ref_chosen, const float[::1] ref_rejected,
+                      float[::1] losses, float[::1] chosen_rewards,
+                      float[::1] rejected_rewards, float[::1] grad_chosen,
+                      float[::1] grad_rejected, int loss_type, double beta,
+                      double label_smoothing, double grad_divisor, int n_threads):
+    """pairwise_loss_f64 for float32 arrays (arithmetic and sums still in double)."""
+    return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
+                          rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
+                          label_smoothing, grad_divisor, n_threads)
 
 
 def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[::1] c,
