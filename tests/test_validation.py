@@ -290,7 +290,7 @@ def test_good_label_smoothing(eps):
     assert math.isfinite(preference_loss(*pref_args(), label_smoothing=eps).loss)
 
 
-@pytest.mark.parametrize("loss_type", ["hinge", "Sigmoid", "", None, 0, "ipo"])
+@pytest.mark.parametrize("loss_type", ["kto_pair", "Sigmoid", "", None, 0, "dpo"])
 def test_unknown_loss_type(loss_type):
     """Unknown loss_type: ValueError listing the supported ones."""
     with pytest.raises(ValueError, match="unknown loss_type.*sigmoid"):

@@ -21,7 +21,12 @@ from dpo_fast._seed import round4, round4_list, validate_beta
 __all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS"]
 
 # The loss-type registry: public name -> kernel id (csrc/pair_losses.h).
-LOSS_TYPES: Mapping[str, int] = {"sigmoid": _pairwise.LOSS_SIGMOID}
+LOSS_TYPES: Mapping[str, int] = dict(_pairwise.LOSS_IDS)
+# What label_smoothing means per loss type: the epsilon of conservative DPO / rDPO, in
+# [0, 0.5); exo_pair's epsilon, in (0, 1), where 0 (the default) stands for TRL's 1e-3;
+# any other loss type does not use it and refuses a non-zero value.
+_SMOOTHED_HALF_OPEN = frozenset({"sigmoid", "robust"})
+_EXO_DEFAULT_EPSILON = 1e-3
 REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 # Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
@@ -202,22 +207,48 @@ def _check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def _real(value: Any, name: str) -> float:
+    """``value`` as a float (inf if too large), or TypeError naming the parameter."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _smoothing_for(loss_type: str, label_smoothing: Any) -> float:
+    """The epsilon the kernel gets for ``loss_type``, checked against that loss's range."""
+    epsilon = _real(label_smoothing, "label_smoothing")
+    if loss_type in _SMOOTHED_HALF_OPEN:
+        if not 0.0 <= epsilon < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5) for loss_type="
+                             f"{loss_type!r}, got {label_smoothing!r}")
+    elif loss_type == "exo_pair":
+        if epsilon == 0.0:
+            return _EXO_DEFAULT_EPSILON
+        if not 0.0 < epsilon < 1.0:
+            raise ValueError(f"label_smoothing must be in (0, 1) for loss_type='exo_pair', "
+                             f"got {label_smoothing!r}")
+    elif epsilon != 0.0:
+        raise ValueError(f"label_smoothing is not used by loss_type={loss_type!r}; "
+                         f"got {label_smoothing!r}")
+    return epsilon
+
+
 def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: Any,
-         label_smoothing: Any, reduction: Any, compute_grad: Any, check_finite: Any,
-         n_threads: Any, out: Mapping[str, Any] | None, force_float64: bool = False
-         ) -> PreferenceLossResult:
+         label_smoothing: Any, discopop_tau: Any, reduction: Any, compute_grad: Any,
+         check_finite: Any, n_threads: Any, out: Mapping[str, Any] | None,
+         force_float64: bool = False) -> PreferenceLossResult:
     beta_value = validate_beta(beta)
     if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; supported: {sorted(LOSS_TYPES)}")
-    if type(label_smoothing) is not float and (
-            isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)):
-        raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
-    try:
-        smoothing = float(label_smoothing)
-    except OverflowError:
-        smoothing = math.inf
-    if not 0.0 <= smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+    smoothing = _smoothing_for(loss_type, label_smoothing)
+    tau = _real(discopop_tau, "discopop_tau")
+    if not (math.isfinite(tau) and tau > 0.0):
+        raise ValueError(f"discopop_tau must be finite and > 0, got {discopop_tau!r}")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     want_grad = _check_flag(compute_grad, "compute_grad")
@@ -234,7 +265,7 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     sums = kernel(
         *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
         outputs.get("grad_chosen"), outputs.get("grad_rejected"), LOSS_TYPES[loss_type],
-        beta_value, smoothing, float(length) if reduction == "mean" else 1.0,
+        beta_value, smoothing, tau, float(length) if reduction == "mean" else 1.0,
         _threads.resolve_n_threads(threads, length),
     )
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
@@ -288,7 +319,8 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
 def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any = None,
                     ref_rejected_logps: Any = None, *, beta: float = 0.1,
                     loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                    reduction: str = "mean", compute_grad: bool = False,
+                    discopop_tau: float = 0.05, reduction: str = "mean",
+                    compute_grad: bool = False,
                     check_finite: bool = True, n_threads: int | None = None,
                     out: Mapping[str, np.ndarray] | None = None) -> PreferenceLossResult:
     """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
@@ -297,8 +329,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     ``r = rejected_logps - ref_rejected_logps`` and ``z = beta * (c - r)``, the ``"sigmoid"``
     loss (DPO) of a pair is ``-(1 - eps) * log(sigmoid(z)) - eps * log(sigmoid(-z))`` with
     ``eps = label_smoothing`` (conservative DPO, as in the DPO authors' code; ``eps = 0`` is
-    plain DPO). It is evaluated stably in double precision: finite inputs never give NaN,
-    and ``|z|`` up to 1e6 and beyond gives the exact limits.
+    plain DPO). Every loss type is evaluated stably in double precision: finite inputs never
+    give NaN, and ``|z|`` up to 1e6 and beyond gives the exact limits (or ``inf`` where the
+    value itself overflows).
 
     Parameters
     ----------
@@ -310,9 +343,16 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     beta : float, default 0.1
         Inverse temperature; finite and > 0.
     loss_type : str, default "sigmoid"
-        The per-pair loss. Supported: ``"sigmoid"``.
+        The per-pair loss (formulas and sources in the README's loss table):
+        ``"sigmoid"`` (DPO), ``"hinge"`` (SLiC), ``"ipo"`` (IPO, summed log-ratios),
+        ``"exo_pair"``, ``"nca_pair"``, ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``,
+        ``"apo_zero"``, ``"apo_down"``, ``"discopop"``.
     label_smoothing : float, default 0.0
-        ``eps`` above, in ``[0, 0.5)``.
+        ``eps``: for ``"sigmoid"`` and ``"robust"`` in ``[0, 0.5)``; for ``"exo_pair"`` in
+        ``(0, 1)``, with 0 meaning TRL's default 1e-3; other loss types do not use it and
+        refuse a non-zero value.
+    discopop_tau : float, default 0.05
+        DiscoPOP's temperature (TRL's default); finite and > 0.
     reduction : {"mean", "sum", "none"}, default "mean"
         How ``loss`` reduces the per-pair losses.
     compute_grad : bool, default False
@@ -359,7 +399,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     """
     return _run((chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps),
                 _PREFERENCE_ARG_NAMES, beta=beta, loss_type=loss_type,
-                label_smoothing=label_smoothing, reduction=reduction,
+                label_smoothing=label_smoothing, discopop_tau=discopop_tau, reduction=reduction,
                 compute_grad=compute_grad, check_finite=check_finite, n_threads=n_threads,
                 out=out)
 
@@ -374,7 +414,8 @@ def _dpo_loss_general(chosen_policy: Any, rejected_policy: Any, chosen_ref: Any,
         if value is None:
             raise TypeError(f"{name} is required, got None")
     result = _run((chosen_policy, rejected_policy, chosen_ref, rejected_ref), _SEED_ARG_NAMES,
-                  beta=beta, loss_type="sigmoid", label_smoothing=0.0, reduction="mean",
+                  beta=beta, loss_type="sigmoid", label_smoothing=0.0, discopop_tau=0.05,
+                  reduction="mean",
                   compute_grad=False, check_finite=True, n_threads=None, out=None,
                   force_float64=True)
     return {"loss": round4(result.loss),

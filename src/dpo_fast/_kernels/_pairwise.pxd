@@ -14,6 +14,16 @@ cdef extern from "dispatch.h" nogil:
         DPO_SUM_CHOSEN_LOGP
         DPO_SUM_REJECTED_LOGP
         DPO_LOSS_SIGMOID
+        DPO_LOSS_HINGE
+        DPO_LOSS_IPO
+        DPO_LOSS_EXO_PAIR
+        DPO_LOSS_NCA_PAIR
+        DPO_LOSS_ROBUST
+        DPO_LOSS_BCO_PAIR
+        DPO_LOSS_SPPO_HARD
+        DPO_LOSS_APO_ZERO
+        DPO_LOSS_APO_DOWN
+        DPO_LOSS_DISCOPOP
         DPO_N_LOSS_TYPES
         DPO_SIMD_SCALAR
         DPO_SIMD_BASELINE
@@ -23,6 +33,9 @@ cdef extern from "dispatch.h" nogil:
     ctypedef struct DpoLossParams:
         double beta
         double label_smoothing
+        double discopop_tau
+        double exo_log1m_eps
+        double exo_log_eps
 
     ctypedef struct DpoChunkArgs:
         const void *chosen

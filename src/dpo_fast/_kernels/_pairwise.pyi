@@ -4,7 +4,7 @@ import numpy.typing as npt
 _Float = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 CHUNK_ROWS: int
-LOSS_SIGMOID: int
+LOSS_IDS: dict[str, int]
 SUM_NAMES: tuple[str, ...]
 
 def pairwise_loss_f64(
@@ -20,6 +20,7 @@ def pairwise_loss_f64(
     loss_type: int,
     beta: float,
     label_smoothing: float,
+    discopop_tau: float,
     grad_divisor: float,
     n_threads: int,
 ) -> tuple[float, ...]: ...
@@ -36,6 +37,7 @@ def pairwise_loss_f32(
     loss_type: int,
     beta: float,
     label_smoothing: float,
+    discopop_tau: float,
     grad_divisor: float,
     n_threads: int,
 ) -> tuple[float, ...]: ...

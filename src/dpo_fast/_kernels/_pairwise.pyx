@@ -8,6 +8,7 @@ the per-chunk sums in a fixed order, so results do not depend on the number of t
 """
 
 from cython.parallel cimport prange
+from libc.math cimport log, log1p
 from libc.stdlib cimport free, malloc
 
 cdef extern from "dispatch.h" nogil:
@@ -29,7 +30,14 @@ ctypedef fused floating:
     double
 
 CHUNK_ROWS = DPO_CHUNK
-LOSS_SIGMOID = DPO_LOSS_SIGMOID
+# Kernel ids of the loss types (csrc/pair_losses.h); dpo_fast.losses maps names to them.
+LOSS_IDS = {
+    "sigmoid": DPO_LOSS_SIGMOID, "hinge": DPO_LOSS_HINGE, "ipo": DPO_LOSS_IPO,
+    "exo_pair": DPO_LOSS_EXO_PAIR, "nca_pair": DPO_LOSS_NCA_PAIR, "robust": DPO_LOSS_ROBUST,
+    "bco_pair": DPO_LOSS_BCO_PAIR, "sppo_hard": DPO_LOSS_SPPO_HARD,
+    "apo_zero": DPO_LOSS_APO_ZERO, "apo_down": DPO_LOSS_APO_DOWN,
+    "discopop": DPO_LOSS_DISCOPOP,
+}
 SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
              "chosen_logps", "rejected_logps")
 _LEVELS = (DPO_SIMD_SCALAR, DPO_SIMD_BASELINE, DPO_SIMD_AVX2, DPO_SIMD_AVX512)
@@ -55,7 +63,8 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
                           floating[::1] losses, floating[::1] chosen_rewards,
                           floating[::1] rejected_rewards, floating[::1] grad_chosen,
                           floating[::1] grad_rejected, int loss_type, double beta,
-                          double label_smoothing, double grad_divisor, int n_threads):
+                          double label_smoothing, double discopop_tau, double grad_divisor,
+                          int n_threads):
     cdef Py_ssize_t n = chosen.shape[0]
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef Py_ssize_t chunk, start
@@ -81,6 +90,10 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
     args.loss_type = loss_type
     args.params.beta = beta
     args.params.label_smoothing = label_smoothing
+    args.params.discopop_tau = discopop_tau
+    # exo_pair's constants; the caller keeps label_smoothing in (0, 1) for that loss.
+    args.params.exo_log1m_eps = log1p(-label_smoothing)
+    args.params.exo_log_eps = log(label_smoothing) if label_smoothing > 0.0 else 0.0
 
     partials = <double *>malloc(n_chunks * DPO_NSUMS * sizeof(double))
     if partials == NULL:
@@ -110,13 +123,14 @@ def pairwise_loss_f64(const double[::1] chosen, const double[::1] rejected,
                       double[::1] losses, double[::1] chosen_rewards,
                       double[::1] rejected_rewards, double[::1] grad_chosen,
                       double[::1] grad_rejected, int loss_type, double beta,
-                      double label_smoothing, double grad_divisor, int n_threads):
+                      double label_smoothing, double discopop_tau, double grad_divisor,
+                      int n_threads):
     """Run the fused per-pair loss over all rows (float64); return the DPO_NSUMS sums
     (SUM_NAMES). All arrays have the same non-zero length; ref_* and grad_* may be None. The
     caller guarantees that outputs overlap neither inputs nor each other."""
     return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
                           rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
-                          label_smoothing, grad_divisor, n_threads)
+                          label_smoothing, discopop_tau, grad_divisor, n_threads)
 
 
 def pairwise_loss_f32(const float[::1] chosen, const float[::1] rejected,
@@ -124,11 +138,12 @@ def pairwise_loss_f32(const float[::1] chosen, const float[::1] rejected,
                       float[::1] losses, float[::1] chosen_rewards,
                       float[::1] rejected_rewards, float[::1] grad_chosen,
                       float[::1] grad_rejected, int loss_type, double beta,
-                      double label_smoothing, double grad_divisor, int n_threads):
+                      double label_smoothing, double discopop_tau, double grad_divisor,
+                      int n_threads):
     """pairwise_loss_f64 for float32 arrays (arithmetic and sums still in double)."""
     return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
                           rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
-                          label_smoothing, grad_divisor, n_threads)
+                          label_smoothing, discopop_tau, grad_divisor, n_threads)
 
 
 def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[::1] c,

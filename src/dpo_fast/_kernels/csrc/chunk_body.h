@@ -39,7 +39,7 @@
     double row_beta = huge ? beta4 : beta;                                                  \
     double c = scale * chosen - scale * ref_chosen;                                         \
     double r = scale * rejected - scale * ref_rejected;                                     \
-    DpoPairLoss pl = PAIR_FN(&params, row_beta, c, r);                                      \
+    DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, c, r);                        \
     double chosen_reward = row_beta * c;                                                    \
     double rejected_reward = row_beta * r;                                                  \
     out_loss[row] = (DPO_T)pl.value;                                                        \
@@ -57,25 +57,32 @@
     buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                                   \
     buf[DPO_SUM_REJECTED_LOGP][i] = rejected;
 
-#define DPO_OVERFLOWS(c_minus_r) (!(DPO_ABS(c_minus_r) <= DBL_MAX))
-
 #define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD)                                                    \
     {                                                                                       \
         DPO_LOOP_HINT                                                                       \
         for (ptrdiff_t i = 0; i < m; i++) {                                                 \
             DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0)                                             \
-            /* Keep c - r and test it in the scalar scan below: GCC vectorises neither an    \
-             * OR-reduction of the test nor the unordered compare it needs (NaN counts). */ \
-            buf[DPO_NSUMS][i] = c - r;                                                      \
+            /* (c - r) * 0 is 0 on ordinary rows and NaN where c - r overflowed (or a      \
+             * NaN came in): summed in lanes below, it flags the block without a scalar     \
+             * scan (GCC vectorises neither an OR-reduction of a compare nor the unordered  \
+             * compare itself). */                                                          \
+            buf[DPO_NSUMS][i] = (c - r) * 0.0;                                              \
         }                                                                                   \
-        /* Scan first, fix up only if needed: GCC would otherwise if-convert the fix-up    \
+        double flag_lanes[DPO_LANES] = {0.0};                                               \
+        ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;                                        \
+        for (ptrdiff_t i = 0; i < i_end; i += DPO_LANES)                                    \
+            for (int j = 0; j < DPO_LANES; j++)                                             \
+                flag_lanes[j] += buf[DPO_NSUMS][i + j];                                     \
+        for (ptrdiff_t i = i_end; i < m; i++)                                               \
+            flag_lanes[0] += buf[DPO_NSUMS][i];                                             \
+        double flag = 0.0;                                                                  \
+        for (int j = 0; j < DPO_LANES; j++)                                                 \
+            flag += flag_lanes[j];                                                          \
+        /* Fix up only if needed, row by row: GCC would otherwise if-convert the fix-up     \
          * loop and run the whole row body again, masked, for every row. */                 \
-        int any_huge = 0;                                                                   \
-        for (ptrdiff_t i = 0; i < m; i++)                                                   \
-            any_huge |= DPO_OVERFLOWS(buf[DPO_NSUMS][i]);                                   \
-        if (any_huge) {                                                                     \
+        if (flag != 0.0) {                                                                  \
             for (ptrdiff_t i = 0; i < m; i++) {                                             \
-                if (DPO_OVERFLOWS(buf[DPO_NSUMS][i])) {                                     \
+                if (buf[DPO_NSUMS][i] != 0.0) {                                             \
                     DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1)                                     \
                 }                                                                           \
             }                                                                               \
@@ -115,7 +122,7 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
     const double grad_divisor = args->grad_divisor;
 
     double lanes[DPO_NSUMS][DPO_LANES];
-    /* Row terms of the sums, and (last row) each row's c - r, to find rows that overflowed. */
+    /* Row terms of the sums, and (last row) each row's overflow flag (0, or NaN). */
     double buf[DPO_NSUMS + 1][DPO_BLOCK];
     for (int q = 0; q < DPO_NSUMS; q++)
         for (int j = 0; j < DPO_LANES; j++)

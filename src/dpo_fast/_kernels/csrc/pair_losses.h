@@ -1,10 +1,19 @@
 /*
- * One small function per pairwise preference loss: given beta and the pair's log-ratios
- * c = pc - rc (chosen) and r = pr - rr (rejected), it returns the per-pair loss and its
- * derivatives with respect to c and r, all in double precision. (The chunk loop passes beta
- * rather than reading params->beta: for rows near DBL_MAX it passes c/4, r/4 and 4*beta.)
- * The chunk loop (chunk_body.h) is written once and calls one of these, so a new loss type is
- * a new function here plus a case in DPO_FOR_EACH_LOSS, never a new loop.
+ * One small function per pairwise preference loss: given the pair's log-ratios c = pc - rc
+ * (chosen) and r = pr - rr (rejected), it returns the per-pair loss and its derivatives with
+ * respect to c and r, all in double precision. The chunk loop (chunk_body.h) is written once
+ * and calls one of these, so a new loss type is a new function here plus a line in
+ * DPO_FOR_EACH_LOSS, never a new loop.
+ *
+ * Arguments: `beta` and `inv_scale` come from the chunk loop, not from params: for rows near
+ * DBL_MAX it passes c/4 and r/4 with inv_scale = 4 and beta = 4*params->beta, so that
+ * beta*c and beta*r are still exact and finite; a loss of the raw log-ratios multiplies them
+ * by inv_scale (an exact power of two, 1 on every ordinary row). Derivatives are with
+ * respect to the arguments c and r as passed; the loop applies d(c)/d(pc).
+ *
+ * Formulas follow the papers cited at each function and TRL's DPOTrainer (README has the
+ * table). logsigmoid(x) = -softplus(-x) is never formed as log(sigmoid(x)); every
+ * softplus/sigmoid pair comes from dpo_logistic.
  */
 #ifndef DPO_PAIR_LOSSES_H
 #define DPO_PAIR_LOSSES_H
@@ -14,20 +23,38 @@
 /* Loss identifiers shared with the Python layer (dpo_fast/losses.py keeps the registry). */
 enum {
     DPO_LOSS_SIGMOID = 0,
-    DPO_N_LOSS_TYPES = 1
+    DPO_LOSS_HINGE,
+    DPO_LOSS_IPO,
+    DPO_LOSS_EXO_PAIR,
+    DPO_LOSS_NCA_PAIR,
+    DPO_LOSS_ROBUST,
+    DPO_LOSS_BCO_PAIR,
+    DPO_LOSS_SPPO_HARD,
+    DPO_LOSS_APO_ZERO,
+    DPO_LOSS_APO_DOWN,
+    DPO_LOSS_DISCOPOP,
+    DPO_N_LOSS_TYPES
 };
 
 typedef struct {
     double beta;
-    double label_smoothing;
+    double label_smoothing; /* epsilon of sigmoid / robust / exo_pair */
+    double discopop_tau;
+    double exo_log1m_eps;   /* log(1 - epsilon), log(epsilon): exo_pair's constants */
+    double exo_log_eps;
 } DpoLossParams;
-
 
 typedef struct {
     double value;
     double d_chosen;   /* d value / d c */
     double d_rejected; /* d value / d r */
 } DpoPairLoss;
+
+/* softplus(x) = log(1 + exp(x)) from the pieces of dpo_logistic(x). */
+DPO_INLINE double dpo_softplus_of(double x, DpoLogistic lg)
+{
+    return dpo_relu(x) + lg.log1p_e;
+}
 
 /*
  * sigmoid (DPO, Rafailov et al. 2023) with conservative label smoothing as in the DPO
@@ -37,9 +64,10 @@ typedef struct {
  *   d/dz   = -(1-eps)*sigmoid(-z) + eps*sigmoid(z).
  * Both softplus terms share log(1 + exp(-|z|)), so neither is formed by cancellation.
  */
-DPO_INLINE DpoPairLoss dpo_pair_sigmoid(const DpoLossParams *params, double beta, double c,
-                                        double r)
+DPO_INLINE DpoPairLoss dpo_pair_sigmoid(const DpoLossParams *params, double beta,
+                                        double inv_scale, double c, double r)
 {
+    (void)inv_scale;
     DpoPairLoss out;
     double eps = params->label_smoothing;
     double z = beta * (c - r);
@@ -53,8 +81,194 @@ DPO_INLINE DpoPairLoss dpo_pair_sigmoid(const DpoLossParams *params, double beta
     return out;
 }
 
+/* hinge (SLiC, Zhao et al. 2023; RSO): max(0, 1 - z); the subgradient at z = 1 is 0. */
+DPO_INLINE DpoPairLoss dpo_pair_hinge(const DpoLossParams *params, double beta,
+                                      double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double margin = 1.0 - beta * (c - r);
+    int active = margin > 0.0;
+    out.value = active ? margin : 0.0;
+    out.d_chosen = active ? -beta : 0.0;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* ipo (Azar et al. 2023, Eq. 17), summed log-ratios: (h - 1/(2 beta))^2 with h = c - r.
+ * (Length-normalised log-ratios are the caller's choice of c and r.) */
+DPO_INLINE DpoPairLoss dpo_pair_ipo(const DpoLossParams *params, double beta,
+                                    double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    double gap = (c - r) * inv_scale - 0.5 / params->beta;
+    out.value = gap * gap;
+    out.d_chosen = 2.0 * gap * inv_scale;
+    out.d_rejected = -out.d_chosen;
+    (void)beta;
+    return out;
+}
+
+/* exo_pair (Ji et al. 2024, Eq. 16):
+ *   sigmoid(z) (logsigmoid(z) - log(1-eps)) + sigmoid(-z) (logsigmoid(-z) - log(eps));
+ *   d/dz = sigmoid(z) sigmoid(-z) (z - log(1-eps) + log(eps)),
+ * since logsigmoid(z) - logsigmoid(-z) = z. */
+DPO_INLINE DpoPairLoss dpo_pair_exo_pair(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)inv_scale;
+    double z = beta * (c - r);
+    DpoLogistic lg = dpo_logistic(z);
+    double logsig_pos = -dpo_softplus_of(-z, lg);
+    double logsig_neg = -dpo_softplus_of(z, lg);
+    out.value = lg.sig_pos * (logsig_pos - params->exo_log1m_eps)
+                + lg.sig_neg * (logsig_neg - params->exo_log_eps);
+    double d_z = lg.sig_pos * lg.sig_neg * (z - params->exo_log1m_eps + params->exo_log_eps);
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* nca_pair (Chen et al. 2024): with x = beta c, y = beta r,
+ *   -logsigmoid(x) - logsigmoid(-x)/2 - logsigmoid(-y)/2. */
+DPO_INLINE DpoPairLoss dpo_pair_nca_pair(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double x = beta * c, y = beta * r;
+    DpoLogistic lx = dpo_logistic(x);
+    DpoLogistic ly = dpo_logistic(y);
+    out.value = dpo_softplus_of(-x, lx) + 0.5 * dpo_softplus_of(x, lx)
+                + 0.5 * dpo_softplus_of(y, ly);
+    out.d_chosen = beta * (0.5 * lx.sig_pos - lx.sig_neg);
+    out.d_rejected = beta * (0.5 * ly.sig_pos);
+    return out;
+}
+
+/* robust (Chowdhury et al. 2024, rDPO):
+ *   ((1-eps) softplus(-z) - eps softplus(z)) / (1 - 2 eps). */
+DPO_INLINE DpoPairLoss dpo_pair_robust(const DpoLossParams *params, double beta,
+                                       double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)inv_scale;
+    double eps = params->label_smoothing;
+    double denom = 1.0 - 2.0 * eps;
+    double z = beta * (c - r);
+    DpoLogistic lg = dpo_logistic(z);
+    out.value = ((1.0 - eps) * dpo_softplus_of(-z, lg) - eps * dpo_softplus_of(z, lg)) / denom;
+    double d_z = (-(1.0 - eps) * lg.sig_neg - eps * lg.sig_pos) / denom;
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* bco_pair (Jung et al. 2024; TRL's current form, no running mean):
+ *   -logsigmoid(beta c) - logsigmoid(-beta r). */
+DPO_INLINE DpoPairLoss dpo_pair_bco_pair(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double x = beta * c, y = beta * r;
+    DpoLogistic lx = dpo_logistic(x);
+    DpoLogistic ly = dpo_logistic(y);
+    out.value = dpo_softplus_of(-x, lx) + dpo_softplus_of(y, ly);
+    out.d_chosen = -beta * lx.sig_neg;
+    out.d_rejected = beta * ly.sig_pos;
+    return out;
+}
+
+/* sppo_hard (Wu et al. 2024, hard labels): (c - 1/(2 beta))^2 + (r + 1/(2 beta))^2. */
+DPO_INLINE DpoPairLoss dpo_pair_sppo_hard(const DpoLossParams *params, double beta,
+                                          double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)beta;
+    double half_inv_beta = 0.5 / params->beta;
+    double gap_c = c * inv_scale - half_inv_beta;
+    double gap_r = r * inv_scale + half_inv_beta;
+    out.value = gap_c * gap_c + gap_r * gap_r;
+    out.d_chosen = 2.0 * gap_c * inv_scale;
+    out.d_rejected = 2.0 * gap_r * inv_scale;
+    return out;
+}
+
+/* apo_zero (D'Oosterlinck et al. 2024, Eq. 7): 1 - sigmoid(beta c) + sigmoid(beta r),
+ * with 1 - sigmoid(x) taken as sigmoid(-x). */
+DPO_INLINE DpoPairLoss dpo_pair_apo_zero(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    DpoLogistic lx = dpo_logistic(beta * c);
+    DpoLogistic ly = dpo_logistic(beta * r);
+    out.value = lx.sig_neg + ly.sig_pos;
+    out.d_chosen = -beta * lx.sig_pos * lx.sig_neg;
+    out.d_rejected = beta * ly.sig_pos * ly.sig_neg;
+    return out;
+}
+
+/* apo_down (D'Oosterlinck et al. 2024, Eq. 8): sigmoid(beta c) + 1 - sigmoid(z). */
+DPO_INLINE DpoPairLoss dpo_pair_apo_down(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    DpoLogistic lx = dpo_logistic(beta * c);
+    DpoLogistic lz = dpo_logistic(beta * (c - r));
+    double slope_z = lz.sig_pos * lz.sig_neg;
+    out.value = lx.sig_pos + lz.sig_neg;
+    out.d_chosen = beta * (lx.sig_pos * lx.sig_neg - slope_z);
+    out.d_rejected = beta * slope_z;
+    return out;
+}
+
+/* discopop (Chris Lu et al. 2024, Eq. 5): m = sigmoid(z/tau),
+ *   (1 - m) softplus(-z) + m exp(-z),
+ * the second term taken as exp(-z - softplus(-z/tau)): the product m*exp(-z) is 0*inf = NaN
+ * for very negative z. d/dz = -m(1-m)/tau softplus(-z) - (1-m) sigmoid(-z)
+ *                              + exp(...) (-1 + (1-m)/tau). */
+DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double beta,
+                                         double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)inv_scale;
+    double tau = params->discopop_tau;
+    double z = beta * (c - r);
+    double u = z / tau;
+    DpoLogistic lz = dpo_logistic(z);
+    DpoLogistic lu = dpo_logistic(u);
+    double one_minus_m = lu.sig_neg;
+    double logistic_part = dpo_softplus_of(-z, lz);
+    double exp_part = dpo_exp(-z - dpo_softplus_of(-u, lu));
+    out.value = one_minus_m * logistic_part + exp_part;
+    double d_z = -(lu.sig_pos * lu.sig_neg / tau) * logistic_part - one_minus_m * lz.sig_neg
+                 + exp_part * (one_minus_m / tau - 1.0);
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
 /* X-macro over (identifier, function): the chunk loop expands one case per entry. */
-#define DPO_FOR_EACH_LOSS(X) \
-    X(DPO_LOSS_SIGMOID, dpo_pair_sigmoid)
+#define DPO_FOR_EACH_LOSS(X)                  \
+    X(DPO_LOSS_SIGMOID, dpo_pair_sigmoid)     \
+    X(DPO_LOSS_HINGE, dpo_pair_hinge)         \
+    X(DPO_LOSS_IPO, dpo_pair_ipo)             \
+    X(DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair)   \
+    X(DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair)   \
+    X(DPO_LOSS_ROBUST, dpo_pair_robust)       \
+    X(DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair)   \
+    X(DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard) \
+    X(DPO_LOSS_APO_ZERO, dpo_pair_apo_zero)   \
+    X(DPO_LOSS_APO_DOWN, dpo_pair_apo_down)   \
+    X(DPO_LOSS_DISCOPOP, dpo_pair_discopop)
 
 #endif /* DPO_PAIR_LOSSES_H */

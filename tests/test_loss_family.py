@@ -1,0 +1,235 @@
+"""The loss family beyond plain DPO: reference values, an independent float64 reference,
+exact gradients, extremes, float32, SIMD/thread bit-identity and parameter validation.
+
+The reference here is written plainly with the math module from the published formulas
+(papers and TRL's DPOTrainer), independently of csrc/pair_losses.h.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpo_fast import preference_loss
+from dpo_fast._kernels import _pairwise
+
+FAMILY = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+          "sppo_hard", "apo_zero", "apo_down", "discopop"]
+SMOOTHED = {"sigmoid": 0.1, "robust": 0.1, "exo_pair": 0.1}
+
+
+def softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def logsig(x):
+    return -softplus(-x)
+
+
+def sig(x):
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05):
+    """Per-pair loss from the log-ratios c = pc - rc, r = pr - rr."""
+    z = beta * (c - r)
+    if loss_type == "sigmoid":
+        return -(1 - eps) * logsig(z) - eps * logsig(-z)
+    if loss_type == "hinge":
+        return max(0.0, 1.0 - z)
+    if loss_type == "ipo":
+        return ((c - r) - 1 / (2 * beta)) ** 2
+    if loss_type == "exo_pair":
+        eps = eps or 1e-3
+        return (sig(z) * (logsig(z) - math.log1p(-eps))
+                + sig(-z) * (logsig(-z) - math.log(eps)))
+    if loss_type == "nca_pair":
+        return -logsig(beta * c) - 0.5 * logsig(-beta * c) - 0.5 * logsig(-beta * r)
+    if loss_type == "robust":
+        return (-(1 - eps) * logsig(z) + eps * logsig(-z)) / (1 - 2 * eps)
+    if loss_type == "bco_pair":
+        return -logsig(beta * c) - logsig(-beta * r)
+    if loss_type == "sppo_hard":
+        return (c - 1 / (2 * beta)) ** 2 + (r + 1 / (2 * beta)) ** 2
+    if loss_type == "apo_zero":
+        return 1 - sig(beta * c) + sig(beta * r)
+    if loss_type == "apo_down":
+        return sig(beta * c) + 1 - sig(z)
+    if loss_type == "discopop":
+        m = sig(z / tau)
+        return (1 - m) * -logsig(z) + m * math.exp(-z)
+    raise AssertionError(loss_type)
+
+
+# loss-family reference table: pc = -10, pr = -12, rc = -11, rr = -11.5, beta = 0.1,
+# eps = 0.1 for sigmoid (conservative), exo_pair and robust, tau = 0.05.
+TABLE = {
+    ("sigmoid", 0.0): 0.6209570477895321, ("sigmoid", 0.1): 0.6359570477895321,
+    ("hinge", 0.0): 0.85, ("ipo", 0.0): 12.25, ("exo_pair", 0.1): 0.43138845722278607,
+    ("nca_pair", 0.0): 1.3508248141169994, ("robust", 0.1): 0.602207047789532,
+    ("bco_pair", 0.0): 1.3128563080868572, ("sppo_hard", 0.0): 36.25,
+    ("apo_zero", 0.0): 0.9625234160368497, ("apo_down", 0.0): 0.9875493421351904,
+    ("discopop", 0.0): 0.8493375792893855,
+}
+
+
+def one_pair():
+    return [np.array([v]) for v in (-10.0, -12.0, -11.0, -11.5)]
+
+
+@pytest.mark.parametrize(("loss_type", "eps"), sorted(TABLE))
+def test_reference_table(loss_type, eps):
+    """The published reference values, to 1e-14 relative."""
+    got = preference_loss(*one_pair(), beta=0.1, loss_type=loss_type, label_smoothing=eps).loss
+    expected = TABLE[(loss_type, eps)]
+    assert abs(got - expected) <= 1e-14 * abs(expected)
+
+
+def random_problem(n, seed, spread=3.0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(-40.0, spread, n) for _ in range(4)]
+
+
+@pytest.mark.parametrize("loss_type", FAMILY)
+@pytest.mark.parametrize("beta", [0.05, 0.5, 2.0])
+def test_matches_plain_reference(loss_type, beta):
+    """Per-pair losses, the mean and the rewards match the plain float64 reference."""
+    pc, pr, rc, rr = random_problem(257, seed=hash((loss_type, beta)) % 2**32)
+    eps = SMOOTHED.get(loss_type, 0.0)
+    result = preference_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
+                             label_smoothing=eps, reduction="none")
+    expected = [reference_pair(loss_type, a - b, x - y, beta, eps)
+                for a, x, b, y in zip(pc, pr, rc, rr)]
+    np.testing.assert_allclose(result.losses, expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(result.chosen_rewards, beta * (pc - rc))
+    mean = preference_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
+                           label_smoothing=eps).loss
+    assert mean == pytest.approx(math.fsum(expected) / len(expected), rel=1e-12, abs=1e-15)
+
+
+def _mean_loss(loss_type, eps, beta, arrays):
+    return preference_loss(*arrays, beta=beta, loss_type=loss_type, label_smoothing=eps).loss
+
+
+@pytest.mark.parametrize("loss_type", FAMILY)
+def test_gradients_match_finite_differences(loss_type):
+    """compute_grad gives d(mean loss)/d(chosen_logps), d/d(rejected_logps): checked
+    against 4th-order central differences."""
+    beta = 0.7
+    eps = SMOOTHED.get(loss_type, 0.0)
+    pc, pr, rc, rr = random_problem(6, seed=11, spread=1.0)
+    if loss_type == "hinge":  # keep away from the kink at z = 1
+        pr = pc - rc + rr - np.array([-1.0, 0.2, 3.0, 0.5, -0.4, 2.5])
+    result = preference_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
+                             label_smoothing=eps, compute_grad=True)
+    h = 1e-3
+    for which, grad in ((0, result.grad_chosen), (1, result.grad_rejected)):
+        for i in range(len(pc)):
+            def f(delta, which=which, i=i):
+                arrays = [pc.copy(), pr.copy(), rc, rr]
+                arrays[which][i] += delta
+                return _mean_loss(loss_type, eps, beta, arrays)
+            fd = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+            assert grad[i] == pytest.approx(fd, rel=1e-7, abs=1e-9), (which, i)
+
+
+@pytest.mark.parametrize("loss_type", FAMILY)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_inputs_never_nan(loss_type, dtype):
+    """|z| up to 1e6 and beyond: no NaN; values and gradients finite wherever the
+    mathematical value is (the squared losses may overflow float32 to inf, never NaN)."""
+    span = np.array([-1e7, -1e6, -1e3, -800.0, -50.0, 0.0, 50.0, 800.0, 1e3, 1e6, 1e7])
+    pc = span.astype(dtype)
+    pr = np.zeros_like(pc)
+    eps = SMOOTHED.get(loss_type, 0.0)
+    result = preference_loss(pc, pr, beta=1.0, loss_type=loss_type, label_smoothing=eps,
+                             reduction="none", compute_grad=True)
+    for values in (result.losses, result.grad_chosen, result.grad_rejected):
+        assert not np.isnan(values).any()
+    if loss_type not in ("ipo", "sppo_hard") or dtype is np.float64:
+        assert np.isfinite(result.losses).all()
+
+
+@pytest.mark.parametrize("loss_type", FAMILY)
+def test_float32_is_float64_rounded_once(loss_type):
+    """float32 inputs: outputs are the float64 results rounded once (within 2 ulp by spec)."""
+    arrays64 = [a.astype(np.float32).astype(np.float64) for a in random_problem(300, seed=3)]
+    arrays32 = [a.astype(np.float32) for a in arrays64]
+    eps = SMOOTHED.get(loss_type, 0.0)
+    kw = dict(beta=0.3, loss_type=loss_type, label_smoothing=eps, compute_grad=True,
+              reduction="none")
+    r32 = preference_loss(*arrays32, **kw)
+    r64 = preference_loss(*arrays64, **kw)
+    for name in ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen"):
+        np.testing.assert_array_equal(getattr(r32, name), getattr(r64, name).astype(np.float32))
+
+
+@pytest.mark.parametrize("loss_type", FAMILY)
+def test_bit_identical_across_simd_paths_and_threads(loss_type, simd_levels):
+    """Every SIMD code path and thread count gives the same bits for every loss type."""
+    arrays = random_problem(40_000 + 13, seed=7)
+    eps = SMOOTHED.get(loss_type, 0.0)
+    kw = dict(beta=0.2, loss_type=loss_type, label_smoothing=eps, compute_grad=True)
+    results = []
+    for level in simd_levels:
+        _pairwise.set_simd_level(level)
+        for threads in (1, 2):
+            results.append(preference_loss(*arrays, n_threads=threads, **kw))
+    first = results[0]
+    for other in results[1:]:
+        assert other.loss == first.loss
+        assert other.metrics == first.metrics
+        for name in ("losses", "grad_chosen", "grad_rejected"):
+            assert getattr(other, name).tobytes() == getattr(first, name).tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(loss_type=st.sampled_from(FAMILY),
+       c=st.floats(-1e3, 1e3), r=st.floats(-1e3, 1e3), beta=st.floats(1e-3, 1e2))
+def test_property_finite_and_close_to_reference(loss_type, c, r, beta):
+    """Over wide ranges the value is finite and agrees with the reference where the naive
+    reference itself is stable (|z| <= 30)."""
+    eps = SMOOTHED.get(loss_type, 0.0)
+    result = preference_loss(np.array([c]), np.array([r]), beta=beta, loss_type=loss_type,
+                             label_smoothing=eps, compute_grad=True)
+    assert math.isfinite(result.loss)
+    assert math.isfinite(result.grad_chosen[0]) and math.isfinite(result.grad_rejected[0])
+    z = beta * (c - r)
+    if abs(z) <= 30 and abs(beta * c) <= 30 and abs(beta * r) <= 30:
+        expected = reference_pair(loss_type, c, r, beta, eps)
+        assert result.loss == pytest.approx(expected, rel=1e-11, abs=1e-13)
+
+
+@pytest.mark.parametrize(("loss_type", "eps", "match"), [
+    ("robust", 0.5, r"\[0, 0.5\)"), ("robust", -0.1, r"\[0, 0.5\)"),
+    ("exo_pair", 1.0, r"\(0, 1\)"), ("exo_pair", -0.2, r"\(0, 1\)"),
+    ("hinge", 0.1, "not used"), ("ipo", 0.2, "not used"), ("discopop", 0.1, "not used"),
+])
+def test_label_smoothing_range_per_loss_type(loss_type, eps, match):
+    with pytest.raises(ValueError, match=f"label_smoothing.*{match}"):
+        preference_loss(*one_pair(), loss_type=loss_type, label_smoothing=eps)
+
+
+def test_exo_pair_zero_smoothing_means_trl_default():
+    """TRL uses epsilon = 1e-3 for exo_pair when label_smoothing is 0."""
+    default = preference_loss(*one_pair(), loss_type="exo_pair").loss
+    explicit = preference_loss(*one_pair(), loss_type="exo_pair", label_smoothing=1e-3).loss
+    assert default == explicit
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, math.inf, math.nan])
+def test_discopop_tau_must_be_positive_and_finite(tau):
+    with pytest.raises(ValueError, match="discopop_tau"):
+        preference_loss(*one_pair(), loss_type="discopop", discopop_tau=tau)
+
+
+def test_discopop_tau_type():
+    with pytest.raises(TypeError, match="discopop_tau"):
+        preference_loss(*one_pair(), loss_type="discopop", discopop_tau="0.05")
