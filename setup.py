@@ -39,6 +39,11 @@ X86_CLONE_FLAGS = {
     "avx2": {"unix": ["-mavx2"], "msvc": ["/arch:AVX2"]},
     "avx512": {"unix": ["-mavx512f", "-mavx512dq", "-mavx512vl"], "msvc": ["/arch:AVX512"]},
 }
+# Extensions that get those clones, and the csrc/ file compiled once per instruction set.
+X86_CLONE_SOURCES = {
+    "dpo_fast._kernels._pairwise": "simd_clone.c",
+    "dpo_fast._kernels._logps": "logps_clone.c",
+}
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 
 OPENMP_PROBE = textwrap.dedent(
@@ -126,18 +131,19 @@ class BuildExt(build_ext):
             if openmp is not None:
                 ext.extra_compile_args += openmp[0]
                 ext.extra_link_args = list(ext.extra_link_args) + openmp[1]
-            if ext.name == "dpo_fast._kernels._pairwise" and _targets_x86_64():
-                ext.extra_objects = list(ext.extra_objects) + self._x86_clones(ext, base_compile)
+            if ext.name in X86_CLONE_SOURCES and _targets_x86_64():
+                ext.extra_objects = list(ext.extra_objects) + self._x86_clones(
+                    ext, base_compile, X86_CLONE_SOURCES[ext.name])
                 ext.define_macros = list(ext.define_macros) + [("DPO_X86_CLONES", "1")]
         super().build_extensions()
 
-    def _x86_clones(self, ext, base_compile):
-        """Object files of csrc/simd_clone.c, one per extra instruction set."""
+    def _x86_clones(self, ext, base_compile, source):
+        """Object files of csrc/<source>, one per extra instruction set."""
         family = "msvc" if self.compiler.compiler_type == "msvc" else "unix"
         objects = []
         for isa, flags in X86_CLONE_FLAGS.items():
             objects += self.compiler.compile(
-                [os.path.join(CSRC_DIR, "simd_clone.c")],
+                [os.path.join(CSRC_DIR, source)],
                 output_dir=os.path.join(self.build_temp, f"clone_{isa}"),
                 macros=[("DPO_ISA", isa)], include_dirs=ext.include_dirs,
                 extra_postargs=base_compile + flags[family], depends=ext.depends,
@@ -154,6 +160,12 @@ def _extensions():
             "dpo_fast._kernels._pairwise",
             sources=[os.path.join(KERNEL_DIR, "_pairwise.pyx"),
                      os.path.join(CSRC_DIR, "dispatch.c")],
+            **common,
+        ),
+        Extension(
+            "dpo_fast._kernels._logps",
+            sources=[os.path.join(KERNEL_DIR, "_logps.pyx"),
+                     os.path.join(CSRC_DIR, "logps_dispatch.c")],
             **common,
         ),
         Extension(

@@ -6,6 +6,9 @@ dpo_loss
     The classic exercise's drop-in: lists in, a dict of values rounded like round(x, 4) out.
 preference_loss
     The array API: the fused loss, rewards, gradients and TRL's metrics in one pass.
+sequence_logps, sequence_logps_grad
+    Per-sequence log-probabilities from a language model's logits (B, T, V) in one fused pass
+    with no B*T*V temporary, and their gradient written straight into one output buffer.
 openmp_enabled, simd_level
     Which build is running: OpenMP threads or serial, and the SIMD code path in use.
 
@@ -23,14 +26,18 @@ import warnings as _warnings
 from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import dpo_loss
 from dpo_fast._version import __version__
+from dpo_fast.logps import SequenceLogpsResult, sequence_logps, sequence_logps_grad
 from dpo_fast.losses import PreferenceLossResult, preference_loss
 
 __all__ = [
     "PreferenceLossResult",
+    "SequenceLogpsResult",
     "__version__",
     "dpo_loss",
     "openmp_enabled",
     "preference_loss",
+    "sequence_logps",
+    "sequence_logps_grad",
     "simd_level",
 ]
 

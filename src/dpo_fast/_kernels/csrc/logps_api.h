@@ -23,7 +23,8 @@
 enum {
     DPO_LOGPS_NOT_ARGMAX = 0, /* the label is not the (first) arg-max of the logits */
     DPO_LOGPS_ARGMAX = 1,     /* it is: TRL's token accuracy counts these */
-    DPO_LOGPS_NONFINITE = 2   /* the row holds a NaN or an infinity; outputs are NaN */
+    DPO_LOGPS_NONFINITE = 2   /* the row holds a NaN or an infinity, or its largest logit
+                               * overflows once divided by the temperature; outputs NaN */
 };
 
 typedef struct {
@@ -34,7 +35,7 @@ typedef struct {
     ptrdiff_t vocab;        /* V >= 1 */
     const int64_t *labels;  /* n_b * n_t labels, already checked to lie in [0, V) where used */
     double inv_temperature; /* 1 / temperature */
-    int simd_level;         /* DPO_SIMD_* numbering of dispatch.h; clamped to what runs here */
+    int simd_level;         /* from dpo_logps_simd_level() */
 
     /* Forward outputs, indexed by r (rows not processed are left alone). */
     double *token_logps;
@@ -49,6 +50,10 @@ typedef struct {
     void *grad;             /* n_b * n_t * V elements, C order, same type as logits */
 } DpoLogpsArgs;
 
+/* The SIMD level (DPO_SIMD_* numbering of dispatch.h) to store in DpoLogpsArgs.simd_level for
+ * a requested one: clamped to what this CPU and build can run. Call it once per kernel call. */
+int dpo_logps_simd_level(int requested);
+
 /* Forward over rows[k] for k in [k0, k1). */
 void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, ptrdiff_t k0,
                            ptrdiff_t k1);
@@ -58,8 +63,5 @@ void dpo_logps_forward_f64(const DpoLogpsArgs *args, const int64_t *rows, ptrdif
 /* Backward over rows r in [r0, r1) (all rows: those with weight 0 get zeros). */
 void dpo_logps_backward_f32(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
 void dpo_logps_backward_f64(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
-
-/* Best SIMD level this CPU and build can run (same numbering and CPU test as dispatch.c). */
-int dpo_logps_simd_detect(void);
 
 #endif /* DPO_LOGPS_API_H */

@@ -1,0 +1,53 @@
+import numpy as np
+import numpy.typing as npt
+
+_Float = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+_U8 = npt.NDArray[np.uint8]
+
+NOT_ARGMAX: int
+ARGMAX: int
+NONFINITE: int
+
+def select_rows(
+    labels: _I64,
+    mask: _U8 | None,
+    ignore_index: int,
+    vocab: int,
+    rows: _I64,
+    counts: _I64,
+) -> tuple[int, int]: ...
+def forward(
+    logits: _Float,
+    labels: _I64,
+    rows: _I64,
+    inv_temperature: float,
+    token_logps: _F64,
+    logsumexp: _F64,
+    entropy: _F64 | None,
+    status: _U8,
+    *,
+    simd_level: int,
+    n_threads: int,
+) -> int: ...
+def sequence_sums(
+    rows: _I64,
+    n_t: int,
+    token_logps: _F64,
+    entropy: _F64 | None,
+    status: _U8,
+    sums: _F64,
+) -> tuple[int, float]: ...
+def backward(
+    logits: _Float,
+    labels: _I64,
+    row_weight: _F64,
+    logsumexp: _F64 | None,
+    inv_temperature: float,
+    grad: _Float,
+    status: _U8,
+    *,
+    simd_level: int,
+    n_threads: int,
+) -> int: ...

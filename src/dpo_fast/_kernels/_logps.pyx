@@ -1,0 +1,243 @@
+# cython: language_level=3
+"""Compiled drivers for the fused log-softmax rows (dpo_fast.sequence_logps).
+
+Thin layer: dpo_fast.logps validates and allocates; these functions pick the rows that count,
+run the C row loops of csrc/logps_row.h over them in parallel (OpenMP dynamic schedule over
+small groups of rows, so a busy core does not stall the others) and reduce per-row results
+per sequence in row order. Every row is computed the same way whatever the thread count and
+the sums are taken afterwards in a fixed order, so the results do not depend on n_threads.
+"""
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t
+
+cdef extern from "logps_api.h" nogil:
+    enum:
+        DPO_LOGPS_NOT_ARGMAX
+        DPO_LOGPS_ARGMAX
+        DPO_LOGPS_NONFINITE
+
+    ctypedef struct DpoLogpsArgs:
+        const void *logits
+        Py_ssize_t stride_b
+        Py_ssize_t stride_t
+        Py_ssize_t n_t
+        Py_ssize_t vocab
+        const int64_t *labels
+        double inv_temperature
+        int simd_level
+        double *token_logps
+        double *logsumexp
+        double *entropy
+        uint8_t *status
+        const double *row_weight
+        const double *lse_in
+        void *grad
+
+    void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, Py_ssize_t k0,
+                               Py_ssize_t k1)
+    void dpo_logps_forward_f64(const DpoLogpsArgs *args, const int64_t *rows, Py_ssize_t k0,
+                               Py_ssize_t k1)
+    void dpo_logps_backward_f32(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
+    void dpo_logps_backward_f64(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
+    int dpo_logps_simd_level(int requested)
+
+ctypedef fused floating:
+    float
+    double
+
+NOT_ARGMAX = DPO_LOGPS_NOT_ARGMAX
+ARGMAX = DPO_LOGPS_ARGMAX
+NONFINITE = DPO_LOGPS_NONFINITE
+
+# A parallel task is a run of consecutive rows: the row loops prefetch the next row of their
+# task while they compute, so longer tasks keep memory busy. At most TASK_MAX_ELEMENTS logits
+# and at least TASKS_PER_THREAD tasks per thread (a descheduled core then holds up little).
+cdef enum:
+    TASK_MAX_ELEMENTS = 262144
+    TASKS_PER_THREAD = 8
+
+
+cdef inline Py_ssize_t _rows_per_task(Py_ssize_t n_rows, Py_ssize_t vocab,
+                                      int n_threads) noexcept nogil:
+    cdef Py_ssize_t by_size = max(<Py_ssize_t>1, TASK_MAX_ELEMENTS // vocab)
+    cdef Py_ssize_t by_balance = max(<Py_ssize_t>1, n_rows // (n_threads * TASKS_PER_THREAD))
+    return min(by_size, by_balance)
+
+
+cdef inline Py_ssize_t _element_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) except? -1:
+    if byte_stride % itemsize:
+        raise ValueError("logits strides must be multiples of the item size")
+    return byte_stride // itemsize
+
+
+cdef inline int _check_rows(Py_ssize_t vocab_stride, Py_ssize_t itemsize) except -1:
+    # Any strides over (B, T) are walked in place; a row of V logits must be contiguous.
+    if vocab_stride != itemsize:
+        raise ValueError("the vocabulary axis of logits must be contiguous")
+    return 0
+
+
+def select_rows(const int64_t[:, ::1] labels, const uint8_t[:, ::1] mask, int64_t ignore_index,
+                Py_ssize_t vocab, int64_t[::1] rows, int64_t[::1] counts):
+    """Pick the rows that count and check their labels, in one serial pass over B*T labels.
+
+    A row counts when mask (may be None) is non-zero and its label is not ignore_index. Writes
+    the flat indices of those rows, in order, to rows[:n] and the number per sequence to
+    counts. Returns (n, first_bad): first_bad is the flat index of the first counted row whose
+    label is outside [0, vocab), or -1.
+    """
+    cdef Py_ssize_t n_b = labels.shape[0], n_t = labels.shape[1]
+    cdef Py_ssize_t b, t, n = 0, first_bad = -1, count
+    cdef int64_t label
+    cdef bint masked = mask is not None
+    if rows.shape[0] < n_b * n_t or counts.shape[0] != n_b or (
+            masked and (mask.shape[0] != n_b or mask.shape[1] != n_t)):
+        raise ValueError("rows, counts or mask do not match labels")
+    with nogil:
+        for b in range(n_b):
+            count = 0
+            for t in range(n_t):
+                label = labels[b, t]
+                if label == ignore_index or (masked and mask[b, t] == 0):
+                    continue
+                if (label < 0 or label >= vocab) and first_bad < 0:
+                    first_bad = b * n_t + t
+                rows[n] = b * n_t + t
+                n += 1
+                count += 1
+            counts[b] = count
+    return n, first_bad
+
+
+def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
+            const int64_t[::1] rows, double inv_temperature, double[::1] token_logps,
+            double[::1] logsumexp, double[::1] entropy, uint8_t[::1] status, *,
+            int simd_level, int n_threads):
+    """Per-row log-softmax at the label (and entropy, if `entropy` is not None) for the rows
+    listed in `rows` (flat indices b * T + t). Other positions of the outputs are left alone.
+    Returns the number of rows holding a NaN or an infinity (status NONFINITE)."""
+    cdef Py_ssize_t n_rows = rows.shape[0]
+    cdef Py_ssize_t per_task, n_tasks, task, k0, k1, k, n_bad = 0, n_positions
+    cdef DpoLogpsArgs args
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if n_rows == 0:
+        return 0
+    _check_rows(logits.strides[2], sizeof(floating))
+    n_positions = logits.shape[0] * logits.shape[1]
+    if (labels.shape[0] != n_positions or token_logps.shape[0] != n_positions
+            or logsumexp.shape[0] != n_positions or status.shape[0] != n_positions
+            or (entropy is not None and entropy.shape[0] != n_positions)):
+        raise ValueError("labels and outputs must have B * T elements")
+    args.logits = &logits[0, 0, 0]
+    args.stride_b = _element_stride(logits.strides[0], sizeof(floating))
+    args.stride_t = _element_stride(logits.strides[1], sizeof(floating))
+    args.n_t = logits.shape[1]
+    args.vocab = logits.shape[2]
+    args.labels = &labels[0]
+    args.inv_temperature = inv_temperature
+    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.token_logps = &token_logps[0]
+    args.logsumexp = &logsumexp[0]
+    args.entropy = NULL
+    if entropy is not None:
+        args.entropy = &entropy[0]
+    args.status = &status[0]
+    args.row_weight = NULL
+    args.lse_in = NULL
+    args.grad = NULL
+    per_task = _rows_per_task(n_rows, args.vocab, n_threads)
+    n_tasks = (n_rows + per_task - 1) // per_task
+    with nogil:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                           use_threads_if=n_threads > 1 and n_tasks > 1):
+            k0 = task * per_task
+            k1 = min(k0 + per_task, n_rows)
+            if floating is double:
+                dpo_logps_forward_f64(&args, &rows[0], k0, k1)
+            else:
+                dpo_logps_forward_f32(&args, &rows[0], k0, k1)
+        for k in range(n_rows):
+            if status[rows[k]] == DPO_LOGPS_NONFINITE:
+                n_bad += 1
+    return n_bad
+
+
+def sequence_sums(const int64_t[::1] rows, Py_ssize_t n_t, const double[::1] token_logps,
+                  const double[::1] entropy, const uint8_t[::1] status, double[::1] sums):
+    """Add the counted rows' token log-probs per sequence, in row order (fixed, whatever the
+    thread count of the forward). Returns (argmax rows, sum of entropies or 0.0)."""
+    cdef Py_ssize_t k, r, n_rows = rows.shape[0]
+    cdef Py_ssize_t n_argmax = 0
+    cdef double entropy_sum = 0.0
+    cdef bint with_entropy = entropy is not None
+    with nogil:
+        for k in range(sums.shape[0]):
+            sums[k] = 0.0
+        for k in range(n_rows):
+            r = rows[k]
+            sums[r // n_t] += token_logps[r]
+            n_argmax += status[r] == DPO_LOGPS_ARGMAX
+            if with_entropy:
+                entropy_sum += entropy[r]
+    return n_argmax, entropy_sum
+
+
+def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
+             const double[::1] row_weight, const double[::1] logsumexp,
+             double inv_temperature, floating[:, ::1] grad, uint8_t[::1] status, *,
+             int simd_level, int n_threads):
+    """grad[r] = row_weight[r] * (onehot(labels[r]) - softmax(logits[r] * inv_temperature))
+    * inv_temperature for every row r (zeros where row_weight[r] == 0), one pass per row.
+
+    logsumexp (from the forward) may be None: it is then recomputed in the same pass over the
+    row (from cache), and rows holding a NaN or an infinity get status NONFINITE. Returns the
+    number of such rows (always 0 when logsumexp is given: those rows are not re-checked)."""
+    cdef Py_ssize_t n_b = logits.shape[0], n_t = logits.shape[1]
+    cdef Py_ssize_t n_rows = n_b * n_t
+    cdef Py_ssize_t per_task, n_tasks, task, r0, r1, r, n_bad = 0
+    cdef DpoLogpsArgs args
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if grad.shape[0] != n_rows or grad.shape[1] != logits.shape[2]:
+        raise ValueError("grad must have shape (B * T, V)")
+    if (labels.shape[0] != n_rows or row_weight.shape[0] != n_rows or status.shape[0] != n_rows
+            or (logsumexp is not None and logsumexp.shape[0] != n_rows)):
+        raise ValueError("labels, row_weight, logsumexp and status must have B * T elements")
+    if n_rows == 0 or logits.shape[2] == 0:
+        return 0
+    _check_rows(logits.strides[2], sizeof(floating))
+    args.logits = &logits[0, 0, 0]
+    args.stride_b = _element_stride(logits.strides[0], sizeof(floating))
+    args.stride_t = _element_stride(logits.strides[1], sizeof(floating))
+    args.n_t = n_t
+    args.vocab = logits.shape[2]
+    args.labels = &labels[0]
+    args.inv_temperature = inv_temperature
+    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.token_logps = NULL
+    args.logsumexp = NULL
+    args.entropy = NULL
+    args.status = &status[0]
+    args.row_weight = &row_weight[0]
+    args.lse_in = NULL
+    if logsumexp is not None:
+        args.lse_in = &logsumexp[0]
+    args.grad = &grad[0, 0]
+    per_task = _rows_per_task(n_rows, args.vocab, n_threads)
+    n_tasks = (n_rows + per_task - 1) // per_task
+    with nogil:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                           use_threads_if=n_threads > 1 and n_tasks > 1):
+            r0 = task * per_task
+            r1 = min(r0 + per_task, n_rows)
+            if floating is double:
+                dpo_logps_backward_f64(&args, r0, r1)
+            else:
+                dpo_logps_backward_f32(&args, r0, r1)
+        if logsumexp is None:
+            for r in range(n_rows):
+                if row_weight[r] != 0.0 and status[r] == DPO_LOGPS_NONFINITE:
+                    n_bad += 1
+    return n_bad

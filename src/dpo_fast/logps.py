@@ -1,0 +1,493 @@
+"""sequence_logps: per-sequence log-probabilities of labels under a language model's logits.
+
+Every DPO step starts by turning logits ``(B, T, V)`` into one log-probability per sequence.
+The usual ``log_softmax(logits).gather(labels)`` writes a second ``B*T*V`` array (hundreds of
+MB for a 32k vocabulary) only to read ``B*T`` numbers out of it. Here each row of ``V`` logits
+is read once from memory (twice from cache) by a fused compiled kernel that keeps only
+``O(B*T)`` numbers, and the backward writes its gradient straight into the output buffer.
+
+This layer validates arguments, allocates the outputs and documents; the arithmetic happens
+in dpo_fast._kernels._logps (C loops in csrc/logps_row.h).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dpo_fast import _threads
+from dpo_fast._kernels import _logps, _pairwise
+
+__all__ = ["SequenceLogpsResult", "sequence_logps", "sequence_logps_grad"]
+
+# Below this many logits to process a call runs on one thread. Measured with
+# bench/bench_logps.py --threshold on an idle 2-core machine (V = 1024, float32): two threads
+# take 0.75x the time of one at 32k logits (44 us on one thread) and 0.7x at 64k (67 us).
+# The margin is for busier machines, where waking an OpenMP pool that has gone to sleep
+# costs far more than on an idle one.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+# dpo_fast._kernels._pairwise names the SIMD level in use; the row loops take it as a number
+# (csrc/dispatch.h numbering). sse2 / neon / baseline are all the build's baseline.
+_SIMD_LEVEL_IDS = {"scalar": 0, "avx2": 2, "avx512": 3}
+
+
+@dataclass(frozen=True)
+class SequenceLogpsResult:
+    """What :func:`sequence_logps` returns.
+
+    Shapes: ``S`` is ``labels.shape[:-1]`` (``(B,)`` for ``(B, T, V)`` logits, ``()`` for
+    ``(N, V)`` logits, which are one sequence) and ``P`` is ``labels.shape``.
+
+    Attributes
+    ----------
+    logps : numpy.ndarray, float64, shape S
+        Per sequence, the sum over counted positions of
+        ``log_softmax(logits / temperature)[label]``, or with ``average=True`` that sum
+        divided by ``counts``. A sequence with no counted position gives ``0.0`` either way.
+    counts : numpy.ndarray, int64, shape S
+        Counted positions per sequence (label not ``ignore_index``, mask non-zero).
+    token_accuracy : float
+        Fraction of counted positions whose label is the arg-max of the logits (the first
+        maximal index on ties, like ``numpy.argmax``; the temperature does not change it):
+        TRL's ``mean_token_accuracy``. ``0.0`` when nothing is counted.
+    logsumexp : numpy.ndarray, float64, shape P
+        ``log(sum(exp(logits / temperature)))`` per counted position, ``0.0`` elsewhere. Pass
+        it to :func:`sequence_logps_grad` to skip recomputing it.
+    token_logps : numpy.ndarray or None, float64, shape P
+        Per-position log-probabilities (``0.0`` at positions not counted), if
+        ``return_token_logps=True``.
+    entropy : numpy.ndarray or None, float64, shape P
+        Per-position entropy of ``softmax(logits / temperature)`` in nats (``0.0`` at
+        positions not counted), if ``return_entropy=True``.
+    mean_entropy : float or None
+        Mean of ``entropy`` over counted positions (TRL logs it as ``entropy``); ``0.0`` when
+        nothing is counted; None unless ``return_entropy=True``.
+    """
+
+    logps: np.ndarray
+    counts: np.ndarray
+    token_accuracy: float
+    logsumexp: np.ndarray
+    token_logps: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    mean_entropy: float | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Validated inputs: logits as a (B, T, V) view, labels and the counted rows."""
+
+    logits: np.ndarray       # (B, T, V), last axis contiguous
+    shape: tuple[int, ...]   # the caller's logits shape
+    labels: np.ndarray       # (B * T,) int64
+    rows: np.ndarray         # flat indices of the counted positions, ascending
+    counts: np.ndarray       # (B,) int64
+    seq_shape: tuple[int, ...]
+    token_shape: tuple[int, ...]
+    inv_temperature: float
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_temperature(temperature: Any) -> float:
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number, got {temperature!r}")
+    try:
+        value = float(temperature)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+    if not math.isfinite(1.0 / value):
+        raise ValueError(f"temperature {temperature!r} is too small: 1 / temperature "
+                         "overflows double precision")
+    return value
+
+
+def _check_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index,
+                                                                   numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    value = int(ignore_index)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"ignore_index {value} does not fit in int64")
+    return value
+
+
+def _as_logits(logits: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(logits as a (B, T, V) array whose last axis is contiguous, the original shape)."""
+    array = np.asarray(logits)
+    if array.dtype not in (np.float32, np.float64):
+        hint = (" (convert it with .astype(np.float32), which copies the logits)"
+                if array.dtype.kind == "f" else "")
+        raise TypeError(f"logits must be float32 or float64, got dtype {array.dtype}{hint}")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"logits must have shape (B, T, V) or (N, V), got shape "
+                         f"{array.shape}")
+    if array.shape[-1] == 0:
+        raise ValueError(f"logits has an empty vocabulary axis: shape {array.shape}")
+    view = array if array.ndim == 3 else array[np.newaxis]
+    itemsize = view.itemsize
+    if view.strides[2] != itemsize or any(s % itemsize for s in view.strides[:2]):
+        # The kernel walks each row of V logits with unit stride; any stride of the first
+        # axes works in place. Only a strided vocabulary axis is copied (documented).
+        view = np.ascontiguousarray(view)
+    return view, array.shape
+
+
+def _format_position(shape: tuple[int, ...], flat: int) -> str:
+    return ", ".join(str(i) for i in np.unravel_index(flat, shape))
+
+
+def _as_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """labels as a flat C-contiguous int64 array (validated dtype and shape)."""
+    array = np.asarray(labels)
+    if array.dtype == np.bool_ or array.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {array.dtype}")
+    if array.shape != shape:
+        logits_shape = "(" + ", ".join([*map(str, shape), "V"]) + ")"
+        raise ValueError(f"labels has shape {array.shape} but logits has shape "
+                         f"{logits_shape}: labels must have shape {shape} (one label per "
+                         "position; shift them yourself, see sequence_logps)")
+    if array.dtype == np.uint64 and array.size:
+        too_big = np.flatnonzero(array.ravel() > np.iinfo(np.int64).max)
+        if too_big.size:
+            flat = int(too_big[0])
+            raise ValueError(f"labels[{_format_position(shape, flat)}] = "
+                             f"{int(array.ravel()[flat])} is out of range")
+    return np.ascontiguousarray(array, dtype=np.int64).reshape(-1)
+
+
+def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """mask as a flat C-contiguous uint8 array of 0/1, or None."""
+    if mask is None:
+        return None
+    array = np.asarray(mask)
+    if array.dtype != np.bool_ and array.dtype.kind not in "iu":
+        raise TypeError(f"mask must be boolean or integer (non-zero = counted), got dtype "
+                        f"{array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"mask has shape {array.shape} but labels have shape {shape}")
+    counted = array if array.dtype == np.bool_ else array != 0
+    return np.ascontiguousarray(counted).reshape(-1).view(np.uint8)
+
+
+def _resolve_threads(n_threads: int | None, n_elements: int) -> int:
+    if n_elements < PARALLEL_MIN_ELEMENTS:
+        return 1
+    return _threads.available_cpus() if n_threads is None else n_threads
+
+
+def _simd_level_id() -> int:
+    return _SIMD_LEVEL_IDS.get(_pairwise.simd_level(), 1)
+
+
+def _prepare(logits: Any, labels: Any, ignore_index: Any, mask: Any, temperature: Any
+             ) -> _Prepared:
+    ignore = _check_ignore_index(ignore_index)
+    temp = _check_temperature(temperature)
+    view, shape = _as_logits(logits)
+    token_shape = shape[:-1]
+    flat_labels = _as_labels(labels, token_shape)
+    flat_mask = _as_mask(mask, token_shape)
+    n_b, n_t, vocab = view.shape
+    rows = np.empty(n_b * n_t, dtype=np.int64)
+    counts = np.empty(n_b, dtype=np.int64)
+    n_rows, first_bad = _logps.select_rows(
+        flat_labels.reshape(n_b, n_t),
+        None if flat_mask is None else flat_mask.reshape(n_b, n_t),
+        ignore, vocab, rows, counts)
+    if first_bad >= 0:
+        raise ValueError(
+            f"labels[{_format_position(token_shape, first_bad)}] = "
+            f"{int(flat_labels[first_bad])} is out of range for a vocabulary of {vocab}: "
+            f"a counted label must be in [0, {vocab}) (or equal ignore_index={ignore}, or be "
+            "masked out)")
+    return _Prepared(logits=view, shape=shape, labels=flat_labels, rows=rows[:n_rows],
+                     counts=counts, seq_shape=token_shape[:-1], token_shape=token_shape,
+                     inv_temperature=1.0 / temp)
+
+
+def _raise_non_finite(prep: _Prepared, status: np.ndarray, rows: np.ndarray) -> None:
+    """Raise ValueError naming the first counted position whose logits are not finite."""
+    bad = rows[status[rows] == _logps.NONFINITE]
+    flat = int(bad[0])
+    n_t = prep.logits.shape[1]
+    row = prep.logits[flat // n_t, flat % n_t]
+    where = _format_position(prep.token_shape, flat)
+    non_finite = np.flatnonzero(~np.isfinite(row))
+    if non_finite.size:
+        v = int(non_finite[0])
+        raise ValueError(f"logits[{where}, {v}] is {float(row[v])!r}: logits must be finite at "
+                         "every counted position (positions skipped by mask or ignore_index "
+                         "are not read)")
+    raise ValueError(f"logits[{where}, :] / temperature overflows double precision (largest "
+                     f"logit {float(row.max())!r}, temperature {1 / prep.inv_temperature!r})")
+
+
+def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: Any = None,
+                   average: bool = False, temperature: float = 1.0,
+                   return_token_logps: bool = False, return_entropy: bool = False,
+                   n_threads: int | None = None) -> SequenceLogpsResult:
+    """Per-sequence log-probabilities of ``labels`` under ``logits``, in one fused pass.
+
+    For each counted position ``(b, t)`` the token log-probability is
+    ``log_softmax(logits[b, t] / temperature)[labels[b, t]]``; ``logps[b]`` is their sum over
+    ``t`` (or mean, with ``average=True``). Each row of ``V`` logits is read once from memory
+    by a compiled kernel (a two-pass log-sum-exp over the row held in cache, in double
+    precision, vectorised, OpenMP threads over rows); no ``B*T*V`` temporary is made: the
+    extra memory is ``O(B*T)``.
+
+    Parameters
+    ----------
+    logits : array_like, float32 or float64, shape (B, T, V) or (N, V)
+        Unnormalised scores. Any strides over the first axes are read in place (e.g.
+        ``logits[:, :-1]``); a vocabulary axis that is not contiguous is copied first.
+        ``(N, V)`` logits are one sequence of ``N`` positions.
+    labels : array_like of int, shape (B, T) or (N,)
+        The token to score at each position, **already shifted**: for a causal LM whose
+        output at position ``t`` predicts token ``t + 1``, pass ``logits[:, :-1]`` and
+        ``input_ids[:, 1:]`` (as TRL's ``selective_log_softmax`` expects).
+    ignore_index : int, default -100
+        Positions whose label equals it are not counted (and their logits are not read).
+    mask : array_like of bool or int, shape of labels, optional
+        Positions where it is 0 / False are not counted either (and not read); their labels
+        are not checked.
+    average : bool, default False
+        Divide each sequence's sum by its count. A sequence with no counted position gives
+        ``0.0`` (never NaN).
+    temperature : float, default 1.0
+        Finite, > 0: the log-softmax is taken of ``logits / temperature`` (computed in double
+        as ``logits * (1 / temperature)``).
+    return_token_logps : bool, default False
+        Also return the per-position log-probabilities.
+    return_entropy : bool, default False
+        Also return the per-position entropy and its mean (about 20% more time).
+    n_threads : int, optional
+        OpenMP threads. None: the CPUs this process may use (affinity, cgroup quota,
+        ``OMP_NUM_THREADS``). Calls with fewer than ``PARALLEL_MIN_ELEMENTS`` logits to read
+        run on one thread. Results are bit-identical for every value.
+
+    Returns
+    -------
+    SequenceLogpsResult
+        ``logps``, ``counts``, ``token_accuracy``, ``logsumexp`` and, if asked for,
+        ``token_logps``, ``entropy`` and ``mean_entropy``. All floating-point results are
+        float64 whatever the logits' dtype: a float32 sum of hundreds of token log-probs
+        near -5000 would already be off by ~2e-4.
+
+    Raises
+    ------
+    TypeError
+        logits not float32/float64, labels not integers, mask not bool/integer, or a
+        non-numeric scalar argument.
+    ValueError
+        Shapes that do not match; a counted label outside ``[0, V)`` or a NaN/inf logit at a
+        counted position (the message names the first such position); a temperature that is
+        not finite and > 0; a bad ``n_threads``.
+
+    See Also
+    --------
+    sequence_logps_grad : the gradient with respect to the logits.
+
+    Notes
+    -----
+    Every logit of a counted row must be finite: a vocabulary masked with ``-inf`` is
+    rejected like NaN (use a large negative finite value, e.g. ``np.finfo(dtype).min``).
+    Per row, in double precision: ``m = max(z)``, ``s = sum(exp(z - m))``,
+    ``logp = (z[label] - m) - log(s)``, ``entropy = log(s) - sum(exp(z - m) * (z - m)) / s``
+    with ``z = logits * (1 / temperature)``; the sum over the row uses fixed lanes and the sum
+    over a sequence runs in position order, so results are the same bits for every thread
+    count and SIMD code path. Measured against a float64 reference on float32 logits of shape
+    (8, 512, 32000): per-sequence sums within 3.2e-12, per-token values within 3.6e-15
+    (bench/README-logps.md).
+
+    Examples
+    --------
+    A causal LM's output at position ``t`` scores token ``t + 1``, so the labels are the
+    input ids shifted left by one and the last position's logits are dropped:
+
+    >>> import numpy as np
+    >>> from dpo_fast import sequence_logps
+    >>> input_ids = np.array([[5, 3, 7, 1, 0, 0],
+    ...                       [2, 4, 4, 6, 1, 0]])
+    >>> attention_mask = input_ids != 0                    # 0 is padding here
+    >>> logits = np.random.default_rng(0).normal(size=(2, 6, 8)).astype(np.float32)
+    >>> labels = input_ids[:, 1:].copy()
+    >>> labels[:, :1] = -100                               # do not score the prompt's token
+    >>> result = sequence_logps(logits[:, :-1], labels, mask=attention_mask[:, 1:])
+    >>> result.counts
+    array([2, 3])
+    >>> result.logps.round(4)
+    array([-4.9581, -9.2718])
+    >>> sequence_logps(logits[:, :-1], labels, mask=attention_mask[:, 1:],
+    ...                average=True).logps.round(4)
+    array([-2.479 , -3.0906])
+    """
+    want_average = _check_flag(average, "average")
+    want_tokens = _check_flag(return_token_logps, "return_token_logps")
+    want_entropy = _check_flag(return_entropy, "return_entropy")
+    threads = _threads.validate_n_threads(n_threads)
+    prep = _prepare(logits, labels, ignore_index, mask, temperature)
+    n_b, n_t, vocab = prep.logits.shape
+    rows = prep.rows
+
+    # Zeros: positions not counted keep 0.0 (the kernel writes counted rows only).
+    token_logps = np.zeros(n_b * n_t)
+    logsumexp = np.zeros(n_b * n_t)
+    entropy = np.zeros(n_b * n_t) if want_entropy else None
+    status = np.zeros(n_b * n_t, dtype=np.uint8)
+    n_bad = _logps.forward(
+        prep.logits, prep.labels, rows, prep.inv_temperature, token_logps, logsumexp,
+        entropy, status, simd_level=_simd_level_id(),
+        n_threads=_resolve_threads(threads, rows.size * vocab))
+    if n_bad:
+        _raise_non_finite(prep, status, rows)
+
+    sums = np.empty(n_b)
+    n_argmax, entropy_sum = _logps.sequence_sums(rows, n_t, token_logps, entropy, status,
+                                                 sums)
+    counts = prep.counts
+    if want_average:
+        sums = np.divide(sums, counts, out=np.zeros(n_b), where=counts > 0)
+    n_rows = rows.size
+    return SequenceLogpsResult(
+        logps=sums.reshape(prep.seq_shape),
+        counts=counts.reshape(prep.seq_shape),
+        token_accuracy=n_argmax / n_rows if n_rows else 0.0,
+        logsumexp=logsumexp.reshape(prep.token_shape),
+        token_logps=token_logps.reshape(prep.token_shape) if want_tokens else None,
+        entropy=None if entropy is None else entropy.reshape(prep.token_shape),
+        mean_entropy=(entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None,
+    )
+
+
+def _as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    try:
+        return np.broadcast_to(array.astype(np.float64, copy=False), shape)
+    except ValueError:
+        raise ValueError(f"{name} has shape {array.shape}, which does not broadcast to "
+                         f"{shape}") from None
+
+
+def _check_grad_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, logits: Any
+                    ) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected the logits' dtype {dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected the logits' shape {shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    if np.may_share_memory(out, np.asarray(logits)):
+        raise ValueError("out overlaps logits")
+    return out
+
+
+def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_index: int = -100,
+                        mask: Any = None, average: bool = False, temperature: float = 1.0,
+                        grad_token_logps: Any = None, logsumexp: Any = None,
+                        n_threads: int | None = None, out: np.ndarray | None = None
+                        ) -> np.ndarray:
+    """Gradient of ``sum(grad_logps * logps)`` with respect to ``logits``, in one fused pass.
+
+    ``logps`` is :func:`sequence_logps` with the same arguments. Each counted row gets
+    ``w * (onehot(label) - softmax(logits / temperature)) / temperature`` with
+    ``w = grad_logps[b]`` (divided by the sequence's count when ``average=True``), plus
+    ``grad_token_logps[b, t]`` if given; rows not counted get zeros. The kernel writes straight
+    into the returned array: no other ``B*T*V`` memory is used.
+
+    Parameters
+    ----------
+    logits, labels, ignore_index, mask, average, temperature
+        As for :func:`sequence_logps`, and they must be the same.
+    grad_logps : array_like, broadcastable to labels.shape[:-1]
+        Upstream gradient of each sequence's value (e.g. ``1.0`` for ``d sum(logps)``).
+    grad_token_logps : array_like, broadcastable to labels.shape, optional
+        Upstream gradient of the per-position log-probabilities, added to the above.
+    logsumexp : array_like, shape of labels, optional
+        ``SequenceLogpsResult.logsumexp`` from the forward call on the same logits: the pass
+        then computes one exp per logit instead of re-deriving the normaliser (about half the
+        work). Without it the normaliser is recomputed in the same pass, from cache.
+    n_threads : int, optional
+        As for :func:`sequence_logps`; results are bit-identical for every value.
+    out : numpy.ndarray, optional
+        Where to write: C-contiguous, writeable, of the logits' shape and dtype, not
+        overlapping them. Otherwise a new array is returned.
+
+    Returns
+    -------
+    numpy.ndarray
+        The gradient, of the logits' shape and dtype (computed in double, rounded once).
+        Positions whose total upstream weight is 0 (not counted, or a zero upstream) get
+        exact zeros and their logits are not read.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`sequence_logps`; a NaN/inf logit is reported only when ``logsumexp``
+        is not given (the forward call has checked those rows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dpo_fast import sequence_logps, sequence_logps_grad
+    >>> logits = np.array([[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]])
+    >>> labels = np.array([[2, 0]])
+    >>> result = sequence_logps(logits, labels)
+    >>> sequence_logps_grad(logits, labels, 1.0, logsumexp=result.logsumexp).round(4)
+    array([[[-0.09  , -0.2447,  0.3348],
+            [ 0.6667, -0.3333, -0.3333]]])
+    """
+    want_average = _check_flag(average, "average")
+    threads = _threads.validate_n_threads(n_threads)
+    prep = _prepare(logits, labels, ignore_index, mask, temperature)
+    n_b, n_t, vocab = prep.logits.shape
+    rows = prep.rows
+    g_seq = _as_upstream(grad_logps, prep.seq_shape, "grad_logps").reshape(n_b)
+    g_tok = (None if grad_token_logps is None else
+             _as_upstream(grad_token_logps, prep.token_shape, "grad_token_logps").reshape(-1))
+    lse = None
+    if logsumexp is not None:
+        lse_array = np.asarray(logsumexp)
+        if lse_array.shape != prep.token_shape:
+            raise ValueError(f"logsumexp has shape {lse_array.shape}, expected "
+                             f"{prep.token_shape} (SequenceLogpsResult.logsumexp)")
+        lse = np.ascontiguousarray(lse_array, dtype=np.float64).reshape(-1)
+
+    # Per-row weights, O(B*T): the only place the sequence structure enters the backward.
+    per_sequence = g_seq
+    if want_average:
+        per_sequence = np.divide(g_seq, prep.counts, out=np.zeros(n_b), where=prep.counts > 0)
+    weight = np.zeros(n_b * n_t)
+    if rows.size:
+        weight[rows] = per_sequence[rows // n_t]
+        if g_tok is not None:
+            weight[rows] += g_tok[rows]
+
+    if out is None:
+        grad = np.empty(prep.shape, dtype=prep.logits.dtype)
+    else:
+        grad = _check_grad_out(out, prep.shape, prep.logits.dtype, logits)
+    status = np.zeros(n_b * n_t, dtype=np.uint8)
+    n_bad = _logps.backward(
+        prep.logits, prep.labels, weight, lse, prep.inv_temperature,
+        grad.reshape(n_b * n_t, vocab), status, simd_level=_simd_level_id(),
+        n_threads=_resolve_threads(threads, n_b * n_t * vocab))
+    if n_bad:
+        counted = rows[weight[rows] != 0.0]
+        _raise_non_finite(prep, status, counted)
+    return grad

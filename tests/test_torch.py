@@ -1,0 +1,314 @@
+"""dpo_fast.torch: the PyTorch autograd adapter.
+
+Checked: results equal the NumPy functions' on the same data, gradients equal the NumPy
+backward and plain PyTorch, torch.autograd.gradcheck in float64 for both functions, half
+precision upcast (and gradients cast back), strided logits, the no-grad path, errors for other
+devices and bad arguments, and that ``import dpo_fast`` never imports torch. The torch tests
+skip when PyTorch is not installed (.ci/run installs the CPU build).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dpo_fast
+
+try:
+    import torch
+
+    import dpo_fast.torch as dft
+except ImportError:  # pragma: no cover - the CI installs torch
+    torch = dft = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch: pip install 'dpo_fast[torch]'")
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(dpo_fast.__file__)), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_import_dpo_fast_never_imports_torch():
+    out = _run_python("import sys, dpo_fast, dpo_fast.logps, dpo_fast.losses; "
+                      "print('torch' in sys.modules)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_adapter_without_torch_says_how_to_install_it():
+    out = _run_python("import sys; sys.modules['torch'] = None\n"
+                      "try:\n    import dpo_fast.torch\n"
+                      "except ImportError as exc:\n    print(exc)\n")
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'dpo_fast[torch]'" in out.stdout
+
+
+def _batch(dtype=None, b=3, t=6, v=13, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=gen, dtype=torch.float64) * 2
+    labels = torch.randint(0, v, (b, t), generator=gen)
+    labels[0, 1] = -100
+    mask = torch.rand(b, t, generator=gen) > 0.25
+    if b > 2:
+        mask[2] = False                                      # a sequence with no tokens
+    return logits.to(dtype or torch.float64), labels, mask
+
+
+@needs_torch
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(dft, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ sequence_logps
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_logps_equals_numpy(dtype, average):
+    logits, labels, mask = _batch(getattr(torch, dtype))
+    kwargs = dict(mask=mask, average=average, temperature=0.8, return_token_logps=True,
+                  return_entropy=True)
+    out = dft.sequence_logps(logits.clone().requires_grad_(), labels, **kwargs)
+    ref = dpo_fast.sequence_logps(logits.numpy(), labels.numpy(),
+                                  **{**kwargs, "mask": mask.numpy()})
+    assert isinstance(out, dft.SequenceLogpsResult)
+    for name in ("logps", "token_logps", "entropy", "logsumexp"):
+        tensor = getattr(out, name)
+        assert tensor.dtype == logits.dtype
+        expected = getattr(ref, name).astype(dtype)
+        assert tensor.detach().numpy().tobytes() == expected.tobytes(), name
+    assert out.logps.requires_grad and out.token_logps.requires_grad
+    assert not out.entropy.requires_grad
+    assert torch.equal(out.counts, torch.from_numpy(ref.counts))
+    assert out.token_accuracy == ref.token_accuracy
+    assert out.mean_entropy == ref.mean_entropy
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backward_equals_numpy_backward_and_plain_torch(dtype):
+    logits, labels, mask = _batch(getattr(torch, dtype))
+    w = torch.randn(3, dtype=logits.dtype)
+    u = torch.randn(3, 6, dtype=logits.dtype)
+    leaf = logits.clone().requires_grad_()
+    out = dft.sequence_logps(leaf, labels, mask=mask, temperature=1.3, return_token_logps=True)
+    ((out.logps * w).sum() + (out.token_logps * u).sum()).backward()
+    expected = dpo_fast.sequence_logps_grad(
+        logits.numpy(), labels.numpy(), w.numpy(), mask=mask.numpy(), temperature=1.3,
+        grad_token_logps=u.numpy())
+    assert leaf.grad.dtype == logits.dtype
+    assert leaf.grad.numpy().tobytes() == expected.tobytes()
+
+    plain = logits.double().clone().requires_grad_()
+    counted = (labels != -100) & mask
+    tokens = torch.log_softmax(plain / 1.3, -1).gather(
+        -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * counted
+    ((tokens.sum(-1) * w.double()).sum() + (tokens * u.double()).sum()).backward()
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    torch.testing.assert_close(leaf.grad.double(), plain.grad, rtol=tol, atol=tol)
+
+
+@needs_torch
+@pytest.mark.parametrize("average", [False, True])
+def test_gradcheck_sequence_logps(average):
+    logits, labels, mask = _batch(b=2, t=4, v=7)
+    leaf = logits.clone().requires_grad_()
+
+    def both(x):
+        out = dft.sequence_logps(x, labels[:2], mask=mask[:2], average=average,
+                                 temperature=0.7, return_token_logps=True)
+        return out.logps, out.token_logps
+
+    assert torch.autograd.gradcheck(both, (leaf,))
+
+
+@needs_torch
+def test_only_token_logps_used_and_strided_logits():
+    logits, labels, mask = _batch(torch.float32, t=7)
+    base = logits.clone().requires_grad_()
+    shifted = base[:, :-1]                                   # strided view, read in place
+    assert not shifted.is_contiguous()
+    out = dft.sequence_logps(shifted, labels[:, 1:], mask=mask[:, 1:],
+                             return_token_logps=True)
+    out.token_logps.sum().backward()
+    contiguous = logits[:, :-1].contiguous().requires_grad_()
+    dft.sequence_logps(contiguous, labels[:, 1:], mask=mask[:, 1:],
+                       return_token_logps=True).token_logps.sum().backward()
+    assert torch.equal(base.grad[:, :-1], contiguous.grad)
+    assert (base.grad[:, -1] == 0).all()
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_logits_are_upcast(dtype):
+    logits, labels, mask = _batch(getattr(torch, dtype))
+    leaf = logits.clone().requires_grad_()
+    out = dft.sequence_logps(leaf, labels, mask=mask)
+    assert out.logps.dtype == torch.float32
+    out.logps.sum().backward()
+    assert leaf.grad.dtype == logits.dtype
+    upcast = logits.float().requires_grad_()
+    reference = dft.sequence_logps(upcast, labels, mask=mask)
+    reference.logps.sum().backward()
+    assert torch.equal(out.logps, reference.logps)
+    assert torch.equal(leaf.grad, upcast.grad.to(logits.dtype))
+
+
+@needs_torch
+def test_no_grad_path_gives_the_same_values():
+    logits, labels, mask = _batch(torch.float32)
+    with torch.no_grad():
+        off = dft.sequence_logps(logits.requires_grad_(), labels, mask=mask,
+                                 return_token_logps=True)
+    on = dft.sequence_logps(logits, labels, mask=mask, return_token_logps=True)
+    assert off.logps.grad_fn is None and on.logps.grad_fn is not None
+    assert torch.equal(off.logps, on.logps.detach())
+    assert torch.equal(off.token_logps, on.token_logps.detach())
+
+
+@needs_torch
+def test_sequence_logps_errors():
+    logits, labels, mask = _batch(torch.float32)
+    with pytest.raises(ValueError, match="logits is on device meta.*CPU only.*logits.cpu()"):
+        dft.sequence_logps(logits.to("meta"), labels)
+    with pytest.raises(ValueError, match="labels is on device meta"):
+        dft.sequence_logps(logits, labels.to("meta"))
+    with pytest.raises(ValueError, match="mask is on device meta"):
+        dft.sequence_logps(logits, labels, mask=mask.to("meta"))
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        dft.sequence_logps(logits.numpy(), labels)
+    with pytest.raises(TypeError, match="floating-point tensor.*torch.int64"):
+        dft.sequence_logps(labels[..., None], labels)
+    with pytest.raises(TypeError, match="labels must be an integer tensor, got torch.float32"):
+        dft.sequence_logps(logits, labels.float())
+    with pytest.raises(TypeError, match="mask must be a bool or integer tensor"):
+        dft.sequence_logps(logits, labels, mask=mask.float())
+    bad = labels.clone()
+    bad[1, 2] = 13
+    with pytest.raises(ValueError, match=r"labels\[1, 2\] = 13 is out of range"):
+        dft.sequence_logps(logits.requires_grad_(), bad)
+
+
+# ------------------------------------------------------------------ preference_loss
+
+
+def _pairs(dtype, n=5, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, generator=gen, dtype=torch.float64) * 3 - 20).to(dtype)
+            for _ in range(4)]
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_preference_loss_equals_numpy(dtype, reduction):
+    pc, pr, rc, rr = _pairs(getattr(torch, dtype))
+    kwargs = dict(beta=0.2, label_smoothing=0.1, reduction=reduction)
+    chosen, rejected = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    out = dft.preference_loss(chosen, rejected, rc, rr, **kwargs)
+    ref = dpo_fast.preference_loss(pc.numpy(), pr.numpy(), rc.numpy(), rr.numpy(),
+                                   compute_grad=True, **kwargs)
+    assert isinstance(out, dft.PreferenceLossResult)
+    assert out.loss.dtype == pc.dtype and out.loss.requires_grad
+    np.testing.assert_array_equal(out.loss.detach().numpy(),
+                                  np.asarray(ref.loss, dtype=dtype))
+    for name in ("losses", "chosen_rewards", "rejected_rewards"):
+        assert getattr(out, name).detach().numpy().tobytes() == getattr(ref, name).tobytes()
+    assert out.metrics == ref.metrics
+    out.loss.sum().backward()
+    assert chosen.grad.numpy().tobytes() == ref.grad_chosen.tobytes()
+    assert rejected.grad.numpy().tobytes() == ref.grad_rejected.tobytes()
+    if reduction == "none":
+        assert out.losses is out.loss
+
+
+@needs_torch
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_gradcheck_preference_loss(reduction, with_reference):
+    pc, pr, rc, rr = _pairs(torch.float64)
+    refs = (rc, rr) if with_reference else (None, None)
+    chosen, rejected = pc.requires_grad_(), pr.requires_grad_()
+
+    def loss(c, r):
+        return dft.preference_loss(c, r, *refs, beta=0.3, label_smoothing=0.05,
+                                   reduction=reduction).loss
+
+    assert torch.autograd.gradcheck(loss, (chosen, rejected))
+
+
+@needs_torch
+def test_preference_loss_matches_plain_torch_and_upstream_scaling():
+    pc, pr, rc, rr = _pairs(torch.float64)
+    chosen, rejected = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    (3.0 * dft.preference_loss(chosen, rejected, rc, rr, beta=0.1).loss).backward()
+    c2, r2 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    plain = -torch.nn.functional.logsigmoid(0.1 * ((c2 - rc) - (r2 - rr))).mean()
+    (3.0 * plain).backward()
+    torch.testing.assert_close(chosen.grad, c2.grad, rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(rejected.grad, r2.grad, rtol=1e-14, atol=1e-16)
+
+
+@needs_torch
+def test_preference_loss_half_precision_and_no_grad():
+    pc, pr, rc, rr = _pairs(torch.bfloat16)
+    chosen = pc.clone().requires_grad_()
+    out = dft.preference_loss(chosen, pr, rc, rr, beta=0.1)
+    assert out.loss.dtype == torch.float32
+    out.loss.backward()
+    assert chosen.grad.dtype == torch.bfloat16
+    with torch.no_grad():
+        quiet = dft.preference_loss(chosen, pr, rc, rr, beta=0.1)
+    assert quiet.loss.grad_fn is None and torch.equal(quiet.loss, out.loss.detach())
+
+
+@needs_torch
+def test_preference_loss_errors_and_keyword_forwarding():
+    pc, pr, rc, rr = _pairs(torch.float32)
+    with pytest.raises(TypeError, match="compute_grad"):
+        dft.preference_loss(pc, pr, rc, rr, compute_grad=True)
+    with pytest.raises(TypeError, match="out="):
+        dft.preference_loss(pc, pr, rc, rr, out={})
+    with pytest.raises(ValueError, match="unknown loss_type 'nope'"):
+        dft.preference_loss(pc, pr, rc, rr, loss_type="nope")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        dft.preference_loss(pc, pr, rc, rr, betta=0.1)
+    with pytest.raises(ValueError, match="ref_chosen_logps requires grad.*detach"):
+        dft.preference_loss(pc.requires_grad_(), pr, rc.clone().requires_grad_(), rr)
+    with pytest.raises(ValueError, match="rejected_logps is on device meta"):
+        dft.preference_loss(pc, pr.to("meta"), rc, rr)
+    bad = pc.detach().clone()
+    bad[2] = float("nan")
+    with pytest.raises(ValueError, match=r"chosen_logps\[2\] is nan"):
+        dft.preference_loss(bad, pr, rc, rr)
+
+
+@needs_torch
+def test_end_to_end_logits_to_loss_matches_plain_torch():
+    """sequence_logps -> preference_loss -> backward, against log_softmax/gather/logsigmoid."""
+    logits, labels, mask = _batch(torch.float64, b=4, t=5, v=9)
+    mask[2] = True
+    leaf = logits.clone().requires_grad_()
+    logps = dft.sequence_logps(leaf, labels, mask=mask).logps
+    ref = logps.detach() - 0.5
+    dft.preference_loss(logps[:2], logps[2:], ref[:2], ref[2:], beta=0.5).loss.backward()
+
+    plain = logits.clone().requires_grad_()
+    counted = (labels != -100) & mask
+    tokens = torch.log_softmax(plain, -1).gather(
+        -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * counted
+    seq = tokens.sum(-1)
+    margin = (seq[:2] - ref[:2]) - (seq[2:] - ref[2:])
+    (-torch.nn.functional.logsigmoid(0.5 * margin).mean()).backward()
+    torch.testing.assert_close(leaf.grad, plain.grad, rtol=1e-12, atol=1e-14)
