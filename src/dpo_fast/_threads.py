@@ -17,9 +17,10 @@ import os
 
 # Below this many rows a call stays on one thread. Measured on a 2-core machine (AMD EPYC,
 # another process busy; float64 sigmoid, AVX-512, medians of 41): 16,384 rows take 53 us on
-# one thread and 32 us on two (warm OpenMP pool), 32,768 rows 101 us and 52 us. Two threads already pay from two
-# chunks when the pool is warm; the threshold sits at four chunks (~100 us of work) so that
-# waking a pool that has gone to sleep (~100 us) cannot make a call slower than one thread.
+# one thread and 32 us on two (warm OpenMP pool), 32,768 rows 101 us and 52 us. Two threads
+# already pay from two chunks when the pool is warm; the threshold sits at four chunks
+# (~100 us of work) so that waking a pool that has gone to sleep (~100 us) cannot make a call
+# slower than one thread.
 PARALLEL_MIN_ROWS = 4 * 8192
 
 
