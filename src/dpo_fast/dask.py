@@ -1,0 +1,384 @@
+"""Score preference datasets on a Dask cluster: :func:`score` and :func:`summarize`.
+
+Install with ``pip install "dpo_fast[dask]"``. This adapter imports the core and
+:mod:`dpo_fast.score` (validation, partial sums); the core never imports it.
+
+* :func:`score` maps :func:`dpo_fast.preference_loss` over the partitions of a Dask DataFrame
+  and returns a Dask DataFrame with the columns ``chosen_reward``, ``rejected_reward``,
+  ``margin``, ``loss`` (and ``grad_chosen``, ``grad_rejected``) added.
+* :func:`summarize` returns the global loss, TRL's metrics and the exact margin quantiles as a
+  :class:`dpo_fast.score.ScoreSummary`, the same numbers as ``dpo-fast score`` on one machine:
+  every partition reduces to a :class:`dpo_fast.score.PartialSummary` (float64 sums of the
+  per-pair values, exact counts, a margin histogram), and those are combined exactly, in a
+  tree, in any order. Margin quantiles may need one more pass over the partitions (see
+  :mod:`dpo_fast.score`), which recomputes them from the source unless the DataFrame is
+  persisted.
+
+Batch-coupled loss types (``aot``, ``aot_unpaired``, ``sft``: a pair's loss depends on the
+other pairs of the batch) are refused with a ValueError: partitions are scored independently,
+so they would not give the whole-data value. Per-pair loss types combine exactly.
+
+Works with the default scheduler and with a ``distributed.Client`` (the functions run on the
+workers; only partial sums travel back).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dpo_fast import score as _score
+from dpo_fast.score import (
+    ADDED_COLUMNS,
+    DEFAULT_QUANTILES,
+    GRAD_COLUMNS,
+    ColumnValues,
+    PartialSummary,
+    ScoreDataError,
+    ScoreSummary,
+    ScoreUsageError,
+)
+
+__all__ = ["score", "summarize"]
+
+
+def _require_dask():
+    try:
+        import dask
+        import dask.dataframe  # noqa: F401
+    except ImportError:
+        raise ImportError("dpo_fast.dask needs dask: pip install \"dpo_fast[dask]\"") from None
+    return dask
+
+
+def _pandas_values(series, role: _score.ColumnRole, column: str, where: str) -> ColumnValues:
+    """A pandas column as ColumnValues: float64 for log-probs, text parsed as numbers, nulls
+    (None/NA) and unparsable text masked. NaN in a NumPy float column is indistinguishable
+    from a missing value there and is reported as non-finite."""
+    import pandas as pd
+
+    raw = series.to_numpy(dtype=object)
+    out = ColumnValues(role, column, np.empty(0), raw=lambda i: raw[i])
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        raise ScoreDataError(f"has type {dtype}, which holds no numbers (every row)",
+                             file=where, column=column)
+    if pd.api.types.is_numeric_dtype(dtype):
+        if isinstance(dtype, np.dtype):
+            values = series.to_numpy()
+        else:  # nullable and pyarrow-backed dtypes: NA is a null, NaN stays NaN
+            null = series.isna().to_numpy(dtype=bool)
+            if null.any():
+                out.null = null
+            values = series.to_numpy(dtype=np.float64 if role.logps or dtype.kind == "f"
+                                     else np.int64, na_value=0)
+        out.values = values.astype(np.float64) if role.logps else values
+        return out
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        null = series.isna().to_numpy(dtype=bool)
+        text = series.astype("string").str.strip()
+        parsed = pd.to_numeric(text, errors="coerce").astype("Float64")
+        unparsed = parsed.isna().to_numpy(dtype=bool) & ~null
+        # "nan" parses to NaN, not a failure: report it as non-finite, like the Arrow path.
+        nan_text = text.str.lower().isin(["nan", "+nan", "-nan"]).fillna(False)
+        unparsed &= ~nan_text.to_numpy(dtype=bool)
+        if null.any():
+            out.null = null
+        if unparsed.any():
+            out.non_numeric = unparsed
+        values = parsed.to_numpy(dtype=np.float64, na_value=0.0)
+        values[nan_text.to_numpy(dtype=bool)] = np.nan
+        out.values = values
+        return out
+    raise ScoreDataError(f"has type {dtype}, which holds no numbers (every row)", file=where,
+                         column=column)
+
+
+def _partition_scores(df, roles, params, compute_grad, on_invalid, where):
+    """Score one pandas partition: (kept-rows mask or None, ScoredBatch)."""
+    values = [_pandas_values(df[column], role, column, where) for role, column in roles]
+    index = df.index
+
+    def locate(i):
+        return f"{where}, row {i} (index {index[i]!r})", None
+
+    return _score.check_and_score(values, params, compute_grad, on_invalid, locate)
+
+
+def _score_partition(df, roles, params, compute_grad, on_invalid, added,
+                     partition_info=None):
+    number = (partition_info or {}).get("number", "?")
+    if len(df) == 0:
+        out = df.copy()
+        for name in added:
+            out[name] = np.empty(0)
+        return out
+    scored = _partition_scores(df, roles, params, compute_grad, on_invalid,
+                               f"partition {number}")
+    if scored.keep is not None:
+        df = df[scored.keep]
+    out = df.drop(columns=[c for c in added if c in df.columns])
+    return out.assign(**{name: scored.outputs[name] for name in added})
+
+
+def _partial(df, roles, params, on_invalid, levels, number):
+    """PartialSummary of one partition."""
+    partial = PartialSummary(levels or None)
+    if len(df) == 0:
+        return partial
+    where = f"partition {number}"
+    scored = _partition_scores(df, roles, params, False, on_invalid, where)
+    if scored.keep is not None:
+        row, message = scored.first_skipped
+        partial.add_skipped(scored.skipped, (number, row), message)
+    partial.add(scored.outputs, scored.columns[0].values, scored.columns[1].values,
+                scored.metrics)
+    return partial
+
+
+def _merge(*partials):
+    first = partials[0]
+    for other in partials[1:]:
+        first.merge(other)
+    return first
+
+
+def _margin_keys_apply(df, roles, params, on_invalid, fn):
+    if len(df) == 0:
+        return None
+    margin = _partition_scores(df, roles, params, False, on_invalid, "partition").outputs[
+        "margin"]
+    return fn(_score._order_keys(margin)) if margin.size else None
+
+
+def _combine_all(parts, combine):
+    result = None
+    for part in parts:
+        if part is not None:
+            result = part if result is None else combine(result, part)
+    return result
+
+
+def _prepare(ddf, columns, reference_free, params, where):
+    """Validate the options once on the client; return (roles, batch params, reduction)."""
+    _require_dask()
+    import dask.dataframe as dd
+
+    if not isinstance(ddf, dd.DataFrame):
+        raise TypeError(f"{where} takes a dask.dataframe.DataFrame, got {type(ddf).__name__}")
+    roles = _score.resolve_columns(list(ddf.columns), columns, reference_free,
+                                   source="the DataFrame")
+    reduction = _score._check_loss_params(params, [r for r, _ in roles], where)
+    batch_params = {k: v for k, v in params.items()
+                    if k not in _score._SUMMARY_PARAMETERS and k != "compute_grad"}
+    return roles, batch_params, reduction
+
+
+def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free: bool = False,
+          on_invalid: str = "error", replace_columns: bool = False, **loss_params: Any):
+    """Per-pair rewards, margins and losses of a Dask DataFrame, lazily.
+
+    Parameters
+    ----------
+    ddf : dask.dataframe.DataFrame
+        Pairs with policy and reference log-probs (e.g. from
+        ``dask.dataframe.read_parquet``).
+    columns : mapping or str, optional
+        ``{role: column}`` (see :func:`dpo_fast.score.resolve_columns`); default columns
+        ``chosen_logps``, ``rejected_logps``, ``ref_chosen_logps``, ``ref_rejected_logps``.
+    reference_free : bool, default False
+        Score against a zero reference; otherwise missing reference columns are an error.
+    on_invalid : {"error", "skip"}, default "error"
+        A row with a null, non-numeric, NaN or infinite value in a column used raises
+        :class:`dpo_fast.score.ScoreDataError` (naming partition, row and column) when the
+        result is computed, or is dropped.
+    replace_columns : bool, default False
+        Replace existing columns named like the added ones; by default that is an error.
+    **loss_params
+        Keyword arguments of :func:`dpo_fast.preference_loss` (``beta``, ``loss_type``,
+        ``label_smoothing``, ``compute_grad``, ``n_threads``, ...).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        ``ddf``'s columns followed by ``chosen_reward``, ``rejected_reward``, ``margin``,
+        ``loss`` and, with ``compute_grad=True``, ``grad_chosen``, ``grad_rejected``
+        (float64; per-pair derivatives).
+
+    Raises
+    ------
+    ValueError
+        Bad parameters (:class:`dpo_fast.score.ScoreUsageError`), a batch-coupled loss type,
+        or missing columns (:class:`dpo_fast.score.ScoreDataError`), before anything runs.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ScoreUsageError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    roles, batch_params, _ = _prepare(ddf, columns, reference_free, loss_params, "score")
+    compute_grad = bool(loss_params.get("compute_grad", False))
+    added = ADDED_COLUMNS + (GRAD_COLUMNS if compute_grad else ())
+    clashes = [name for name in added if name in ddf.columns]
+    if clashes and not replace_columns:
+        raise ScoreDataError(f"the DataFrame already has column(s) {', '.join(clashes)}; pass "
+                             "replace_columns=True to overwrite them")
+    meta = ddf._meta.drop(columns=clashes).assign(
+        **{name: np.empty(0, dtype=np.float64) for name in added})
+    return ddf.map_partitions(_score_partition, roles, batch_params, compute_grad, on_invalid,
+                              added, meta=meta)
+
+
+def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
+              reference_free: bool = False, on_invalid: str = "error",
+              quantiles: Sequence[float] | None = DEFAULT_QUANTILES, split_every: int = 8,
+              **loss_params: Any) -> ScoreSummary:
+    """The global loss, TRL's metrics and the exact margin quantiles of a Dask DataFrame.
+
+    Each partition is scored and reduced to a :class:`dpo_fast.score.PartialSummary`; those
+    are merged in a tree (``split_every`` at a time) with exact arithmetic, so the result is
+    the same as ``dpo-fast score`` on one machine (sums to about 1e-15 relative: each
+    partition sums in float64, the partition sums are combined exactly; counts and quantiles
+    exactly).
+
+    Parameters
+    ----------
+    ddf : dask.dataframe.DataFrame
+    columns, reference_free, on_invalid
+        As for :func:`score`; skipped rows are counted in the summary.
+    quantiles : sequence of float or None
+        Margin quantile levels (exact, ``numpy.quantile``'s linear method). A level whose
+        neighbourhood was not kept by every partition costs one more pass over the
+        partitions (persist ``ddf`` to avoid recomputing it).
+    split_every : int, default 8
+        Fan-in of the merge tree.
+    **loss_params
+        Keyword arguments of :func:`dpo_fast.preference_loss`; ``reduction`` (``"mean"`` or
+        ``"sum"``) reduces the summary's ``loss``.
+
+    Returns
+    -------
+    dpo_fast.score.ScoreSummary
+
+    Raises
+    ------
+    ValueError
+        Bad parameters or a batch-coupled loss type (before anything runs); a
+        :class:`dpo_fast.score.ScoreDataError` for bad data, from the workers.
+    """
+    dask = _require_dask()
+    if on_invalid not in ("error", "skip"):
+        raise ScoreUsageError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    levels = _score._validate_options(1, on_invalid, quantiles)
+    roles, batch_params, reduction = _prepare(ddf, columns, reference_free, loss_params,
+                                              "summarize")
+    delayed = dask.delayed
+    parts = [delayed(_partial)(part, roles, batch_params, on_invalid, levels, number)
+             for number, part in enumerate(ddf.to_delayed())]
+    while len(parts) > 1:
+        parts = [delayed(_merge)(*parts[i:i + split_every])
+                 for i in range(0, len(parts), split_every)]
+    (total,) = dask.compute(parts[0])
+
+    def scan(fn, combine):
+        results = [delayed(_margin_keys_apply)(part, roles, batch_params, on_invalid, fn)
+                   for part in ddf.to_delayed()]
+        return _combine_all(dask.compute(*results), combine)
+
+    return total.finish(reduction, scan=scan,
+                        parameters=_score.effective_parameters(loss_params),
+                        columns={role.name: column for role, column in roles})
+
+
+def _read(source: str, input_format: str | None, role_columns: Sequence[str]):
+    """A Dask DataFrame of a file or directory, for ``dpo-fast score --scheduler``."""
+    import dask.dataframe as dd
+
+    fmt = _score.format_of(source, input_format) if not os.path.isdir(source) else (
+        _score._discover(source, input_format).format)
+    if fmt == "parquet":
+        return dd.read_parquet(source)
+    path = source
+    if os.path.isdir(source):
+        path = _score._discover(source, fmt).files
+    if fmt == "csv":
+        # Role columns as text, parsed (and reported row by row) by dpo_fast.
+        return dd.read_csv(path, dtype={c: "string" for c in role_columns})
+    if fmt == "jsonl":
+        return dd.read_json(path, lines=True, blocksize=64 << 20)
+    raise ScoreUsageError("--scheduler reads Parquet, CSV and JSON Lines (not Arrow IPC); "
+                          "convert the input or run without --scheduler")
+
+
+def _write_directory(scored, out: str) -> None:
+    """Write a Parquet dataset directory that appears complete or not at all."""
+    import shutil
+
+    parent = os.path.dirname(os.path.abspath(out))
+    temporary = os.path.join(parent, f".{os.path.basename(out)}.{os.getpid()}.partial")
+    try:
+        scored.to_parquet(temporary, write_index=False)
+        os.replace(temporary, out)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str | None,
+             columns, reference_free: bool, input_format: str | None,
+             output_format: str | None, batch_rows: int, on_invalid: str, quantiles,
+             replace_columns: bool) -> ScoreSummary:
+    """``dpo-fast score --scheduler ADDRESS``: the same run through :func:`summarize` (and
+    :func:`score` for ``--out``, written as a Parquet dataset directory) on a cluster."""
+    import time
+
+    _require_dask()
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError("--scheduler needs distributed: pip install \"dpo_fast[dask]\"") \
+            from None
+    started = time.perf_counter()
+    if out is not None:
+        fmt = _score.format_of(out, output_format or "parquet", output=True)
+        if fmt != "parquet" or (output_format is None and not out.endswith(
+                (".parquet", os.sep)) and os.path.splitext(out)[1]):
+            raise ScoreUsageError("with --scheduler, --out is written as a Parquet dataset "
+                                  "(a directory of part files): name it DIR or DIR.parquet")
+        if os.path.exists(out):
+            raise ScoreUsageError(f"--out {out} exists; with --scheduler the output is a "
+                                  "directory, written only where nothing exists yet")
+    mapping = _score._parse_column_map(columns)
+    names = [mapping.get(role.name, role.default_column) for role in _score.ROLES]
+    try:
+        client = distributed.Client(address, timeout="30s", set_as_default=False)
+    except OSError as exc:
+        raise ScoreUsageError(f"--scheduler {address}: cannot connect ({exc})") from None
+    import pyarrow as pa
+
+    with client, client.as_current():
+        try:
+            ddf = _read(source, input_format, [n for n in names if n])
+            summary = summarize(ddf, columns=columns, reference_free=reference_free,
+                                on_invalid=on_invalid, quantiles=quantiles, **params)
+            if out is not None:
+                scored = score(ddf, columns=columns, reference_free=reference_free,
+                               on_invalid=on_invalid, replace_columns=replace_columns,
+                               **params)
+                _write_directory(scored, out)
+        except ScoreDataError as exc:
+            if exc.file not in (None, "the DataFrame"):
+                raise
+            raise ScoreDataError(exc.reason, file=source, row=exc.row,
+                                 column=exc.column) from None
+        except (ScoreUsageError, ImportError):
+            raise
+        except (ValueError, TypeError, OSError, pa.ArrowException) as exc:
+            # From dask's readers (pandas, pyarrow): a malformed file. They do not say which
+            # row; run without --scheduler for that.
+            text = str(exc).strip().splitlines()
+            raise ScoreDataError(f"cannot read it through dask: {type(exc).__name__}: "
+                                 f"{text[-1] if text else ''}", file=source) from None
+    from dataclasses import replace
+
+    return replace(summary, input=source, output=out, seconds=time.perf_counter() - started)

@@ -1,0 +1,222 @@
+"""Smoke test of the benchmark (dpo_fast.benchmark) in --quick mode.
+
+Only the structure of the results and the accuracy checks are tested: timings are never
+asserted (they are the benchmark's output, and a noisy machine would make them flaky).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import dpo_fast
+from dpo_fast import benchmark
+
+SEED_EXAMPLE = ([-2.0, -1.5], [-3.0, -2.5], [-2.5, -2.0], [-2.5, -2.0], 0.5)
+SEED_RESULT = {"loss": 0.4741, "chosen_rewards": [0.25, 0.25],
+               "rejected_rewards": [-0.25, -0.25]}
+TIMING_KEYS = {"median", "min", "n_samples", "loops", "samples"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run, in-process, with its JSON and printed report."""
+    path = tmp_path_factory.mktemp("bench") / "quick.json"
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        status = benchmark.main(["--quick", "--json", str(path)])
+    with open(path) as fh:
+        results = json.load(fh)
+    return status, results, report.getvalue()
+
+
+def _check_timing(timing, samples):
+    assert set(timing) == TIMING_KEYS
+    assert timing["n_samples"] == len(timing["samples"]) == samples
+    assert timing["loops"] >= 1
+    assert 0 < timing["min"] <= timing["median"]
+    assert all(math.isfinite(s) and s > 0 for s in timing["samples"])
+
+
+def test_quick_run_passes_its_checks(quick_run):
+    status, results, report = quick_run
+    assert status == 0
+    assert results["checks_passed"] is True
+    assert "accuracy checks: all passed" in report
+    for heading in ("Seed call", "Arrays", "Accuracy", "SIMD code paths", "Targets"):
+        assert heading in report
+
+
+def test_quick_run_config_and_machine(quick_run):
+    _, results, _ = quick_run
+    assert results["schema"] == benchmark.SCHEMA
+    config = results["config"]
+    assert config["quick"] is True
+    assert tuple(config["sizes"]) == benchmark.QUICK_SIZES
+    assert config["repeats"] == benchmark.QUICK_REPEATS
+    assert tuple(config["dtypes"]) == benchmark.DTYPES
+    machine = results["machine"]
+    assert machine["dpo_fast"] == dpo_fast.__version__
+    assert machine["numpy"] == np.__version__
+    assert machine["simd_level"] == dpo_fast.simd_level()
+    assert machine["openmp"] == dpo_fast.openmp_enabled()
+    assert machine["cpus_available"] >= 1
+    assert config["threads"][0] == 1
+
+
+def test_quick_run_seed_section(quick_run):
+    _, results, _ = quick_run
+    seed_sizes = [n for n in benchmark.QUICK_SIZES if n <= benchmark.SEED_MAX_N]
+    assert [row["n"] for row in results["seed"]] == seed_sizes
+    for row in results["seed"]:
+        assert set(row["times"]) == {"dpo_fast", "numpy", "python"}
+        for timing in row["times"].values():
+            _check_timing(timing, benchmark.QUICK_REPEATS)
+        assert row["checks"] == {"equals_numpy_dict": True, "equals_python_dict": True}
+        assert row["ratios"]["x_numpy"] > 0 and row["ratios"]["x_python"] > 0
+
+
+def test_quick_run_array_section(quick_run):
+    _, results, _ = quick_run
+    config = results["config"]
+    has_torch = results["machine"]["torch"] is not None
+    rows = results["arrays"]
+    assert len(rows) == len(config["sizes"]) * len(config["dtypes"]) * len(config["threads"])
+    expected = {"numpy", "dpo_fast", "dpo_fast_alloc", "bound"} | ({"torch"} if has_torch
+                                                                  else set())
+    for row in rows:
+        assert set(row["times"]) == expected
+        for timing in row["times"].values():
+            _check_timing(timing, benchmark.QUICK_REPEATS)
+        assert row["threads_used"] <= row["threads"]
+        ratios = row["ratios"]
+        assert ratios["x_numpy"] > 0 and ratios["x_numpy_alloc"] > 0 and ratios["pct_bound"] > 0
+        assert (ratios["x_torch"] is not None) == has_torch
+
+
+def test_quick_run_accuracy_section(quick_run):
+    _, results, _ = quick_run
+    config = results["config"]
+    assert len(results["accuracy"]) == len(config["sizes"]) * len(config["dtypes"])
+    for row in results["accuracy"]:
+        assert row["ok"] is True
+        assert row["threads_bit_identical"] is True
+        assert row["ulp_limit"] == benchmark.ULP_LIMITS[row["dtype"]]
+        assert max(row["max_ulp"].values()) <= row["ulp_limit"]
+        assert row["loss_rel_error"] <= benchmark.LOSS_REL_LIMIT
+    float32 = [row for row in results["accuracy"] if row["dtype"] == "float32"]
+    assert float32 and all(max(row["max_ulp"].values()) <= 2 for row in float32)
+
+
+def test_quick_run_simd_section(quick_run):
+    _, results, _ = quick_run
+    simd = results["simd"]
+    assert simd["n"] == benchmark.QUICK_SIMD_SIZE
+    levels = [row["level"] for row in simd["levels"]]
+    assert levels == list(dpo_fast._kernels._pairwise.supported_simd_levels())
+    assert simd["all_bit_identical"] is True
+    # The benchmark switched paths; it must leave the one that was in use.
+    assert simd["restored_level"] == dpo_fast.simd_level()
+    for row in simd["levels"]:
+        _check_timing(row["times"], benchmark.QUICK_REPEATS)
+
+
+def test_quick_run_targets_reported_not_asserted(quick_run):
+    _, results, _ = quick_run
+    targets = {t["key"]: t for t in results["targets"]}
+    assert set(targets) == {t[0] for t in benchmark.TARGETS}
+    # --quick measures N = 2 but not N = 1e7.
+    assert targets["seed_x_numpy"]["measured"] > 0
+    assert targets["f64_pct_bound"]["measured"] is None
+    assert targets["f64_pct_bound"]["met"] is None
+
+
+def test_plot_from_results(quick_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, results, _ = quick_run
+    path = tmp_path / "plot.png"
+    benchmark.write_plot(results, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_fails_fast(monkeypatch, capsys):
+    # A None entry in sys.modules makes `import matplotlib` raise ImportError.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("ran without matplotlib"))
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(["--quick", "--plot", "unused.png"])
+    assert info.value.code == 2
+    assert "needs matplotlib" in capsys.readouterr().err
+
+
+def test_baselines_give_the_seed_example():
+    assert benchmark.numpy_seed_solution(*SEED_EXAMPLE) == SEED_RESULT
+    assert benchmark.python_seed_solution(*SEED_EXAMPLE) == SEED_RESULT
+    assert dpo_fast.dpo_loss(*SEED_EXAMPLE) == SEED_RESULT
+    arrays = [np.array(a) for a in SEED_EXAMPLE[:4]]
+    loss, losses, chosen, rejected = benchmark.numpy_array_solution(*arrays, 0.5)
+    assert round(loss, 4) == 0.4741
+    np.testing.assert_allclose(chosen, [0.25, 0.25])
+    np.testing.assert_allclose(rejected, [-0.25, -0.25])
+
+
+def test_torch_baseline_matches_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        arrays = [(rng.standard_normal(100) * 5 - 50).astype(dtype) for _ in range(4)]
+        loss, losses, chosen, rejected = benchmark.torch_array_solution(
+            *[torch.from_numpy(a) for a in arrays], 0.1)
+        ref_loss, ref_losses, *_ = benchmark.numpy_array_solution(*arrays, 0.1)
+        assert losses.numpy().dtype == np.dtype(dtype)
+        np.testing.assert_allclose(losses.numpy(), ref_losses, rtol=1e-5)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_ulp_distance():
+    x = np.array([1.0, -2.5, 0.0, 1e300], dtype=np.float64)
+    assert benchmark.ulp_distance(x, x.copy()) == 0
+    assert benchmark.ulp_distance(np.nextafter(x, np.inf), x) == 1
+    assert benchmark.ulp_distance(np.array([0.0]), np.array([-0.0])) == 0
+    tiny = np.array([5e-324])
+    assert benchmark.ulp_distance(tiny, -tiny) == 2
+    # Opposite signs far apart: no int64 overflow, a huge finite distance.
+    assert 1e18 < benchmark.ulp_distance(np.array([1e300]), np.array([-1e300])) < math.inf
+    f = np.array([1.0, -3.0], dtype=np.float32)
+    assert benchmark.ulp_distance(np.nextafter(f, np.float32(np.inf)), f) == 1
+    assert benchmark.ulp_distance(np.array([np.nan]), np.array([1.0])) == math.inf
+    with pytest.raises(ValueError):
+        benchmark.ulp_distance(f, f.astype(np.float64))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    return benchmark.config_from_args(parser.parse_args(argv))
+
+
+def test_options_quick_defaults_and_overrides():
+    config = _parse(["--quick"])
+    assert config.sizes == benchmark.QUICK_SIZES and config.repeats == benchmark.QUICK_REPEATS
+    config = _parse(["--quick", "--sizes", "1e3,16,1_000", "--repeats", "7", "--threads", "1",
+                     "--dtypes", "float64", "--no-torch", "--no-simd"])
+    assert config.sizes == (1000, 16)  # repeats dropped, order kept
+    assert (config.repeats, config.threads, config.dtypes) == (7, (1,), ("float64",))
+    assert config.use_torch is False and config.simd_size == 0
+    full = _parse([])
+    assert full.sizes == benchmark.DEFAULT_SIZES and full.repeats == benchmark.DEFAULT_REPEATS
+    assert full.simd_size == benchmark.SIMD_SIZE
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "0"], ["--sizes", "1.5"], ["--sizes", "x"],
+                                  ["--sizes", ","], ["--dtypes", "float16"],
+                                  ["--threads", "-1"], ["--repeats", "0"]])
+def test_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(argv)
+    assert info.value.code == 2
