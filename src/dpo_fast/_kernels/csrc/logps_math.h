@@ -43,29 +43,10 @@ typedef struct {
  */
 DPO_INLINE double dpo_logps_exp(double d)
 {
-    const double log2e = 1.4426950408889634;
-    const double ln2_hi = 6.93147180369123816490e-01;
-    const double ln2_lo = 1.90821492927058770002e-10;
-    const double shifter = DPO_ROUND_SHIFTER;
-
     double x = (d < -708.0) ? -708.0 : d;
-    double t = x * log2e + shifter;
-    double k_real = t - shifter;
-    int64_t k = dpo_double_bits(t) - dpo_double_bits(shifter);
-    double r = (x - k_real * ln2_hi) - k_real * ln2_lo;
-    double r2 = r * r;
-    double r4 = r2 * r2;
-    double a0 = 0.5 + r * 0.16666666666666666;
-    double a1 = 0.041666666666666664 + r * 0.008333333333333333;
-    double a2 = 0.001388888888888889 + r * 0.0001984126984126984;
-    double a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06;
-    double a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08;
-    double a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10;
-    double b0 = a0 + r2 * a1;
-    double b1 = a2 + r2 * a3;
-    double b2 = a4 + r2 * a5;
-    double q = b0 + r4 * (b1 + r4 * b2);
-    double p = 1.0 + (r + r2 * q);
+    double k_real;
+    int64_t k;
+    double p = dpo_exp_reduced(x, &k_real, &k);
     double e = p * dpo_bits_double((int64_t)((uint64_t)(k + 1023) << 52));
     return (d < -708.0) ? 0.0 : e;
 }

@@ -60,20 +60,20 @@ DPO_INLINE double dpo_bits_double(int64_t bits)
  * (gradual underflow) rather than flushed to zero.
  * NaN in, NaN out; the clamp keeps k in range for any finite or infinite x.
  */
-DPO_INLINE double dpo_exp(double x)
+/* The part of exp shared by dpo_exp and the log-softmax rows (csrc/logps_math.h): for x
+ * already clamped to the caller's range, returns p = exp(r) and sets *k (and the same integer
+ * as a double in *k_real: AVX2 has no int64 -> double conversion), with exp(x) = p * 2^k. */
+DPO_INLINE double dpo_exp_reduced(double x, double *k_real_out, int64_t *k)
 {
     const double log2e = 1.4426950408889634;
     const double ln2_hi = 6.93147180369123816490e-01;
     const double ln2_lo = 1.90821492927058770002e-10;
     const double shifter = DPO_ROUND_SHIFTER;
 
-    /* Written as selects, not fmin/fmax: NaN must pass through unchanged. */
-    x = (x < -760.0) ? -760.0 : x;
-    x = (x > 720.0) ? 720.0 : x;
-
     double t = x * log2e + shifter;
     double k_real = t - shifter;
-    int64_t k = dpo_double_bits(t) - dpo_double_bits(shifter);
+    *k_real_out = k_real;
+    *k = dpo_double_bits(t) - dpo_double_bits(shifter);
     double r = (x - k_real * ln2_hi) - k_real * ln2_lo;
 
     /* q(r) = sum_{n=2}^{13} r^(n-2)/n!, evaluated with Estrin's scheme: the same number of
@@ -91,7 +91,20 @@ DPO_INLINE double dpo_exp(double x)
     double b1 = a2 + r2 * a3;
     double b2 = a4 + r2 * a5;
     double q = b0 + r4 * (b1 + r4 * b2);
-    double p = 1.0 + (r + r2 * q);
+    return 1.0 + (r + r2 * q);
+}
+
+DPO_INLINE double dpo_exp(double x)
+{
+    const double shifter = DPO_ROUND_SHIFTER;
+
+    /* Written as selects, not fmin/fmax: NaN must pass through unchanged. */
+    x = (x < -760.0) ? -760.0 : x;
+    x = (x > 720.0) ? 720.0 : x;
+
+    double k_real;
+    int64_t k;
+    double p = dpo_exp_reduced(x, &k_real, &k);
 
     /* k1 = round(k/2), k2 = k - k1: both in [-549, 520], so 2^k1 and 2^k2 are normal. */
     double t_half = k_real * 0.5 + shifter;
