@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import pathlib
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -100,3 +102,18 @@ def random_logps(rng: np.random.Generator, n: int, *, scale: float = 30.0,
             idx = rng.integers(0, n, size=max(1, n // 10))
             a[idx] = rng.choice(specials, size=idx.size)
     return arrays
+
+
+# ---- the source tree (tests that read csrc/ or setup.py skip without it) ----
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CSRC = ROOT / "src" / "dpo_fast" / "_kernels" / "csrc"
+
+
+def setup_constant(name: str):
+    """A literal module-level constant of setup.py (e.g. GCC_FLAGS), read without running it."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                getattr(target, "id", None) == name for target in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not found in setup.py")

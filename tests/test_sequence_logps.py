@@ -10,7 +10,6 @@ vectorises the row loops in every clone.
 
 from __future__ import annotations
 
-import ast
 import doctest
 import importlib.util
 import pathlib
@@ -22,6 +21,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import CSRC, ROOT, setup_constant
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,10 +29,6 @@ import dpo_fast
 from dpo_fast import logps as logps_module
 from dpo_fast import sequence_logps, sequence_logps_grad
 from dpo_fast._kernels import _pairwise
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CSRC = ROOT / "src" / "dpo_fast" / "_kernels" / "csrc"
-
 
 # ------------------------------------------------------------------ float64 reference
 
@@ -637,15 +633,6 @@ def test_benchmark_script_runs(capsys, monkeypatch):
 # ------------------------------------------------------------------ vectoriser report
 
 
-def _setup_constant(name):
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-                getattr(target, "id", None) == name for target in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} not found in setup.py")
-
-
 def _loop_lines():
     """Line numbers (in logps_row.h) of the loops that must be vectorised: the `for` line
     just above each marker statement."""
@@ -704,12 +691,12 @@ def test_row_exp_is_bitwise_dpo_exp(tmp_path):
     """The row loops' exp (no upper clamp, one 2^k factor) is dpo_exp wherever the result is
     a normal number, compiled with the build's flags for the baseline and every clone."""
     (tmp_path / "check.c").write_text(EXP_CHECK)
-    clone_flags = _setup_constant("X86_CLONE_FLAGS") if platform.machine() in (
+    clone_flags = setup_constant("X86_CLONE_FLAGS") if platform.machine() in (
         "x86_64", "AMD64") else {}
     flag_sets = [[]] + [f["unix"] for f in clone_flags.values()]
     for flags in flag_sets:
         exe = tmp_path / "check"
-        subprocess.run(["gcc", *_setup_constant("GCC_FLAGS"), *flags, "-I", str(CSRC),
+        subprocess.run(["gcc", *setup_constant("GCC_FLAGS"), *flags, "-I", str(CSRC),
                         str(tmp_path / "check.c"), "-o", str(exe), "-lm"], check=True)
         if flags and not _cpu_runs(flags):
             continue
@@ -731,14 +718,14 @@ def _cpu_runs(flags):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones only")
 def test_row_loops_vectorised_in_every_clone(tmp_path):
-    clone_flags = _setup_constant("X86_CLONE_FLAGS")
+    clone_flags = setup_constant("X86_CLONE_FLAGS")
     cases = [("logps_dispatch.c", [], "16"),
              ("logps_clone.c", ["-DDPO_ISA=avx2", *clone_flags["avx2"]["unix"]], "32"),
              ("logps_clone.c", ["-DDPO_ISA=avx512", *clone_flags["avx512"]["unix"]], "64")]
     loops = _loop_lines()
     for source, flags, width in cases:
         report = subprocess.run(
-            ["gcc", *_setup_constant("GCC_FLAGS"), *flags, "-fopt-info-vec-optimized", "-I",
+            ["gcc", *setup_constant("GCC_FLAGS"), *flags, "-fopt-info-vec-optimized", "-I",
              str(CSRC), "-c", str(CSRC / source), "-o", str(tmp_path / "out.o")],
             capture_output=True, text=True, check=True,
         ).stderr

@@ -9,26 +9,13 @@ setup.py) and GCC's vectoriser report, and checks that the chunk loop is vectori
 It needs the source tree, GCC and x86-64; elsewhere it is skipped.
 """
 
-import ast
-import pathlib
 import platform
 import re
 import shutil
 import subprocess
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CSRC = ROOT / "src" / "dpo_fast" / "_kernels" / "csrc"
-
-
-def _setup_constant(name):
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-                getattr(target, "id", None) == name for target in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} not found in setup.py")
+from helpers import CSRC, setup_constant
 
 
 def _vectorised_widths(source, flags, tmp_path):
@@ -39,7 +26,7 @@ def _vectorised_widths(source, flags, tmp_path):
         if "DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)" in line
     )
     report = subprocess.run(
-        ["gcc", *_setup_constant("GCC_FLAGS"), *flags, "-fopt-info-vec-optimized", "-I",
+        ["gcc", *setup_constant("GCC_FLAGS"), *flags, "-fopt-info-vec-optimized", "-I",
          str(CSRC), "-c", str(CSRC / source), "-o", str(tmp_path / "out.o")],
         capture_output=True, text=True, check=True,
     ).stderr
@@ -54,7 +41,7 @@ def _vectorised_widths(source, flags, tmp_path):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones only")
 def test_row_loop_vectorised_in_every_clone(tmp_path):
-    clone_flags = _setup_constant("X86_CLONE_FLAGS")
+    clone_flags = setup_constant("X86_CLONE_FLAGS")
     cases = [("dispatch.c", [], "16"),
              ("simd_clone.c", ["-DDPO_ISA=avx2", *clone_flags["avx2"]["unix"]], "32"),
              ("simd_clone.c", ["-DDPO_ISA=avx512", *clone_flags["avx512"]["unix"]], "64")]
