@@ -188,7 +188,7 @@ def test_help_shows_every_loss_parameter():
     (["--on-invalid", "ignore"], "invalid choice"),
     (["--quantiles", "2"], "levels must be in [0, 1]"),
     (["--input-format", "xlsx"], "unknown format 'xlsx'"),
-    (["--columns", "weight=x"], "unknown role 'weight'"),
+    (["--columns", "temperature=x"], "unknown role 'temperature'"),
     (["--columns", "chosen"], "ROLE=COLUMN"),
     (["--out", "OUT.txt"], "--output-format"),
     (["--example"], "not both"),

@@ -252,26 +252,32 @@ def test_column_mapping(tmp_path, pairs):
     assert_summary_matches(summary, pairs)
     mapping = {"chosen": "pc", "rejected": "pr", "ref_chosen": "rc", "ref_rejected": "rr"}
     assert score_dataset(path, columns=mapping).loss == summary.loss
-    with pytest.raises(ScoreUsageError, match="unknown role 'weight'"):
+    with pytest.raises(ScoreUsageError, match="unknown role 'temperature'"):
+        score_dataset(path, columns={**mapping, "temperature": "pc"})
+    # A per-pair array parameter of preference_loss is a role too: weights=... here (and
+    # log-probs, being negative, are refused as weights).
+    with pytest.raises(ScoreDataError, match=r"weights\[0\] is -"):
         score_dataset(path, columns={**mapping, "weight": "pc"})
     with pytest.raises(ScoreUsageError, match="ROLE=COLUMN"):
         score_dataset(path, columns="chosen")
 
 
-def test_length_columns_are_refused_until_preference_loss_takes_them(tmp_path, pairs):
-    data = dict(pairs, chosen_length=np.full(3000, 10), rejected_length=np.full(3000, 12))
-    path = write(tmp_path / "lengths.parquet", data)
-    accepted = "chosen_lengths" in inspect.signature(dpo_fast.preference_loss).parameters
-    if accepted:
-        summary = score_dataset(path, columns="chosen_length=chosen_length")
+def test_length_columns_feed_length_normalised_losses(tmp_path, pairs):
+    rng = np.random.default_rng(5)
+    chosen_length = rng.integers(1, 400, 3000)
+    rejected_length = rng.integers(1, 400, 3000)
+    data = dict(pairs, chosen_length=chosen_length, rejected_length=rejected_length)
+    path = write(tmp_path / "lengths.parquet", data, row_group_size=700)
+    for loss_type in ("sigmoid_norm", "ipo"):
+        summary = score_dataset(path, loss_type=loss_type, beta=0.2, batch_rows=500)
         assert summary.columns["chosen_length"] == "chosen_length"
-    else:
-        with pytest.raises(ScoreUsageError, match="takes no 'chosen_lengths' argument"):
-            score_dataset(path, columns="chosen_length=chosen_length")
-        # The default length columns are simply not used while the core has no lengths.
-        summary = score_dataset(path)
-        assert "chosen_length" not in summary.columns
-        assert_summary_matches(summary, pairs)
+        whole = dpo_fast.preference_loss(*(pairs[c] for c in LOGPS), beta=0.2,
+                                         loss_type=loss_type, chosen_lengths=chosen_length,
+                                         rejected_lengths=rejected_length)
+        assert summary.loss == pytest.approx(whole.loss, rel=1e-12)
+    # Without length columns, a loss type that needs them is a usage error before any read.
+    with pytest.raises(ScoreUsageError, match="chosen_lengths"):
+        score_dataset(write(tmp_path / "plain.parquet", pairs), loss_type="sigmoid_norm")
 
 
 def test_reference_free_only_when_asked(tmp_path):
@@ -316,17 +322,34 @@ def test_loss_parameters_pass_through(tmp_path, pairs, params):
     assert summary.parameters["loss_type"] == "sigmoid"  # defaults are reported too
 
 
-@pytest.mark.parametrize("loss_type", sorted(getattr(dpo_fast.losses, "LOSS_TYPES",
-                                                      {"sigmoid": 0})))
+@pytest.mark.parametrize("loss_type", sorted(set(dpo_fast.losses.LOSS_TYPES)
+                                             - dpo_fast.losses.BATCH_COUPLED_LOSS_TYPES))
 def test_every_loss_type_of_the_core(tmp_path, pairs, loss_type):
-    """Every per-pair loss the core offers streams to the numbers of one call on all data."""
-    path = write(tmp_path / "pairs.parquet", pairs, row_group_size=700)
+    """Every per-pair loss the core offers streams to the numbers of one call on all data
+    (length columns feed the types that take them; simpo is reference-free)."""
+    rng = np.random.default_rng(2)
+    lengths = {"chosen_lengths": rng.integers(1, 300, 3000),
+               "rejected_lengths": rng.integers(1, 300, 3000)}
+    data = dict(pairs, chosen_length=lengths["chosen_lengths"],
+                rejected_length=lengths["rejected_lengths"])
+    path = write(tmp_path / "pairs.parquet", data, row_group_size=700)
     out = tmp_path / "scored.parquet"
+    free = loss_type == "simpo"
     summary = score_dataset(path, out=str(out), loss_type=loss_type, beta=0.2,
-                            batch_rows=500)
-    assert_summary_matches(summary, pairs, loss_type=loss_type, beta=0.2)
-    result, _ = reference(pairs, loss_type=loss_type, beta=0.2)
+                            batch_rows=500, reference_free=free)
+    assert_summary_matches(summary, pairs, reference_free=free, loss_type=loss_type, beta=0.2,
+                           **lengths)
+    result, _ = reference(pairs, reference_free=free, loss_type=loss_type, beta=0.2, **lengths)
     np.testing.assert_array_equal(read(out).column("loss").to_numpy(), result.losses)
+
+
+@pytest.mark.parametrize("loss_type", sorted(dpo_fast.losses.BATCH_COUPLED_LOSS_TYPES))
+def test_batch_coupled_loss_types_are_refused(tmp_path, pairs, loss_type):
+    path = write(tmp_path / "pairs.parquet", pairs)
+    with pytest.raises(ScoreUsageError, match="couples the pairs of a batch"):
+        score_dataset(path, loss_type=loss_type)
+    with pytest.raises(ScoreUsageError, match="couples the pairs of a batch"):
+        score_dataset(path, loss_type=["sigmoid", loss_type])
 
 
 def test_gradient_columns(tmp_path, pairs):

@@ -221,6 +221,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         args.params.discopop_tau = 0.05
         args.params.exo_log1m_eps = 0.0
         args.params.exo_log_eps = 0.0
+        args.general = 0
         chunk_f64(&args, 0, n, sums)
 
         chosen_rewards = PyList_New(n)

@@ -18,15 +18,36 @@ from dpo_fast import _threads
 from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import round4, round4_list, validate_beta
 
-__all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS"]
+__all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS",
+           "BATCH_COUPLED_LOSS_TYPES", "F_DIVERGENCE_TYPES"]
 
-# The loss-type registry: public name -> kernel id (csrc/pair_losses.h).
-LOSS_TYPES: Mapping[str, int] = dict(_pairwise.LOSS_IDS)
-# What label_smoothing means per loss type: the epsilon of conservative DPO / rDPO, in
-# [0, 0.5); exo_pair's epsilon, in (0, 1), where 0 (the default) stands for TRL's 1e-3;
-# any other loss type does not use it and refuses a non-zero value.
-_SMOOTHED_HALF_OPEN = frozenset({"sigmoid", "robust"})
-_EXO_DEFAULT_EPSILON = 1e-3
+# The loss types, in the order of the README's table. All but the sorted ones (aot,
+# aot_unpaired: a sort across the batch, then the sigmoid kernel) are functions of
+# csrc/pair_losses.h, with kernel ids in _pairwise.LOSS_IDS.
+LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "simpo")
+_KERNEL_IDS: Mapping[str, int] = dict(_pairwise.LOSS_IDS)
+_SORTED_TYPES = frozenset({"aot", "aot_unpaired"})
+# Loss types whose per-pair loss depends on the other pairs of the batch (dpo_fast.score and
+# dpo_fast.dask refuse them: they see the data in pieces).
+BATCH_COUPLED_LOSS_TYPES = frozenset({"aot", "aot_unpaired", "sft"})
+# One loss type of raw log-ratios, no modifier: the plain kernel loop (the fastest).
+_PLAIN_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust",
+                          "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop"})
+# Length normalisation: always for these, for ipo when both lengths are given.
+_NEEDS_LENGTHS = {"sigmoid_norm": ("chosen_lengths", "rejected_lengths"),
+                  "simpo": ("chosen_lengths", "rejected_lengths"),
+                  "sft": ("chosen_lengths",)}
+# What label_smoothing means per loss type: the epsilon of conservative DPO / rDPO / AOT /
+# SimPO, in [0, 0.5); exo_pair's epsilon, in (0, 1), where 0 (the default) stands for TRL's
+# 1e-3; the other loss types do not use it.
+_SMOOTHED_HALF_OPEN = frozenset({"sigmoid", "robust", "aot", "aot_unpaired", "simpo"})
+_EXO_DEFAULT_EPSILON = _pairwise.EXO_DEFAULT_LABEL_SMOOTHING
+# f-divergences (TRL's f_divergence_type) and the loss types TRL allows them for.
+F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+_F_DIVERGENCE_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "robust",
+                                      "discopop", "sigmoid_norm"})
 REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 # Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
@@ -219,36 +240,185 @@ def _real(value: Any, name: str) -> float:
         return math.inf
 
 
-def _smoothing_for(loss_type: str, label_smoothing: Any) -> float:
-    """The epsilon the kernel gets for ``loss_type``, checked against that loss's range."""
+def _loss_types(loss_type: Any, loss_weights: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The loss types as a tuple of distinct known names, and their weights."""
+    if isinstance(loss_type, str):
+        names: tuple[str, ...] = (loss_type,)
+    elif isinstance(loss_type, (list, tuple)):
+        names = tuple(loss_type)
+        if not names:
+            raise ValueError("loss_type is an empty list; give at least one loss type")
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; supported: {list(LOSS_TYPES)}, "
+                         "or a list of them")
+    for name in names:
+        if not isinstance(name, str) or name not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {name!r}; supported: {list(LOSS_TYPES)}")
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"loss_type lists {twice!r} twice; give each loss type once (and "
+                         "its weight in loss_weights)")
+    if len(names) > _pairwise.MAX_TERMS:
+        raise ValueError(f"loss_type lists {len(names)} loss types; at most "
+                         f"{_pairwise.MAX_TERMS} can be combined")
+    if loss_weights is None:
+        return names, (1.0,) * len(names)
+    if isinstance(loss_weights, (str, bytes)) or not isinstance(loss_weights, Sequence) \
+            and not isinstance(loss_weights, np.ndarray):
+        raise TypeError(f"loss_weights must be a sequence of real numbers, got "
+                        f"{type(loss_weights).__name__}")
+    weights = [_real(value, f"loss_weights[{index}]") for index, value in enumerate(loss_weights)]
+    if len(weights) != len(names):
+        raise ValueError(f"loss_weights has {len(weights)} values but loss_type has "
+                         f"{len(names)} loss types")
+    for index, value in enumerate(weights):
+        if not math.isfinite(value):
+            raise ValueError(f"loss_weights[{index}] = {loss_weights[index]!r} is not finite")
+    return names, tuple(weights)
+
+
+def _smoothing_for(names: Sequence[str], label_smoothing: Any) -> float:
+    """The epsilon the kernel gets, checked against the range of every listed loss type that
+    uses it (exo_pair: 0 stands for TRL's default, which the kernel applies)."""
     epsilon = _real(label_smoothing, "label_smoothing")
-    if loss_type in _SMOOTHED_HALF_OPEN:
-        if not 0.0 <= epsilon < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5) for loss_type="
-                             f"{loss_type!r}, got {label_smoothing!r}")
-    elif loss_type == "exo_pair":
-        if epsilon == 0.0:
-            return _EXO_DEFAULT_EPSILON
-        if not 0.0 < epsilon < 1.0:
-            raise ValueError(f"label_smoothing must be in (0, 1) for loss_type='exo_pair', "
+    users = [name for name in names if name in _SMOOTHED_HALF_OPEN or name == "exo_pair"]
+    if not users:
+        if epsilon != 0.0:
+            listed = names[0] if len(names) == 1 else list(names)
+            raise ValueError(f"label_smoothing is not used by loss_type={listed!r}; got "
+                             f"{label_smoothing!r}")
+        return 0.0
+    for name in users:
+        if name == "exo_pair":
+            if not 0.0 <= epsilon < 1.0:
+                raise ValueError(f"label_smoothing must be in (0, 1) for loss_type='exo_pair' "
+                                 f"(0 means {_EXO_DEFAULT_EPSILON}), got {label_smoothing!r}")
+        elif not 0.0 <= epsilon < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5) for loss_type={name!r}, "
                              f"got {label_smoothing!r}")
-    elif epsilon != 0.0:
-        raise ValueError(f"label_smoothing is not used by loss_type={loss_type!r}; "
-                         f"got {label_smoothing!r}")
     return epsilon
+
+
+def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
+                names: Sequence[str]) -> tuple[int, float]:
+    """The kernel's divergence id and coefficient for TRL's f_divergence_type."""
+    alpha = _real(f_alpha_divergence_coef, "f_alpha_divergence_coef")
+    if not math.isfinite(alpha):
+        raise ValueError(f"f_alpha_divergence_coef must be finite, got "
+                         f"{f_alpha_divergence_coef!r}")
+    if not isinstance(f_divergence_type, str) or f_divergence_type not in F_DIVERGENCE_TYPES:
+        raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; expected one of "
+                         f"{F_DIVERGENCE_TYPES}")
+    ids = _pairwise.DIVERGENCE_IDS
+    if f_divergence_type == "alpha_divergence" and alpha == 1.0:
+        f_divergence_type = "reverse_kl"  # the alpha -> 1 limit, as TRL
+    if f_divergence_type == "reverse_kl":
+        return ids["identity"], 0.0
+    refused = [name for name in names if name != "sft" and name not in _F_DIVERGENCE_LOSS_TYPES]
+    if refused:
+        raise ValueError(f"f_divergence_type={f_divergence_type!r} does not apply to "
+                         f"loss_type={refused[0]!r}; it applies to "
+                         f"{sorted(_F_DIVERGENCE_LOSS_TYPES)} (as in TRL)")
+    if f_divergence_type == "js_divergence":
+        return ids["js"], 0.0
+    # s(x) = (exp(a x) - 1)/a: forward KL is a = -1, the alpha-divergence a = alpha - 1.
+    return ids["exp"], -1.0 if f_divergence_type == "forward_kl" else alpha - 1.0
+
+
+def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarray:
+    """Lengths (finite, > 0) or weights (finite, >= 0) as a float64 array of ``length``."""
+    array = _as_input_array(value, name)
+    if array.shape[0] != length:
+        raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
+                         f"{array.shape[0]}")
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    bad = ~np.isfinite(array) | ((array <= 0.0) if positive else (array < 0.0))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        rule = "finite and > 0" if positive else "finite and >= 0"
+        raise ValueError(f"{name}[{index}] is {float(array[index])!r}; {name} must be {rule}")
+    return array
+
+
+def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np.ndarray],
+                    arrays: Sequence[np.ndarray | None]) -> list[float]:
+    """Means of the kernel's sums; with inputs near DBL_MAX a sum can overflow although every
+    term and the mean are finite: those means are taken the slow way, dividing first."""
+    means = [total / length for total in sums]
+    if math.isfinite(sum(sums)):
+        return means
+
+    def share(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float64) / length
+
+    shares = {
+        _SUM_LOSS: lambda: share(outputs["losses"]),
+        _SUM_CHOSEN: lambda: share(outputs["chosen_rewards"]),
+        _SUM_REJECTED: lambda: share(outputs["rejected_rewards"]),
+        _SUM_MARGIN: lambda: (share(outputs["chosen_rewards"])
+                              - share(outputs["rejected_rewards"])),
+        _SUM_CHOSEN_LOGP: lambda: share(arrays[0]),
+        _SUM_REJECTED_LOGP: lambda: share(arrays[1]),
+    }
+    for index, total in enumerate(sums):
+        if not math.isfinite(total) and index in shares:
+            # (+inf and -inf terms, possible for robust, have no mean: NaN, quietly.)
+            with np.errstate(invalid="ignore"):
+                means[index] = float(np.sum(shares[index]()))
+    return means
+
+
+def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, epsilon: float,
+                 threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """aot / aot_unpaired: the per-position losses and derivatives d loss / d delta (float64),
+    the pair each position's loss belongs to, and the pair its rejected derivative goes to.
+
+    The differences are sorted across the batch (AOT, D'Oosterlinck et al. 2024; TRL) and the
+    sigmoid kernel runs on the sorted ones. They are taken in quarters (x/4 is exact) so that
+    no difference of inputs near DBL_MAX overflows; 4*beta restores the scale exactly.
+    """
+    chosen, rejected = (np.asarray(a, np.float64) * 0.25 for a in arrays[:2])
+    ref_chosen, ref_rejected = (
+        np.zeros_like(chosen) if a is None else np.asarray(a, np.float64) * 0.25
+        for a in arrays[2:])
+    if name == "aot":
+        policy, reference = chosen - rejected, ref_chosen - ref_rejected
+        chosen_order = np.argsort(policy, kind="stable")
+        rejected_order = chosen_order
+        shifted = policy[chosen_order]
+        baseline = np.sort(reference, kind="stable")
+    else:
+        chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+        chosen_order = np.argsort(chosen_ratio, kind="stable")
+        rejected_order = np.argsort(rejected_ratio, kind="stable")
+        shifted = chosen_ratio[chosen_order]
+        baseline = rejected_ratio[rejected_order]
+    length = shifted.shape[0]
+    losses, slope, unused_c, unused_r, unused_g = (np.empty(length) for _ in range(5))
+    _pairwise.pairwise_loss_f64(
+        np.ascontiguousarray(shifted), np.ascontiguousarray(baseline), None, None, losses,
+        unused_c, unused_r, slope, unused_g, _KERNEL_IDS["sigmoid"], 4.0 * beta, epsilon,
+        0.05, 1.0, _threads.resolve_n_threads(threads, length))
+    return losses, slope * 0.25, chosen_order, rejected_order
 
 
 def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: Any,
          label_smoothing: Any, discopop_tau: Any, reduction: Any, compute_grad: Any,
          check_finite: Any, n_threads: Any, out: Mapping[str, Any] | None,
-         force_float64: bool = False) -> PreferenceLossResult:
+         force_float64: bool = False, loss_weights: Any = None, simpo_gamma: Any = 0.5,
+         f_divergence_type: Any = "reverse_kl", f_alpha_divergence_coef: Any = 1.0,
+         chosen_lengths: Any = None, rejected_lengths: Any = None,
+         weights: Any = None) -> PreferenceLossResult:
     beta_value = validate_beta(beta)
-    if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; supported: {sorted(LOSS_TYPES)}")
-    smoothing = _smoothing_for(loss_type, label_smoothing)
+    types, type_weights = _loss_types(loss_type, loss_weights)
+    smoothing = _smoothing_for(types, label_smoothing)
     tau = _real(discopop_tau, "discopop_tau")
     if not (math.isfinite(tau) and tau > 0.0):
         raise ValueError(f"discopop_tau must be finite and > 0, got {discopop_tau!r}")
+    gamma = _real(simpo_gamma, "simpo_gamma")
+    if not math.isfinite(gamma):
+        raise ValueError(f"simpo_gamma must be finite, got {simpo_gamma!r}")
+    divergence, divergence_coef = _divergence(f_divergence_type, f_alpha_divergence_coef, types)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     want_grad = _check_flag(compute_grad, "compute_grad")
@@ -257,43 +427,47 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
 
     arrays, dtype, originals = _prepare_inputs(values, names, force_float64)
     length = arrays[0].shape[0]
+    if "simpo" in types and arrays[2] is not None:
+        raise ValueError("loss_type='simpo' is reference-free: pass no ref_chosen_logps / "
+                         "ref_rejected_logps")
+    lengths = {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+    for name in types:
+        for needed in _NEEDS_LENGTHS.get(name, ()):
+            if lengths[needed] is None:
+                raise ValueError(f"loss_type={name!r} needs {needed} (token counts of the "
+                                 "completions)")
+    per_pair = {key: None if value is None else _per_pair(value, key, length, positive=True)
+                for key, value in lengths.items()}
+    pair_weights = None if weights is None else _per_pair(weights, "weights", length,
+                                                          positive=False)
     wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
     # The caller's arrays (a converted copy cannot overlap anything the caller holds).
     outputs = _check_outputs(out, wanted, length, dtype, originals)
+    grad_divisor = float(length) if reduction == "mean" else 1.0
+    resolved_threads = _threads.resolve_n_threads(threads, length)
 
-    kernel = _pairwise.pairwise_loss_f32 if dtype is np.float32 else _pairwise.pairwise_loss_f64
-    sums = kernel(
-        *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
-        outputs.get("grad_chosen"), outputs.get("grad_rejected"), LOSS_TYPES[loss_type],
-        beta_value, smoothing, tau, float(length) if reduction == "mean" else 1.0,
-        _threads.resolve_n_threads(threads, length),
-    )
+    both_lengths = per_pair["chosen_lengths"] is not None and \
+        per_pair["rejected_lengths"] is not None
+    plain = (len(types) == 1 and types[0] in _PLAIN_TYPES and type_weights == (1.0,)
+             and pair_weights is None
+             and divergence == _pairwise.DIVERGENCE_IDS["identity"]
+             and not (types[0] == "ipo" and both_lengths))
+    if plain:
+        kernel = (_pairwise.pairwise_loss_f32 if dtype is np.float32
+                  else _pairwise.pairwise_loss_f64)
+        sums = kernel(
+            *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
+            outputs.get("grad_chosen"), outputs.get("grad_rejected"), _KERNEL_IDS[types[0]],
+            beta_value, smoothing, tau, grad_divisor, resolved_threads)
+    else:
+        sums = _run_general(arrays, dtype, per_pair, pair_weights, outputs, types,
+                            type_weights, beta_value, smoothing, tau, gamma, divergence,
+                            divergence_coef, reduction, grad_divisor, resolved_threads, threads)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
-    # a finite overflow of a sum is told apart by the exact search.
-    # (One test for all 7: a NaN or inf term makes the sum non-finite; a false alarm from an
-    # overflowing sum of finite terms only costs the exact checks below.)
-    finite_sums = math.isfinite(sum(sums))
-    if want_finite and not finite_sums:
+    # a false alarm from an overflowing sum of finite terms only costs the exact search.
+    if want_finite and not math.isfinite(sum(sums)):
         _first_non_finite(arrays, names)
-    means = [total / length for total in sums]
-    if not finite_sums:
-        # With inputs near DBL_MAX a sum can overflow although every term and the mean are
-        # finite: take the means that overflowed the slow way, dividing before adding.
-        def share(values: np.ndarray) -> np.ndarray:
-            return np.asarray(values, np.float64) / length
-
-        shares = {
-            _SUM_LOSS: lambda: share(outputs["losses"]),
-            _SUM_CHOSEN: lambda: share(outputs["chosen_rewards"]),
-            _SUM_REJECTED: lambda: share(outputs["rejected_rewards"]),
-            _SUM_MARGIN: lambda: (share(outputs["chosen_rewards"])
-                                  - share(outputs["rejected_rewards"])),
-            _SUM_CHOSEN_LOGP: lambda: share(arrays[0]),
-            _SUM_REJECTED_LOGP: lambda: share(arrays[1]),
-        }
-        for index, total in enumerate(sums):
-            if not math.isfinite(total) and index in shares:
-                means[index] = float(np.sum(shares[index]()))
+    means = _fallback_means(sums, length, outputs, arrays)
 
     if reduction == "mean":
         loss: float | np.ndarray = means[_SUM_LOSS]
@@ -316,11 +490,93 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     )
 
 
+def _run_general(arrays: Sequence[np.ndarray | None], dtype: type,
+                 per_pair: Mapping[str, np.ndarray | None], pair_weights: np.ndarray | None,
+                 outputs: dict[str, np.ndarray], types: Sequence[str],
+                 type_weights: Sequence[float], beta: float, smoothing: float, tau: float,
+                 gamma: float, divergence: int, divergence_coef: float, reduction: str,
+                 grad_divisor: float, resolved_threads: int, threads: int | None
+                 ) -> tuple[float, ...]:
+    """Loss-type lists, weights, lengths, f-divergences and the sorted types: the general
+    kernel loop for every type but aot / aot_unpaired, whose sorted terms are added here.
+    Returns the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
+    length = arrays[0].shape[0]
+    chosen_lengths, rejected_lengths = per_pair["chosen_lengths"], per_pair["rejected_lengths"]
+    both_lengths = chosen_lengths is not None and rejected_lengths is not None
+    terms = tuple(
+        (_KERNEL_IDS[name], int(name in ("sigmoid_norm", "simpo")
+                                or (name == "ipo" and both_lengths)), weight)
+        for name, weight in zip(types, type_weights) if name not in _SORTED_TYPES)
+    weight_total = float(length) if pair_weights is None else float(np.sum(pair_weights))
+
+    sft_value = sft_batch_offset = sft_pair_offset = 0.0
+    if "sft" in types:
+        # sft = -(sum pc)/(sum nc), the same for every pair (TRL); its derivative with
+        # respect to every pc_j is -1/(sum nc), times the pair weights the reduction adds up.
+        token_count = float(np.sum(chosen_lengths))
+        logp_total = float(np.sum(arrays[0], dtype=np.float64))
+        sft_value = -logp_total / token_count
+        if not math.isfinite(sft_value):  # a sum of inputs near DBL_MAX overflowed
+            sft_value = -float(np.sum(np.asarray(arrays[0], np.float64) / token_count))
+        slope = type_weights[types.index("sft")] * (-1.0 / token_count)
+        if reduction == "none":
+            sft_pair_offset = slope
+        else:
+            sft_batch_offset = slope * (weight_total / grad_divisor)
+
+    sorted_types = [name for name in types if name in _SORTED_TYPES]
+    # With sorted terms to add, the kernel writes float64 and the sum is cast once at the end.
+    staged = dtype is np.float32 and bool(sorted_types)
+    kernel_outputs = ({key: np.empty(length) for key in outputs} if staged else outputs)
+    kernel = (_pairwise.general_loss_f32 if dtype is np.float32 and not staged
+              else _pairwise.general_loss_f64)
+    kernel_arrays = ([None if a is None else np.asarray(a, np.float64) for a in arrays]
+                     if staged else arrays)
+    sums = list(kernel(
+        *kernel_arrays, chosen_lengths, rejected_lengths, pair_weights,
+        kernel_outputs["losses"], kernel_outputs["chosen_rewards"],
+        kernel_outputs["rejected_rewards"], kernel_outputs.get("grad_chosen"),
+        kernel_outputs.get("grad_rejected"), terms, beta, smoothing, tau, gamma, sft_value,
+        divergence, divergence_coef, "simpo" in types, sft_batch_offset, sft_pair_offset,
+        grad_divisor, resolved_threads))
+    if not sorted_types:
+        return tuple(sums)
+
+    losses = np.asarray(kernel_outputs["losses"], np.float64)
+    grads = [None if kernel_outputs.get(key) is None
+             else np.asarray(kernel_outputs[key], np.float64)
+             for key in ("grad_chosen", "grad_rejected")]
+    for name in sorted_types:
+        type_weight = type_weights[types.index(name)]
+        term_losses, term_slope, chosen_order, rejected_order = _sorted_term(
+            name, kernel_arrays if staged else arrays, beta, smoothing, threads)
+        scale = np.full(length, type_weight) if pair_weights is None else \
+            type_weight * pair_weights[chosen_order]
+        losses[chosen_order] += scale * term_losses
+        if grads[0] is not None:
+            step = scale * term_slope / grad_divisor
+            grads[0][chosen_order] += step
+            grads[1][rejected_order] -= step
+    sums[_SUM_LOSS] = float(np.sum(losses))
+    if staged or losses is not kernel_outputs["losses"]:
+        outputs["losses"][...] = losses
+    for key, grad in zip(("grad_chosen", "grad_rejected"), grads):
+        if grad is not None and grad is not outputs[key]:
+            outputs[key][...] = grad
+    if staged:
+        outputs["chosen_rewards"][...] = kernel_outputs["chosen_rewards"]
+        outputs["rejected_rewards"][...] = kernel_outputs["rejected_rewards"]
+    return tuple(sums)
+
+
 def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any = None,
                     ref_rejected_logps: Any = None, *, beta: float = 0.1,
-                    loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                    discopop_tau: float = 0.05, reduction: str = "mean",
-                    compute_grad: bool = False,
+                    loss_type: str | Sequence[str] = "sigmoid",
+                    loss_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
+                    discopop_tau: float = 0.05, simpo_gamma: float = 0.5,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 1.0,
+                    chosen_lengths: Any = None, rejected_lengths: Any = None,
+                    weights: Any = None, reduction: str = "mean", compute_grad: bool = False,
                     check_finite: bool = True, n_threads: int | None = None,
                     out: Mapping[str, np.ndarray] | None = None) -> PreferenceLossResult:
     """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
@@ -342,22 +598,49 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         log-ratios are taken against 0.
     beta : float, default 0.1
         Inverse temperature; finite and > 0.
-    loss_type : str, default "sigmoid"
-        The per-pair loss (formulas and sources in the README's loss table):
-        ``"sigmoid"`` (DPO), ``"hinge"`` (SLiC), ``"ipo"`` (IPO, summed log-ratios),
-        ``"exo_pair"``, ``"nca_pair"``, ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``,
-        ``"apo_zero"``, ``"apo_down"``, ``"discopop"``.
+    loss_type : str or sequence of str, default "sigmoid"
+        The per-pair loss (formulas, sources and differences from TRL in the README's loss
+        table): ``"sigmoid"`` (DPO), ``"hinge"`` (SLiC), ``"ipo"`` (IPO; summed log-ratios,
+        or length-normalised when both lengths are given), ``"exo_pair"``, ``"nca_pair"``,
+        ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``, ``"aot"``, ``"aot_unpaired"``
+        (sorted across the batch), ``"apo_zero"``, ``"apo_down"``, ``"discopop"``, ``"sft"``
+        (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
+        ``"simpo"``. A list of distinct names combines them: each pair's loss is the
+        ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
+        ``["sigmoid", "sft"]``).
+    loss_weights : sequence of float, optional
+        One finite weight per listed loss type; default all 1.
     label_smoothing : float, default 0.0
-        ``eps``: for ``"sigmoid"`` and ``"robust"`` in ``[0, 0.5)``; for ``"exo_pair"`` in
-        ``(0, 1)``, with 0 meaning TRL's default 1e-3; other loss types do not use it and
-        refuse a non-zero value.
+        ``eps``: for ``"sigmoid"``, ``"robust"``, ``"aot"``, ``"aot_unpaired"`` and
+        ``"simpo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``, with 0 meaning TRL's
+        default 1e-3. In a list it applies to the types that use it; a non-zero value with
+        no such type is refused.
     discopop_tau : float, default 0.05
         DiscoPOP's temperature (TRL's default); finite and > 0.
+    simpo_gamma : float, default 0.5
+        SimPO's target reward margin (TRL's ``CPOConfig`` default).
+    f_divergence_type : {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
+        TRL's f-divergence: the log-ratios ``x`` become scores ``s(x)`` (``x``;
+        ``1 - exp(-x)``; ``log 2 + log(sigmoid(x))``; ``(exp((alpha - 1) x) - 1) /
+        (alpha - 1)``) in ``"sigmoid"``, ``"hinge"``, ``"ipo"``, ``"exo_pair"``,
+        ``"robust"``, ``"discopop"`` and ``"sigmoid_norm"``; other types refuse a
+        non-default divergence (``"sft"`` in a list is unaffected).
+    f_alpha_divergence_coef : float, default 1.0
+        ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL).
+    chosen_lengths, rejected_lengths : array_like, shape (n,), optional
+        Completion lengths in tokens (finite, > 0): needed by ``"sigmoid_norm"`` and
+        ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both
+        are given; other types ignore them.
+    weights : array_like, shape (n,), optional
+        Per-pair multipliers (finite, >= 0) applied to each pair's loss before the
+        reduction (WPO-style weights computed elsewhere); ``"mean"`` stays the plain mean.
     reduction : {"mean", "sum", "none"}, default "mean"
         How ``loss`` reduces the per-pair losses.
     compute_grad : bool, default False
         Also return the derivatives of the reduced loss with respect to ``chosen_logps`` and
-        ``rejected_logps``, computed in the same pass.
+        ``rejected_logps``, computed in the same pass (for ``reduction="none"``, each pair's
+        derivative of its own loss; for the batch-coupled ``"aot_unpaired"`` the rejected
+        derivative of a sorted position goes to the pair whose log-ratio has that rank).
     check_finite : bool, default True
         Raise ValueError (naming the input and the first bad index) if any input holds NaN
         or inf. The check is folded into the kernel's pass and costs nothing measurable.
@@ -379,6 +662,11 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
 
     Notes
     -----
+    Rewards are ``beta * c`` and ``beta * r`` for every loss type (``"simpo"``:
+    ``beta * chosen_logps / chosen_lengths`` and the same for rejected), in the input order.
+    ``"sft"`` and the sorted types couple the pairs of a batch, so ``dpo-fast score`` and
+    ``dpo_fast.dask`` (which see data in pieces) refuse them.
+
     dtypes: if every input is float32 (or float16) the outputs are float32; otherwise
     (float64, integer or mixed inputs) they are float64. The arithmetic and all sums are
     double precision either way, so float32 outputs are the float64 results rounded once.
@@ -401,7 +689,10 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                 _PREFERENCE_ARG_NAMES, beta=beta, loss_type=loss_type,
                 label_smoothing=label_smoothing, discopop_tau=discopop_tau, reduction=reduction,
                 compute_grad=compute_grad, check_finite=check_finite, n_threads=n_threads,
-                out=out)
+                out=out, loss_weights=loss_weights, simpo_gamma=simpo_gamma,
+                f_divergence_type=f_divergence_type,
+                f_alpha_divergence_coef=f_alpha_divergence_coef, chosen_lengths=chosen_lengths,
+                rejected_lengths=rejected_lengths, weights=weights)
 
 
 def _dpo_loss_general(chosen_policy: Any, rejected_policy: Any, chosen_ref: Any,

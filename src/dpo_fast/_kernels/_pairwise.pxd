@@ -24,7 +24,14 @@ cdef extern from "dispatch.h" nogil:
         DPO_LOSS_APO_ZERO
         DPO_LOSS_APO_DOWN
         DPO_LOSS_DISCOPOP
+        DPO_LOSS_SIGMOID_NORM
+        DPO_LOSS_SIMPO
+        DPO_LOSS_SFT
         DPO_N_LOSS_TYPES
+        DPO_MAX_TERMS
+        DPO_DIV_IDENTITY
+        DPO_DIV_EXP
+        DPO_DIV_JS
         DPO_SIMD_SCALAR
         DPO_SIMD_BASELINE
         DPO_SIMD_AVX2
@@ -36,6 +43,9 @@ cdef extern from "dispatch.h" nogil:
         double discopop_tau
         double exo_log1m_eps
         double exo_log_eps
+        double discopop_neg_inf_arg
+        double simpo_gamma
+        double sft_value
 
     ctypedef struct DpoChunkArgs:
         const void *chosen
@@ -50,6 +60,19 @@ cdef extern from "dispatch.h" nogil:
         double grad_divisor
         int loss_type
         DpoLossParams params
+        int general
+        int n_terms
+        int term_types[DPO_MAX_TERMS]
+        int term_normalized[DPO_MAX_TERMS]
+        double term_weights[DPO_MAX_TERMS]
+        const double *chosen_lengths
+        const double *rejected_lengths
+        const double *weights
+        int divergence
+        double divergence_coef
+        int normalized_rewards
+        double grad_chosen_offset
+        double grad_chosen_pair_offset
 
 cdef void chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n,
                     double *sums) noexcept nogil

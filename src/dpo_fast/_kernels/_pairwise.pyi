@@ -6,6 +6,9 @@ _Float = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 CHUNK_ROWS: int
 LOSS_IDS: dict[str, int]
 SUM_NAMES: tuple[str, ...]
+MAX_TERMS: int
+DIVERGENCE_IDS: dict[str, int]
+EXO_DEFAULT_LABEL_SMOOTHING: float
 
 def pairwise_loss_f64(
     chosen: npt.NDArray[np.float64],
@@ -38,6 +41,60 @@ def pairwise_loss_f32(
     beta: float,
     label_smoothing: float,
     discopop_tau: float,
+    grad_divisor: float,
+    n_threads: int,
+) -> tuple[float, ...]: ...
+def general_loss_f64(
+    chosen: npt.NDArray[np.float64],
+    rejected: npt.NDArray[np.float64],
+    ref_chosen: npt.NDArray[np.float64] | None,
+    ref_rejected: npt.NDArray[np.float64] | None,
+    chosen_lengths: npt.NDArray[np.float64] | None,
+    rejected_lengths: npt.NDArray[np.float64] | None,
+    weights: npt.NDArray[np.float64] | None,
+    losses: npt.NDArray[np.float64],
+    chosen_rewards: npt.NDArray[np.float64],
+    rejected_rewards: npt.NDArray[np.float64],
+    grad_chosen: npt.NDArray[np.float64] | None,
+    grad_rejected: npt.NDArray[np.float64] | None,
+    terms: tuple[tuple[int, int, float], ...],
+    beta: float,
+    label_smoothing: float,
+    discopop_tau: float,
+    simpo_gamma: float,
+    sft_value: float,
+    divergence: int,
+    divergence_coef: float,
+    normalized_rewards: bool,
+    grad_chosen_offset: float,
+    grad_chosen_pair_offset: float,
+    grad_divisor: float,
+    n_threads: int,
+) -> tuple[float, ...]: ...
+def general_loss_f32(
+    chosen: npt.NDArray[np.float32],
+    rejected: npt.NDArray[np.float32],
+    ref_chosen: npt.NDArray[np.float32] | None,
+    ref_rejected: npt.NDArray[np.float32] | None,
+    chosen_lengths: npt.NDArray[np.float64] | None,
+    rejected_lengths: npt.NDArray[np.float64] | None,
+    weights: npt.NDArray[np.float64] | None,
+    losses: npt.NDArray[np.float32],
+    chosen_rewards: npt.NDArray[np.float32],
+    rejected_rewards: npt.NDArray[np.float32],
+    grad_chosen: npt.NDArray[np.float32] | None,
+    grad_rejected: npt.NDArray[np.float32] | None,
+    terms: tuple[tuple[int, int, float], ...],
+    beta: float,
+    label_smoothing: float,
+    discopop_tau: float,
+    simpo_gamma: float,
+    sft_value: float,
+    divergence: int,
+    divergence_coef: float,
+    normalized_rewards: bool,
+    grad_chosen_offset: float,
+    grad_chosen_pair_offset: float,
     grad_divisor: float,
     n_threads: int,
 ) -> tuple[float, ...]: ...

@@ -8,7 +8,7 @@ the per-chunk sums in a fixed order, so results do not depend on the number of t
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log, log1p
+from libc.math cimport INFINITY, log, log1p
 from libc.stdlib cimport free, malloc
 
 cdef extern from "dispatch.h" nogil:
@@ -36,8 +36,14 @@ LOSS_IDS = {
     "exo_pair": DPO_LOSS_EXO_PAIR, "nca_pair": DPO_LOSS_NCA_PAIR, "robust": DPO_LOSS_ROBUST,
     "bco_pair": DPO_LOSS_BCO_PAIR, "sppo_hard": DPO_LOSS_SPPO_HARD,
     "apo_zero": DPO_LOSS_APO_ZERO, "apo_down": DPO_LOSS_APO_DOWN,
-    "discopop": DPO_LOSS_DISCOPOP,
+    "discopop": DPO_LOSS_DISCOPOP, "sigmoid_norm": DPO_LOSS_SIGMOID_NORM,
+    "simpo": DPO_LOSS_SIMPO, "sft": DPO_LOSS_SFT,
 }
+MAX_TERMS = DPO_MAX_TERMS
+# exo_pair's epsilon when label_smoothing is 0 (TRL's default for that loss).
+cdef double EXO_DEFAULT_EPSILON = 1e-3
+EXO_DEFAULT_LABEL_SMOOTHING = EXO_DEFAULT_EPSILON
+DIVERGENCE_IDS = {"identity": DPO_DIV_IDENTITY, "exp": DPO_DIV_EXP, "js": DPO_DIV_JS}
 SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
              "chosen_logps", "rejected_logps")
 _LEVELS = (DPO_SIMD_SCALAR, DPO_SIMD_BASELINE, DPO_SIMD_AVX2, DPO_SIMD_AVX512)
@@ -58,6 +64,63 @@ cdef inline void *_out_ptr_or_null(floating[::1] view) noexcept:
     return NULL if view is None else <void *>&view[0]
 
 
+cdef void _set_params(DpoChunkArgs *args, double beta, double label_smoothing,
+                      double discopop_tau) noexcept:
+    args.params.beta = beta
+    args.params.label_smoothing = label_smoothing
+    args.params.discopop_tau = discopop_tau
+    # exo_pair's constants; the caller keeps label_smoothing in [0, 1) for that loss, where 0
+    # stands for TRL's default epsilon (so that a list with sigmoid can keep sigmoid's 0).
+    cdef double exo_epsilon = label_smoothing if label_smoothing > 0.0 else EXO_DEFAULT_EPSILON
+    args.params.exo_log1m_eps = log1p(-exo_epsilon)
+    args.params.exo_log_eps = log(exo_epsilon)
+    # DiscoPOP's exponent -z - softplus(-z/tau) tends to z*(1/tau - 1) as z -> -inf.
+    args.params.discopop_neg_inf_arg = (
+        -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))
+    args.params.simpo_gamma = 0.0
+    args.params.sft_value = 0.0
+    args.general = 0
+    args.n_terms = 0
+    args.chosen_lengths = NULL
+    args.rejected_lengths = NULL
+    args.weights = NULL
+    args.divergence = DPO_DIV_IDENTITY
+    args.divergence_coef = 0.0
+    args.normalized_rewards = 0
+    args.grad_chosen_offset = 0.0
+    args.grad_chosen_pair_offset = 0.0
+
+
+cdef tuple _run_chunks(DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single):
+    """Run the chunk function over rows [0, n) in parallel; return the combined sums."""
+    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
+    cdef Py_ssize_t chunk, start
+    cdef double totals[DPO_NSUMS]
+    cdef double *partials
+    if n == 0:
+        raise ValueError("empty input")
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    partials = <double *>malloc(n_chunks * DPO_NSUMS * sizeof(double))
+    if partials == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic",
+                                chunksize=1, use_threads_if=n_threads > 1 and n_chunks > 1):
+                start = chunk * DPO_CHUNK
+                if single:
+                    dpo_chunk_f32(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                                  &partials[chunk * DPO_NSUMS])
+                else:
+                    dpo_chunk_f64(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                                  &partials[chunk * DPO_NSUMS])
+            dpo_combine_sums(partials, n_chunks, totals)
+    finally:
+        free(partials)
+    return tuple([totals[q] for q in range(DPO_NSUMS)])
+
+
 cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
                           const floating[::1] ref_chosen, const floating[::1] ref_rejected,
                           floating[::1] losses, floating[::1] chosen_rewards,
@@ -65,17 +128,10 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
                           floating[::1] grad_rejected, int loss_type, double beta,
                           double label_smoothing, double discopop_tau, double grad_divisor,
                           int n_threads):
-    cdef Py_ssize_t n = chosen.shape[0]
-    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
-    cdef Py_ssize_t chunk, start
     cdef DpoChunkArgs args
-    cdef double totals[DPO_NSUMS]
-    cdef double *partials
-    if n == 0:
+    if chosen.shape[0] == 0:
         raise ValueError("empty input")
-    if n_threads < 1:
-        raise ValueError("n_threads must be >= 1")
-    if not 0 <= loss_type < DPO_N_LOSS_TYPES:
+    if not 0 <= loss_type < DPO_N_LOSS_TYPES or loss_type == DPO_LOSS_SFT:
         raise ValueError(f"unknown loss type id {loss_type}")
     args.chosen = &chosen[0]
     args.rejected = &rejected[0]
@@ -88,32 +144,76 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
     args.grad_rejected = _out_ptr_or_null(grad_rejected)
     args.grad_divisor = grad_divisor
     args.loss_type = loss_type
-    args.params.beta = beta
-    args.params.label_smoothing = label_smoothing
-    args.params.discopop_tau = discopop_tau
-    # exo_pair's constants; the caller keeps label_smoothing in (0, 1) for that loss.
-    args.params.exo_log1m_eps = log1p(-label_smoothing)
-    args.params.exo_log_eps = log(label_smoothing) if label_smoothing > 0.0 else 0.0
+    _set_params(&args, beta, label_smoothing, discopop_tau)
+    return _run_chunks(&args, chosen.shape[0], n_threads, floating is float)
 
-    partials = <double *>malloc(n_chunks * DPO_NSUMS * sizeof(double))
-    if partials == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic",
-                                chunksize=1, use_threads_if=n_threads > 1 and n_chunks > 1):
-                start = chunk * DPO_CHUNK
-                if floating is double:
-                    dpo_chunk_f64(&args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
-                                  &partials[chunk * DPO_NSUMS])
-                else:
-                    dpo_chunk_f32(&args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
-                                  &partials[chunk * DPO_NSUMS])
-            dpo_combine_sums(partials, n_chunks, totals)
-    finally:
-        free(partials)
-    return tuple([totals[q] for q in range(DPO_NSUMS)])
 
+cdef inline const double *_double_ptr_or_null(const double[::1] view) noexcept:
+    if view is None:
+        return NULL
+    return <const double *>_ptr_or_null(view)
+
+
+cdef tuple _general_loss(const floating[::1] chosen, const floating[::1] rejected,
+                         const floating[::1] ref_chosen, const floating[::1] ref_rejected,
+                         const double[::1] chosen_lengths, const double[::1] rejected_lengths,
+                         const double[::1] weights, floating[::1] losses,
+                         floating[::1] chosen_rewards, floating[::1] rejected_rewards,
+                         floating[::1] grad_chosen, floating[::1] grad_rejected,
+                         tuple terms, double beta, double label_smoothing,
+                         double discopop_tau, double simpo_gamma, double sft_value,
+                         int divergence, double divergence_coef, bint normalized_rewards,
+                         double grad_chosen_offset, double grad_chosen_pair_offset,
+                         double grad_divisor, int n_threads):
+    cdef DpoChunkArgs args
+    cdef Py_ssize_t n = chosen.shape[0]
+    cdef int t, term_type
+    if n == 0:
+        raise ValueError("empty input")
+    if len(terms) > DPO_MAX_TERMS:
+        raise ValueError(f"at most {DPO_MAX_TERMS} loss types can be combined")
+    if divergence not in (DPO_DIV_IDENTITY, DPO_DIV_EXP, DPO_DIV_JS):
+        raise ValueError(f"unknown divergence id {divergence}")
+    if divergence == DPO_DIV_EXP and divergence_coef == 0.0:
+        raise ValueError("the exp divergence needs a non-zero coefficient")
+    if ((chosen_lengths is not None and chosen_lengths.shape[0] != n)
+            or (rejected_lengths is not None and rejected_lengths.shape[0] != n)
+            or (weights is not None and weights.shape[0] != n)):
+        raise ValueError("lengths and weights must have one value per pair")
+    args.chosen = &chosen[0]
+    args.rejected = &rejected[0]
+    args.ref_chosen = _ptr_or_null(ref_chosen)
+    args.ref_rejected = _ptr_or_null(ref_rejected)
+    args.losses = &losses[0]
+    args.chosen_rewards = &chosen_rewards[0]
+    args.rejected_rewards = &rejected_rewards[0]
+    args.grad_chosen = _out_ptr_or_null(grad_chosen)
+    args.grad_rejected = _out_ptr_or_null(grad_rejected)
+    args.grad_divisor = grad_divisor
+    args.loss_type = DPO_LOSS_SIGMOID
+    _set_params(&args, beta, label_smoothing, discopop_tau)
+    args.params.simpo_gamma = simpo_gamma
+    args.params.sft_value = sft_value
+    args.general = 1
+    args.n_terms = len(terms)
+    for t in range(args.n_terms):
+        term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
+        if not 0 <= term_type < DPO_N_LOSS_TYPES:
+            raise ValueError(f"unknown loss type id {term_type}")
+        if args.term_normalized[t] and (chosen_lengths is None or rejected_lengths is None):
+            raise ValueError("a length-normalised term needs both lengths")
+        args.term_types[t] = term_type
+    if normalized_rewards and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError("normalised rewards need both lengths")
+    args.chosen_lengths = _double_ptr_or_null(chosen_lengths)
+    args.rejected_lengths = _double_ptr_or_null(rejected_lengths)
+    args.weights = _double_ptr_or_null(weights)
+    args.divergence = divergence
+    args.divergence_coef = divergence_coef
+    args.normalized_rewards = normalized_rewards
+    args.grad_chosen_offset = grad_chosen_offset
+    args.grad_chosen_pair_offset = grad_chosen_pair_offset
+    return _run_chunks(&args, n, n_threads, floating is float)
 
 
 # Two concrete entry points rather than one fused `def`: Cython's run-time dispatch of a fused
@@ -144,6 +244,52 @@ def pairwise_loss_f32(const float[::1] chosen, const float[::1] rejected,
     return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
                           rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
                           label_smoothing, discopop_tau, grad_divisor, n_threads)
+
+
+def general_loss_f64(const double[::1] chosen, const double[::1] rejected,
+                     const double[::1] ref_chosen, const double[::1] ref_rejected,
+                     const double[::1] chosen_lengths, const double[::1] rejected_lengths,
+                     const double[::1] weights, double[::1] losses,
+                     double[::1] chosen_rewards, double[::1] rejected_rewards,
+                     double[::1] grad_chosen, double[::1] grad_rejected, tuple terms,
+                     double beta, double label_smoothing, double discopop_tau,
+                     double simpo_gamma, double sft_value, int divergence,
+                     double divergence_coef, bint normalized_rewards,
+                     double grad_chosen_offset, double grad_chosen_pair_offset,
+                     double grad_divisor, int n_threads):
+    """The general path (float64): per pair, weight * sum of term_weight * loss over `terms`,
+    a tuple of (loss id, normalised 0/1, term weight); lengths (float64, > 0) give the
+    normalised log-ratios c/nc, r/nr to the terms flagged normalised; `divergence`
+    (DIVERGENCE_IDS) with divergence_coef turns log-ratios into f-divergence scores;
+    normalized_rewards gives simpo's rewards beta*pc/nc; grad_chosen_offset is added to every
+    grad_chosen, grad_chosen_pair_offset to every pair's derivative before its weight and
+    the divisor (sft's batch gradient, for the reductions). Returns the DPO_NSUMS sums (SUM_NAMES)."""
+    return _general_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
+                         rejected_lengths, weights, losses, chosen_rewards, rejected_rewards,
+                         grad_chosen, grad_rejected, terms, beta, label_smoothing,
+                         discopop_tau, simpo_gamma, sft_value, divergence, divergence_coef,
+                         normalized_rewards, grad_chosen_offset, grad_chosen_pair_offset,
+                         grad_divisor, n_threads)
+
+
+def general_loss_f32(const float[::1] chosen, const float[::1] rejected,
+                     const float[::1] ref_chosen, const float[::1] ref_rejected,
+                     const double[::1] chosen_lengths, const double[::1] rejected_lengths,
+                     const double[::1] weights, float[::1] losses,
+                     float[::1] chosen_rewards, float[::1] rejected_rewards,
+                     float[::1] grad_chosen, float[::1] grad_rejected, tuple terms,
+                     double beta, double label_smoothing, double discopop_tau,
+                     double simpo_gamma, double sft_value, int divergence,
+                     double divergence_coef, bint normalized_rewards,
+                     double grad_chosen_offset, double grad_chosen_pair_offset,
+                     double grad_divisor, int n_threads):
+    """general_loss_f64 for float32 arrays (lengths and weights stay float64)."""
+    return _general_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
+                         rejected_lengths, weights, losses, chosen_rewards, rejected_rewards,
+                         grad_chosen, grad_rejected, terms, beta, label_smoothing,
+                         discopop_tau, simpo_gamma, sft_value, divergence, divergence_coef,
+                         normalized_rewards, grad_chosen_offset, grad_chosen_pair_offset,
+                         grad_divisor, n_threads)
 
 
 def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[::1] c,

@@ -19,7 +19,30 @@
 #ifndef DPO_BLOCK
 #define DPO_BLOCK 256
 #define DPO_LANES 8
+
+/* A block's row terms (buf, m rows) into the lane sums, padding to whole lanes with zeros
+ * (x + 0.0 == x for the +0.0-started sums); then the lanes into the chunk's sums, in a fixed
+ * order. Shared by the plain and the general loop. */
+#define DPO_ADD_BLOCK_TO_LANES                                                              \
+    {                                                                                       \
+        ptrdiff_t m_padded = (m + DPO_LANES - 1) / DPO_LANES * DPO_LANES;                   \
+        for (int q = 0; q < DPO_NSUMS; q++)                                                 \
+            for (ptrdiff_t i = m; i < m_padded; i++)                                        \
+                buf[q][i] = 0.0;                                                            \
+        for (int q = 0; q < DPO_NSUMS; q++)                                                 \
+            for (ptrdiff_t i = 0; i < m_padded; i += DPO_LANES)                             \
+                for (int j = 0; j < DPO_LANES; j++)                                         \
+                    lanes[q][j] += buf[q][i + j];                                           \
+    }
+#define DPO_LANES_TO_SUMS                                                                   \
+    for (int q = 0; q < DPO_NSUMS; q++) {                                                   \
+        const double *l = lanes[q];                                                         \
+        sums[q] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));       \
+    }
 #endif
+
+/* Loss-type lists, per-pair weights, lengths and f-divergences: DPO_GENERAL_FN. */
+#include "general_body.h"
 
 /* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
  * Near DBL_MAX, c, r or c - r can overflow although beta times them does not. Such rows
@@ -101,6 +124,10 @@
 DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                     double *sums)
 {
+    if (args->general) {
+        DPO_GENERAL_FN(args, start, n, sums);
+        return;
+    }
     /* DPO_RESTRICT: the Python layer guarantees outputs never overlap inputs or each other; it
      * also lets the vectoriser drop run-time alias checks it would otherwise give up on. */
     const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;
@@ -135,20 +162,9 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
         default:
             break;
         }
-        /* Pad to a whole number of lanes with zeros (x + 0.0 == x for the +0.0-started sums). */
-        ptrdiff_t m_padded = (m + DPO_LANES - 1) / DPO_LANES * DPO_LANES;
-        for (int q = 0; q < DPO_NSUMS; q++)
-            for (ptrdiff_t i = m; i < m_padded; i++)
-                buf[q][i] = 0.0;
-        for (int q = 0; q < DPO_NSUMS; q++)
-            for (ptrdiff_t i = 0; i < m_padded; i += DPO_LANES)
-                for (int j = 0; j < DPO_LANES; j++)
-                    lanes[q][j] += buf[q][i + j];
+        DPO_ADD_BLOCK_TO_LANES
     }
-    for (int q = 0; q < DPO_NSUMS; q++) {
-        const double *l = lanes[q];
-        sums[q] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-    }
+    DPO_LANES_TO_SUMS
 }
 
 #undef DPO_LOSS_CASE

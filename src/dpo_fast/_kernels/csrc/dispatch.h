@@ -33,6 +33,14 @@ enum {
     DPO_SIMD_AVX512 = 3
 };
 
+/* The general path (general_body.h): at most this many loss types combined in one call. */
+#define DPO_MAX_TERMS 16
+
+/* How the f-divergence turns log-ratios x into scores s(x) (TRL's f_divergence_type):
+ * identity (reverse KL); exp: s(x) = (exp(a x) - 1)/a with a = alpha - 1 (forward KL is
+ * a = -1, alpha-divergence any a != 0); js: s(x) = log 2 + logsigmoid(x). */
+enum { DPO_DIV_IDENTITY = 0, DPO_DIV_EXP = 1, DPO_DIV_JS = 2 };
+
 typedef struct {
     const void *chosen;       /* pc */
     const void *rejected;     /* pr */
@@ -46,6 +54,24 @@ typedef struct {
     double grad_divisor;      /* N for reduction="mean", 1 otherwise */
     int loss_type;
     DpoLossParams params;
+    /* The general path, taken when `general` is set: a weighted sum of n_terms loss types
+     * (loss_type is then unused), per-pair weights, length-normalised log-ratios and
+     * f-divergences. The plain path (general = 0) is one loss type of the raw log-ratios. */
+    int general;
+    int n_terms;
+    int term_types[DPO_MAX_TERMS];
+    int term_normalized[DPO_MAX_TERMS]; /* 1: the term takes c/nc, r/nr instead of c, r */
+    double term_weights[DPO_MAX_TERMS];
+    const double *chosen_lengths;       /* nc, nr; NULL unless some term is normalised */
+    const double *rejected_lengths;
+    const double *weights;              /* per-pair multipliers, or NULL */
+    int divergence;                     /* DPO_DIV_* */
+    double divergence_coef;             /* a of DPO_DIV_EXP */
+    int normalized_rewards;             /* simpo: rewards beta*pc/nc, beta*pr/nr */
+    /* sft's batch gradient: grad_chosen = (weight * (sum of terms + pair_offset)) / divisor
+     * + offset. */
+    double grad_chosen_offset;
+    double grad_chosen_pair_offset;
 } DpoChunkArgs;
 
 /* Process rows [start, start + n) (n <= DPO_CHUNK) and write the chunk's DPO_NSUMS sums. */

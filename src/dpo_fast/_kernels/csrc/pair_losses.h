@@ -18,6 +18,8 @@
 #ifndef DPO_PAIR_LOSSES_H
 #define DPO_PAIR_LOSSES_H
 
+#include <math.h>
+
 #include "simd_math.h"
 
 /* Loss identifiers shared with the Python layer (dpo_fast/losses.py keeps the registry). */
@@ -33,6 +35,9 @@ enum {
     DPO_LOSS_APO_ZERO,
     DPO_LOSS_APO_DOWN,
     DPO_LOSS_DISCOPOP,
+    DPO_LOSS_SIGMOID_NORM,
+    DPO_LOSS_SIMPO,
+    DPO_LOSS_SFT,
     DPO_N_LOSS_TYPES
 };
 
@@ -42,6 +47,9 @@ typedef struct {
     double discopop_tau;
     double exo_log1m_eps;   /* log(1 - epsilon), log(epsilon): exo_pair's constants */
     double exo_log_eps;
+    double discopop_neg_inf_arg; /* limit of -z - softplus(-z/tau) as z -> -inf (see discopop) */
+    double simpo_gamma;     /* SimPO's target margin */
+    double sft_value;       /* sft's batch constant -(sum pc)/(sum nc), from the Python layer */
 } DpoLossParams;
 
 typedef struct {
@@ -50,34 +58,110 @@ typedef struct {
     double d_rejected; /* d value / d r */
 } DpoPairLoss;
 
+/* a*b, but 0 where a is 0: a weight or probability that is exactly 0 removes its term even
+ * where the other factor is infinite (z = +-inf when beta*(c - r) overflows, or a score of an
+ * f-divergence), where the plain product would be 0*inf = NaN. */
+DPO_INLINE double dpo_mul0(double a, double b)
+{
+    return (a == 0.0) ? 0.0 : a * b;
+}
+
+/* a*b, but 0 where either is 0: a loss derivative times a chain factor of an f-divergence,
+ * either of which may have underflowed to 0 while the other overflowed. The product is then
+ * taken as 0, which is its limit for every loss type whose derivative decays at least as fast
+ * as the score grows (all but ipo; see the README on ipo with f-divergences). */
+DPO_INLINE double dpo_mul00(double a, double b)
+{
+    return (a == 0.0 || b == 0.0) ? 0.0 : a * b;
+}
+
 /* softplus(x) = log(1 + exp(x)) from the pieces of dpo_logistic(x). */
 DPO_INLINE double dpo_softplus_of(double x, DpoLogistic lg)
 {
     return dpo_relu(x) + lg.log1p_e;
 }
 
-/*
- * sigmoid (DPO, Rafailov et al. 2023) with conservative label smoothing as in the DPO
- * authors' reference code: with z = beta*(c - r),
+/* The conservative logistic loss of a margin z and its derivative, shared by sigmoid, simpo
+ * and sigmoid_norm:
  *   loss   = -(1-eps)*log(sigmoid(z)) - eps*log(sigmoid(-z))
  *          = (1-eps)*softplus(-z) + eps*softplus(z)
  *   d/dz   = -(1-eps)*sigmoid(-z) + eps*sigmoid(z).
- * Both softplus terms share log(1 + exp(-|z|)), so neither is formed by cancellation.
- */
+ * Both softplus terms share log(1 + exp(-|z|)), so neither is formed by cancellation. */
+typedef struct {
+    double value;
+    double d_z;
+} DpoMarginLoss;
+
+DPO_INLINE DpoMarginLoss dpo_conservative_logistic(double z, double eps)
+{
+    DpoMarginLoss out;
+    DpoLogistic lg = dpo_logistic(z);
+    double softplus_neg = dpo_relu(-z) + lg.log1p_e;
+    double softplus_pos = dpo_relu(z) + lg.log1p_e;
+    out.value = (1.0 - eps) * softplus_neg + dpo_mul0(eps, softplus_pos);
+    out.d_z = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
+    return out;
+}
+
+/* sigmoid (DPO, Rafailov et al. 2023), conservative with label smoothing eps as in the DPO
+ * authors' reference code; z = beta*(c - r). */
 DPO_INLINE DpoPairLoss dpo_pair_sigmoid(const DpoLossParams *params, double beta,
                                         double inv_scale, double c, double r)
 {
     (void)inv_scale;
     DpoPairLoss out;
-    double eps = params->label_smoothing;
-    double z = beta * (c - r);
-    DpoLogistic lg = dpo_logistic(z);
-    double softplus_neg = dpo_relu(-z) + lg.log1p_e;
-    double softplus_pos = dpo_relu(z) + lg.log1p_e;
-    double d_z = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
-    out.value = (1.0 - eps) * softplus_neg + eps * softplus_pos;
-    out.d_chosen = beta * d_z;
+    DpoMarginLoss ml = dpo_conservative_logistic(beta * (c - r), params->label_smoothing);
+    out.value = ml.value;
+    out.d_chosen = beta * ml.d_z;
     out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* sigmoid_norm (Tulu 3's length-normalised DPO; TRL): -logsigmoid(beta*(c/nc - r/nr)). The
+ * chunk loop passes the length-normalised log-ratios as c and r; no label smoothing. */
+DPO_INLINE DpoPairLoss dpo_pair_sigmoid_norm(const DpoLossParams *params, double beta,
+                                             double inv_scale, double c, double r)
+{
+    (void)params;
+    (void)inv_scale;
+    DpoPairLoss out;
+    DpoMarginLoss ml = dpo_conservative_logistic(beta * (c - r), 0.0);
+    out.value = ml.value;
+    out.d_chosen = beta * ml.d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* simpo (Meng et al. 2024; TRL's CPOTrainer, Liger): u = beta*(pc/nc - pr/nr) - gamma, the
+ * conservative logistic loss of u. Reference-free: the chunk loop passes pc/nc, pr/nr. */
+DPO_INLINE DpoPairLoss dpo_pair_simpo(const DpoLossParams *params, double beta,
+                                      double inv_scale, double c, double r)
+{
+    (void)inv_scale;
+    DpoPairLoss out;
+    DpoMarginLoss ml = dpo_conservative_logistic(beta * (c - r) - params->simpo_gamma,
+                                                 params->label_smoothing);
+    out.value = ml.value;
+    out.d_chosen = beta * ml.d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* sft (TRL, inside the RPO / MPO combinations): the mean negative log-likelihood per chosen
+ * token of the whole batch, -(sum_i pc_i)/(sum_i nc_i), the same for every pair. It couples
+ * the batch, so the Python layer computes the constant and its gradient (a constant added to
+ * every grad_chosen); here it only contributes its value. */
+DPO_INLINE DpoPairLoss dpo_pair_sft(const DpoLossParams *params, double beta,
+                                    double inv_scale, double c, double r)
+{
+    (void)beta;
+    (void)inv_scale;
+    (void)c;
+    (void)r;
+    DpoPairLoss out;
+    out.value = params->sft_value;
+    out.d_chosen = 0.0;
+    out.d_rejected = 0.0;
     return out;
 }
 
@@ -123,9 +207,10 @@ DPO_INLINE DpoPairLoss dpo_pair_exo_pair(const DpoLossParams *params, double bet
     DpoLogistic lg = dpo_logistic(z);
     double logsig_pos = -dpo_softplus_of(-z, lg);
     double logsig_neg = -dpo_softplus_of(z, lg);
-    out.value = lg.sig_pos * (logsig_pos - params->exo_log1m_eps)
-                + lg.sig_neg * (logsig_neg - params->exo_log_eps);
-    double d_z = lg.sig_pos * lg.sig_neg * (z - params->exo_log1m_eps + params->exo_log_eps);
+    out.value = dpo_mul0(lg.sig_pos, logsig_pos - params->exo_log1m_eps)
+                + dpo_mul0(lg.sig_neg, logsig_neg - params->exo_log_eps);
+    double d_z = dpo_mul0(lg.sig_pos * lg.sig_neg,
+                          z - params->exo_log1m_eps + params->exo_log_eps);
     out.d_chosen = beta * d_z;
     out.d_rejected = -out.d_chosen;
     return out;
@@ -160,7 +245,8 @@ DPO_INLINE DpoPairLoss dpo_pair_robust(const DpoLossParams *params, double beta,
     double denom = 1.0 - 2.0 * eps;
     double z = beta * (c - r);
     DpoLogistic lg = dpo_logistic(z);
-    out.value = ((1.0 - eps) * dpo_softplus_of(-z, lg) - eps * dpo_softplus_of(z, lg)) / denom;
+    out.value = ((1.0 - eps) * dpo_softplus_of(-z, lg) - dpo_mul0(eps, dpo_softplus_of(z, lg)))
+                / denom;
     double d_z = (-(1.0 - eps) * lg.sig_neg - eps * lg.sig_pos) / denom;
     out.d_chosen = beta * d_z;
     out.d_rejected = -out.d_chosen;
@@ -234,7 +320,8 @@ DPO_INLINE DpoPairLoss dpo_pair_apo_down(const DpoLossParams *params, double bet
 /* discopop (Chris Lu et al. 2024, Eq. 5): m = sigmoid(z/tau),
  *   (1 - m) softplus(-z) + m exp(-z),
  * the second term taken as exp(-z - softplus(-z/tau)): the product m*exp(-z) is 0*inf = NaN
- * for very negative z. d/dz = -m(1-m)/tau softplus(-z) - (1-m) sigmoid(-z)
+ * for very negative z (the limit as z -> -inf, -inf, 0 or +inf as tau <, =, > 1, comes in
+ * params). d/dz = -m(1-m)/tau softplus(-z) - (1-m) sigmoid(-z)
  *                              + exp(...) (-1 + (1-m)/tau). */
 DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double beta,
                                          double inv_scale, double c, double r)
@@ -248,10 +335,13 @@ DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double bet
     DpoLogistic lu = dpo_logistic(u);
     double one_minus_m = lu.sig_neg;
     double logistic_part = dpo_softplus_of(-z, lz);
-    double exp_part = dpo_exp(-z - dpo_softplus_of(-u, lu));
+    /* z = -inf (beta*(c - r) overflowed) would make the exponent inf - inf. */
+    double exp_arg = (z == -INFINITY) ? params->discopop_neg_inf_arg
+                                      : -z - dpo_softplus_of(-u, lu);
+    double exp_part = dpo_exp(exp_arg);
     out.value = one_minus_m * logistic_part + exp_part;
-    double d_z = -(lu.sig_pos * lu.sig_neg / tau) * logistic_part - one_minus_m * lz.sig_neg
-                 + exp_part * (one_minus_m / tau - 1.0);
+    double d_z = -dpo_mul0(lu.sig_pos * lu.sig_neg / tau, logistic_part)
+                 - one_minus_m * lz.sig_neg + dpo_mul0(one_minus_m / tau - 1.0, exp_part);
     out.d_chosen = beta * d_z;
     out.d_rejected = -out.d_chosen;
     return out;
@@ -269,6 +359,9 @@ DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double bet
     X(DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard) \
     X(DPO_LOSS_APO_ZERO, dpo_pair_apo_zero)   \
     X(DPO_LOSS_APO_DOWN, dpo_pair_apo_down)   \
-    X(DPO_LOSS_DISCOPOP, dpo_pair_discopop)
+    X(DPO_LOSS_DISCOPOP, dpo_pair_discopop)   \
+    X(DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm) \
+    X(DPO_LOSS_SIMPO, dpo_pair_simpo)         \
+    X(DPO_LOSS_SFT, dpo_pair_sft)
 
 #endif /* DPO_PAIR_LOSSES_H */

@@ -1,0 +1,320 @@
+/*
+ * The general chunk loop: a weighted sum of loss types (TRL's loss_type lists with
+ * loss_weights), per-pair weights, length-normalised log-ratios (ipo with lengths,
+ * sigmoid_norm, simpo) and f-divergences. Included by chunk_instances.h with the same macros as
+ * chunk_body.h (DPO_T, DPO_ZEROS, DPO_TARGET, DPO_LOOP_HINT, DPO_LINKAGE) and DPO_GENERAL_FN,
+ * the name to define; chunk_body.h's chunk function calls it when args->general is set.
+ *
+ * Each block of DPO_BLOCK rows takes three vectorised passes over local buffers, so a loss
+ * type is still one function of pair_losses.h and no loop is written per combination:
+ *   1. prepare: log-ratios, rewards and the pair arguments of each variant the terms use
+ *      ("raw": c, r; "normalised": c/nc, r/nr), with the chain factors d(argument)/d(input).
+ *      Under an f-divergence the arguments are (h, 0) with h = s(x_c) - s(x_r), since every
+ *      loss type TRL allows it for depends on c - r only.
+ *   2. one loop per term, adding its weighted value and derivatives.
+ *   3. finish: per-pair weights, outputs, the row terms of the sums.
+ * Rows where something overflows (c - r near DBL_MAX, exp of a large score) are flagged in
+ * pass 1 and redone in scalar code from quarter-scaled log-ratios before pass 2.
+ */
+
+#ifndef DPO_GENERAL_HELPERS_H
+#define DPO_GENERAL_HELPERS_H
+#include <math.h>
+
+/* Past this exponent dpo_exp saturates (it clamps its argument at 720), so a row whose
+ * f-divergence score needs exp of more is flagged and redone with libm. */
+#define DPO_EXP_SAFE_MAX 700.0
+
+typedef struct {
+    double h;       /* s(x_c) - s(x_r) */
+    double chain_c; /* s'(x_c) */
+    double chain_r; /* s'(x_r) */
+} DpoScores;
+
+/* Scores of flagged rows, from quarter-scaled arguments xc4 = x_c/4, xr4 = x_r/4, with
+ * overflow going to +-inf and never to NaN (scalar, libm; these rows are rare). */
+static DpoScores dpo_scores_careful(int divergence, double coef, double xc4, double xr4)
+{
+    DpoScores out;
+    if (divergence == DPO_DIV_EXP) {
+        /* h = (e^{A_c} - e^{A_r})/a with A = a x, as sign * e^{max A} (1 - e^{-|A_c - A_r|})/a,
+         * which is finite wherever h is, and +-inf (not inf - inf) where it is not. */
+        double a4 = 4.0 * coef;
+        double exp_c = a4 * xc4, exp_r = a4 * xr4;
+        out.chain_c = exp(exp_c);
+        out.chain_r = exp(exp_r);
+        if (xc4 == xr4) {
+            out.h = 0.0;
+        } else {
+            double top = exp_c > exp_r ? exp_c : exp_r;
+            double gap = fabs(a4) * fabs(xc4 - xr4);
+            double sign = ((coef > 0.0) == (xc4 > xr4)) ? 1.0 : -1.0;
+            out.h = sign * (exp(top) * -expm1(-gap)) / coef;
+        }
+    } else { /* DPO_DIV_JS: h = softplus(-x_r) - softplus(-x_c), its linear parts in quarters */
+        double lin = 4.0 * ((xr4 < 0.0 ? -xr4 : 0.0) - (xc4 < 0.0 ? -xc4 : 0.0));
+        out.h = lin + (log1p(exp(-4.0 * fabs(xr4))) - log1p(exp(-4.0 * fabs(xc4))));
+        out.chain_c = 1.0 / (1.0 + exp(4.0 * xc4)); /* sigmoid(-x) */
+        out.chain_r = 1.0 / (1.0 + exp(4.0 * xr4));
+    }
+    return out;
+}
+#endif /* DPO_GENERAL_HELPERS_H */
+
+/* Pass 1 for one row: variant V (0 raw, 1 normalised) of the pair arguments from the log-ratios
+ * X_C, X_R and the chain factors INV_C, INV_R (1 or 1/n); DIV the f-divergence. */
+#define DPO_GEN_VARIANT(V, DIV, X_C, X_R, INV_C, INV_R)                                     \
+    if ((DIV) == DPO_DIV_IDENTITY) {                                                        \
+        arg_c[V][i] = (X_C);                                                                \
+        arg_r[V][i] = (X_R);                                                                \
+        chain_c[V][i] = (INV_C);                                                            \
+        chain_r[V][i] = (INV_R);                                                            \
+        flag += ((X_C) - (X_R)) * 0.0;                                                      \
+    } else if ((DIV) == DPO_DIV_EXP) {                                                      \
+        double exp_c = coef * (X_C), exp_r = coef * (X_R);                                  \
+        double e_c = dpo_exp(exp_c), e_r = dpo_exp(exp_r);                                  \
+        double h = (e_c - e_r) / coef;                                                      \
+        arg_c[V][i] = h;                                                                    \
+        arg_r[V][i] = 0.0;                                                                  \
+        chain_c[V][i] = e_c * (INV_C);                                                      \
+        chain_r[V][i] = e_r * (INV_R);                                                      \
+        flag += h * 0.0 + ((exp_c > DPO_EXP_SAFE_MAX) ? 1.0 : 0.0)                          \
+                + ((exp_r > DPO_EXP_SAFE_MAX) ? 1.0 : 0.0);                                 \
+    } else {                                                                                \
+        DpoLogistic lc = dpo_logistic(X_C), lr = dpo_logistic(X_R);                         \
+        double h = (dpo_relu(-(X_R)) + lr.log1p_e) - (dpo_relu(-(X_C)) + lc.log1p_e);       \
+        arg_c[V][i] = h;                                                                    \
+        arg_r[V][i] = 0.0;                                                                  \
+        chain_c[V][i] = lc.sig_neg * (INV_C);                                               \
+        chain_r[V][i] = lr.sig_neg * (INV_R);                                               \
+        flag += h * 0.0;                                                                    \
+    }
+
+#define DPO_GEN_PREPARE(RAW, NORM, DIV)                                                     \
+    {                                                                                       \
+        DPO_LOOP_HINT                                                                       \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            ptrdiff_t row = block + i;                                                      \
+            double chosen = (double)pc[row];                                                \
+            double rejected = (double)pr[row];                                              \
+            double c = chosen - (double)rc[row];                                            \
+            double r = rejected - (double)rr[row];                                          \
+            double flag = (c - r) * 0.0;                                                    \
+            double reward_c = c, reward_r = r;                                              \
+            if (RAW) {                                                                      \
+                DPO_GEN_VARIANT(0, DIV, c, r, 1.0, 1.0)                                     \
+            }                                                                               \
+            if (NORM) {                                                                     \
+                double inv_nc = 1.0 / nc[row], inv_nr = 1.0 / nr[row];                      \
+                double x_c = c / nc[row], x_r = r / nr[row];                                \
+                DPO_GEN_VARIANT(1, DIV, x_c, x_r, inv_nc, inv_nr)                           \
+                reward_c = normalized_rewards ? x_c : c;                                    \
+                reward_r = normalized_rewards ? x_r : r;                                    \
+            }                                                                               \
+            row_beta[i] = beta;                                                             \
+            row_inv_scale[i] = 1.0;                                                         \
+            double chosen_reward = beta * reward_c;                                         \
+            double rejected_reward = beta * reward_r;                                       \
+            out_chosen_reward[row] = (DPO_T)chosen_reward;                                  \
+            out_rejected_reward[row] = (DPO_T)rejected_reward;                              \
+            buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                  \
+            buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                              \
+            buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                       \
+            buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;       \
+            buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                           \
+            buf[DPO_SUM_REJECTED_LOGP][i] = rejected;                                       \
+            buf[DPO_NSUMS][i] = flag;                                                       \
+        }                                                                                   \
+    }
+
+#define DPO_GEN_PREPARE_CASE(RAW, NORM)                                                     \
+    case (RAW) * 2 + (NORM):                                                                \
+        if (divergence == DPO_DIV_IDENTITY)                                                 \
+            DPO_GEN_PREPARE(RAW, NORM, DPO_DIV_IDENTITY)                                    \
+        else if (divergence == DPO_DIV_EXP)                                                 \
+            DPO_GEN_PREPARE(RAW, NORM, DPO_DIV_EXP)                                         \
+        else                                                                                \
+            DPO_GEN_PREPARE(RAW, NORM, DPO_DIV_JS)                                          \
+        break;
+
+/* Pass 2 for one term: its weighted value and chain-ruled derivatives, added up. */
+#define DPO_GEN_TERM_CASE(ID, PAIR_FN)                                                      \
+    case ID: {                                                                              \
+        const double *a_c = arg_c[variant], *a_r = arg_r[variant];                          \
+        const double *k_c = chain_c[variant], *k_r = chain_r[variant];                      \
+        DPO_LOOP_HINT                                                                       \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            DpoPairLoss pl = PAIR_FN(&params, row_beta[i], row_inv_scale[i], a_c[i], a_r[i]); \
+            acc_value[i] += dpo_mul0(term_weight, pl.value);                                \
+            acc_chosen[i] += dpo_mul0(term_weight, dpo_mul00(pl.d_chosen, k_c[i]));          \
+            acc_rejected[i] += dpo_mul0(term_weight, dpo_mul00(pl.d_rejected, k_r[i]));      \
+        }                                                                                   \
+    } break;
+
+DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
+                                      double *sums)
+{
+    const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;
+    const DPO_T *DPO_RESTRICT pr = (const DPO_T *)args->rejected + start;
+    const DPO_T *DPO_RESTRICT rc =
+        args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;
+    const DPO_T *DPO_RESTRICT rr =
+        args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;
+    const double *DPO_RESTRICT nc = args->chosen_lengths ? args->chosen_lengths + start : NULL;
+    const double *DPO_RESTRICT nr =
+        args->rejected_lengths ? args->rejected_lengths + start : NULL;
+    const double *DPO_RESTRICT weights = args->weights ? args->weights + start : NULL;
+    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;
+    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;
+    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;
+    const int with_grad = args->grad_chosen != NULL;
+    DPO_T *DPO_RESTRICT out_grad_chosen = with_grad ? (DPO_T *)args->grad_chosen + start : NULL;
+    DPO_T *DPO_RESTRICT out_grad_rejected = with_grad ? (DPO_T *)args->grad_rejected + start : NULL;
+    const DpoLossParams params = args->params;
+    const double beta = params.beta;
+    const double beta4 = 4.0 * beta;
+    const double grad_divisor = args->grad_divisor;
+    const double grad_offset = args->grad_chosen_offset;
+    const double grad_pair_offset = args->grad_chosen_pair_offset;
+    const int divergence = args->divergence;
+    const double coef = args->divergence_coef;
+    const int normalized_rewards = args->normalized_rewards;
+    const int n_terms = args->n_terms;
+
+    /* Which argument variants the terms need (sft needs neither). */
+    int need_raw = 0, need_norm = normalized_rewards;
+    for (int t = 0; t < n_terms; t++) {
+        if (args->term_types[t] == DPO_LOSS_SFT)
+            continue;
+        if (args->term_normalized[t])
+            need_norm = 1;
+        else
+            need_raw = 1;
+    }
+    if (nc == NULL || nr == NULL)
+        need_norm = 0; /* the Python layer never asks for it without lengths */
+
+    double lanes[DPO_NSUMS][DPO_LANES];
+    double buf[DPO_NSUMS + 1][DPO_BLOCK];
+    double arg_c[2][DPO_BLOCK], arg_r[2][DPO_BLOCK], chain_c[2][DPO_BLOCK], chain_r[2][DPO_BLOCK];
+    double row_beta[DPO_BLOCK], row_inv_scale[DPO_BLOCK];
+    double acc_value[DPO_BLOCK], acc_chosen[DPO_BLOCK], acc_rejected[DPO_BLOCK];
+    for (int q = 0; q < DPO_NSUMS; q++)
+        for (int j = 0; j < DPO_LANES; j++)
+            lanes[q][j] = 0.0;
+
+    for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
+        ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
+
+        /* 1. prepare */
+        switch (need_raw * 2 + need_norm) {
+            DPO_GEN_PREPARE_CASE(0, 0)
+            DPO_GEN_PREPARE_CASE(0, 1)
+            DPO_GEN_PREPARE_CASE(1, 0)
+            DPO_GEN_PREPARE_CASE(1, 1)
+        }
+        double flag_lanes[DPO_LANES] = {0.0};
+        ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;
+        for (ptrdiff_t i = 0; i < i_end; i += DPO_LANES)
+            for (int j = 0; j < DPO_LANES; j++)
+                flag_lanes[j] += buf[DPO_NSUMS][i + j];
+        for (ptrdiff_t i = i_end; i < m; i++)
+            flag_lanes[0] += buf[DPO_NSUMS][i];
+        double flag = 0.0;
+        for (int j = 0; j < DPO_LANES; j++)
+            flag += flag_lanes[j];
+        if (flag != 0.0) {
+            /* Flagged rows again, from quarter-scaled log-ratios (x/4 is exact for normal x,
+             * so this gives what the plain formulas give wherever nothing overflows). Without
+             * an f-divergence the loss functions take the quarters with 4*beta, as in the
+             * plain path; with one, the careful scores. A NaN input stays NaN. */
+            for (ptrdiff_t i = 0; i < m; i++) {
+                if (buf[DPO_NSUMS][i] == 0.0)
+                    continue;
+                ptrdiff_t row = block + i;
+                double c4 = 0.25 * (double)pc[row] - 0.25 * (double)rc[row];
+                double r4 = 0.25 * (double)pr[row] - 0.25 * (double)rr[row];
+                double reward_c4 = c4, reward_r4 = r4;
+                for (int v = 0; v < 2; v++) {
+                    if ((v == 0 && !need_raw) || (v == 1 && !need_norm))
+                        continue;
+                    double n_c = v ? nc[row] : 1.0, n_r = v ? nr[row] : 1.0;
+                    double x_c4 = c4 / n_c, x_r4 = r4 / n_r;
+                    if (v && normalized_rewards) {
+                        reward_c4 = x_c4;
+                        reward_r4 = x_r4;
+                    }
+                    if (divergence == DPO_DIV_IDENTITY) {
+                        arg_c[v][i] = x_c4;
+                        arg_r[v][i] = x_r4;
+                        chain_c[v][i] = 0.25 / n_c;
+                        chain_r[v][i] = 0.25 / n_r;
+                    } else {
+                        DpoScores sc = dpo_scores_careful(divergence, coef, x_c4, x_r4);
+                        arg_c[v][i] = sc.h;
+                        arg_r[v][i] = 0.0;
+                        chain_c[v][i] = sc.chain_c / n_c;
+                        chain_r[v][i] = sc.chain_r / n_r;
+                    }
+                }
+                int quarter = divergence == DPO_DIV_IDENTITY;
+                row_beta[i] = quarter ? beta4 : beta;
+                row_inv_scale[i] = quarter ? 4.0 : 1.0;
+                double chosen_reward = beta4 * reward_c4;
+                double rejected_reward = beta4 * reward_r4;
+                out_chosen_reward[row] = (DPO_T)chosen_reward;
+                out_rejected_reward[row] = (DPO_T)rejected_reward;
+                buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;
+                buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;
+                buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;
+                buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;
+            }
+        }
+
+        /* 2. the terms */
+        for (ptrdiff_t i = 0; i < m; i++) {
+            acc_value[i] = 0.0;
+            acc_chosen[i] = 0.0;
+            acc_rejected[i] = 0.0;
+        }
+        for (int t = 0; t < n_terms; t++) {
+            const int variant = args->term_normalized[t] ? 1 : 0;
+            const double term_weight = args->term_weights[t];
+            if (args->term_types[t] == DPO_LOSS_SFT) {
+                /* A batch constant; it reads no pair arguments (none were prepared for it). */
+                double value = dpo_mul0(term_weight, params.sft_value);
+                for (ptrdiff_t i = 0; i < m; i++)
+                    acc_value[i] += value;
+                continue;
+            }
+            switch (args->term_types[t]) {
+                DPO_FOR_EACH_LOSS(DPO_GEN_TERM_CASE)
+            default:
+                break;
+            }
+        }
+
+        /* 3. finish */
+        DPO_LOOP_HINT
+        for (ptrdiff_t i = 0; i < m; i++) {
+            ptrdiff_t row = block + i;
+            double weight = weights ? weights[row] : 1.0;
+            double value = dpo_mul0(weight, acc_value[i]);
+            out_loss[row] = (DPO_T)value;
+            buf[DPO_SUM_LOSS][i] = value;
+            if (with_grad) {
+                out_grad_chosen[row] =
+                    (DPO_T)(dpo_mul0(weight, acc_chosen[i] + grad_pair_offset) / grad_divisor
+                            + grad_offset);
+                out_grad_rejected[row] = (DPO_T)(dpo_mul0(weight, acc_rejected[i]) / grad_divisor);
+            }
+        }
+        DPO_ADD_BLOCK_TO_LANES
+    }
+    DPO_LANES_TO_SUMS
+}
+
+#undef DPO_GEN_VARIANT
+#undef DPO_GEN_PREPARE
+#undef DPO_GEN_PREPARE_CASE
+#undef DPO_GEN_TERM_CASE
