@@ -373,33 +373,42 @@ def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, ep
     """aot / aot_unpaired: the per-position losses and derivatives d loss / d delta (float64),
     the pair each position's loss belongs to, and the pair its rejected derivative goes to.
 
-    The differences are sorted across the batch (AOT, D'Oosterlinck et al. 2024; TRL) and the
-    sigmoid kernel runs on the sorted ones. They are taken in quarters (x/4 is exact) so that
-    no difference of inputs near DBL_MAX overflows; 4*beta restores the scale exactly.
+    The differences are sorted across the batch (AOT, Melnyk et al. 2024; TRL) and the
+    sigmoid kernel runs on the sorted ones. Where a difference of inputs near DBL_MAX
+    overflows they are taken in quarters (x/4 is exact for normal x) with 4*beta, which
+    restores the scale exactly.
     """
-    chosen, rejected = (np.asarray(a, np.float64) * 0.25 for a in arrays[:2])
-    ref_chosen, ref_rejected = (
-        np.zeros_like(chosen) if a is None else np.asarray(a, np.float64) * 0.25
-        for a in arrays[2:])
+    def differences(scale: float) -> tuple[np.ndarray, np.ndarray]:
+        pc, pr = (np.asarray(a, np.float64) * scale for a in arrays[:2])
+        rc, rr = (np.zeros_like(pc) if a is None else np.asarray(a, np.float64) * scale
+                  for a in arrays[2:])
+        if name == "aot":
+            return pc - pr, rc - rr
+        return pc - rc, pr - rr
+
+    # Plain differences, unless one overflowed: then quarters (exact but for subnormals,
+    # which is why they are not the default).
+    scale = 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        first, second = differences(1.0)
+        if not (np.isfinite(first).all() and np.isfinite(second).all()):
+            scale = 0.25
+            first, second = differences(scale)
+    chosen_order = np.argsort(first, kind="stable")
+    shifted = first[chosen_order]
     if name == "aot":
-        policy, reference = chosen - rejected, ref_chosen - ref_rejected
-        chosen_order = np.argsort(policy, kind="stable")
         rejected_order = chosen_order
-        shifted = policy[chosen_order]
-        baseline = np.sort(reference, kind="stable")
+        baseline = np.sort(second, kind="stable")
     else:
-        chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
-        chosen_order = np.argsort(chosen_ratio, kind="stable")
-        rejected_order = np.argsort(rejected_ratio, kind="stable")
-        shifted = chosen_ratio[chosen_order]
-        baseline = rejected_ratio[rejected_order]
+        rejected_order = np.argsort(second, kind="stable")
+        baseline = second[rejected_order]
     length = shifted.shape[0]
     losses, slope, unused_c, unused_r, unused_g = (np.empty(length) for _ in range(5))
     _pairwise.pairwise_loss_f64(
         np.ascontiguousarray(shifted), np.ascontiguousarray(baseline), None, None, losses,
-        unused_c, unused_r, slope, unused_g, _KERNEL_IDS["sigmoid"], 4.0 * beta, epsilon,
+        unused_c, unused_r, slope, unused_g, _KERNEL_IDS["sigmoid"], beta / scale, epsilon,
         0.05, 1.0, _threads.resolve_n_threads(threads, length))
-    return losses, slope * 0.25, chosen_order, rejected_order
+    return losses, slope * scale, chosen_order, rejected_order
 
 
 def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: Any,
