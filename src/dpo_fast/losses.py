@@ -368,6 +368,26 @@ def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np
     return means
 
 
+def _stable_argsort(values: np.ndarray) -> np.ndarray:
+    """np.argsort(values, kind="stable"), faster: NumPy's default sort is ~5x quicker on 1e6
+    floats, and ties (which fixes which tied pair gets which sorted position) are put back in
+    index order by one integer sort of (tie group, index) keys."""
+    order = np.argsort(values)
+    ranked = values[order]
+    count = ranked.shape[0]
+    if count < 2:
+        return order
+    if np.isnan(ranked[-1]) or count > 2**31:  # NaN (check_finite=False); or keys overflow
+        return np.argsort(values, kind="stable")
+    tie = ranked[1:] == ranked[:-1]
+    if not tie.any():
+        return order
+    group = np.concatenate(([0], np.cumsum(~tie)))
+    keys = group * count + order
+    keys.sort()
+    return keys % count
+
+
 def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, epsilon: float,
                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """aot / aot_unpaired: the per-position losses and derivatives d loss / d delta (float64),
@@ -394,13 +414,13 @@ def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, ep
         if not (np.isfinite(first).all() and np.isfinite(second).all()):
             scale = 0.25
             first, second = differences(scale)
-    chosen_order = np.argsort(first, kind="stable")
+    chosen_order = _stable_argsort(first)
     shifted = first[chosen_order]
     if name == "aot":
         rejected_order = chosen_order
-        baseline = np.sort(second, kind="stable")
+        baseline = np.sort(second)  # values only: any sort gives the same ones
     else:
-        rejected_order = np.argsort(second, kind="stable")
+        rejected_order = _stable_argsort(second)
         baseline = second[rejected_order]
     length = shifted.shape[0]
     losses, slope, unused_c, unused_r, unused_g = (np.empty(length) for _ in range(5))
