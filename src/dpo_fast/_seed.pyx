@@ -222,6 +222,10 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         args.params.exo_log1m_eps = 0.0
         args.params.exo_log_eps = 0.0
         args.general = 0
+        args.chosen_lengths = NULL
+        args.rejected_lengths = NULL
+        args.weights = NULL
+        args.normalized_rewards = 0
         chunk_f64(&args, 0, n, sums)
 
         chosen_rewards = PyList_New(n)

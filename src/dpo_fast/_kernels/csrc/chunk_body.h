@@ -51,7 +51,7 @@
  * for the chain rule. The vectorised loop runs every row with HUGE = 0 and only flags the
  * rows that overflowed; a scalar fix-up loop then redoes those (a NaN row, possible with
  * check_finite=False, is flagged too and stays NaN). */
-#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE)                                              \
+#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE, MODS)                                        \
     ptrdiff_t row = block + i;                                                              \
     double chosen = (double)pc[row];                                                        \
     double rejected = (double)pr[row];                                                      \
@@ -62,17 +62,29 @@
     double row_beta = huge ? beta4 : beta;                                                  \
     double c = scale * chosen - scale * ref_chosen;                                         \
     double r = scale * rejected - scale * ref_rejected;                                     \
-    DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, c, r);                        \
-    double chosen_reward = row_beta * c;                                                    \
-    double rejected_reward = row_beta * r;                                                  \
-    out_loss[row] = (DPO_T)pl.value;                                                        \
+    /* MODS 2: length-normalised log-ratios (the reciprocal is the chain factor). */        \
+    double inv_c = ((MODS) == 2) ? 1.0 / nc[row] : 1.0;                                     \
+    double inv_r = ((MODS) == 2) ? 1.0 / nr[row] : 1.0;                                     \
+    double x_c = ((MODS) == 2) ? c * inv_c : c;                                             \
+    double x_r = ((MODS) == 2) ? r * inv_r : r;                                             \
+    DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, x_c, x_r);                    \
+    double chosen_reward = row_beta * (((MODS) == 2 && normalized_rewards) ? x_c : c);      \
+    double rejected_reward = row_beta * (((MODS) == 2 && normalized_rewards) ? x_r : r);    \
+    /* MODS >= 1: the per-pair weight. */                                                   \
+    double weight = ((MODS) >= 1) ? pw[row] : 1.0;                                          \
+    double value = ((MODS) >= 1) ? dpo_mul0(weight, pl.value) : pl.value;                   \
+    out_loss[row] = (DPO_T)value;                                                           \
     out_chosen_reward[row] = (DPO_T)chosen_reward;                                          \
     out_rejected_reward[row] = (DPO_T)rejected_reward;                                      \
     if (WITH_GRAD) {                                                                        \
-        out_grad_chosen[row] = (DPO_T)(pl.d_chosen * scale / grad_divisor);                 \
-        out_grad_rejected[row] = (DPO_T)(pl.d_rejected * scale / grad_divisor);             \
+        double d_c = ((MODS) == 2) ? pl.d_chosen * inv_c : pl.d_chosen;                     \
+        double d_r = ((MODS) == 2) ? pl.d_rejected * inv_r : pl.d_rejected;                 \
+        d_c = ((MODS) >= 1) ? dpo_mul0(weight, d_c) : d_c;                                  \
+        d_r = ((MODS) >= 1) ? dpo_mul0(weight, d_r) : d_r;                                  \
+        out_grad_chosen[row] = (DPO_T)(d_c * scale / grad_divisor);                         \
+        out_grad_rejected[row] = (DPO_T)(d_r * scale / grad_divisor);                       \
     }                                                                                       \
-    buf[DPO_SUM_LOSS][i] = pl.value;                                                        \
+    buf[DPO_SUM_LOSS][i] = value;                                                           \
     buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                          \
     buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                      \
     buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                               \
@@ -80,16 +92,16 @@
     buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                                   \
     buf[DPO_SUM_REJECTED_LOGP][i] = rejected;
 
-#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD)                                                    \
+#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, MODS)                                                  \
     {                                                                                       \
         DPO_LOOP_HINT                                                                       \
         for (ptrdiff_t i = 0; i < m; i++) {                                                 \
-            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0)                                             \
+            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, MODS)                                       \
             /* (c - r) * 0 is 0 on ordinary rows and NaN where c - r overflowed (or a      \
              * NaN came in): summed in lanes below, it flags the block without a scalar     \
              * scan (GCC vectorises neither an OR-reduction of a compare nor the unordered  \
              * compare itself). */                                                          \
-            buf[DPO_NSUMS][i] = (c - r) * 0.0;                                              \
+            buf[DPO_NSUMS][i] = (x_c - x_r) * 0.0;                                          \
         }                                                                                   \
         double flag_lanes[DPO_LANES] = {0.0};                                               \
         ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;                                        \
@@ -106,20 +118,24 @@
         if (flag != 0.0) {                                                                  \
             for (ptrdiff_t i = 0; i < m; i++) {                                             \
                 if (buf[DPO_NSUMS][i] != 0.0) {                                             \
-                    DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1)                                     \
+                    DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1, MODS)                               \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
     }
 
-#define DPO_LOSS_CASE(ID, PAIR_FN)                                                          \
+/* MODS: 0 plain; 1 per-pair weights; 2 length-normalised (and weights, ones if none). */
+#define DPO_LOSS_CASE_MODS(ID, PAIR_FN, MODS)                                               \
     case ID:                                                                                \
         if (with_grad) {                                                                    \
-            DPO_ROW_LOOP(PAIR_FN, 1)                                                        \
+            DPO_ROW_LOOP(PAIR_FN, 1, MODS)                                                  \
         } else {                                                                            \
-            DPO_ROW_LOOP(PAIR_FN, 0)                                                        \
+            DPO_ROW_LOOP(PAIR_FN, 0, MODS)                                                  \
         }                                                                                   \
         break;
+#define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 0)
+#define DPO_LOSS_CASE_WEIGHTED(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 1)
+#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 2)
 
 DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                     double *sums)
@@ -147,6 +163,15 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
     const double beta = params.beta;
     const double beta4 = 4.0 * beta;
     const double grad_divisor = args->grad_divisor;
+    /* One loss type with per-pair weights and/or length-normalised log-ratios runs fused
+     * here too (ones stand in for missing weights); lists, f-divergences and sft take the
+     * general loop. */
+    const int mods = args->chosen_lengths ? 2 : (args->weights ? 1 : 0);
+    const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const double *DPO_RESTRICT nc = args->chosen_lengths ? args->chosen_lengths + start : NULL;
+    const double *DPO_RESTRICT nr =
+        args->rejected_lengths ? args->rejected_lengths + start : NULL;
+    const int normalized_rewards = args->normalized_rewards;
 
     double lanes[DPO_NSUMS][DPO_LANES];
     /* Row terms of the sums, and (last row) each row's overflow flag (0, or NaN). */
@@ -157,10 +182,24 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
 
     for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
         ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
-        switch (args->loss_type) {
-            DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)
-        default:
-            break;
+        if (mods == 0) {
+            switch (args->loss_type) {
+                DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)
+            default:
+                break;
+            }
+        } else if (mods == 1) {
+            switch (args->loss_type) {
+                DPO_FOR_EACH_LOSS(DPO_LOSS_CASE_WEIGHTED)
+            default:
+                break;
+            }
+        } else {
+            switch (args->loss_type) {
+                DPO_FOR_EACH_NORMALIZED_LOSS(DPO_LOSS_CASE_NORMALIZED)
+            default:
+                break;
+            }
         }
         DPO_ADD_BLOCK_TO_LANES
     }
@@ -168,4 +207,7 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
 }
 
 #undef DPO_LOSS_CASE
+#undef DPO_LOSS_CASE_MODS
+#undef DPO_LOSS_CASE_WEIGHTED
+#undef DPO_LOSS_CASE_NORMALIZED
 #undef DPO_ROW_LOOP

@@ -32,6 +32,7 @@
 
 extern const double dpo_zeros_f64[DPO_CHUNK];
 extern const float dpo_zeros_f32[DPO_CHUNK];
+extern const double dpo_ones_f64[DPO_CHUNK]; /* per-pair weights when none are given */
 
 /* Chunk functions of the extra x86-64 instruction sets, defined by simd_clone.c (compiled
  * once with -mavx2 / /arch:AVX2 and once with -mavx512f... / /arch:AVX512 by setup.py). */

@@ -364,4 +364,10 @@ DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double bet
     X(DPO_LOSS_SIMPO, dpo_pair_simpo)         \
     X(DPO_LOSS_SFT, dpo_pair_sft)
 
+/* The loss types that take length-normalised log-ratios (ipo optionally). */
+#define DPO_FOR_EACH_NORMALIZED_LOSS(X)               \
+    X(DPO_LOSS_IPO, dpo_pair_ipo)                     \
+    X(DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm)   \
+    X(DPO_LOSS_SIMPO, dpo_pair_simpo)
+
 #endif /* DPO_PAIR_LOSSES_H */
