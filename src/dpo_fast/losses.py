@@ -332,8 +332,11 @@ def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarr
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
     array = np.ascontiguousarray(array, dtype=np.float64)
-    bad = ~np.isfinite(array) | ((array <= 0.0) if positive else (array < 0.0))
-    if bad.any():
+    # Two reductions without temporaries (NaN propagates through min and max); the index
+    # search only when something is wrong.
+    low, high = float(array.min()), float(array.max())
+    if not ((low > 0.0 if positive else low >= 0.0) and high < math.inf):
+        bad = ~np.isfinite(array) | ((array <= 0.0) if positive else (array < 0.0))
         index = int(np.flatnonzero(bad)[0])
         rule = "finite and > 0" if positive else "finite and >= 0"
         raise ValueError(f"{name}[{index}] is {float(array[index])!r}; {name} must be {rule}")
