@@ -1055,3 +1055,36 @@ def test_integer_lengths_equal_float_lengths():
     as_float = call(loss_type="sigmoid_norm", **CL, **RL, compute_grad=True)
     assert as_int.loss == as_float.loss
     assert as_int.grad_chosen.tobytes() == as_float.grad_chosen.tobytes()
+
+
+@pytest.mark.parametrize("divergence, coef, lengths, expected_chosen, expected_rejected", [
+    # forward KL, a = -1: h = e^{-r} - e^{-c} overflows; d/dpc = 2 (h - q) e^{-c} = 2.
+    ("forward_kl", 1.0, None, 2.0, -math.inf),
+    # alpha 2, a = 1: h = e^{c} - e^{r}; d/dpr = -2 (h - q) e^{r} = -2.
+    ("alpha_divergence", 2.0, None, math.inf, -2.0),
+    # normalised: x_c = 800/2; d/dpc = 2 h e^{-400} / 2 = e^{600} (h = e^{1000} - e^{-400}).
+    ("forward_kl", 1.0, (2.0, 1.0), math.exp(600.0), -math.inf),
+])
+def test_ipo_gradient_of_an_overflowed_score_is_exact(divergence, coef, lengths,
+                                                      expected_chosen, expected_rejected):
+    """ipo's derivative 2 (h - q) s'(x) is an overflowed factor times an underflowed one here;
+    the kernel takes it from logarithms (regression: it was NaN, then 0)."""
+    chosen = 800.0 if lengths else 1000.0
+    extra = {} if lengths is None else {"chosen_lengths": [lengths[0]],
+                                        "rejected_lengths": [lengths[1]]}
+    for dtype in (np.float64, np.float32):
+        if dtype is np.float32 and math.isfinite(expected_chosen) and expected_chosen > 3e38:
+            expected_c = math.inf  # rounds to inf in float32
+        else:
+            expected_c = expected_chosen
+        result = preference_loss(np.array([chosen], dtype), np.array([-1000.0], dtype),
+                                 beta=1.0, loss_type="ipo", f_divergence_type=divergence,
+                                 f_alpha_divergence_coef=coef, compute_grad=True, **extra)
+        assert result.loss == math.inf
+        for got, want in ((result.grad_chosen[0], expected_c),
+                          (result.grad_rejected[0], expected_rejected)):
+            if math.isinf(want):
+                assert got == want
+            else:
+                assert float(got) == pytest.approx(want, rel=1e-6 if dtype is np.float32
+                                                   else 1e-12)

@@ -29,9 +29,12 @@
 #define DPO_GEN_BLOCK 128
 
 typedef struct {
-    double h;       /* s(x_c) - s(x_r) */
-    double chain_c; /* s'(x_c) */
-    double chain_r; /* s'(x_r) */
+    double h;         /* s(x_c) - s(x_r) */
+    double chain_c;   /* s'(x_c) */
+    double chain_r;   /* s'(x_r) */
+    double log_abs_h; /* log|h| (exp form), finite where h overflowed */
+    double exp_c;     /* a x_c, a x_r: log s'(x) (exp form) */
+    double exp_r;
 } DpoScores;
 
 /* Scores of flagged rows, from quarter-scaled arguments xc4 = x_c/4, xr4 = x_r/4, with
@@ -44,23 +47,47 @@ static DpoScores dpo_scores_careful(int divergence, double coef, double xc4, dou
          * which is finite wherever h is, and +-inf (not inf - inf) where it is not. */
         double a4 = 4.0 * coef;
         double exp_c = a4 * xc4, exp_r = a4 * xr4;
+        out.exp_c = exp_c;
+        out.exp_r = exp_r;
         out.chain_c = exp(exp_c);
         out.chain_r = exp(exp_r);
         if (xc4 == xr4) {
             out.h = 0.0;
+            out.log_abs_h = -INFINITY;
         } else {
             double top = exp_c > exp_r ? exp_c : exp_r;
             double gap = fabs(a4) * fabs(xc4 - xr4);
             double sign = ((coef > 0.0) == (xc4 > xr4)) ? 1.0 : -1.0;
-            out.h = sign * (exp(top) * -expm1(-gap)) / coef;
+            double share = -expm1(-gap); /* in (0, 1] */
+            out.h = sign * (exp(top) * share) / coef;
+            out.log_abs_h = top + log(share) - log(fabs(coef));
         }
     } else { /* DPO_DIV_JS: h = softplus(-x_r) - softplus(-x_c), its linear parts in quarters */
         double lin = 4.0 * ((xr4 < 0.0 ? -xr4 : 0.0) - (xc4 < 0.0 ? -xc4 : 0.0));
         out.h = lin + (log1p(exp(-4.0 * fabs(xr4))) - log1p(exp(-4.0 * fabs(xc4))));
         out.chain_c = 1.0 / (1.0 + exp(4.0 * xc4)); /* sigmoid(-x) */
         out.chain_r = 1.0 / (1.0 + exp(4.0 * xr4));
+        out.log_abs_h = log(fabs(out.h));
+        out.exp_c = out.exp_r = 0.0;
     }
     return out;
+}
+
+/* Any loss type by id, for the scalar redo of rare rows. */
+static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, double beta,
+                                    double inv_scale, double c, double r)
+{
+    switch (type) {
+#define DPO_PAIR_BY_TYPE_CASE(ID, PAIR_FN) \
+    case ID:                               \
+        return PAIR_FN(params, beta, inv_scale, c, r);
+        DPO_FOR_EACH_LOSS(DPO_PAIR_BY_TYPE_CASE)
+#undef DPO_PAIR_BY_TYPE_CASE
+    default: {
+        DpoPairLoss none = {0.0, 0.0, 0.0};
+        return none;
+    }
+    }
 }
 #endif /* DPO_GENERAL_HELPERS_H */
 
@@ -205,6 +232,12 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
     double chain_c[2][DPO_GEN_BLOCK], chain_r[2][DPO_GEN_BLOCK];
     double row_beta[DPO_GEN_BLOCK], row_inv_scale[DPO_GEN_BLOCK];
     double acc_value[DPO_GEN_BLOCK], acc_chosen[DPO_GEN_BLOCK], acc_rejected[DPO_GEN_BLOCK];
+    /* Flagged rows whose exp-form score difference h overflowed: ipo's derivative there is
+     * (h - q) s'(x), an overflowed factor times a possibly underflowed one, taken from logs
+     * (log|h| + a x) instead. */
+    unsigned char h_overflow[2][DPO_GEN_BLOCK];
+    double log_abs_h[2][DPO_GEN_BLOCK], log_chain_c[2][DPO_GEN_BLOCK];
+    double log_chain_r[2][DPO_GEN_BLOCK], inv_len_c[2][DPO_GEN_BLOCK], inv_len_r[2][DPO_GEN_BLOCK];
     for (int q = 0; q < DPO_NSUMS; q++)
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;
@@ -229,6 +262,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
         double flag = 0.0;
         for (int j = 0; j < DPO_LANES; j++)
             flag += flag_lanes[j];
+        int any_h_overflow = 0;
         if (flag != 0.0) {
             /* Flagged rows again, from quarter-scaled log-ratios (x/4 is exact for normal x,
              * so this gives what the plain formulas give wherever nothing overflows). Without
@@ -238,6 +272,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                 if (buf[DPO_NSUMS][i] == 0.0)
                     continue;
                 ptrdiff_t row = block + i;
+                h_overflow[0][i] = h_overflow[1][i] = 0;
                 double c4 = 0.25 * (double)pc[row] - 0.25 * (double)rc[row];
                 double r4 = 0.25 * (double)pr[row] - 0.25 * (double)rr[row];
                 double reward_c4 = c4, reward_r4 = r4;
@@ -257,6 +292,14 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                         chain_r[v][i] = 0.25 / n_r;
                     } else {
                         DpoScores sc = dpo_scores_careful(divergence, coef, x_c4, x_r4);
+                        int overflowed = divergence == DPO_DIV_EXP && isinf(sc.h);
+                        h_overflow[v][i] = (unsigned char)overflowed;
+                        any_h_overflow |= overflowed;
+                        log_abs_h[v][i] = sc.log_abs_h;
+                        log_chain_c[v][i] = sc.exp_c;
+                        log_chain_r[v][i] = sc.exp_r;
+                        inv_len_c[v][i] = 1.0 / n_c;
+                        inv_len_r[v][i] = 1.0 / n_r;
                         arg_c[v][i] = sc.h;
                         arg_r[v][i] = 0.0;
                         chain_c[v][i] = sc.chain_c / n_c;
@@ -297,6 +340,42 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                 DPO_FOR_EACH_LOSS(DPO_GEN_TERM_CASE)
             default:
                 break;
+            }
+        }
+
+        if (any_h_overflow) {
+            /* The rows of that kind, all terms again in scalar code (ipo from the logs). */
+            for (ptrdiff_t i = 0; i < m; i++) {
+                if (buf[DPO_NSUMS][i] == 0.0 || !(h_overflow[0][i] | h_overflow[1][i]))
+                    continue;
+                double value = 0.0, d_chosen = 0.0, d_rejected = 0.0;
+                for (int t = 0; t < n_terms; t++) {
+                    const int type = args->term_types[t];
+                    const int v = args->term_normalized[t] ? 1 : 0;
+                    const double term_weight = args->term_weights[t];
+                    if (type == DPO_LOSS_SFT) {
+                        value += dpo_mul0(term_weight, params.sft_value);
+                        continue;
+                    }
+                    DpoPairLoss pl = dpo_pair_by_type(type, &params, row_beta[i],
+                                                      row_inv_scale[i], arg_c[v][i], arg_r[v][i]);
+                    double dc, dr;
+                    if (type == DPO_LOSS_IPO && h_overflow[v][i]) {
+                        /* 2 (h - q) s'(x) with |h| = inf >> q: 2 sign(h) exp(log|h| + a x) */
+                        double sign = arg_c[v][i] > 0.0 ? 2.0 : -2.0;
+                        dc = sign * exp(log_abs_h[v][i] + log_chain_c[v][i]) * inv_len_c[v][i];
+                        dr = -sign * exp(log_abs_h[v][i] + log_chain_r[v][i]) * inv_len_r[v][i];
+                    } else {
+                        dc = dpo_mul00(pl.d_chosen, chain_c[v][i]);
+                        dr = dpo_mul00(pl.d_rejected, chain_r[v][i]);
+                    }
+                    value += dpo_mul0(term_weight, pl.value);
+                    d_chosen += dpo_mul0(term_weight, dc);
+                    d_rejected += dpo_mul0(term_weight, dr);
+                }
+                acc_value[i] = value;
+                acc_chosen[i] = d_chosen;
+                acc_rejected[i] = d_rejected;
             }
         }
 

@@ -69,7 +69,8 @@ DPO_INLINE double dpo_mul0(double a, double b)
 /* a*b, but 0 where either is 0: a loss derivative times a chain factor of an f-divergence,
  * either of which may have underflowed to 0 while the other overflowed. The product is then
  * taken as 0, which is its limit for every loss type whose derivative decays at least as fast
- * as the score grows (all but ipo; see the README on ipo with f-divergences). */
+ * as the score grows: all but ipo, whose rows with an overflowed score the general loop
+ * redoes from logarithms (general_body.h). */
 DPO_INLINE double dpo_mul00(double a, double b)
 {
     return (a == 0.0 || b == 0.0) ? 0.0 : a * b;
