@@ -208,15 +208,12 @@ cdef tuple _general_loss(const floating[::1] chosen, const floating[::1] rejecte
     args.chosen_lengths = _double_ptr_or_null(chosen_lengths)
     args.rejected_lengths = _double_ptr_or_null(rejected_lengths)
     args.weights = _double_ptr_or_null(weights)
-    if (args.n_terms == 1 and args.term_types[0] != DPO_LOSS_SFT
-            and divergence == DPO_DIV_IDENTITY and args.term_weights[0] == 1.0):
-        # One loss type with weights and/or lengths: the fused loop of the plain path, which
-        # takes lengths only for a length-normalised type.
+    if (args.n_terms == 1 and args.term_normalized[0] and divergence == DPO_DIV_IDENTITY
+            and args.term_weights[0] == 1.0):
+        # One length-normalised loss type (with or without weights): the fused loop of the
+        # plain path (csrc/chunk_body.h, MODS 2).
         args.general = 0
         args.loss_type = args.term_types[0]
-        if not args.term_normalized[0]:
-            args.chosen_lengths = NULL
-            args.rejected_lengths = NULL
     args.divergence = divergence
     args.divergence_coef = divergence_coef
     args.normalized_rewards = normalized_rewards

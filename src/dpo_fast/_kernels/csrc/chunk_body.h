@@ -124,7 +124,9 @@
         }                                                                                   \
     }
 
-/* MODS: 0 plain; 1 per-pair weights; 2 length-normalised (and weights, ones if none). */
+/* MODS: 0 plain; 2 length-normalised, with per-pair weights (ones if none). (The body also
+ * supports 1, weights alone; not instantiated: each variant costs compile time and code for
+ * every loss type, and weights alone take the general loop at a moderate cost.) */
 #define DPO_LOSS_CASE_MODS(ID, PAIR_FN, MODS)                                               \
     case ID:                                                                                \
         if (with_grad) {                                                                    \
@@ -134,7 +136,6 @@
         }                                                                                   \
         break;
 #define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 0)
-#define DPO_LOSS_CASE_WEIGHTED(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 1)
 #define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 2)
 
 DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
@@ -163,10 +164,10 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
     const double beta = params.beta;
     const double beta4 = 4.0 * beta;
     const double grad_divisor = args->grad_divisor;
-    /* One loss type with per-pair weights and/or length-normalised log-ratios runs fused
-     * here too (ones stand in for missing weights); lists, f-divergences and sft take the
-     * general loop. */
-    const int mods = args->chosen_lengths ? 2 : (args->weights ? 1 : 0);
+    /* One loss type of length-normalised log-ratios (ipo, sigmoid_norm, simpo), with or
+     * without per-pair weights (ones stand in), runs fused here too; lists, f-divergences,
+     * sft and weights alone take the general loop. */
+    const int mods = args->chosen_lengths ? 2 : 0;
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
     const double *DPO_RESTRICT nc = args->chosen_lengths ? args->chosen_lengths + start : NULL;
     const double *DPO_RESTRICT nr =
@@ -188,12 +189,6 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
             default:
                 break;
             }
-        } else if (mods == 1) {
-            switch (args->loss_type) {
-                DPO_FOR_EACH_LOSS(DPO_LOSS_CASE_WEIGHTED)
-            default:
-                break;
-            }
         } else {
             switch (args->loss_type) {
                 DPO_FOR_EACH_NORMALIZED_LOSS(DPO_LOSS_CASE_NORMALIZED)
@@ -208,6 +203,5 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
 
 #undef DPO_LOSS_CASE
 #undef DPO_LOSS_CASE_MODS
-#undef DPO_LOSS_CASE_WEIGHTED
 #undef DPO_LOSS_CASE_NORMALIZED
 #undef DPO_ROW_LOOP

@@ -177,9 +177,9 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
         DPO_LOOP_HINT                                                                       \
         for (ptrdiff_t i = 0; i < m; i++) {                                                 \
             DpoPairLoss pl = PAIR_FN(&params, row_beta[i], row_inv_scale[i], a_c[i], a_r[i]); \
-            acc_value[i] += dpo_mul0(term_weight, pl.value);                                \
-            acc_chosen[i] += dpo_mul0(term_weight, dpo_mul00(pl.d_chosen, k_c[i]));          \
-            acc_rejected[i] += dpo_mul0(term_weight, dpo_mul00(pl.d_rejected, k_r[i]));      \
+            acc_value[i] += term_weight * pl.value;                                         \
+            acc_chosen[i] += term_weight * dpo_mul00(pl.d_chosen, k_c[i]);                  \
+            acc_rejected[i] += term_weight * dpo_mul00(pl.d_rejected, k_r[i]);              \
         }                                                                                   \
     } break;
 
@@ -329,6 +329,10 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
         for (int t = 0; t < n_terms; t++) {
             const int variant = args->term_normalized[t] ? 1 : 0;
             const double term_weight = args->term_weights[t];
+            /* A weight of 0 drops its term (0 * inf would be NaN); a test inside the loop
+             * would keep SSE2 from vectorising it. */
+            if (term_weight == 0.0)
+                continue;
             if (args->term_types[t] == DPO_LOSS_SFT) {
                 /* A batch constant; it reads no pair arguments (none were prepared for it). */
                 double value = dpo_mul0(term_weight, params.sft_value);
