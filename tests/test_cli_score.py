@@ -380,7 +380,13 @@ def test_killed_mid_run_leaves_no_partial_output(large_file, tmp_path, how, code
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert not out.exists()
+    if out.exists():
+        # On a loaded machine the signal can land after the output was committed (the
+        # summary is still being computed): then the file must be whole, never partial.
+        with open(out, newline="") as handle:
+            assert sum(1 for _ in csv.reader(handle)) == 2_000_000 + 1
+        assert os.listdir(folder) == [out.name]
+        return
     if code is not None:
         assert proc.returncode == code, stderr.decode()
         assert "Traceback" not in stderr.decode()
