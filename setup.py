@@ -4,7 +4,9 @@ Everything declarative lives in pyproject.toml; this file only does what needs c
 cythonising the kernels, choosing compiler flags per compiler, and detecting OpenMP with a
 compile-and-link probe (the approach of astropy's extension-helpers and POT's
 ``add_openmp_flags_if_available``). Without OpenMP the build still succeeds and the kernels run
-serially; ``DPO_FAST_NO_OPENMP=1`` forces that serial build.
+serially; ``DPO_FAST_NO_OPENMP=1`` forces that serial build. For testing only,
+``DPO_FAST_SANITIZE=address,undefined`` builds with AddressSanitizer and UndefinedBehaviorSanitizer
+(see SANITIZE_FLAGS; scripts/sanitize.sh builds so and runs the test suite under them).
 """
 
 import os
@@ -45,6 +47,18 @@ X86_CLONE_SOURCES = {
     "dpo_fast._kernels._logps": "logps_clone.c",
 }
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
+# DPO_FAST_SANITIZE=<checks> (GCC/Clang only; unset or empty: the normal build, unchanged):
+# the comma list goes to -fsanitize=, e.g. address,undefined. These flags are appended after
+# GCC_FLAGS (-g overrides -g0; -O3 stays, so the instrumented code is the optimised code) to
+# the compile and link arguments of every extension and of the per-ISA clone objects. A UB
+# report then aborts instead of printing and carrying on. -fno-wrapv undoes the -fwrapv of
+# CPython's own CFLAGS, which makes signed overflow and shifts defined in GCC and so hides them
+# from UBSan: the kernels must be plain ISO C (MSVC builds them too). The modules link the
+# sanitizer runtimes dynamically, so the interpreter (not itself instrumented) must load them
+# first: LD_PRELOAD="$(gcc -print-file-name=libasan.so)". scripts/sanitize.sh does all of it
+# and runs the test suite. Like DPO_FAST_NO_OPENMP below, for development builds, never wheels.
+SANITIZE_FLAGS = ["-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-fno-wrapv",
+                  "-g"]
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -71,6 +85,19 @@ def _targets_x86_64():
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _sanitize_flags(compiler_type):
+    """Compile-and-link flags for DPO_FAST_SANITIZE (empty list when it is unset)."""
+    value = os.environ.get("DPO_FAST_SANITIZE", "")
+    checks = [check.strip() for check in value.split(",") if check.strip()]
+    if not checks:
+        return []
+    if compiler_type == "msvc":
+        raise SystemExit("dpo_fast: DPO_FAST_SANITIZE needs GCC or Clang")
+    flags = [f"-fsanitize={','.join(checks)}"] + SANITIZE_FLAGS
+    print(f"dpo_fast: DPO_FAST_SANITIZE is set: building with {' '.join(flags)}")
+    return flags
 
 
 def _openmp_flag_candidates(compiler_type):
@@ -126,8 +153,12 @@ class BuildExt(build_ext):
         base_compile = list(MSVC_FLAGS if compiler_type == "msvc" else GCC_FLAGS)
         if compiler_type != "msvc" and _env_flag("DPO_FAST_VEC_REPORT"):
             base_compile.append("-fopt-info-vec-optimized")
+        sanitize = _sanitize_flags(compiler_type)
+        base_compile += sanitize  # the clone objects below get base_compile too
         for ext in self.extensions:
             ext.extra_compile_args = base_compile + list(ext.extra_compile_args)
+            if sanitize:
+                ext.extra_link_args = list(ext.extra_link_args) + sanitize
             if openmp is not None:
                 ext.extra_compile_args += openmp[0]
                 ext.extra_link_args = list(ext.extra_link_args) + openmp[1]

@@ -28,6 +28,9 @@ cdef extern from "round4.h" nogil:
 cdef extern from "Python.h":
     ctypedef struct PyObject
     PyObject **PySequence_Fast_ITEMS(object o)
+    # On borrowed item pointers, so that reading a float takes no reference (see dpo_loss).
+    bint _is_exact_float "PyFloat_CheckExact"(PyObject *o)
+    double _borrowed_float_value "PyFloat_AS_DOUBLE"(PyObject *o)
 
 # The four arguments in the exercise's order: (name, slot in the C buffer).
 _ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
@@ -83,8 +86,13 @@ cdef inline double _read_number(object item, Py_ssize_t index, int arg) except? 
             f"{_ARG_NAMES[arg]}[{index}] = {item!r} is not representable as a finite float")
 
 
+BETA_MIN = 1e-300
+BETA_MAX = 1e300
+
+
 cpdef double validate_beta(object beta) except? -1.0:
-    """beta as a float, or TypeError/ValueError unless it is a finite real number > 0."""
+    """beta as a float, or TypeError/ValueError unless it is a real number in
+    [BETA_MIN, BETA_MAX]."""
     cdef double value
     if type(beta) is float:  # the common case, without the slow ABC check below
         value = PyFloat_AS_DOUBLE(beta)
@@ -94,9 +102,12 @@ cpdef double validate_beta(object beta) except? -1.0:
         try:
             value = float(beta)
         except OverflowError:
-            raise ValueError(f"beta must be finite and > 0, got {beta!r}") from None
-    if not isfinite(value) or value <= 0.0:
-        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+            raise ValueError(f"beta must be finite and in [1e-300, 1e300], got {beta!r}") \
+                from None
+    # [1e-300, 1e300]: beyond, the kernels' 1/(2 beta) (ipo, sppo_hard) or 4*beta (rows near
+    # DBL_MAX, computed in quarters) overflow; no model is trained at such temperatures.
+    if not (BETA_MIN <= value <= BETA_MAX):
+        raise ValueError(f"beta must be finite and in [1e-300, 1e300], got {beta!r}")
     return value
 
 
@@ -112,7 +123,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
     log_probs_chosen_ref, log_probs_rejected_ref : sequence of float
         The same under the frozen reference model.
     beta : float
-        Inverse temperature of the implicit reward; finite and > 0.
+        Inverse temperature of the implicit reward; finite, in [1e-300, 1e300].
 
     Returns
     -------
@@ -129,7 +140,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         An argument is not a sequence of real numbers, or ``beta`` is not a real number.
     ValueError
         Lengths differ, an input is empty, not 1-D, or holds NaN/inf (the message names the
-        argument and the first bad index), or ``beta`` is not finite and > 0.
+        argument and the first bad index), or ``beta`` is not in [1e-300, 1e300].
 
     Examples
     --------
@@ -188,16 +199,20 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
                 # Without the GIL another thread may resize the list while we read its item
                 # array: read a snapshot instead (tuple() copies under the list's lock).
                 seq = tuple(seq)
-                if len(seq) != n:
-                    raise ValueError(f"{_ARG_NAMES[arg]} changed size during the call")
+            # Python code run since the lengths were checked (beta's or an earlier argument's
+            # __float__, a __del__) may have resized this list too.
+            if len(seq) != n:
+                raise ValueError(f"{_ARG_NAMES[arg]} changed size during the call")
             items = PySequence_Fast_ITEMS(seq)
             for i in range(n):
-                item = <object>items[i]
-                if type(item) is float:
-                    value = PyFloat_AS_DOUBLE(item)
+                if _is_exact_float(items[i]):
+                    value = _borrowed_float_value(items[i])
                 else:
+                    item = <object>items[i]  # a reference of our own during the call
                     value = _read_number(item, i, arg)
-                    # That may have run Python code (__float__) that resized the list.
+                    # That ran Python code (__float__; and __del__ when `item` lets go of an
+                    # object __float__ took out of the list), which may have resized the list.
+                    item = None
                     if len(seq) != n:
                         raise ValueError(f"{_ARG_NAMES[arg]} changed size during the call")
                     items = PySequence_Fast_ITEMS(seq)

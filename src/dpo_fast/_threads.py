@@ -75,10 +75,21 @@ def validate_n_threads(n_threads: object) -> int | None:
     return int(n_threads)
 
 
+# Explicit n_threads above this many per CPU are capped: they only add fork-join cost, and
+# libgomp aborts the whole process when it cannot create thousands of threads (results do not
+# depend on the thread count, so the cap changes nothing else).
+MAX_THREADS_PER_CPU = 8
+
+
+def cap_n_threads(n_threads: int) -> int:
+    """``n_threads`` capped at MAX_THREADS_PER_CPU times the machine's CPU count."""
+    return min(n_threads, MAX_THREADS_PER_CPU * (os.cpu_count() or 1))
+
+
 def resolve_n_threads(n_threads: int | None, n_rows: int) -> int:
     """Threads for a call over ``n_rows`` rows, given an already validated ``n_threads``."""
     if n_rows < PARALLEL_MIN_ROWS:
         return 1
     if n_threads is None:
         return available_cpus()
-    return n_threads
+    return cap_n_threads(n_threads)

@@ -184,7 +184,7 @@ def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
 def _resolve_threads(n_threads: int | None, n_elements: int) -> int:
     if n_elements < PARALLEL_MIN_ELEMENTS:
         return 1
-    return _threads.available_cpus() if n_threads is None else n_threads
+    return _threads.available_cpus() if n_threads is None else _threads.cap_n_threads(n_threads)
 
 
 def _simd_level_id() -> int:

@@ -99,10 +99,12 @@ def _as_input_array(value: Any, name: str) -> np.ndarray:
     else:
         if value is None:
             raise TypeError(f"{name} is required, got None")
-        if isinstance(value, (list, tuple)) and bool in map(type, value):
+        if isinstance(value, (list, tuple)) and any(
+                isinstance(item, (bool, np.bool_)) for item in value):
             # NumPy would silently turn True into 1.0 next to floats; the list fast path of
             # dpo_loss refuses bools, and so does this one.
-            index = list(map(type, value)).index(bool)
+            index = next(i for i, item in enumerate(value)
+                         if isinstance(item, (bool, np.bool_)))
             raise TypeError(f"{name}[{index}] must be a real number, got bool")
         try:
             array = np.asarray(value)
@@ -326,7 +328,8 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
 
 
 def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarray:
-    """Lengths (finite, > 0) or weights (finite, >= 0) as a float64 array of ``length``."""
+    """Lengths (finite, >= 1: token counts, which TRL clamps to >= 1; below 1, c/n and 1/n
+    could overflow) or weights (finite, >= 0) as a float64 array of ``length``."""
     array = _as_input_array(value, name)
     if array.shape[0] != length:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
@@ -335,10 +338,10 @@ def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarr
     # Two reductions without temporaries (NaN propagates through min and max); the index
     # search only when something is wrong.
     low, high = float(array.min()), float(array.max())
-    if not ((low > 0.0 if positive else low >= 0.0) and high < math.inf):
-        bad = ~np.isfinite(array) | ((array <= 0.0) if positive else (array < 0.0))
+    if not ((low >= 1.0 if positive else low >= 0.0) and high < math.inf):
+        bad = ~np.isfinite(array) | ((array < 1.0) if positive else (array < 0.0))
         index = int(np.flatnonzero(bad)[0])
-        rule = "finite and > 0" if positive else "finite and >= 0"
+        rule = "finite and >= 1 (token counts)" if positive else "finite and >= 0"
         raise ValueError(f"{name}[{index}] is {float(array[index])!r}; {name} must be {rule}")
     return array
 
@@ -445,8 +448,9 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     types, type_weights = _loss_types(loss_type, loss_weights)
     smoothing = _smoothing_for(types, label_smoothing)
     tau = _real(discopop_tau, "discopop_tau")
-    if not (math.isfinite(tau) and tau > 0.0):
-        raise ValueError(f"discopop_tau must be finite and > 0, got {discopop_tau!r}")
+    if not 1e-300 <= tau <= 1e300:  # (1/tau must not overflow)
+        raise ValueError(f"discopop_tau must be finite and in [1e-300, 1e300], got "
+                         f"{discopop_tau!r}")
     gamma = _real(simpo_gamma, "simpo_gamma")
     if not math.isfinite(gamma):
         raise ValueError(f"simpo_gamma must be finite, got {simpo_gamma!r}")
@@ -474,7 +478,10 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
                                                           positive=False)
     wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
     # The caller's arrays (a converted copy cannot overlap anything the caller holds).
-    outputs = _check_outputs(out, wanted, length, dtype, originals)
+    # (The lengths and weights the caller passed must not be overwritten either.)
+    given = [value for value in (chosen_lengths, rejected_lengths, weights)
+             if isinstance(value, np.ndarray)]
+    outputs = _check_outputs(out, wanted, length, dtype, [*originals, *given])
     grad_divisor = float(length) if reduction == "mean" else 1.0
     resolved_threads = _threads.resolve_n_threads(threads, length)
 
@@ -629,7 +636,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         The same under the reference model. Both None (the default): reference-free, the
         log-ratios are taken against 0.
     beta : float, default 0.1
-        Inverse temperature; finite and > 0.
+        Inverse temperature; finite, in [1e-300, 1e300].
     loss_type : str or sequence of str, default "sigmoid"
         The per-pair loss (formulas, sources and differences from TRL in the README's loss
         table): ``"sigmoid"`` (DPO), ``"hinge"`` (SLiC), ``"ipo"`` (IPO; summed log-ratios,
@@ -648,7 +655,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         default 1e-3. In a list it applies to the types that use it; a non-zero value with
         no such type is refused.
     discopop_tau : float, default 0.05
-        DiscoPOP's temperature (TRL's default); finite and > 0.
+        DiscoPOP's temperature (TRL's default); in [1e-300, 1e300].
     simpo_gamma : float, default 0.5
         SimPO's target reward margin (TRL's ``CPOConfig`` default).
     f_divergence_type : {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
@@ -660,7 +667,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     f_alpha_divergence_coef : float, default 1.0
         ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL).
     chosen_lengths, rejected_lengths : array_like, shape (n,), optional
-        Completion lengths in tokens (finite, > 0): needed by ``"sigmoid_norm"`` and
+        Completion lengths in tokens (finite, >= 1): needed by ``"sigmoid_norm"`` and
         ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both
         are given; other types ignore them.
     weights : array_like, shape (n,), optional

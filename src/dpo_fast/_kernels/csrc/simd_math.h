@@ -110,8 +110,10 @@ DPO_INLINE double dpo_exp(double x)
     double t_half = k_real * 0.5 + shifter;
     int64_t k1 = dpo_double_bits(t_half) - dpo_double_bits(shifter);
     int64_t k2 = k - k1;
-    double scale1 = dpo_bits_double((k1 + 1023) << 52);
-    double scale2 = dpo_bits_double((k2 + 1023) << 52);
+    /* Shifted as unsigned: a NaN x gives a meaningless k1, k2 (the NaN still propagates
+     * through p), and a signed left shift of a negative value is undefined behaviour. */
+    double scale1 = dpo_bits_double((int64_t)((uint64_t)(k1 + 1023) << 52));
+    double scale2 = dpo_bits_double((int64_t)((uint64_t)(k2 + 1023) << 52));
     return (p * scale1) * scale2;
 }
 
