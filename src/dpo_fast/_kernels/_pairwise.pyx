@@ -91,6 +91,23 @@ cdef void _set_params(DpoChunkArgs *args, double beta, double label_smoothing,
     args.grad_chosen_pair_offset = 0.0
 
 
+cdef void _set_arrays(DpoChunkArgs *args, const floating[::1] chosen,
+                      const floating[::1] rejected, const floating[::1] ref_chosen,
+                      const floating[::1] ref_rejected, floating[::1] losses,
+                      floating[::1] chosen_rewards, floating[::1] rejected_rewards,
+                      floating[::1] grad_chosen, floating[::1] grad_rejected) noexcept:
+    """The array pointers of both entry points (the caller checked that n > 0)."""
+    args.chosen = &chosen[0]
+    args.rejected = &rejected[0]
+    args.ref_chosen = _ptr_or_null(ref_chosen)
+    args.ref_rejected = _ptr_or_null(ref_rejected)
+    args.losses = &losses[0]
+    args.chosen_rewards = &chosen_rewards[0]
+    args.rejected_rewards = &rejected_rewards[0]
+    args.grad_chosen = _out_ptr_or_null(grad_chosen)
+    args.grad_rejected = _out_ptr_or_null(grad_rejected)
+
+
 cdef tuple _run_chunks(DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single):
     """Run the chunk function over rows [0, n) in parallel; return the combined sums."""
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
@@ -133,15 +150,8 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
         raise ValueError("empty input")
     if not 0 <= loss_type < DPO_N_LOSS_TYPES or loss_type == DPO_LOSS_SFT:
         raise ValueError(f"unknown loss type id {loss_type}")
-    args.chosen = &chosen[0]
-    args.rejected = &rejected[0]
-    args.ref_chosen = _ptr_or_null(ref_chosen)
-    args.ref_rejected = _ptr_or_null(ref_rejected)
-    args.losses = &losses[0]
-    args.chosen_rewards = &chosen_rewards[0]
-    args.rejected_rewards = &rejected_rewards[0]
-    args.grad_chosen = _out_ptr_or_null(grad_chosen)
-    args.grad_rejected = _out_ptr_or_null(grad_rejected)
+    _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
+                rejected_rewards, grad_chosen, grad_rejected)
     args.grad_divisor = grad_divisor
     args.loss_type = loss_type
     _set_params(&args, beta, label_smoothing, discopop_tau)
@@ -180,15 +190,8 @@ cdef tuple _general_loss(const floating[::1] chosen, const floating[::1] rejecte
             or (rejected_lengths is not None and rejected_lengths.shape[0] != n)
             or (weights is not None and weights.shape[0] != n)):
         raise ValueError("lengths and weights must have one value per pair")
-    args.chosen = &chosen[0]
-    args.rejected = &rejected[0]
-    args.ref_chosen = _ptr_or_null(ref_chosen)
-    args.ref_rejected = _ptr_or_null(ref_rejected)
-    args.losses = &losses[0]
-    args.chosen_rewards = &chosen_rewards[0]
-    args.rejected_rewards = &rejected_rewards[0]
-    args.grad_chosen = _out_ptr_or_null(grad_chosen)
-    args.grad_rejected = _out_ptr_or_null(grad_rejected)
+    _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
+                rejected_rewards, grad_chosen, grad_rejected)
     args.grad_divisor = grad_divisor
     args.loss_type = DPO_LOSS_SIGMOID
     _set_params(&args, beta, label_smoothing, discopop_tau)

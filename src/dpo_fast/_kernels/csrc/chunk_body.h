@@ -39,6 +39,36 @@
         const double *l = lanes[q];                                                         \
         sums[q] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));       \
     }
+
+/* The locals both chunk loops start from: the chunk's rows of every array (a missing
+ * reference reads zeros, missing lengths are NULL) and copies of the scalars. DPO_RESTRICT:
+ * the Python layer guarantees outputs never overlap inputs or each other; it also lets the
+ * vectoriser drop run-time alias checks it would otherwise give up on. Local copies of the
+ * parameters: read through args inside the loop, they could alias the outputs. */
+#define DPO_CHUNK_LOCALS                                                                    \
+    const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;                     \
+    const DPO_T *DPO_RESTRICT pr = (const DPO_T *)args->rejected + start;                   \
+    const DPO_T *DPO_RESTRICT rc =                                                          \
+        args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;             \
+    const DPO_T *DPO_RESTRICT rr =                                                          \
+        args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;         \
+    const double *DPO_RESTRICT nc =                                                         \
+        args->chosen_lengths ? args->chosen_lengths + start : NULL;                         \
+    const double *DPO_RESTRICT nr =                                                         \
+        args->rejected_lengths ? args->rejected_lengths + start : NULL;                     \
+    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;                           \
+    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;          \
+    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;      \
+    const int with_grad = args->grad_chosen != NULL;                                        \
+    DPO_T *DPO_RESTRICT out_grad_chosen =                                                   \
+        with_grad ? (DPO_T *)args->grad_chosen + start : NULL;                              \
+    DPO_T *DPO_RESTRICT out_grad_rejected =                                                 \
+        with_grad ? (DPO_T *)args->grad_rejected + start : NULL;                            \
+    const DpoLossParams params = args->params;                                              \
+    const double beta = params.beta;                                                        \
+    const double beta4 = 4.0 * beta;                                                        \
+    const double grad_divisor = args->grad_divisor;                                         \
+    const int normalized_rewards = args->normalized_rewards;
 #endif
 
 /* Loss-type lists, per-pair weights, lengths and f-divergences: DPO_GENERAL_FN. */
@@ -145,34 +175,12 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
         DPO_GENERAL_FN(args, start, n, sums);
         return;
     }
-    /* DPO_RESTRICT: the Python layer guarantees outputs never overlap inputs or each other; it
-     * also lets the vectoriser drop run-time alias checks it would otherwise give up on. */
-    const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;
-    const DPO_T *DPO_RESTRICT pr = (const DPO_T *)args->rejected + start;
-    const DPO_T *DPO_RESTRICT rc =
-        args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;
-    const DPO_T *DPO_RESTRICT rr =
-        args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;
-    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;
-    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;
-    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;
-    const int with_grad = args->grad_chosen != NULL;
-    DPO_T *DPO_RESTRICT out_grad_chosen = with_grad ? (DPO_T *)args->grad_chosen + start : NULL;
-    DPO_T *DPO_RESTRICT out_grad_rejected = with_grad ? (DPO_T *)args->grad_rejected + start : NULL;
-    /* Local copies: read through args inside the loop, they could alias the outputs. */
-    const DpoLossParams params = args->params;
-    const double beta = params.beta;
-    const double beta4 = 4.0 * beta;
-    const double grad_divisor = args->grad_divisor;
+    DPO_CHUNK_LOCALS
     /* One loss type of length-normalised log-ratios (ipo, sigmoid_norm, simpo), with or
      * without per-pair weights (ones stand in), runs fused here too; lists, f-divergences,
      * sft and weights alone take the general loop. */
     const int mods = args->chosen_lengths ? 2 : 0;
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
-    const double *DPO_RESTRICT nc = args->chosen_lengths ? args->chosen_lengths + start : NULL;
-    const double *DPO_RESTRICT nr =
-        args->rejected_lengths ? args->rejected_lengths + start : NULL;
-    const int normalized_rewards = args->normalized_rewards;
 
     double lanes[DPO_NSUMS][DPO_LANES];
     /* Row terms of the sums, and (last row) each row's overflow flag (0, or NaN). */

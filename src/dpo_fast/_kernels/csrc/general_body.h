@@ -186,31 +186,12 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
 DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                       double *sums)
 {
-    const DPO_T *DPO_RESTRICT pc = (const DPO_T *)args->chosen + start;
-    const DPO_T *DPO_RESTRICT pr = (const DPO_T *)args->rejected + start;
-    const DPO_T *DPO_RESTRICT rc =
-        args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;
-    const DPO_T *DPO_RESTRICT rr =
-        args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;
-    const double *DPO_RESTRICT nc = args->chosen_lengths ? args->chosen_lengths + start : NULL;
-    const double *DPO_RESTRICT nr =
-        args->rejected_lengths ? args->rejected_lengths + start : NULL;
+    DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT weights = args->weights ? args->weights + start : NULL;
-    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;
-    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;
-    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;
-    const int with_grad = args->grad_chosen != NULL;
-    DPO_T *DPO_RESTRICT out_grad_chosen = with_grad ? (DPO_T *)args->grad_chosen + start : NULL;
-    DPO_T *DPO_RESTRICT out_grad_rejected = with_grad ? (DPO_T *)args->grad_rejected + start : NULL;
-    const DpoLossParams params = args->params;
-    const double beta = params.beta;
-    const double beta4 = 4.0 * beta;
-    const double grad_divisor = args->grad_divisor;
     const double grad_offset = args->grad_chosen_offset;
     const double grad_pair_offset = args->grad_chosen_pair_offset;
     const int divergence = args->divergence;
     const double coef = args->divergence_coef;
-    const int normalized_rewards = args->normalized_rewards;
     const int n_terms = args->n_terms;
 
     /* Which argument variants the terms need (sft needs neither). */
