@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dpo_fast import _threads
+from dpo_fast._arrays import check_flag, copy_back, kernel_array, kernel_output
 from dpo_fast._kernels import _logps, _pairwise
 
 __all__ = ["SequenceLogpsResult", "sequence_logps", "sequence_logps_grad"]
@@ -92,12 +93,6 @@ class _Prepared:
     inv_temperature: float
 
 
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _check_temperature(temperature: Any) -> float:
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}")
@@ -137,10 +132,12 @@ def _as_logits(logits: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         raise ValueError(f"logits has an empty vocabulary axis: shape {array.shape}")
     view = array if array.ndim == 3 else array[np.newaxis]
     itemsize = view.itemsize
-    if view.strides[2] != itemsize or any(s % itemsize for s in view.strides[:2]):
+    if (view.strides[2] != itemsize or any(s % itemsize for s in view.strides[:2])
+            or not view.flags.aligned):
         # The kernel walks each row of V logits with unit stride; any stride of the first
-        # axes works in place. Only a strided vocabulary axis is copied (documented).
-        view = np.ascontiguousarray(view)
+        # axes works in place. Only a strided vocabulary axis is copied (documented), and
+        # logits that are not aligned (a view of a byte buffer at an odd offset).
+        view = kernel_array(view, view.dtype)
     return view, array.shape
 
 
@@ -164,7 +161,7 @@ def _as_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
             flat = int(too_big[0])
             raise ValueError(f"labels[{_format_position(shape, flat)}] = "
                              f"{int(array.ravel()[flat])} is out of range")
-    return np.ascontiguousarray(array, dtype=np.int64).reshape(-1)
+    return kernel_array(array, np.int64).reshape(-1)
 
 
 def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -333,9 +330,9 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     ...                average=True).logps.round(4)
     array([-2.479 , -3.0906])
     """
-    want_average = _check_flag(average, "average")
-    want_tokens = _check_flag(return_token_logps, "return_token_logps")
-    want_entropy = _check_flag(return_entropy, "return_entropy")
+    want_average = check_flag(average, "average")
+    want_tokens = check_flag(return_token_logps, "return_token_logps")
+    want_entropy = check_flag(return_entropy, "return_entropy")
     threads = _threads.validate_n_threads(n_threads)
     prep = _prepare(logits, labels, ignore_index, mask, temperature)
     n_b, n_t, vocab = prep.logits.shape
@@ -382,8 +379,11 @@ def _as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
                          f"{shape}") from None
 
 
-def _check_grad_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, logits: Any
-                    ) -> np.ndarray:
+def _check_grad_out(out: Any, shape: tuple[int, ...], dtype: np.dtype,
+                    inputs: dict[str, Any]) -> np.ndarray:
+    """The caller's ``out`` array, checked; ``inputs`` are the arguments it must not overlap
+    by name (the kernel reads logits, labels, mask and logsumexp while it writes, and the
+    other inputs are the caller's too)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -392,9 +392,22 @@ def _check_grad_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, logits: A
         raise ValueError(f"out has shape {out.shape}, expected the logits' shape {shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be C-contiguous and writeable")
-    if np.may_share_memory(out, np.asarray(logits)):
-        raise ValueError("out overlaps logits")
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray) and np.may_share_memory(out, value):
+            raise ValueError(f"out overlaps {name}")
     return out
+
+
+def _as_logsumexp(logsumexp: Any, token_shape: tuple[int, ...]) -> np.ndarray:
+    """The forward call's log-sum-exp as a flat float64 array, checked."""
+    array = np.asarray(logsumexp)
+    if array.dtype.kind not in "iuf" or array.dtype.itemsize > 8:
+        raise TypeError(f"logsumexp must hold real numbers (SequenceLogpsResult.logsumexp, "
+                        f"float64), got dtype {array.dtype}")
+    if array.shape != token_shape:
+        raise ValueError(f"logsumexp has shape {array.shape}, expected {token_shape} "
+                         "(SequenceLogpsResult.logsumexp)")
+    return kernel_array(array, np.float64).reshape(-1)
 
 
 def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_index: int = -100,
@@ -421,12 +434,15 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     logsumexp : array_like, shape of labels, optional
         ``SequenceLogpsResult.logsumexp`` from the forward call on the same logits: the pass
         then computes one exp per logit instead of re-deriving the normaliser (about half the
-        work). Without it the normaliser is recomputed in the same pass, from cache.
+        work). Without it the normaliser is recomputed in the same pass, from cache. Real
+        numbers, finite wherever a position is counted (else ValueError).
     n_threads : int, optional
         As for :func:`sequence_logps`; results are bit-identical for every value.
     out : numpy.ndarray, optional
         Where to write: C-contiguous, writeable, of the logits' shape and dtype, not
-        overlapping them. Otherwise a new array is returned.
+        overlapping any array argument. Otherwise a new array is returned. (An ``out`` that
+        is not aligned, e.g. a view of a byte buffer at an odd offset, is filled through an
+        aligned temporary.)
 
     Returns
     -------
@@ -452,7 +468,7 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     array([[[-0.09  , -0.2447,  0.3348],
             [ 0.6667, -0.3333, -0.3333]]])
     """
-    want_average = _check_flag(average, "average")
+    want_average = check_flag(average, "average")
     threads = _threads.validate_n_threads(n_threads)
     prep = _prepare(logits, labels, ignore_index, mask, temperature)
     n_b, n_t, vocab = prep.logits.shape
@@ -460,13 +476,7 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     g_seq = _as_upstream(grad_logps, prep.seq_shape, "grad_logps").reshape(n_b)
     g_tok = (None if grad_token_logps is None else
              _as_upstream(grad_token_logps, prep.token_shape, "grad_token_logps").reshape(-1))
-    lse = None
-    if logsumexp is not None:
-        lse_array = np.asarray(logsumexp)
-        if lse_array.shape != prep.token_shape:
-            raise ValueError(f"logsumexp has shape {lse_array.shape}, expected "
-                             f"{prep.token_shape} (SequenceLogpsResult.logsumexp)")
-        lse = np.ascontiguousarray(lse_array, dtype=np.float64).reshape(-1)
+    lse = None if logsumexp is None else _as_logsumexp(logsumexp, prep.token_shape)
 
     # Per-row weights, O(B*T): the only place the sequence structure enters the backward.
     per_sequence = g_seq
@@ -478,10 +488,24 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
         if g_tok is not None:
             weight[rows] += g_tok[rows]
 
+    if lse is not None and rows.size:
+        # A row's gradient is exp(logit - lse): a NaN/inf normaliser (not from a successful
+        # forward call) would give NaN silently.
+        used = rows[weight[rows] != 0.0]
+        bad = used[~np.isfinite(lse[used])]
+        if bad.size:
+            flat = int(bad[0])
+            raise ValueError(f"logsumexp[{_format_position(prep.token_shape, flat)}] is "
+                             f"{float(lse[flat])!r}: it must be finite at every counted "
+                             "position (pass SequenceLogpsResult.logsumexp of the same call)")
+
     if out is None:
-        grad = np.empty(prep.shape, dtype=prep.logits.dtype)
+        grad = target = np.empty(prep.shape, dtype=prep.logits.dtype)
     else:
-        grad = _check_grad_out(out, prep.shape, prep.logits.dtype, logits)
+        target = _check_grad_out(out, prep.shape, prep.logits.dtype, {
+            "logits": logits, "labels": labels, "mask": mask, "grad_logps": grad_logps,
+            "grad_token_logps": grad_token_logps, "logsumexp": logsumexp})
+        grad = kernel_output(target)
     status = np.zeros(n_b * n_t, dtype=np.uint8)
     n_bad = _logps.backward(
         prep.logits, prep.labels, weight, lse, prep.inv_temperature,
@@ -490,4 +514,4 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     if n_bad:
         counted = rows[weight[rows] != 0.0]
         _raise_non_finite(prep, status, counted)
-    return grad
+    return copy_back(grad, target)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dpo_fast import _threads
+from dpo_fast._arrays import check_flag, copy_back, kernel_array, kernel_output
 from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import round4, round4_list, validate_beta
 
@@ -171,15 +172,20 @@ def _prepare_inputs(values: Sequence[Any], names: Sequence[str], force_float64: 
     single = not force_float64 and all(a.dtype.kind == "f" and a.dtype.itemsize <= 4
                                        for a in present)
     dtype = np.float32 if single else np.float64
-    converted = [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    converted = [None if a is None else kernel_array(a, dtype) for a in arrays]
     return converted, dtype, present
 
 
 def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length: int,
-                   dtype: type, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Allocate the outputs, or check the caller's preallocated ones in ``out``."""
+                   dtype: type, inputs: Sequence[np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Allocate the outputs, or check the caller's preallocated ones in ``out``.
+
+    Returns the arrays the kernels write and the caller's ``out`` arrays by key; they differ
+    where a caller's array is not aligned (an aligned temporary is written, then copied back
+    by :func:`_deliver_outputs`)."""
     if out is None:
-        return {key: np.empty(length, dtype=dtype) for key in wanted}
+        return {key: np.empty(length, dtype=dtype) for key in wanted}, {}
     if not isinstance(out, Mapping):
         raise TypeError(f"out must be a dict of arrays keyed by {OUTPUT_NAMES}, got "
                         f"{type(out).__name__}")
@@ -190,6 +196,7 @@ def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length:
         if key not in wanted:
             raise ValueError(f"out[{key!r}] was given but compute_grad=False")
     arrays: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
     for key in wanted:
         if key not in given:
             arrays[key] = np.empty(length, dtype=dtype)
@@ -205,11 +212,19 @@ def _check_outputs(out: Mapping[str, Any] | None, wanted: Sequence[str], length:
             raise ValueError(f"{label} has shape {array.shape}, expected ({length},)")
         if not array.flags.c_contiguous or not array.flags.writeable:
             raise ValueError(f"{label} must be C-contiguous and writeable")
-        for other in [*inputs, *arrays.values()]:
+        for other in [*inputs, *targets.values()]:
             if np.may_share_memory(array, other):
                 raise ValueError(f"{label} overlaps an input or another output")
-        arrays[key] = array
-    return arrays
+        targets[key] = array
+        arrays[key] = kernel_output(array)
+    return arrays, targets
+
+
+def _deliver_outputs(outputs: dict[str, np.ndarray], targets: Mapping[str, np.ndarray]) -> None:
+    """Copy what the kernels wrote into staged temporaries to the caller's ``out`` arrays
+    (see :func:`_check_outputs`), which then stand in ``outputs``."""
+    for key, target in targets.items():
+        outputs[key] = copy_back(outputs[key], target)
 
 
 def _first_non_finite(arrays: Sequence[np.ndarray | None], names: Sequence[str]) -> None:
@@ -222,12 +237,6 @@ def _first_non_finite(arrays: Sequence[np.ndarray | None], names: Sequence[str])
             index = int(bad[0])
             raise ValueError(f"{name}[{index}] is {float(array[index])!r}: inputs must be "
                              "finite (pass check_finite=False to let NaN/inf through)")
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _real(value: Any, name: str) -> float:
@@ -305,9 +314,9 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
                 names: Sequence[str]) -> tuple[int, float]:
     """The kernel's divergence id and coefficient for TRL's f_divergence_type."""
     alpha = _real(f_alpha_divergence_coef, "f_alpha_divergence_coef")
-    if not math.isfinite(alpha):
-        raise ValueError(f"f_alpha_divergence_coef must be finite, got "
-                         f"{f_alpha_divergence_coef!r}")
+    if not abs(alpha) <= 1e300:  # (the kernels rescale a = alpha - 1 by 4: no overflow)
+        raise ValueError(f"f_alpha_divergence_coef must be finite and in [-1e300, 1e300], "
+                         f"got {f_alpha_divergence_coef!r}")
     if not isinstance(f_divergence_type, str) or f_divergence_type not in F_DIVERGENCE_TYPES:
         raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; expected one of "
                          f"{F_DIVERGENCE_TYPES}")
@@ -334,7 +343,7 @@ def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarr
     if array.shape[0] != length:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
-    array = np.ascontiguousarray(array, dtype=np.float64)
+    array = kernel_array(array, np.float64)
     # Two reductions without temporaries (NaN propagates through min and max); the index
     # search only when something is wrong.
     low, high = float(array.min()), float(array.max())
@@ -347,9 +356,13 @@ def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarr
 
 
 def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np.ndarray],
-                    arrays: Sequence[np.ndarray | None]) -> list[float]:
+                    arrays: Sequence[np.ndarray | None], beta: float,
+                    reward_lengths: tuple[np.ndarray, np.ndarray] | None) -> list[float]:
     """Means of the kernel's sums; with inputs near DBL_MAX a sum can overflow although every
-    term and the mean are finite: those means are taken the slow way, dividing first."""
+    term and the mean are finite: those means are taken the slow way, dividing first.
+
+    ``reward_lengths``: the (chosen, rejected) lengths when the rewards are length-normalised
+    (simpo), else None."""
     means = [total / length for total in sums]
     if math.isfinite(sum(sums)):
         return means
@@ -357,12 +370,34 @@ def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np
     def share(values: np.ndarray) -> np.ndarray:
         return np.asarray(values, np.float64) / length
 
+    def margin_shares() -> np.ndarray:
+        chosen, rejected = share(outputs["chosen_rewards"]), share(outputs["rejected_rewards"])
+        with np.errstate(invalid="ignore"):
+            margins = chosen - rejected
+        # Both rewards overflowed to the same infinity (beta * x past the float's range):
+        # inf - inf, where the margin beta * (x_c - x_r) has a value. Redone from the
+        # log-ratios taken in quarters (x/4 is exact for normal x; 4 * beta cannot overflow).
+        redo = np.flatnonzero(np.isinf(chosen) & (chosen == rejected))
+        if redo.size:
+            def quarter(policy: np.ndarray, ref: np.ndarray | None, lengths: np.ndarray | None
+                        ) -> np.ndarray:
+                values = np.asarray(policy[redo], np.float64) / 4.0
+                if ref is not None:
+                    values -= np.asarray(ref[redo], np.float64) / 4.0
+                return values if lengths is None else values / lengths[redo]
+
+            lengths = (None, None) if reward_lengths is None else reward_lengths
+            gap = quarter(arrays[0], arrays[2], lengths[0]) - quarter(arrays[1], arrays[3],
+                                                                      lengths[1])
+            with np.errstate(over="ignore"):
+                margins[redo] = gap / length * (4.0 * beta)
+        return margins
+
     shares = {
         _SUM_LOSS: lambda: share(outputs["losses"]),
         _SUM_CHOSEN: lambda: share(outputs["chosen_rewards"]),
         _SUM_REJECTED: lambda: share(outputs["rejected_rewards"]),
-        _SUM_MARGIN: lambda: (share(outputs["chosen_rewards"])
-                              - share(outputs["rejected_rewards"])),
+        _SUM_MARGIN: margin_shares,
         _SUM_CHOSEN_LOGP: lambda: share(arrays[0]),
         _SUM_REJECTED_LOGP: lambda: share(arrays[1]),
     }
@@ -457,8 +492,8 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     divergence, divergence_coef = _divergence(f_divergence_type, f_alpha_divergence_coef, types)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
-    want_grad = _check_flag(compute_grad, "compute_grad")
-    want_finite = _check_flag(check_finite, "check_finite")
+    want_grad = check_flag(compute_grad, "compute_grad")
+    want_finite = check_flag(check_finite, "check_finite")
     threads = _threads.validate_n_threads(n_threads)
 
     arrays, dtype, originals = _prepare_inputs(values, names, force_float64)
@@ -481,7 +516,7 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     # (The lengths and weights the caller passed must not be overwritten either.)
     given = [value for value in (chosen_lengths, rejected_lengths, weights)
              if isinstance(value, np.ndarray)]
-    outputs = _check_outputs(out, wanted, length, dtype, [*originals, *given])
+    outputs, targets = _check_outputs(out, wanted, length, dtype, [*originals, *given])
     grad_divisor = float(length) if reduction == "mean" else 1.0
     resolved_threads = _threads.resolve_n_threads(threads, length)
 
@@ -506,7 +541,10 @@ def _run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: A
     # a false alarm from an overflowing sum of finite terms only costs the exact search.
     if want_finite and not math.isfinite(sum(sums)):
         _first_non_finite(arrays, names)
-    means = _fallback_means(sums, length, outputs, arrays)
+    _deliver_outputs(outputs, targets)
+    means = _fallback_means(
+        sums, length, outputs, arrays, beta_value,
+        (per_pair["chosen_lengths"], per_pair["rejected_lengths"]) if "simpo" in types else None)
 
     if reduction == "mean":
         loss: float | np.ndarray = means[_SUM_LOSS]
@@ -665,7 +703,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         ``"robust"``, ``"discopop"`` and ``"sigmoid_norm"``; other types refuse a
         non-default divergence (``"sft"`` in a list is unaffected).
     f_alpha_divergence_coef : float, default 1.0
-        ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL).
+        ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL), in ``[-1e300, 1e300]``.
+        The scores are taken as ``expm1((alpha - 1) x) / (alpha - 1)``, accurate for
+        ``alpha`` next to 1 too.
     chosen_lengths, rejected_lengths : array_like, shape (n,), optional
         Completion lengths in tokens (finite, >= 1): needed by ``"sigmoid_norm"`` and
         ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both

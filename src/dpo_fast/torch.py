@@ -134,7 +134,8 @@ def _index_array(value: Any, name: str, allow_bool: bool) -> Any:
 
 
 def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+    # (np.asarray, not np.ascontiguousarray: that makes the 0-d logps of (N, V) logits 1-d.)
+    return torch.from_numpy(np.asarray(array, order="C")).to(dtype)
 
 
 def _torch_dtype(array: np.ndarray) -> torch.dtype:

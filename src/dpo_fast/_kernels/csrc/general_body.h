@@ -102,8 +102,10 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
         flag += ((X_C) - (X_R)) * 0.0;                                                      \
     } else if ((DIV) == DPO_DIV_EXP) {                                                      \
         double exp_c = coef * (X_C), exp_r = coef * (X_R);                                  \
-        double e_c = dpo_exp(exp_c), e_r = dpo_exp(exp_r);                                  \
-        double h = (e_c - e_r) / coef;                                                      \
+        double e_c, e_r;                                                                    \
+        /* expm1, not exp: (e_c - e_r) / a would lose every digit for |a| near 1e-16. */   \
+        double m_c = dpo_expm1_exp(exp_c, &e_c), m_r = dpo_expm1_exp(exp_r, &e_r);          \
+        double h = (m_c - m_r) / coef;                                                      \
         arg_c[V][i] = h;                                                                    \
         arg_r[V][i] = 0.0;                                                                  \
         chain_c[V][i] = e_c * (INV_C);                                                      \

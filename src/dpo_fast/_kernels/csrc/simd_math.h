@@ -60,10 +60,11 @@ DPO_INLINE double dpo_bits_double(int64_t bits)
  * (gradual underflow) rather than flushed to zero.
  * NaN in, NaN out; the clamp keeps k in range for any finite or infinite x.
  */
-/* The part of exp shared by dpo_exp and the log-softmax rows (csrc/logps_math.h): for x
- * already clamped to the caller's range, returns p = exp(r) and sets *k (and the same integer
- * as a double in *k_real: AVX2 has no int64 -> double conversion), with exp(x) = p * 2^k. */
-DPO_INLINE double dpo_exp_reduced(double x, double *k_real_out, int64_t *k)
+/* The part of exp shared by dpo_exp, dpo_expm1_exp and the log-softmax rows
+ * (csrc/logps_math.h): for x already clamped to the caller's range, returns
+ * exp(r) - 1 = r + r^2*q(r) and sets *k (and the same integer as a double in *k_real: AVX2
+ * has no int64 -> double conversion), with exp(x) = (1 + result) * 2^k. */
+DPO_INLINE double dpo_exp_reduced_m1(double x, double *k_real_out, int64_t *k)
 {
     const double log2e = 1.4426950408889634;
     const double ln2_hi = 6.93147180369123816490e-01;
@@ -91,20 +92,19 @@ DPO_INLINE double dpo_exp_reduced(double x, double *k_real_out, int64_t *k)
     double b1 = a2 + r2 * a3;
     double b2 = a4 + r2 * a5;
     double q = b0 + r4 * (b1 + r4 * b2);
-    return 1.0 + (r + r2 * q);
+    return r + r2 * q;
 }
 
-DPO_INLINE double dpo_exp(double x)
+/* p = exp(r) of the above, with exp(x) = p * 2^k. */
+DPO_INLINE double dpo_exp_reduced(double x, double *k_real_out, int64_t *k)
+{
+    return 1.0 + dpo_exp_reduced_m1(x, k_real_out, k);
+}
+
+/* p * 2^k for the k of the reduction (k_real: the same integer as a double). */
+DPO_INLINE double dpo_exp_scale(double p, double k_real, int64_t k)
 {
     const double shifter = DPO_ROUND_SHIFTER;
-
-    /* Written as selects, not fmin/fmax: NaN must pass through unchanged. */
-    x = (x < -760.0) ? -760.0 : x;
-    x = (x > 720.0) ? 720.0 : x;
-
-    double k_real;
-    int64_t k;
-    double p = dpo_exp_reduced(x, &k_real, &k);
 
     /* k1 = round(k/2), k2 = k - k1: both in [-549, 520], so 2^k1 and 2^k2 are normal. */
     double t_half = k_real * 0.5 + shifter;
@@ -115,6 +115,41 @@ DPO_INLINE double dpo_exp(double x)
     double scale1 = dpo_bits_double((int64_t)((uint64_t)(k1 + 1023) << 52));
     double scale2 = dpo_bits_double((int64_t)((uint64_t)(k2 + 1023) << 52));
     return (p * scale1) * scale2;
+}
+
+/* Written as selects, not fmin/fmax: NaN must pass through unchanged. The clamp keeps k in
+ * range; exp(-760) is 0 and exp(720) +inf in double anyway. */
+DPO_INLINE double dpo_exp_clamp(double x)
+{
+    x = (x < -760.0) ? -760.0 : x;
+    return (x > 720.0) ? 720.0 : x;
+}
+
+DPO_INLINE double dpo_exp(double x)
+{
+    double k_real;
+    int64_t k;
+    x = dpo_exp_clamp(x);
+    double p = dpo_exp_reduced(x, &k_real, &k);
+    return dpo_exp_scale(p, k_real, k);
+}
+
+/*
+ * expm1(x), returning exp(x) in *exp_out as well (one range reduction for both). Where the
+ * reduction gives k = 0 (|x| < ln2/2) expm1 is the polynomial part r + r^2*q(r) itself, with
+ * no cancellation; elsewhere |exp(x) - 1| > 0.29 and exp(x) - 1 is within a few ulp. Used
+ * where a difference of exponentials is divided by a small number (alpha-divergence scores
+ * with alpha near 1), which exp(x) - 1 computed at |x| ~ 1e-16 would reduce to noise.
+ */
+DPO_INLINE double dpo_expm1_exp(double x, double *exp_out)
+{
+    double k_real;
+    int64_t k;
+    x = dpo_exp_clamp(x);
+    double w = dpo_exp_reduced_m1(x, &k_real, &k);
+    double e = dpo_exp_scale(1.0 + w, k_real, k);
+    *exp_out = e;
+    return (k_real == 0.0) ? w : e - 1.0;
 }
 
 /*

@@ -36,6 +36,9 @@ import numpy as np
 from dpo_fast import preference_loss, sequence_logps
 
 ENTRY = sys.argv[1]
+# A process started from a background job inherits SIGINT ignored, and Python then installs no
+# handler: interrupt_main() and SIGINT would do nothing. Install the default one explicitly.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 rng = np.random.default_rng(0)
 if ENTRY == "preference_loss":
     data = [rng.standard_normal(20_000_000, dtype=np.float32) * 5 - 50 for _ in range(2)]

@@ -26,9 +26,8 @@ bit against the serial call) or ``ValueError`` / ``TypeError``; never a crash, a
 bytes around every buffer, are compared before and after). An exception raised by the
 caller's own ``__float__`` is passed through unchanged.
 
-Cases that crash or break the invariant today are pinned at the end of the file as
-``xfail(strict=True)`` regression tests (crashes run in a subprocess); the fuzz domains leave
-exactly those inputs out, and say so where they do.
+Every failure class the fuzzing found is pinned at the end of the file by a regression test
+(crashes run in a subprocess); all of them are fixed, and docs/reliability.md lists them.
 
 Every example is counted; the total is printed at the end of the module's tests (and written
 as JSON to ``$DPO_FAST_FUZZ_STATS`` when that is set). ``DPO_FAST_FUZZ_SCALE=10`` runs ten
@@ -1022,11 +1021,6 @@ def test_fuzz_special_values_every_position(n, pos, slot, dtype, which, check_fi
     kw["check_finite"] = check_finite
     if slot in ("chosen_lengths", "rejected_lengths") and slot not in kw:
         return
-    if slot in ("chosen_lengths", "rejected_lengths"):
-        if 0.0 < value < 1e-300:
-            # Lengths whose reciprocal overflows give NaN today (left out of this domain):
-            # test_regression_tiny_lengths_give_nan.
-            value = 1e-300
     if slot in PREF_NAMES:
         index = PREF_NAMES.index(slot)
         target = arrays[index] if index < len(arrays) else None
@@ -1039,7 +1033,8 @@ def test_fuzz_special_values_every_position(n, pos, slot, dtype, which, check_fi
     original = kw.get(slot)
     result, error = call_checked(preference_loss, *arrays, **kw)
     if slot in ("weights", "chosen_lengths", "rejected_lengths"):
-        bad = not math.isfinite(stored) or stored < 0 or (stored == 0 and slot != "weights")
+        # weights: finite and >= 0; lengths: finite and >= 1 (token counts)
+        bad = not math.isfinite(stored) or stored < (0.0 if slot == "weights" else 1.0)
         if bad:
             assert isinstance(error, ValueError), repr(error)
             assert f"{slot}[{pos}]" in str(error)
@@ -1128,11 +1123,11 @@ def _expected_param_error(name, value, types):
         x = float(value)
     except OverflowError:
         x = math.inf if value > 0 else -math.inf
-    if name == "beta":
-        return None if math.isfinite(x) and x > 0 else ValueError
-    if name == "discopop_tau":
-        return None if math.isfinite(x) and x > 0 else ValueError
-    if name in ("simpo_gamma", "f_alpha_divergence_coef"):
+    if name in ("beta", "discopop_tau"):
+        return None if 1e-300 <= x <= 1e300 else ValueError
+    if name == "f_alpha_divergence_coef":
+        return None if abs(x) <= 1e300 else ValueError
+    if name == "simpo_gamma":
         return None if math.isfinite(x) else ValueError
     users = [t for t in types if t in SMOOTHED or t == "exo_pair"]
     if not users:
@@ -1158,14 +1153,6 @@ def test_fuzz_scalar_parameters_at_and_beyond_bounds(name, value, loss, fdiv, dt
     without NaN (and equal to the reference for moderate values)."""
     count("scalar_parameters")
     types = [loss] if isinstance(loss, str) else loss
-    if name == "beta" and isinstance(value, float) and (value > 1e300 or 0 < value < 1e-300):
-        # Left out of this domain: beta * log-ratio overflowing both rewards (NaN margins,
-        # test_regression_margins_of_overflowing_rewards), beta > DBL_MAX / 4 and subnormal
-        # betas (NaN, test_regression_extreme_beta_*).
-        value = 1e300 if value > 1 else 1e-300
-    if name == "discopop_tau" and isinstance(value, float) and 0 < value < DBL_MIN:
-        # A subnormal tau gives NaN gradients today: test_regression_subnormal_discopop_tau.
-        value = DBL_MIN
     rng = np.random.default_rng(seed)
     arrays = [a.astype(dtype) for a in logps_arrays(loss, n, rng, spread=3.0)]
     kw = loss_kwargs(loss, n, rng, fdiv=fdiv)
@@ -1187,9 +1174,7 @@ def test_fuzz_scalar_parameters_at_and_beyond_bounds(name, value, loss, fdiv, dt
     x = float(value)
     moderate = abs(x) <= 1e3 and (name != "beta" or x >= 1e-3) and \
         (name != "discopop_tau" or x >= 1e-3) and \
-        (name != "f_alpha_divergence_coef" or abs(x) <= 10) and \
-        not (name == "f_alpha_divergence_coef" and 0 < abs(x - 1.0) < 1e-6)
-    # (alpha within 1e-6 of 1 loses precision: test_regression_alpha_near_one_is_accurate)
+        (name != "f_alpha_divergence_coef" or abs(x) <= 10)
     if moderate:
         kw[name] = x
         if name == "label_smoothing" and "robust" in types and x > 0.45:
@@ -1390,9 +1375,8 @@ def test_fuzz_torch_adapters(dtype, layout, requires_grad, n, seed, logps):
 
 # ======================================================================= 9. regressions
 #
-# Each failure class the fuzzing found. A crash runs in a subprocess; the others in-process.
-# xfail(strict=True): the suite stays green until the fix lands, then the test XPASSes and
-# fails, so the mark has to be removed with the fix.
+# Each failure class the fuzzing found (docs/reliability.md, section 6). A crash runs in a
+# subprocess; the others in-process.
 
 
 def run_python(code: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
@@ -1404,15 +1388,14 @@ def run_python(code: str, timeout: float = 300.0) -> subprocess.CompletedProcess
                           text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.xfail(dpo_fast.openmp_enabled(), strict=True,
-                   reason="bug: n_threads far above the CPU count is passed to "
-                   "OpenMP unchanged; libgomp then aborts the process ('Thread creation "
-                   "failed', 'Out of memory allocating ... bytes') or it segfaults")
 @pytest.mark.parametrize("entry", ["preference_loss", "sequence_logps"])
-@pytest.mark.parametrize("n_threads", [100_000, 2**31 - 1])
+@pytest.mark.parametrize("n_threads", [40_000, 100_000, 2**31 - 1])
 def test_regression_huge_n_threads_does_not_kill_the_process(entry, n_threads):
-    """n_threads is validated as 'a positive int' only: a huge one on a parallel-sized input
-    must give the normal result (capped) or ValueError, not end the interpreter."""
+    """Found by the fuzzing: a huge n_threads (validated as 'a positive int') reached OpenMP
+    unchanged on parallel-sized inputs, and libgomp ended the process: 'Thread creation
+    failed' (40,000), a stack overflow in GOMP_parallel (100,000: a segfault; ASan: stack-
+    overflow), 'Out of memory allocating 481036338272 bytes' (2**31 - 1). Now capped
+    (_threads.cap_n_threads): the normal result, or ValueError."""
     call = {"preference_loss": "r = preference_loss(np.full(40000, -1.0), np.full(40000, "
                                f"-2.0), n_threads={n_threads}); print(r.loss)",
             "sequence_logps": "r = sequence_logps(np.zeros((2, 300, 500)), np.zeros((2, 300), "
@@ -1426,13 +1409,13 @@ def test_regression_huge_n_threads_does_not_kill_the_process(entry, n_threads):
             print("ValueError", exc)
     """)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert proc.stdout.strip(), proc.stderr[-500:]
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="bug: n_threads >= 2**31 raises OverflowError (not ValueError) on "
-                   "inputs above the parallel threshold")
 @pytest.mark.parametrize("n_threads", [2**31, 2**63, 10**30])
 def test_regression_n_threads_beyond_c_int(n_threads):
+    """Found by the fuzzing: n_threads >= 2**31 raised OverflowError (the C int of the
+    kernels) on parallel-sized inputs. Now the normal result (capped), or ValueError."""
     try:
         result = preference_loss(np.full(TH, -1.0), np.full(TH, -2.0), n_threads=n_threads)
     except ValueError:
@@ -1466,15 +1449,14 @@ def test_regression_dpo_loss_float_empties_another_list():
     assert "ValueError" in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug: out= arrays are checked for overlap with the "
-                   "log-prob inputs only, not with weights / chosen_lengths / "
-                   "rejected_lengths: the caller's array is overwritten and the result is "
-                   "wrong")
 @pytest.mark.parametrize(("slot", "key", "loss"), [
     ("weights", "losses", "aot"), ("weights", "chosen_rewards", "sigmoid"),
     ("chosen_lengths", "chosen_rewards", "sft"),
     ("rejected_lengths", "grad_rejected", "sigmoid_norm")])
 def test_regression_out_overlapping_weights_or_lengths(slot, key, loss):
+    """Found by the fuzzing: out= arrays were checked for overlap with the log-prob inputs
+    only, not with weights / chosen_lengths / rejected_lengths, so the caller's array was
+    overwritten and the result wrong (aot: all-zero losses). Now ValueError."""
     pc, pr = np.array([-1.0, -2.0, -3.0, -4.0]), np.array([-2.0, -1.0, -5.0, -3.0])
     kw = {"loss_type": loss, "compute_grad": True, "reduction": "none"}
     if loss in ("sft", "sigmoid_norm"):
@@ -1489,10 +1471,10 @@ def test_regression_out_overlapping_weights_or_lengths(slot, key, loss):
     assert shared.tobytes() == before.tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: sequence_logps_grad does not check that out "
-                   "overlaps logsumexp; the kernel overwrites the normalisers it still has "
-                   "to read and returns a wrong gradient")
 def test_regression_grad_out_overlapping_logsumexp():
+    """Found by the fuzzing: sequence_logps_grad checked out= for overlap with the logits
+    only; an out sharing memory with logsumexp made the kernel overwrite normalisers it still
+    had to read (a wrong gradient). Now ValueError naming logsumexp."""
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(2, 3, 4)), rng.integers(0, 4, (2, 3))
     lse_values = sequence_logps(logits, labels).logsumexp
@@ -1503,20 +1485,53 @@ def test_regression_grad_out_overlapping_logsumexp():
         sequence_logps_grad(logits, labels, 1.0, logsumexp=lse, out=out)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: sequence_logps_grad converts logsumexp with "
-                   "np.ascontiguousarray(dtype=float64) without checking its dtype: None "
-                   "objects give a silent NaN gradient, strings are parsed, datetimes and "
-                   "complex numbers are accepted")
 @pytest.mark.parametrize("bad", [np.full((2, 3), None), np.full((2, 3), "1.5"),
                                  np.zeros((2, 3), "M8[s]"), np.full((2, 3), 1.5 + 1j),
                                  np.ones((2, 3), bool)],
                          ids=["object-None", "str", "datetime64", "complex", "bool"])
 def test_regression_logsumexp_dtype_is_checked(bad):
+    """Found by the fuzzing: logsumexp was converted with np.ascontiguousarray(dtype=float64)
+    unchecked: None objects gave a silent NaN gradient, strings were parsed, datetimes and
+    complex numbers accepted. Now TypeError naming logsumexp."""
     logits, labels = np.zeros((2, 3, 5)), np.zeros((2, 3), int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(TypeError, match="logsumexp"):
             sequence_logps_grad(logits, labels, 1.0, logsumexp=bad)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_regression_non_finite_logsumexp_is_refused(value):
+    """Found with the fix above: a NaN / inf logsumexp at a counted position gave NaN
+    gradients silently. Now ValueError naming the position; uncounted positions are not
+    read, so anything may stand there."""
+    rng = np.random.default_rng(1)
+    logits, labels = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, (2, 3))
+    labels[1, 2] = -100
+    lse = sequence_logps(logits, labels).logsumexp
+    lse[1, 2] = value  # ignored position: accepted
+    want = sequence_logps_grad(logits, labels, 1.0)
+    assert np.array_equal(sequence_logps_grad(logits, labels, 1.0, logsumexp=lse), want)
+    lse[0, 1] = value
+    with pytest.raises(ValueError, match=r"logsumexp\[0, 1\]"):
+        sequence_logps_grad(logits, labels, 1.0, logsumexp=lse)
+
+
+@pytest.mark.parametrize("name", ["labels", "mask", "grad_logps", "grad_token_logps"])
+def test_regression_grad_out_overlapping_any_input(name):
+    """out= of sequence_logps_grad must not share memory with any array argument (the kernel
+    reads labels and mask while it writes; the upstream gradients are the caller's)."""
+    logits = np.random.default_rng(2).normal(size=(2, 3, 4))
+    buffer = np.zeros(logits.size)
+    out = buffer.reshape(logits.shape)
+    shared = {"labels": buffer.view(np.int64)[:6].reshape(2, 3),
+              "mask": buffer.view(np.uint8)[:6].reshape(2, 3).view(bool),
+              "grad_logps": buffer[:2], "grad_token_logps": buffer[:6].reshape(2, 3)}[name]
+    kwargs = {"labels": np.zeros((2, 3), np.int64), "mask": None, "grad_logps": np.ones(2),
+              "grad_token_logps": None, name: shared}
+    with pytest.raises(ValueError, match=f"out overlaps {name}"):
+        sequence_logps_grad(logits, kwargs.pop("labels"), kwargs.pop("grad_logps"), out=out,
+                            **kwargs)
 
 
 def _no_nan_or_value_error(*args, **kwargs):
@@ -1529,70 +1544,67 @@ def _no_nan_or_value_error(*args, **kwargs):
     result_no_nan(result)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: lengths whose reciprocal (or c / length) "
-                   "overflows (e.g. 2.2e-308, subnormals; accepted as 'finite and > 0') give "
-                   "NaN losses, gradients and simpo rewards (inf - inf, 0 * inf)")
 @pytest.mark.parametrize("loss", ["sigmoid_norm", "ipo", "simpo"])
-@pytest.mark.parametrize("length", [DBL_MIN, 5e-324])
+@pytest.mark.parametrize("length", [DBL_MIN, 5e-324, 1e-300, 0.5])
 def test_regression_tiny_lengths_give_nan(loss, length):
+    """Found by the fuzzing: lengths whose reciprocal (or log-ratio / length) overflows,
+    accepted as 'finite and > 0', gave NaN losses, gradients and simpo rewards (inf - inf,
+    0 * inf). Now lengths must be >= 1 (ValueError); no NaN either way."""
     refs = () if loss == "simpo" else (np.array([0.0]), np.array([0.0]))
     _no_nan_or_value_error(np.array([-50.0]), np.array([-60.0]), *refs, loss_type=loss,
                            chosen_lengths=[length], rejected_lengths=[length],
                            compute_grad=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: beta > DBL_MAX / 4 (accepted as finite) "
-                   "overflows the kernels' 4 * beta rescaling of quartered log-ratios: NaN "
-                   "rewards, losses and gradients")
 @pytest.mark.parametrize(("beta", "fdiv", "row"), [
     (5e307, "reverse_kl", (DBL_MAX, DBL_MAX, -1e300, -1e300)),
     (5e307, "reverse_kl", (1e6, -DBL_MAX, 0.0, DBL_MAX)),
     (DBL_MAX, "forward_kl", (5e-324, -750.0, -0.0, -0.0)),
 ])
 def test_regression_extreme_beta_large(beta, fdiv, row):
+    """Found by the fuzzing: beta > DBL_MAX / 4 overflowed the kernels' 4 * beta rescaling of
+    quartered log-ratios (NaN rewards, losses, gradients). Now beta must be in
+    [1e-300, 1e300]: ValueError, and no NaN either way."""
     _no_nan_or_value_error(*[np.array([v]) for v in row], beta=beta, f_divergence_type=fdiv,
                            compute_grad=True, reduction="none")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a subnormal beta (accepted as > 0) makes "
-                   "1 / (2 beta) overflow in ipo / sppo_hard: NaN losses and gradients for "
-                   "large log-ratios")
 @pytest.mark.parametrize("loss", ["ipo", "sppo_hard"])
 def test_regression_extreme_beta_subnormal(loss):
+    """Found by the fuzzing: a subnormal beta made 1 / (2 beta) overflow in ipo / sppo_hard
+    (NaN for large log-ratios). Now ValueError (beta in [1e-300, 1e300])."""
     _no_nan_or_value_error(np.array([DBL_MAX]), np.array([-1e-310]), np.array([-1e300]),
                            np.array([DBL_MAX]), beta=5e-324, loss_type=loss,
                            compute_grad=True, reduction="none")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: NumPy bools (np.True_) inside a list are taken "
-                   "as 1.0 / 0.0 by preference_loss; Python bools are refused, and so does "
-                   "dpo_loss")
 def test_regression_numpy_bool_in_list_is_refused():
+    """Found by the fuzzing: NumPy bools inside a list were taken as 1.0 / 0.0 by
+    preference_loss (Python bools are refused, and dpo_loss refuses both). Now TypeError."""
     with pytest.raises(TypeError, match=r"chosen_logps\[0\]"):
         preference_loss([np.True_, -1.0, -2.0], [-1.0, -2.0, -3.0])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: f_divergence_type='alpha_divergence' computes "
-                   "the score difference as (exp(a c) - exp(a r)) / a with a = alpha - 1: for "
-                   "alpha just below 1 it cancels catastrophically (alpha = 1 - 2**-53: "
-                   "0.1269 instead of 0.04859; 1 - 1e-12: off by 1e-4 relative)")
 @pytest.mark.parametrize("alpha", [1.0 - 2.0**-53, 1.0 - 2.0**-52, 1.0 - 1e-12])
 def test_regression_alpha_near_one_is_accurate(alpha):
-    """alpha -> 1 is reverse KL (alpha = 1 is mapped to it): alpha = 1 - tiny must give the
-    reverse-KL loss to within a relative 1e-6, not a quantised score difference (alpha
-    just above 1 already does)."""
+    """Found by the fuzzing: the alpha-divergence score difference was (exp(a c) - exp(a r))
+    / a, a = alpha - 1, which cancels for alpha just below 1 (alpha = 1 - 2**-53: 0.1269
+    instead of 0.04859). Now (expm1(a c) - expm1(a r)) / a (csrc/simd_math.h dpo_expm1_exp):
+    alpha -> 1 is reverse KL, so alpha = 1 - tiny gives the reverse-KL loss."""
     args = [np.array([v]) for v in (-10.0, -12.0, -11.0, -11.5)]
     near = preference_loss(*args, beta=2.0, f_divergence_type="alpha_divergence",
                            f_alpha_divergence_coef=alpha)
     limit = preference_loss(*args, beta=2.0)
     assert near.loss == pytest.approx(limit.loss, rel=1e-6)
+    a, c, r = alpha - 1.0, 1.0, -0.5  # the log-ratios of args
+    z = 2.0 * (math.expm1(a * c) - math.expm1(a * r)) / a
+    assert near.loss == pytest.approx(math.log1p(math.exp(-z)), rel=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: dpo_fast.torch.sequence_logps on 2-D logits "
-                   "(N, V), one sequence, returns logps of shape (1,) instead of () "
-                   "(np.ascontiguousarray makes 0-d arrays 1-d), and its backward then raises "
-                   "ValueError('grad_logps has shape (1,), which does not broadcast to ()')")
 def test_regression_torch_two_dim_logits():
+    """Found by the fuzzing: dpo_fast.torch.sequence_logps on (N, V) logits returned logps of
+    shape (1,) instead of () (np.ascontiguousarray makes 0-d arrays 1-d), and the backward
+    then raised ValueError. Now the NumPy function's shape, and the backward works."""
     torch = pytest.importorskip("torch")
     import dpo_fast.torch as dtorch
 
@@ -1604,21 +1616,21 @@ def test_regression_torch_two_dim_logits():
     assert logits.grad.shape == logits.shape
 
 
-@pytest.mark.xfail(strict=True, reason="bug: metrics['rewards/margins'] is the mean of "
-                   "chosen_reward - rejected_reward; when both rewards overflow to +inf (finite "
-                   "inputs near DBL_MAX, or beta * log-ratio > DBL_MAX) it is inf - inf = NaN")
 @pytest.mark.parametrize(("row", "beta"), [
-    ((DBL_MAX, DBL_MAX, -DBL_MAX, -DBL_MAX), 1.0), ((300.0, 300.0, 0.0, 0.0), DBL_MAX / 4)])
+    ((DBL_MAX, DBL_MAX, -DBL_MAX, -DBL_MAX), 1.0), ((1e10, 1e10, 0.0, 0.0), 1e300)])
 def test_regression_margins_of_overflowing_rewards(row, beta):
+    """Found by the fuzzing: metrics['rewards/margins'] (mean of chosen - rejected reward) was
+    inf - inf = NaN when both rewards overflow to +inf, where the margin beta * (c - r) is 0.
+    Now those rows are redone from quarter-scaled log-ratios."""
     result = preference_loss(*[np.array([v]) for v in row], beta=beta)
     assert not math.isnan(result.metrics["rewards/margins"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a subnormal discopop_tau (accepted as finite and "
-                   "> 0; 1 / tau overflows) gives NaN gradients for every z <= 0")
 @pytest.mark.parametrize("tau", [5e-324, 1e-310])
 @pytest.mark.parametrize("z", [-1.0, 0.0])
 def test_regression_subnormal_discopop_tau(tau, z):
+    """Found by the fuzzing: a subnormal discopop_tau (1 / tau overflows) gave NaN gradients
+    for every z <= 0. Now ValueError (discopop_tau in [1e-300, 1e300])."""
     _no_nan_or_value_error(np.array([z]), np.array([0.0]), beta=1.0, loss_type="discopop",
                            discopop_tau=tau, compute_grad=True)
 
@@ -1676,3 +1688,16 @@ def test_regression_unaligned_views_are_read_as_aligned_copies():
                 out=grad_out)
             assert got_grad.tobytes() == want_grad.tobytes()
     assert all(g.guards_intact() for g in keep)
+
+
+@pytest.mark.parametrize("alpha", [1e308, DBL_MAX, -1e308])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "exo_pair"])
+def test_regression_huge_alpha_gives_nan(alpha, loss):
+    """Found by the fuzzing: f_alpha_divergence_coef above about DBL_MAX / 4 (accepted as
+    finite) gave NaN losses and gradients (the kernels' rescaling of the exp-form scores
+    overflowed). Now |alpha| <= 1e300 (ValueError), and no NaN either way."""
+    for chosen, rejected in ((0.0, 0.5), (0.5, 0.0), (-3.0, 0.0), (0.0, 3.0)):
+        _no_nan_or_value_error(np.array([chosen]), np.array([rejected]), np.zeros(1),
+                               np.zeros(1), beta=0.5, loss_type=loss,
+                               f_divergence_type="alpha_divergence",
+                               f_alpha_divergence_coef=alpha, compute_grad=True)

@@ -1,0 +1,42 @@
+"""Checks and conversions shared by the public modules before arrays reach the C kernels.
+
+The kernels take raw pointers and may load them with any instruction the type allows, so what
+they receive must be C-contiguous *and aligned*. ``np.ascontiguousarray`` alone does not
+ensure the second: a contiguous view of a byte buffer at an odd offset (``np.frombuffer(raw,
+np.float32, offset=1)``) passes through it unchanged, and dereferencing it in C is undefined
+behaviour (UBSan: "load of misaligned address"; a compiler may use aligned vector loads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A boolean option: True/False (Python or NumPy bools), anything else a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def kernel_array(array: Any, dtype: Any) -> np.ndarray:
+    """``array`` as a C-contiguous, aligned array of ``dtype`` (at least 1-D, as
+    ``np.ascontiguousarray``), copying only when it is not one already."""
+    result = np.ascontiguousarray(array, dtype=dtype)
+    return result if result.flags.aligned else result.copy()
+
+
+def kernel_output(array: np.ndarray) -> np.ndarray:
+    """Where a kernel may write for the caller's checked ``out`` array: the array itself, or an
+    aligned temporary when it is not aligned (then copy it back with :func:`copy_back`)."""
+    return array if array.flags.aligned else np.empty_like(array, order="C")
+
+
+def copy_back(written: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Copy a kernel's output to the caller's ``out`` array if :func:`kernel_output` staged
+    it; return ``target``."""
+    if written is not target:
+        np.copyto(target, written)
+    return target
