@@ -1626,6 +1626,48 @@ def test_regression_margins_of_overflowing_rewards(row, beta):
     assert not math.isnan(result.metrics["rewards/margins"])
 
 
+@pytest.mark.parametrize(("rows", "beta"), [
+    (([0.0, 0.0], [1.7e308, -1.7e308], None, None), 2.0),
+    (([0.0, 0.0], [1.7e308, -1.7e308], [0.0, 0.0], [0.0, 0.0]), 2.0),
+    (([DBL_MAX, -DBL_MAX], [0.0, 0.0], [-DBL_MAX, DBL_MAX], [0.0, 0.0]), 1.0),
+    (([1e300, -1e300, 5.0], [-1e300, 1e300, 1.0], None, None), 1e10)])
+def test_regression_reward_means_of_rewards_overflowing_both_ways(rows, beta):
+    """Found by the atheris harness (scripts/fuzz_atheris.py): rewards overflowing to +inf in
+    one pair and -inf in another gave NaN means (rewards/chosen, rewards/rejected,
+    rewards/margins) where the mean has a value. Now those means are taken from quarter-scaled
+    log-ratios, 4 beta * sum((x/4) / n): checked against exact rational arithmetic."""
+    arrays = [None if r is None else np.array(r) for r in rows]
+    result = preference_loss(*arrays, beta=beta)
+    exact = fractions.Fraction
+    n = len(rows[0])
+    zeros = [0.0] * n
+    chosen = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[0], rows[2] or zeros)]
+    rejected = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[1], rows[3] or zeros)]
+    for key, terms in (("rewards/chosen", chosen), ("rewards/rejected", rejected),
+                       ("rewards/margins", [c - r for c, r in zip(chosen, rejected)])):
+        want = float(sum(terms) / n)
+        assert result.metrics[key] == pytest.approx(want, rel=1e-12, abs=1e-300), key
+
+
+@pytest.mark.parametrize(("grad_logps", "grad_token_logps", "temperature", "message"), [
+    (1e308, None, 0.5, "overflows"), (1e308, 1e308, 1.0, "overflows"),
+    (math.inf, None, 1.0, "grad_logps"), (math.nan, None, 1.0, "grad_logps"),
+    (1.0, math.inf, 1.0, r"grad_token_logps\[0\]")])
+def test_regression_upstream_gradient_overflowing(grad_logps, grad_token_logps, temperature,
+                                                  message):
+    """Found by the atheris harness: an upstream weight whose value divided by the temperature
+    overflows (grad_logps = 1e308 at temperature 0.5, or grad_logps + grad_token_logps
+    overflowing) gave inf * 0 = NaN where the softmax is 0. Now ValueError naming the cause."""
+    logits, labels = np.array([[0.0, -1000.0, 1.0]]), np.array([0])
+    token = None if grad_token_logps is None else np.array([grad_token_logps])
+    with pytest.raises(ValueError, match=message):
+        sequence_logps_grad(logits, labels, grad_logps, grad_token_logps=token,
+                            temperature=temperature)
+    # The largest weight that does not overflow still gives no NaN.
+    grad = sequence_logps_grad(logits, labels, 1e308, temperature=1.0)
+    assert not np.isnan(grad).any() and grad[0, 1] == 0.0
+
+
 @pytest.mark.parametrize("tau", [5e-324, 1e-310])
 @pytest.mark.parametrize("z", [-1.0, 0.0])
 def test_regression_subnormal_discopop_tau(tau, z):

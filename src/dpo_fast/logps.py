@@ -398,6 +398,25 @@ def _check_grad_out(out: Any, shape: tuple[int, ...], dtype: np.dtype,
     return out
 
 
+def _raise_non_finite_upstream(prep: _Prepared, flat: int, g_seq: np.ndarray,
+                               g_tok: np.ndarray | None) -> None:
+    """Raise ValueError for the counted position ``flat`` whose upstream weight (grad_logps
+    of its sequence plus grad_token_logps there), divided by the temperature, is not finite."""
+    where = _format_position(prep.token_shape, flat)
+    sequence = flat // prep.logits.shape[1]
+    if not math.isfinite(g_seq[sequence]):
+        label = (f"grad_logps[{_format_position(prep.seq_shape, sequence)}]"
+                 if prep.seq_shape else "grad_logps")
+        raise ValueError(f"{label} is {float(g_seq[sequence])!r}: the upstream gradient must "
+                         "be finite")
+    if g_tok is not None and not math.isfinite(g_tok[flat]):
+        raise ValueError(f"grad_token_logps[{where}] is {float(g_tok[flat])!r}: the upstream "
+                         "gradient must be finite")
+    raise ValueError(f"the upstream gradient at position [{where}] (grad_logps plus "
+                     f"grad_token_logps, divided by temperature {1 / prep.inv_temperature!r}) "
+                     "overflows double precision")
+
+
 def _as_logsumexp(logsumexp: Any, token_shape: tuple[int, ...]) -> np.ndarray:
     """The forward call's log-sum-exp as a flat float64 array, checked."""
     array = np.asarray(logsumexp)
@@ -455,7 +474,9 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     ------
     TypeError, ValueError
         As for :func:`sequence_logps`; a NaN/inf logit is reported only when ``logsumexp``
-        is not given (the forward call has checked those rows).
+        is not given (the forward call has checked those rows). ValueError also where a
+        counted position's upstream gradient divided by the temperature is not finite (it
+        would make the row's zero softmax entries NaN), or its ``logsumexp`` is not.
 
     Examples
     --------
@@ -486,8 +507,16 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     if rows.size:
         weight[rows] = per_sequence[rows // n_t]
         if g_tok is not None:
-            weight[rows] += g_tok[rows]
+            with np.errstate(over="ignore"):  # (an overflow is reported just below)
+                weight[rows] += g_tok[rows]
 
+    if rows.size:
+        # The kernel scales each row by weight / temperature: where that is not finite, the
+        # zero softmax entries of the row would become inf * 0 = NaN.
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = weight[rows] * prep.inv_temperature
+        if not np.isfinite(scaled).all():
+            _raise_non_finite_upstream(prep, rows[~np.isfinite(scaled)][0], g_seq, g_tok)
     if lse is not None and rows.size:
         # A row's gradient is exp(logit - lse): a NaN/inf normaliser (not from a successful
         # forward call) would give NaN silently.

@@ -370,42 +370,39 @@ def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np
     def share(values: np.ndarray) -> np.ndarray:
         return np.asarray(values, np.float64) / length
 
-    def margin_shares() -> np.ndarray:
-        chosen, rejected = share(outputs["chosen_rewards"]), share(outputs["rejected_rewards"])
-        with np.errstate(invalid="ignore"):
-            margins = chosen - rejected
-        # Both rewards overflowed to the same infinity (beta * x past the float's range):
-        # inf - inf, where the margin beta * (x_c - x_r) has a value. Redone from the
-        # log-ratios taken in quarters (x/4 is exact for normal x; 4 * beta cannot overflow).
-        redo = np.flatnonzero(np.isinf(chosen) & (chosen == rejected))
-        if redo.size:
-            def quarter(policy: np.ndarray, ref: np.ndarray | None, lengths: np.ndarray | None
-                        ) -> np.ndarray:
-                values = np.asarray(policy[redo], np.float64) / 4.0
-                if ref is not None:
-                    values -= np.asarray(ref[redo], np.float64) / 4.0
-                return values if lengths is None else values / lengths[redo]
+    # Rewards are beta * x with x a log-ratio (x = p - ref, or p / n for simpo). Where their
+    # sums overflow, the rewards themselves may have: +inf and -inf in one batch, or the same
+    # infinity in both rewards of a pair, give NaN means where the mean has a value. So these
+    # means are 4 beta * sum((x/4) / length): x/4 is exact for normal x and finite even where
+    # p - ref overflows, each term is at most DBL_MAX / length, and 4 beta cannot overflow.
+    lengths = (None, None) if reward_lengths is None else reward_lengths
 
-            lengths = (None, None) if reward_lengths is None else reward_lengths
-            gap = quarter(arrays[0], arrays[2], lengths[0]) - quarter(arrays[1], arrays[3],
-                                                                      lengths[1])
-            with np.errstate(over="ignore"):
-                margins[redo] = gap / length * (4.0 * beta)
-        return margins
+    def quarter_ratios(side: int) -> np.ndarray:
+        policy, ref, count = arrays[side], arrays[side + 2], lengths[side]
+        values = np.asarray(policy, np.float64) / 4.0
+        if ref is not None:
+            values -= np.asarray(ref, np.float64) / 4.0
+        return values if count is None else values / count
 
     shares = {
         _SUM_LOSS: lambda: share(outputs["losses"]),
-        _SUM_CHOSEN: lambda: share(outputs["chosen_rewards"]),
-        _SUM_REJECTED: lambda: share(outputs["rejected_rewards"]),
-        _SUM_MARGIN: margin_shares,
         _SUM_CHOSEN_LOGP: lambda: share(arrays[0]),
         _SUM_REJECTED_LOGP: lambda: share(arrays[1]),
     }
+    scaled = {
+        _SUM_CHOSEN: lambda: quarter_ratios(0),
+        _SUM_REJECTED: lambda: quarter_ratios(1),
+        _SUM_MARGIN: lambda: quarter_ratios(0) - quarter_ratios(1),
+    }
     for index, total in enumerate(sums):
-        if not math.isfinite(total) and index in shares:
-            # (+inf and -inf terms, possible for robust, have no mean: NaN, quietly.)
-            with np.errstate(invalid="ignore"):
+        if math.isfinite(total):
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            if index in shares:
+                # (+inf and -inf losses, possible for robust, have no mean: NaN, quietly.)
                 means[index] = float(np.sum(shares[index]()))
+            elif index in scaled:
+                means[index] = float(np.sum(scaled[index]() / length)) * (4.0 * beta)
     return means
 
 
