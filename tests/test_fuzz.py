@@ -1649,6 +1649,24 @@ def test_regression_reward_means_of_rewards_overflowing_both_ways(rows, beta):
         assert result.metrics[key] == pytest.approx(want, rel=1e-12, abs=1e-300), key
 
 
+@pytest.mark.parametrize("loss", ["aot", "aot_unpaired", ["aot", "aot_unpaired"],
+                                  ["sigmoid", "aot"]])
+@pytest.mark.parametrize("zero", ["weights", "loss_weights"])
+def test_regression_zero_weight_of_an_infinite_sorted_loss(loss, zero):
+    """Found by the atheris harness: aot / aot_unpaired terms are added in Python, as
+    weight * loss; a zero weight (per pair, or of the type) times an infinite loss (beta * (c -
+    r) overflowing) gave NaN, where the kernels drop the term (dpo_mul0). Now 0 there too."""
+    types = [loss] if isinstance(loss, str) else loss
+    kw = {"weights": [0.0, 1.0]} if zero == "weights" else \
+        {"loss_weights": [0.0 if t.startswith("aot") else 1.0 for t in types]}
+    result = preference_loss([671.875, -1.0], [DBL_MAX, -2.0], beta=645.0, loss_type=loss,
+                             reduction="none", compute_grad=True, **kw)
+    assert not np.isnan(result.losses).any() and not np.isnan(result.grad_chosen).any()
+    if zero == "weights":
+        assert result.losses[0] == 0.0 and result.grad_chosen[0] == 0.0
+    assert not math.isnan(result.metrics["rewards/margins"])
+
+
 @pytest.mark.parametrize(("grad_logps", "grad_token_logps", "temperature", "message"), [
     (1e308, None, 0.5, "overflows"), (1e308, 1e308, 1.0, "overflows"),
     (math.inf, None, 1.0, "grad_logps"), (math.nan, None, 1.0, "grad_logps"),

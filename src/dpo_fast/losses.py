@@ -626,7 +626,10 @@ def _run_general(arrays: Sequence[np.ndarray | None], dtype: type,
             name, kernel_arrays if staged else arrays, beta, smoothing, threads)
         scale = np.full(length, type_weight) if pair_weights is None else \
             type_weight * pair_weights[chosen_order]
-        losses[chosen_order] += scale * term_losses
+        # A zero weight removes the term even where its loss is inf (beta * (c - r)
+        # overflowed), as dpo_mul0 does in the kernels: not 0 * inf = NaN.
+        with np.errstate(invalid="ignore"):
+            losses[chosen_order] += np.where(scale == 0.0, 0.0, scale * term_losses)
         if grads[0] is not None:
             step = scale * term_slope / grad_divisor
             grads[0][chosen_order] += step
