@@ -81,7 +81,12 @@ else
         --exclude='.pytest_cache' --exclude='.hypothesis' "${sources[@]}" | tar -xf - -C "$work"
     find "$work/src" -name '*.pyx' | while read -r pyx; do rm -f "${pyx%.pyx}.c"; done
 
-    # 2. The instrumented build, in place.
+    # 2. The instrumented build, in place. It needs the build-system requirements in this
+    #    interpreter (pip builds dpo_fast in an isolated environment, so they may be missing).
+    if ! "$python" -c 'import Cython, setuptools' 2>/dev/null; then
+        echo "sanitize.sh: installing the build requirements (setuptools, Cython)"
+        "$python" -m pip install --quiet "setuptools>=77" "Cython>=3.1"
+    fi
     cd "$work"
     echo "sanitize.sh: building with DPO_FAST_SANITIZE=$checks in $work"
     if ! DPO_FAST_SANITIZE="$checks" "$python" setup.py --quiet build_ext --inplace --parallel 2 \
