@@ -203,7 +203,7 @@ def reference(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray):
 
 
 def numpy_logps(logits, labels, mask):
-    """The plain NumPy solution: log_softmax of the whole array, then a gather."""
+    """The plain NumPy implementation: log_softmax of the whole array, then a gather."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     tokens = np.take_along_axis(log_softmax, labels[..., None], axis=-1)[..., 0] * mask

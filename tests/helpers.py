@@ -117,3 +117,8 @@ def setup_constant(name: str):
                 getattr(target, "id", None) == name for target in node.targets):
             return ast.literal_eval(node.value)
     raise AssertionError(f"{name} not found in setup.py")
+
+
+# Why a test that needs an optional package skips, and how to get it (one text per package).
+NEEDS_TORCH = 'needs torch: pip install "dpo_fast[torch]" (or a CPU build of torch)'
+NEEDS_MATPLOTLIB = 'needs matplotlib: pip install "dpo_fast[bench]"'

@@ -142,7 +142,7 @@ def reference_preference_loss(
 
 
 def reference_dpo_loss(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta):
-    """The classic exercise's dpo_loss, unrounded: (loss, chosen_rewards, rejected_rewards)."""
+    """dpo_loss, unrounded: (loss, chosen_rewards, rejected_rewards)."""
     ref = reference_preference_loss(chosen_policy, rejected_policy, chosen_ref, rejected_ref,
                                     beta=beta)
     return ref.loss, ref.chosen_rewards, ref.rejected_rewards

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import NEEDS_MATPLOTLIB, NEEDS_TORCH
 
 import dpo_fast
 from dpo_fast import benchmark
@@ -48,7 +49,7 @@ def test_quick_run_passes_its_checks(quick_run):
     assert status == 0
     assert results["checks_passed"] is True
     assert "accuracy checks: all passed" in report
-    for heading in ("Seed call", "Arrays", "Accuracy", "SIMD code paths", "Targets"):
+    for heading in ("List call", "Arrays", "Accuracy", "SIMD code paths", "Targets"):
         assert heading in report
 
 
@@ -137,7 +138,7 @@ def test_quick_run_targets_reported_not_asserted(quick_run):
 
 
 def test_plot_from_results(quick_run, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason=NEEDS_MATPLOTLIB)
     _, results, _ = quick_run
     path = tmp_path / "plot.png"
     benchmark.write_plot(results, str(path))
@@ -166,7 +167,7 @@ def test_baselines_give_the_seed_example():
 
 
 def test_torch_baseline_matches_numpy():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     rng = np.random.default_rng(0)
     for dtype in ("float32", "float64"):
         arrays = [(rng.standard_normal(100) * 5 - 50).astype(dtype) for _ in range(4)]

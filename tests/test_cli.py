@@ -31,7 +31,7 @@ def test_bench_quick(tmp_path):
     path = tmp_path / "bench.json"
     proc = _run("bench", "--quick", "--no-torch", "--json", str(path))
     assert proc.returncode == 0, proc.stderr
-    for heading in ("Seed call", "Arrays", "Accuracy", "SIMD code paths", "Targets",
+    for heading in ("List call", "Arrays", "Accuracy", "SIMD code paths", "Targets",
                     "accuracy checks: all passed"):
         assert heading in proc.stdout
     results = json.loads(path.read_text())

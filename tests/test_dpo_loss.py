@@ -1,4 +1,4 @@
-"""dpo_fast.dpo_loss: the classic exercise's drop-in (lists in, rounded dict out)."""
+"""dpo_fast.dpo_loss: the list drop-in (lists in, rounded dict out)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def rounded_from_preference_loss(columns, beta) -> dict:
 
 
 def test_seed_example_exactly():
-    """The exercise's example gives exactly the documented dict."""
+    """The README's example gives exactly the documented dict."""
     args, expected = SEED_EXAMPLE
     result = dpo_loss(*args)
     assert result == expected
@@ -83,7 +83,7 @@ def test_seed_example_every_input_kind(kind):
 
 
 def test_seed_example_unrounded_values():
-    """The seed example's unrounded loss is softplus(-0.5) = 0.474076984..."""
+    """The README example's unrounded loss is softplus(-0.5) = 0.474076984..."""
     loss, chosen, rejected = reference_dpo_loss(*SEED_EXAMPLE[0])
     assert math.isclose(loss, math.log1p(math.exp(-0.5)), rel_tol=1e-15)
     assert chosen == [0.25, 0.25] and rejected == [-0.25, -0.25]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import NEEDS_TORCH
 
 import dpo_fast
 
@@ -18,7 +19,7 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dpo_tiny_l
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="needs torch: pip install 'dpo_fast[torch]'"),
+                       reason=NEEDS_TORCH),
     pytest.mark.skipif(not EXAMPLE.exists(), reason="needs the source tree (examples/)"),
 ]
 

@@ -51,6 +51,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import NEEDS_TORCH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_preference_loss
@@ -1308,7 +1309,7 @@ TORCH_DTYPES = ["float16", "bfloat16", "float32", "float64", "int64", "int32", "
 def test_fuzz_torch_adapters(dtype, layout, requires_grad, n, seed, logps):
     """dpo_fast.torch on tensors of every dtype and layout: the NumPy API's values (and the
     adapters never write an input), or ValueError / TypeError."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     import dpo_fast.torch as dtorch
 
     count("torch_adapters")
@@ -1605,7 +1606,7 @@ def test_regression_torch_two_dim_logits():
     """Found by the fuzzing: dpo_fast.torch.sequence_logps on (N, V) logits returned logps of
     shape (1,) instead of () (np.ascontiguousarray makes 0-d arrays 1-d), and the backward
     then raised ValueError. Now the NumPy function's shape, and the backward works."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     import dpo_fast.torch as dtorch
 
     logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def _cibuildwheel_command():
     return [exe] if exe else None
 
 
-@pytest.mark.skipif(_cibuildwheel_command() is None, reason="needs cibuildwheel")
+@pytest.mark.skipif(_cibuildwheel_command() is None,
+                    reason="needs cibuildwheel 4.3.5 (.ci/wheel-check installs it)")
 @pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
 @pytest.mark.parametrize("target", sorted(EXPECTED_BUILDS))
 def test_cibuildwheel_builds_exactly_the_intended_wheels(target, tmp_path):
@@ -195,3 +197,52 @@ def test_free_threaded_import_keeps_the_gil_off():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _requirements_by_extra():
+    """{extra: [requirement text, ...]} from the installed distribution's metadata."""
+    try:
+        requires = importlib.metadata.requires("dpo_fast") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("dpo_fast is not imported from an installed distribution")
+    by_extra = {}
+    for requirement in requires:
+        text, _, marker = requirement.partition(";")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        by_extra.setdefault(extra.group(1) if extra else None, []).append(text.strip())
+    return by_extra
+
+
+def test_every_extra_with_dask_ties_distributed_to_the_same_release():
+    """dask and distributed are released in lockstep; listed separately, a resolver once kept
+    the newest dask and walked back to a years-old distributed that does not import. dask's own
+    ``distributed`` extra pins the matching release, so every extra must ask through it."""
+    by_extra = _requirements_by_extra()
+    with_dask = {extra: reqs for extra, reqs in by_extra.items()
+                 if any(re.match(r"(dask|distributed)\b", r) for r in reqs)}
+    assert {"dask", "test"} <= set(with_dask)
+    for extra, reqs in with_dask.items():
+        names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in reqs]
+        assert "distributed" not in names, f"[{extra}] lists distributed on its own: {reqs}"
+        dask = next(r for r in reqs if r.startswith("dask"))
+        assert re.match(r"dask\[[^\]]*\bdistributed\b[^\]]*\]\s*>=", dask), (extra, dask)
+
+
+def test_ci_runs_the_readme_commands_verbatim_in_a_fresh_venv():
+    readme, ci = ROOT / "README.md", ROOT / ".ci" / "run"
+    if not (readme.exists() and ci.exists()):
+        pytest.skip("needs the source tree")
+    block = re.search(r"## Set-up: the two commands.*?```bash\n(.*?)```", readme.read_text(),
+                      flags=re.S)
+    commands = [line for line in block.group(1).splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert commands == ['pip install . && dpo-fast bench', 'pip install ".[test]" && pytest']
+    lines = [line.strip() for line in ci.read_text().splitlines()]
+    for command in commands:
+        assert command in lines, f".ci/run does not run {command!r} verbatim"
+    # ... after creating a brand-new venv (the helper .ci/run sources) and entering it
+    assert "source .ci/fresh-venv" in lines
+    helper = (ROOT / ".ci" / "fresh-venv").read_text()
+    assert 'python3 -m venv "$1"' in helper and 'source "$1/bin/activate"' in helper
+    first_command = lines.index(commands[0])
+    assert any(line.startswith("fresh_venv ") for line in lines[:first_command])

@@ -25,10 +25,11 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import NEEDS_TORCH
 
 from dpo_fast import preference_loss
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
 F = torch.nn.functional
 
 RTOL = 1e-12

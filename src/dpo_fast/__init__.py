@@ -3,7 +3,7 @@
 Public API
 ----------
 dpo_loss
-    The classic exercise's drop-in: lists in, a dict of values rounded like round(x, 4) out.
+    The list drop-in: lists in, a dict of values rounded like round(x, 4) out.
 preference_loss
     The array API: the fused loss, rewards, gradients and TRL's metrics in one pass.
 sequence_logps, sequence_logps_grad

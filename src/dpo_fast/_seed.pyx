@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""The seed drop-in, dpo_loss, with a fast path that reads Python lists directly.
+"""The list drop-in, dpo_loss, with a fast path that reads Python lists directly.
 
 For lists and tuples of at most CHUNK_ROWS pairs, the values are read straight from the
 Python objects into C buffers and run through the same compiled chunk function as
@@ -32,7 +32,7 @@ cdef extern from "Python.h":
     bint _is_exact_float "PyFloat_CheckExact"(PyObject *o)
     double _borrowed_float_value "PyFloat_AS_DOUBLE"(PyObject *o)
 
-# The four arguments in the exercise's order: (name, slot in the C buffer).
+# The four arguments in dpo_loss's order: (name, slot in the C buffer).
 _ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
               "log_probs_chosen_ref", "log_probs_rejected_ref")
 # Free-threaded CPython (3.13t+): list item arrays can change under us (see dpo_loss).
@@ -113,7 +113,7 @@ cpdef double validate_beta(object beta) except? -1.0:
 
 def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chosen_ref,
              log_probs_rejected_ref, beta):
-    """DPO loss and implicit rewards, rounded to 4 decimals: the classic exercise, exactly.
+    """DPO loss and implicit rewards, rounded to 4 decimals exactly like Python's round(x, 4).
 
     Parameters
     ----------

@@ -6,8 +6,8 @@ interleaved sample by sample so that a noisy machine slows all of them alike.
 
 What is compared
 ----------------
-Seed call (Python lists in, a dict of rounded floats out), for small N:
-    ``dpo_fast.dpo_loss`` against the plain NumPy solution of the exercise
+List call (Python lists in, a dict of rounded floats out), for small N:
+    ``dpo_fast.dpo_loss`` against a plain NumPy implementation (rewards, ``np.logaddexp``, mean)
     (:func:`numpy_seed_solution`) and a pure-Python loop (:func:`python_seed_solution`).
 Arrays, for every N, dtype and thread count:
     ``dpo_fast.preference_loss(..., out=preallocated)`` and the same call allocating its
@@ -20,7 +20,7 @@ SIMD code paths:
     speed-up over the ``scalar`` path: a guard that the vectoriser did not silently leave the
     fast path scalar.
 
-Accuracy is checked as it goes (the seed dicts must be equal; array outputs within a few ulp
+Accuracy is checked as it goes (the list-call dicts must be equal; array outputs within a few ulp
 of a float64 reference; results bit-identical across thread counts and SIMD paths); a failed
 check makes :func:`main` return 1. Speed targets are printed next to the measured ratios and
 never asserted.
@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 import dpo_fast
-from dpo_fast import _threads
+from dpo_fast import _optional, _threads
 from dpo_fast._kernels import _pairwise
 
 __all__ = [
@@ -74,7 +74,7 @@ QUICK_SIZES = (2, 16, 1_000, 10_000)
 DTYPES = ("float32", "float64")
 DEFAULT_REPEATS = 21
 QUICK_REPEATS = 3
-# The seed call (lists in, dict out) and the pure-Python loop are compared up to this N only:
+# The list call (lists in, dict out) and the pure-Python loop are compared up to this N only:
 # beyond it nobody passes Python lists, and the loop would dominate the run time.
 SEED_MAX_N = 1_000
 SIMD_SIZE = 1_000_000
@@ -103,8 +103,8 @@ SIMD_MIN_SPEEDUP = 2.0
 
 TARGETS = (
     # (key, description, kind, size, dtype, minimum)
-    ("seed_x_numpy", "seed call N=2 vs NumPy solution", "seed_numpy", 2, "float64", 20.0),
-    ("seed_x_python", "seed call N=2 vs pure Python", "seed_python", 2, "float64", 5.0),
+    ("seed_x_numpy", "2-pair list call vs NumPy", "seed_numpy", 2, "float64", 20.0),
+    ("seed_x_python", "2-pair list call vs pure Python", "seed_python", 2, "float64", 5.0),
     ("f64_pct_bound", "N=1e7 float64 vs bandwidth bound", "pct_bound", 10_000_000, "float64",
      80.0),
     ("f64_x_numpy", "N=1e7 float64 vs NumPy", "x_numpy", 10_000_000, "float64", 12.0),
@@ -118,7 +118,7 @@ TARGETS = (
 
 def numpy_seed_solution(log_probs_chosen_policy, log_probs_rejected_policy,
                         log_probs_chosen_ref, log_probs_rejected_ref, beta):
-    """The plain NumPy solution of the classic exercise (the seed baseline).
+    """A plain NumPy implementation of ``dpo_loss`` (the list-call baseline).
 
     Parameters
     ----------
@@ -152,7 +152,7 @@ log_probs_rejected_ref : list of float
 
 def python_seed_solution(log_probs_chosen_policy, log_probs_rejected_policy,
                          log_probs_chosen_ref, log_probs_rejected_ref, beta):
-    """A pure-Python loop solution of the classic exercise, with :mod:`math` only.
+    """A pure-Python loop implementation of ``dpo_loss``, with :mod:`math` only.
 
     Parameters and return value are those of :func:`numpy_seed_solution`.
     """
@@ -220,7 +220,7 @@ def torch_array_solution(policy_chosen, policy_rejected, ref_chosen, ref_rejecte
 def _reference_float64(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
     """Accuracy reference: float64 NumPy evaluated with the kernel's association of z.
 
-    The timed NumPy solution forms ``z = beta*c - beta*r``; the kernel forms
+    The timed NumPy implementation forms ``z = beta*c - beta*r``; the kernel forms
     ``z = beta*(c - r)``. The two differ by a rounding of z, which moves a loss by several
     float64 ulp, so the reference uses the kernel's z and the comparison measures the
     softplus and the rounding of the outputs only.
@@ -398,7 +398,7 @@ class BenchConfig:
     Attributes
     ----------
     sizes : tuple of int
-        Numbers of pairs N. The seed call is measured for those <= ``SEED_MAX_N``.
+        Numbers of pairs N. The list call is measured for those <= ``SEED_MAX_N``.
     dtypes : tuple of str
         ``"float32"`` and/or ``"float64"`` (array benchmarks).
     threads : tuple of int
@@ -552,7 +552,7 @@ def _progress(message: str) -> None:
 def _bench_seed(config: BenchConfig) -> list[dict[str, Any]]:
     rows = []
     for n in [n for n in config.sizes if n <= SEED_MAX_N]:
-        _progress(f"seed call N={n}")
+        _progress(f"list call N={n}")
         lists = [a.tolist() for a in _make_data(n, config.seed)]
         expected = dpo_fast.dpo_loss(*lists, BETA)
         via_numpy = numpy_seed_solution(*lists, BETA)
@@ -872,7 +872,7 @@ def format_report(results: dict[str, Any]) -> str:
     Returns
     -------
     str
-        Machine header, then the seed, arrays, accuracy, SIMD and targets sections.
+        Machine header, then the list-call, arrays, accuracy, SIMD and targets sections.
     """
     m = results["machine"]
     c = results["config"]
@@ -899,8 +899,8 @@ def format_report(results: dict[str, Any]) -> str:
         out.append("env     : " + ", ".join(f"{k}={v}" for k, v in m["environment"].items()))
 
     if results["seed"]:
-        out += ["", "Seed call: Python lists in, dict rounded like round(x, 4) out (float64)",
-                "  dpo_fast = dpo_fast.dpo_loss; NumPy = the plain NumPy solution; "
+        out += ["", "List call: Python lists in, dict rounded like round(x, 4) out (float64)",
+                "  dpo_fast = dpo_fast.dpo_loss; NumPy = a plain NumPy implementation; "
                 "pure Py = a math-module loop", ""]
         rows = []
         for row in results["seed"]:
@@ -1011,7 +1011,7 @@ def write_plot(results: dict[str, Any], path: str) -> None:
 
     panels = []
     if results["seed"]:
-        panels.append(("seed call (lists -> dict)", None))
+        panels.append(("list call (lists -> dict)", None))
     panels += [(f"{dtype} arrays", dtype) for dtype in results["config"]["dtypes"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
     # One colour and marker per implementation; solid lines for the most threads, dotted for
@@ -1024,7 +1024,7 @@ def write_plot(results: dict[str, Any], path: str) -> None:
     top_threads = max(results["config"]["threads"])
     for ax, (title, dtype) in zip(axes[0], panels):
         if dtype is None:
-            for name, label in (("dpo_fast", "dpo_fast.dpo_loss"), ("numpy", "NumPy solution"),
+            for name, label in (("dpo_fast", "dpo_fast.dpo_loss"), ("numpy", "plain NumPy"),
                                 ("python", "pure Python")):
                 xs = [row["n"] for row in results["seed"]]
                 ys = [row["times"][name]["median"] for row in results["seed"]]
@@ -1044,7 +1044,7 @@ def write_plot(results: dict[str, Any], path: str) -> None:
             for (name, threads), (xs, ys) in series.items():
                 colour, marker = looks.get(name, ("black", "."))
                 if name == "numpy":
-                    label, style = "NumPy solution", "-"
+                    label, style = "plain NumPy", "-"
                 else:
                     label = f"{names.get(name, name)} ({threads} thr)"
                     style = "-" if threads == top_threads else ":"
@@ -1157,14 +1157,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def _matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the benchmark for parsed options: print the report, write JSON / PNG.
 
@@ -1181,9 +1173,11 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         0, or 1 when an accuracy check failed (never because of a speed target).
     """
     # Checked before minutes of measuring, not after.
-    if args.plot and not _matplotlib_available():
-        parser.error("--plot needs matplotlib: pip install matplotlib "
-                     "(or pip install \"dpo_fast[bench]\")")
+    if args.plot:
+        try:
+            _optional.require("matplotlib", needed_by="--plot", extra="bench")
+        except ImportError as exc:
+            parser.error(str(exc))
     results = run(config_from_args(args))
     print(format_report(results), flush=True)
     if args.json:

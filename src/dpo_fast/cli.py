@@ -53,27 +53,28 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _info() -> dict:
     """What ``dpo-fast info`` reports, as a dict."""
-    import importlib.metadata
     import os
     import platform
 
     import numpy
 
     import dpo_fast
-    from dpo_fast import _threads
+    from dpo_fast import _optional, _threads
     from dpo_fast._kernels import _pairwise
 
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = os.cpu_count()
-    extras = {}
-    # Metadata only: importing pyarrow or dask here would cost seconds.
-    for name in ("pyarrow", "tqdm", "dask", "distributed", "torch"):
-        try:
-            extras[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            extras[name] = None
+    # Each optional package is imported (a second or two for torch and dask): an installed
+    # release that does not import, e.g. one that does not match its neighbours, is unusable
+    # and is reported with its import error, not as a version.
+    extras, broken = {}, {}
+    for name in _optional.OPTIONAL:
+        version, problem = _optional.status(name)
+        extras[name] = version if problem is None else None
+        if version is not None and problem is not None:
+            broken[name] = f"{name} {version} is installed but does not import: {problem}"
     return {
         "version": dpo_fast.__version__,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -91,6 +92,7 @@ def _info() -> dict:
         "simd_supported": list(_pairwise.supported_simd_levels()),
         "DPO_FAST_SIMD": os.environ.get("DPO_FAST_SIMD"),
         "optional": extras,
+        "optional_errors": broken,
     }
 
 
@@ -115,6 +117,7 @@ def _run_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ("simd", f"{info['simd']} (supported: {', '.join(info['simd_supported'])}; "
                  f"DPO_FAST_SIMD {info['DPO_FAST_SIMD'] or 'unset'})"),
         ("optional", ", ".join(f"{k} {v or '-'}" for k, v in info["optional"].items())),
+        *(("", problem) for problem in info["optional_errors"].values()),
     ]
     for key, value in rows:
         print(f"{key:<10}{value}")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dpo_fast import _optional
 from dpo_fast import score as _score
 from dpo_fast.score import (
     ADDED_COLUMNS,
@@ -46,11 +47,8 @@ __all__ = ["score", "summarize"]
 
 
 def _require_dask():
-    try:
-        import dask
-        import dask.dataframe  # noqa: F401
-    except ImportError:
-        raise ImportError("dpo_fast.dask needs dask: pip install \"dpo_fast[dask]\"") from None
+    dask = _optional.require("dask", needed_by="dpo_fast.dask", extra="dask")
+    _optional.require("dask.dataframe", needed_by="dpo_fast.dask", extra="dask")
     return dask
 
 
@@ -333,11 +331,8 @@ def _run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str |
     import time
 
     _require_dask()
-    try:
-        import distributed
-    except ImportError:
-        raise ImportError("--scheduler needs distributed: pip install \"dpo_fast[dask]\"") \
-            from None
+    distributed = _optional.require("distributed", needed_by="dpo-fast score --scheduler",
+                                    extra="dask")
     started = time.perf_counter()
     if out is not None:
         fmt = _score.format_of(out, output_format or "parquet", output=True)

@@ -71,6 +71,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dpo_fast import _optional
 from dpo_fast import losses as _losses
 from dpo_fast.losses import preference_loss
 
@@ -167,11 +168,7 @@ class ScoreDataError(ValueError):
 
 def _require_pyarrow():
     """Import pyarrow or explain how to get it (it is an optional dependency)."""
-    try:
-        import pyarrow
-    except ImportError:
-        raise ImportError("dpo-fast score needs pyarrow >= 14: pip install \"dpo_fast[cli]\"") \
-            from None
+    pyarrow = _optional.require("pyarrow", needed_by="dpo-fast score", extra="cli")
     if int(pyarrow.__version__.split(".")[0]) < 14:
         raise ImportError(f"dpo-fast score needs pyarrow >= 14, found {pyarrow.__version__}: "
                           "pip install -U pyarrow")

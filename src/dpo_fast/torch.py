@@ -22,18 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-try:
-    import torch
-    from torch.autograd.function import once_differentiable
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "dpo_fast.torch needs PyTorch: pip install 'dpo_fast[torch]' (or install torch)"
-    ) from exc
-
 import numpy as np
 
 from dpo_fast import logps as _np_logps
 from dpo_fast import losses as _np_losses
+from dpo_fast._optional import require
+
+torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
+from torch.autograd.function import once_differentiable  # noqa: E402 - needs torch first
 
 __all__ = ["PreferenceLossResult", "SequenceLogpsResult", "preference_loss", "sequence_logps"]
 
