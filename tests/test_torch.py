@@ -3,13 +3,17 @@
 Checked: results equal the NumPy functions' on the same data, gradients equal the NumPy
 backward and plain PyTorch, torch.autograd.gradcheck in float64 for both functions, half
 precision upcast (and gradients cast back), strided logits, the no-grad path, errors for other
-devices and bad arguments, and that ``import dpo_fast`` never imports torch. The torch tests
+devices and bad arguments, that arguments which are not differentiated but require grad
+(weights, lengths, reference log-probs, ...) are refused rather than silently detached, that
+double backward (create_graph=True) raises rather than dropping second-order terms, and that
+``import dpo_fast`` never imports torch. The torch tests
 skip when PyTorch is not installed (.ci/run installs the CPU build).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -316,3 +320,121 @@ def test_end_to_end_logits_to_loss_matches_plain_torch():
     margin = (seq[:2] - ref[:2]) - (seq[2:] - ref[2:])
     (-torch.nn.functional.logsigmoid(0.5 * margin).mean()).backward()
     torch.testing.assert_close(leaf.grad, plain.grad, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ what autograd cannot reach
+
+
+def _refused(name, function, fix="detach()"):
+    """The one-line ValueError for an argument `name` that requires grad but is a constant."""
+    return (rf"^{re.escape(name)} requires grad, but dpo_fast\.torch\.{function} does not "
+            rf"differentiate with respect to {re.escape(name)}: pass "
+            rf"{re.escape(name)}\.{re.escape(fix)}$")
+
+
+def _grad_leaf(x):
+    return x.detach().clone().requires_grad_()
+
+
+@needs_torch
+@pytest.mark.parametrize("policy_requires_grad", [True, False])
+@pytest.mark.parametrize(("name", "make", "refused", "fix"), [
+    ("ref_chosen_logps", _grad_leaf, "ref_chosen_logps", "detach()"),
+    ("ref_rejected_logps", _grad_leaf, "ref_rejected_logps", "detach()"),
+    ("weights", _grad_leaf, "weights", "detach()"),
+    ("chosen_lengths", _grad_leaf, "chosen_lengths", "detach()"),
+    ("rejected_lengths", _grad_leaf, "rejected_lengths", "detach()"),
+    # a list holding a tensor: the NumPy layer would convert it, detached
+    ("weights", lambda w: [w[0].item(), _grad_leaf(w[1])] + w[2:].tolist(), "weights[1]",
+     "item()"),
+    ("label_smoothing", lambda v: torch.tensor(v, requires_grad=True), "label_smoothing",
+     "item()"),
+])
+def test_regression_preference_loss_refuses_constants_that_require_grad(
+        name, make, refused, fix, policy_requires_grad):
+    """Before: weights / lengths that require grad were silently detached (w.grad None)."""
+    pc, pr, rc, rr = _pairs(torch.float32)
+    args = {"ref_chosen_logps": rc, "ref_rejected_logps": rr,
+            "loss_type": ["sigmoid", "sigmoid_norm"],
+            "weights": torch.linspace(0.5, 1.5, len(pc)), "label_smoothing": 0.1,
+            "chosen_lengths": torch.full(pc.shape, 3.0),
+            "rejected_lengths": torch.full(pc.shape, 4.0)}
+    args[name] = make(args[name])
+    chosen = pc.requires_grad_() if policy_requires_grad else pc
+    with pytest.raises(ValueError, match=_refused(refused, "preference_loss", fix)):
+        dft.preference_loss(chosen, pr, **args)
+    if name != "label_smoothing":                            # (a tensor: TypeError)
+        with torch.no_grad():                                # nothing differentiated: fine
+            dft.preference_loss(chosen, pr, **args)
+
+
+@needs_torch
+def test_regression_sequence_logps_refuses_constants_that_require_grad():
+    logits, labels, mask = _batch(torch.float32)
+    leaf = logits.requires_grad_()
+    with pytest.raises(ValueError, match=_refused("temperature", "sequence_logps", "item()")):
+        dft.sequence_logps(leaf, labels, temperature=torch.tensor(1.3, requires_grad=True))
+    # labels / mask that require grad are float: the dtype error, which says what is wrong
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        dft.sequence_logps(leaf, labels.float().requires_grad_())
+    with pytest.raises(TypeError, match="mask must be a bool or integer tensor"):
+        dft.sequence_logps(leaf, labels, mask=mask.float().requires_grad_())
+
+
+@needs_torch
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_weights_not_requiring_grad_still_work(reduction):
+    """The accepted case: gradients to the policy log-probs as before, the weights untouched."""
+    pc, pr, rc, rr = _pairs(torch.float64)
+    w = torch.rand(len(pc), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    chosen, rejected = _grad_leaf(pc), _grad_leaf(pr)
+    out = dft.preference_loss(chosen, rejected, rc, rr, beta=0.1, weights=w,
+                              reduction=reduction)
+    out.loss.sum().backward()
+    c2, r2 = _grad_leaf(pc), _grad_leaf(pr)
+    plain = -w * torch.nn.functional.logsigmoid(0.1 * ((c2 - rc) - (r2 - rr)))
+    {"mean": plain.mean(), "sum": plain.sum(), "none": plain}[reduction].sum().backward()
+    torch.testing.assert_close(chosen.grad, c2.grad, rtol=1e-13, atol=1e-16)
+    torch.testing.assert_close(rejected.grad, r2.grad, rtol=1e-13, atol=1e-16)
+    assert w.grad is None and not w.requires_grad
+    assert torch.autograd.gradcheck(
+        lambda c, r: dft.preference_loss(c, r, rc, rr, beta=0.1, weights=w,
+                                         reduction=reduction).loss, (chosen, rejected))
+
+
+def _first_order_calls():
+    """(function name, x, f(x) -> scalar) for both functions."""
+    pc, pr, rc, rr = _pairs(torch.float64)
+    logits, labels, mask = _batch()
+    return [
+        ("preference_loss", pc,
+         lambda x: dft.preference_loss(x, pr, rc, rr, beta=0.1).loss),
+        ("sequence_logps", logits,
+         lambda x: dft.sequence_logps(x, labels, mask=mask).logps.sum()),
+    ]
+
+
+@needs_torch
+@pytest.mark.filterwarnings(r"ignore:Using backward\(\) with create_graph=True")
+@pytest.mark.parametrize("which", [0, 1], ids=["preference_loss", "sequence_logps"])
+@pytest.mark.parametrize("how", ["autograd.grad", "backward", "hessian"])
+def test_regression_create_graph_raises(which, how):
+    """Before: the gradient came back without grad_fn (once_differentiable errs only when the
+    upstream gradient requires grad), so a penalty on it added nothing and hessian() gave
+    zeros."""
+    function, x0, f = _first_order_calls()[which]
+    x = _grad_leaf(x0)
+    match = (rf"^dpo_fast\.torch\.{function} does not support double backward "
+             r"\(create_graph=True\):.*compute a gradient penalty.*in plain PyTorch instead$")
+    with pytest.raises(RuntimeError, match=match):
+        if how == "autograd.grad":
+            (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+            (g ** 2).sum().backward()                        # the penalty, never reached
+        elif how == "backward":
+            f(x).backward(create_graph=True)
+        else:
+            torch.autograd.functional.hessian(f, x0)
+    # the first derivative is unaffected
+    (g,) = torch.autograd.grad(f(x), x)
+    assert torch.autograd.gradcheck(f, (x,))
+    assert g.grad_fn is None and torch.isfinite(g).all()

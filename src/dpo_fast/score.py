@@ -61,6 +61,7 @@ import os
 import queue
 import re
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -1431,6 +1432,8 @@ class _Input:
     source: str
     files: list[str]
     format: str
+    # (device, inode) of every directory the listing entered: what --out must stay out of.
+    directories: frozenset[tuple[int, int]] = frozenset()
 
     def count_rows(self) -> int | None:
         """Rows, when the files' metadata tells it cheaply (Parquet, Arrow IPC files)."""
@@ -1452,32 +1455,68 @@ class _Input:
         return None
 
 
+# Names a directory listing leaves out, as pyarrow.dataset does: hidden files and Spark/Hadoop
+# markers such as _SUCCESS and _metadata.
+_IGNORED_PREFIXES = (".", "_")
+
+
+def _list_directory(source: str) -> tuple[list[str], frozenset[tuple[int, int]]]:
+    """The regular files under ``source``, each real file once, and the directories entered.
+
+    Links are followed, but every real directory (device, inode) is entered once and every real
+    file is listed once, under the first name found in sorted order: a link back up the tree
+    (``latest -> .``) neither repeats files nor loops, and two names of one file count once.
+    The walk is Python code, so SIGINT/SIGTERM stop it like any other step.
+    """
+    files: list[str] = []
+    seen_files: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    pending = [source]
+    while pending:
+        directory = pending.pop()
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((info.st_dev, info.st_ino))
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name, reverse=True)
+        except OSError as exc:
+            raise ScoreUsageError(f"{directory}: cannot list it ({exc.strerror})") from None
+        for entry in entries:
+            if entry.name.startswith(_IGNORED_PREFIXES):
+                continue
+            try:
+                info = entry.stat()  # follows links
+            except OSError as exc:
+                raise ScoreUsageError(f"{entry.path}: cannot read it ({exc.strerror}); "
+                                      "remove it or move it out of the input") from None
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(entry.path)
+            elif stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen_files:
+                seen_files.add((info.st_dev, info.st_ino))
+                files.append(entry.path)
+    return sorted(files), frozenset(seen_dirs)
+
+
 def _discover(source: str, input_format: str | None) -> _Input:
-    """The files of ``source`` (a file, or a directory listed by pyarrow.dataset) and their
-    format."""
+    """The files of ``source`` (a file, or a directory walked by :func:`_list_directory`) and
+    their format."""
     if not os.path.exists(source):
         raise ScoreUsageError(f"{source}: no such file or directory")
     if not os.path.isdir(source):
         return _Input(source, [source], format_of(source, input_format))
-    pa = _require_pyarrow()
-    import pyarrow.dataset as ds
-
-    # An empty schema: list the files without opening any (a malformed one is reported, with
-    # its row, when it is read).
-    dataset_format = {"jsonl": "json"}
+    files, directories = _list_directory(source)
     if input_format is None:
-        names = ds.dataset(source, format="parquet", schema=pa.schema([])).files
-        found = {format_of(name) for name in names}
+        found = {format_of(name) for name in files}
         if len(found) > 1:
             raise ScoreUsageError(f"{source}: files of several formats "
                                   f"({', '.join(sorted(found))}); pass --input-format")
         input_format = found.pop() if found else "parquet"
     fmt = _normalize_format(input_format, INPUT_FORMATS)
-    files = sorted(ds.dataset(source, format=dataset_format.get(fmt, fmt),
-                              schema=pa.schema([])).files)
     if not files:
         raise ScoreUsageError(f"{source}: the directory holds no data files")
-    return _Input(source, files, fmt)
+    return _Input(source, files, fmt, directories)
 
 
 def _wrap_arrow_error(exc: Exception, file: str, row: int | None, what: str) -> ScoreDataError:
@@ -1532,28 +1571,38 @@ def _read_ipc(path, columns, batch_rows, **_):
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         else:
             batches = iter(pa.ipc.open_stream(source))
-        for batch in batches:
+        for number, batch in enumerate(batches):
             if columns is not None:
                 batch = batch.select(columns)
+            # The IPC reader maps buffers as they are on disk: a corrupted offset or length
+            # would be read out of bounds by the scorer or the writers (a crash, or garbage
+            # copied to --out). Full validation checks every offset against its buffer.
+            try:
+                batch.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise _wrap_arrow_error(exc, path, offset, f"Arrow IPC (record batch {number}, "
+                                        "from this row on)") from None
             for start in range(0, batch.num_rows, batch_rows):
                 part = batch.slice(start, batch_rows)
                 yield offset, part
                 offset += part.num_rows
 
 
-def _read_csv(path, columns, batch_rows, role_columns, csv_skips, **_):
+def _read_csv(path, columns, batch_rows, role_columns, csv_skips, schema=None, **_):
     pa = _require_pyarrow()
     import pyarrow.csv as pacsv
 
     # Role columns are read as text and parsed here, so that a bad value is a row to report
-    # (or skip), not a failure of the whole block. Serial parsing: pyarrow only numbers the
-    # rows it rejects when it parses in order.
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in role_columns},
+    # (or skip), not a failure of the whole block. The other columns, when read, get the types
+    # of the whole input (_input_schema), not ones guessed from the first block. Serial
+    # parsing: pyarrow only numbers the rows it rejects when it parses in order.
+    types = {f.name: f.type for f in schema} if schema is not None else {}
+    types.update((c, pa.string()) for c in role_columns)
+    convert = pacsv.ConvertOptions(column_types=types,
                                    include_columns=list(columns) if columns else None)
     reader = pacsv.open_csv(
         pa.input_stream(path, compression="detect"),
-        read_options=pacsv.ReadOptions(use_threads=False,
-                                       block_size=min(max(batch_rows * 64, 1 << 20), 1 << 26)),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=_csv_block_size(batch_rows)),
         parse_options=pacsv.ParseOptions(invalid_row_handler=csv_skips),
         convert_options=convert)
     offset = 0
@@ -1574,18 +1623,12 @@ def _json_kind_fits(pa, value, kind) -> bool:
         return False
 
 
-def _read_jsonl(path, columns, batch_rows, role_columns, on_invalid, skips,
-                file_index=0, **_):
-    """JSON Lines in chunks of whole lines parsed by pyarrow; a chunk pyarrow rejects is
-    re-read line by line in Python to name (or skip) the exact bad line. pyarrow's own row
-    numbers in JSON errors count from the start of an internal block, not of the file."""
-    pa = _require_pyarrow()
-    import pyarrow.json as pajson
+def _jsonl_chunk_bytes(batch_rows: int) -> int:
+    return min(max(batch_rows * 128, 1 << 20), 1 << 26)
 
-    chunk_bytes = min(max(batch_rows * 128, 1 << 20), 1 << 26)
-    role_types = {c: pa.float64() for c in role_columns}
-    schema = None
-    offset = 0
+
+def _jsonl_chunks(pa, path, chunk_bytes) -> Iterator[bytes]:
+    """The file in chunks of whole lines (a line longer than ``chunk_bytes`` is one chunk)."""
     with pa.input_stream(path, compression="detect") as stream:
         pending = b""
         while True:
@@ -1599,37 +1642,54 @@ def _read_jsonl(path, columns, batch_rows, role_columns, on_invalid, skips,
             else:
                 chunk, pending = pending, b""
             if chunk.strip():
-                if schema is None:
-                    options = pajson.ParseOptions(
-                        explicit_schema=pa.schema(list(role_types.items())),
-                        unexpected_field_behavior="infer")
-                else:
-                    options = pajson.ParseOptions(explicit_schema=schema,
-                                                  unexpected_field_behavior="ignore")
-                try:
-                    table = pajson.read_json(pa.BufferReader(chunk), parse_options=options)
-                    if schema is None:
-                        # pyarrow puts the explicitly typed columns first: keep the file's order.
-                        table = table.select(_json_key_order(chunk, table.column_names))
-                        schema = table.schema
-                    else:
-                        table = table.select(schema.names).cast(schema)
-                    rows = table.num_rows
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    table, rows = _jsonl_python(pa, chunk, schema, role_types, path, offset,
-                                                on_invalid, skips, exc, file_index)
-                    if schema is None and table is not None:
-                        schema = table.schema
-                if table is not None and table.num_rows:
-                    if columns is not None:
-                        table = table.select(columns)
-                    table_offset = offset
-                    for batch in table.to_batches(max_chunksize=batch_rows):
-                        yield table_offset, batch
-                        table_offset += batch.num_rows
-                offset += rows
+                yield chunk
             if not data:
-                break
+                return
+
+
+def _read_json_chunk(pa, chunk, schema, unexpected):
+    import pyarrow.json as pajson
+
+    # One block for the whole chunk: with pyarrow's default 1 MiB blocks, a longer line fails
+    # ("straddling object") although it is valid.
+    return pajson.read_json(
+        pa.BufferReader(chunk), read_options=pajson.ReadOptions(block_size=len(chunk) + 1),
+        parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                          unexpected_field_behavior=unexpected))
+
+
+def _read_jsonl(path, columns, batch_rows, role_columns, on_invalid, skips,
+                file_index=0, schema=None, **_):
+    """JSON Lines in chunks of whole lines parsed by pyarrow; a chunk pyarrow rejects is
+    re-read line by line in Python to name (or skip) the exact bad line. pyarrow's own row
+    numbers in JSON errors count from the start of an internal block, not of the file.
+
+    ``schema`` (every column, from :func:`_input_schema`) is given when all columns are read.
+    Otherwise only the role columns are, as float64; other keys are not parsed at all."""
+    pa = _require_pyarrow()
+    role_types = {c: pa.float64() for c in role_columns}
+    offset = 0
+    for chunk in _jsonl_chunks(pa, path, _jsonl_chunk_bytes(batch_rows)):
+        try:
+            if schema is not None:
+                table = _read_json_chunk(pa, chunk, schema, "ignore")
+                table = table.select(schema.names).cast(schema)
+            else:
+                table = _read_json_chunk(pa, chunk, pa.schema(list(role_types.items())),
+                                         "ignore")
+                table = table.select(columns)
+            rows = table.num_rows
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            table, rows = _jsonl_python(pa, chunk, schema, role_types, path, offset,
+                                        on_invalid, skips, exc, file_index)
+        if table is not None and table.num_rows:
+            if columns is not None:
+                table = table.select(columns)
+            table_offset = offset
+            for batch in table.to_batches(max_chunksize=batch_rows):
+                yield table_offset, batch
+                table_offset += batch.num_rows
+        offset += rows
 
 
 def _json_key_order(chunk: bytes, names: list[str]) -> list[str]:
@@ -1648,7 +1708,8 @@ def _json_key_order(chunk: bytes, names: list[str]) -> list[str]:
 def _jsonl_python(pa, chunk, schema, role_types, path, offset, on_invalid, skips, error,
                   file_index):
     """Parse a chunk pyarrow rejected, line by line: the exact bad line (error) or the good
-    ones (skip). Returns (table of good rows or None, records in the chunk)."""
+    ones (skip). Returns (table of good rows or None, records in the chunk): ``schema``'s
+    columns, or else the role columns."""
     good, row = [], -1
     for line in chunk.split(b"\n"):
         if not line.strip():
@@ -1677,8 +1738,7 @@ def _jsonl_python(pa, chunk, schema, role_types, path, offset, on_invalid, skips
                 if name not in role_types and not _json_kind_fits(
                         pa, record.get(name), schema.field(name).type):
                     problem = ("malformed", name, f"{record.get(name)!r} does not fit the "
-                               f"column's type {schema.field(name).type} (set by the first "
-                               "rows of the file)")
+                               f"column's type {schema.field(name).type}")
                     break
         if problem is not None:
             reason, column, text = problem
@@ -1695,14 +1755,8 @@ def _jsonl_python(pa, chunk, schema, role_types, path, offset, on_invalid, skips
         raise _wrap_arrow_error(error, path, offset, "JSON Lines (from this row on)")
     if not good:
         return None, records
-    if schema is None:
-        table = pa.Table.from_pylist(good)
-        for column, kind in role_types.items():
-            if column in table.column_names:
-                index = table.column_names.index(column)
-                table = table.set_column(index, column, table.column(column).cast(kind))
-        return table, records
-    return pa.Table.from_pylist(good, schema=schema), records
+    return pa.Table.from_pylist(good, schema=schema if schema is not None else
+                                pa.schema(list(role_types.items()))), records
 
 
 _READERS = {"parquet": _read_parquet, "ipc": _read_ipc, "csv": _read_csv, "jsonl": _read_jsonl}
@@ -1727,9 +1781,11 @@ class _Reader:
     """
 
     def __init__(self, inp: _Input, columns: list[str] | None, batch_rows: int,
-                 text_columns: list[str], on_invalid: str, skip_log: PartialSummary) -> None:
+                 text_columns: list[str], on_invalid: str, skip_log: PartialSummary,
+                 schema=None) -> None:
         self.inp, self.columns, self.batch_rows = inp, columns, batch_rows
         self.text_columns, self.on_invalid, self.skip_log = text_columns, on_invalid, skip_log
+        self.schema = schema  # of every column (from _input_schema) when all are read
         self.csv_skips: dict[str, _CsvSkips] = {}
 
     def exact_row(self, path: str, row: int) -> int:
@@ -1753,7 +1809,8 @@ class _Reader:
             reader = _READERS[self.inp.format](
                 path, columns=self.columns, batch_rows=self.batch_rows,
                 role_columns=self.text_columns, on_invalid=self.on_invalid,
-                skips=self.skip_log, csv_skips=csv_skips, file_index=index)
+                skips=self.skip_log, csv_skips=csv_skips, file_index=index,
+                schema=self.schema)
             pending, pending_rows, start, done = [], 0, 0, 0
             while True:
                 try:
@@ -2023,11 +2080,18 @@ def _check_output_path(out: str, inp: _Input) -> None:
     for path in inp.files:
         if _same_file(path, target):
             raise ScoreUsageError(f"--out {out} is the input file; choose another name")
-    if os.path.isdir(inp.source):
-        source = os.path.abspath(inp.source) + os.sep
-        if target.startswith(source):
+    # Compared by (device, inode), not by name: through a link, a bind mount or "..", the
+    # output's directory (or one above it) may still be one the listing entered.
+    ancestor = os.path.realpath(directory)
+    while True:
+        info = os.stat(ancestor)
+        if (info.st_dev, info.st_ino) in inp.directories:
             raise ScoreUsageError(f"--out {out} is inside the input directory, where it "
                                   "would become input of the next run; write it elsewhere")
+        parent = os.path.dirname(ancestor)
+        if parent == ancestor:
+            return
+        ancestor = parent
 
 
 # --------------------------------------------------------------------------------------------
@@ -2140,23 +2204,33 @@ def score_dataset(source: str, *, out: str | None = None,
 
         batch_params["n_threads"] = max(1, _threads.available_cpus() - 1)
     added = ADDED_COLUMNS + (GRAD_COLUMNS if compute_grad else ())
+    role_columns = list(dict.fromkeys(column for _, column in roles))
+    input_schema = in_schema = out_schema = None
+    if out is not None:
+        # Every column of every file, one type each: what the output is written with.
+        input_schema = _input_schema(inp, role_columns, batch_rows)
+        schema_names = input_schema.names
+        in_schema, out_schema = _output_schema(pa, input_schema, added)
     clashes = [name for name in added if name in schema_names]
     if out is not None and clashes and not replace_columns:
         raise ScoreDataError(f"the input already has column(s) {', '.join(clashes)}; pass "
                              "--replace-columns to overwrite them", file=inp.files[0])
-    role_columns = list(dict.fromkeys(column for _, column in roles))
-    text_columns = [column for role, column in roles if role.logps or inp.format == "csv"]
+    # Read as text (CSV) or float64 (JSON Lines): parsed here, so that a bad value is a row to
+    # report or skip. In JSON Lines that includes the lengths: a column typed from its values
+    # could not hold a bad one.
+    text_columns = [column for role, column in roles
+                    if role.logps or inp.format in ("csv", "jsonl")]
 
     parsed_text = inp.format == "csv"
     summary = PartialSummary(levels or None)
     reader = _Reader(inp, None if out is not None else role_columns, batch_rows, text_columns,
-                     on_invalid, summary)
+                     on_invalid, summary, input_schema)
     # Output arrays are reused; with --out a set is in use until the writer is done with it.
     buffers = BufferRing(batch_rows, WRITE_QUEUE_DEPTH + 3 if out is not None else 1,
                          ("margin",) + added)
     bar = _progress(progress, inp.count_rows() if progress else None)
     target = _AtomicOutput(out) if out is not None else None
-    writer = in_schema = out_schema = None
+    writer = None
     try:
         for index, path, first_row, batch in reader:
             def locate(i, path=path, first_row=first_row):
@@ -2178,7 +2252,6 @@ def score_dataset(source: str, *, out: str | None = None,
                     batch = _with_columns(pa, batch, {c.column: c.values
                                                       for c in scored.columns})
                 if writer is None:
-                    in_schema, out_schema = _output_schema(pa, batch.schema, added)
                     writer = _BackgroundWriter(_SINKS[out_format](target.path, out_schema))
                 batch = _conform(pa, batch, in_schema, path)
                 arrays = [*batch.columns, *(_to_arrow(pa, scored.outputs[name]) for name in added)]
@@ -2249,12 +2322,7 @@ def _first_schema_names(inp: _Input) -> list[str]:
                 reader = pa.ipc.open_file(source) if is_file else pa.ipc.open_stream(source)
                 return list(reader.schema.names)
         if inp.format == "csv":
-            import pyarrow.csv as pacsv
-            with pa.input_stream(path, compression="detect") as stream:
-                header = stream.read(1 << 20)
-            reader = pacsv.open_csv(pa.BufferReader(header.split(b"\n", 1)[0] + b"\n"),
-                                    read_options=pacsv.ReadOptions(use_threads=False))
-            return list(reader.schema.names)
+            return _csv_header(pa, path)
         names: dict[str, None] = {}
         with pa.input_stream(path, compression="detect") as stream:
             lines = stream.read(1 << 20).split(b"\n")
@@ -2268,6 +2336,205 @@ def _first_schema_names(inp: _Input) -> list[str]:
         return list(names)
     except (pa.ArrowException, OSError) as exc:
         raise _wrap_arrow_error(exc, path, None, inp.format) from None
+
+
+# --- The input's schema for --out: every column of every file, each with one type ----------
+
+# Integers a float64 holds exactly: promoting larger ones would change them.
+_EXACT_INT = 2**53
+# How a CSV column's texts are typed (pass-through columns; role columns are numbers): the
+# first type that holds every non-null text of the column in every file, by pyarrow's parsing.
+_CSV_LADDER = ("null", "int64", "float64", "string")
+
+
+class _SchemaBuilder:
+    """One schema from the schemas of files or blocks, in order of first appearance: a column
+    missing from some of them is null there, int64 and float64 meet at float64 (unless an
+    integer beyond 2**53 would change), null meets anything; other type conflicts are an
+    error naming the column and both places."""
+
+    def __init__(self, pa) -> None:
+        self.pa = pa
+        self.types: dict[str, Any] = {}
+        self.where: dict[str, str] = {}
+        self.big_ints: dict[str, str] = {}
+
+    def add(self, schema, where: str, big_ints: Sequence[str] = ()) -> None:
+        pa = self.pa
+        for name in big_ints:
+            self.big_ints.setdefault(name, where)
+        for field_ in schema:
+            known = self.types.get(field_.name)
+            if known is None:
+                self.types[field_.name], self.where[field_.name] = field_.type, where
+                continue
+            try:
+                merged = pa.unify_schemas([pa.schema([pa.field(field_.name, known)]),
+                                           pa.schema([field_])],
+                                          promote_options="permissive").field(0).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                raise ScoreDataError(
+                    f"column {field_.name!r} is {field_.type} here but {known} in "
+                    f"{self.where[field_.name]}; a typed output cannot hold both: convert it "
+                    "to one type, or score without --out", file=where) from None
+            self.types[field_.name] = merged
+
+    def schema(self):
+        pa = self.pa
+        for name, kind in self.types.items():
+            if pa.types.is_floating(kind) and name in self.big_ints:
+                raise ScoreDataError(
+                    f"column {name!r} holds integers beyond 2**53 and non-integers elsewhere: "
+                    "as float64 the integers would change; convert it to text or score "
+                    "without --out", file=self.big_ints[name])
+        return pa.schema([pa.field(name, kind) for name, kind in self.types.items()])
+
+
+def _big_int_columns(pa, table) -> list[str]:
+    import pyarrow.compute as pc
+
+    found = []
+    for field_, column in zip(table.schema, table.columns):
+        if pa.types.is_integer(field_.type) and len(column) and column.null_count < len(column):
+            bounds = pc.min_max(column)
+            if max(abs(bounds["min"].as_py()), abs(bounds["max"].as_py())) > _EXACT_INT:
+                found.append(field_.name)
+    return found
+
+
+def _input_schema(inp: _Input, role_columns: list[str], batch_rows: int):
+    """The schema --out writes the input columns with: the same for every file and block.
+
+    Parquet and Arrow IPC: the files' own schemas (metadata only), unified. CSV and JSON
+    Lines carry no schema, and a type guessed from the first block would not hold later
+    blocks (a key first seen after it dropped, a later ``1.5`` cut to ``1``, text in a column
+    empty so far refused): they are read once in full first (the role columns are float64).
+    """
+    pa = _require_pyarrow()
+    builder = _SchemaBuilder(pa)
+    for path in inp.files:
+        try:
+            if inp.format == "parquet":
+                import pyarrow.parquet as pq
+                builder.add(pq.ParquetFile(path).schema_arrow, path)
+            elif inp.format == "ipc":
+                with pa.OSFile(path) as source:
+                    is_file = source.read(6) == b"ARROW1"
+                    source.seek(0)
+                    reader = pa.ipc.open_file(source) if is_file else pa.ipc.open_stream(source)
+                    builder.add(reader.schema, path)
+            elif inp.format == "csv":
+                _csv_schema(pa, path, role_columns, batch_rows, builder)
+            else:
+                _jsonl_schema(pa, path, role_columns, batch_rows, builder)
+        except ScoreDataError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise _wrap_arrow_error(exc, path, None, _FORMAT_NAMES[inp.format]) from None
+    return builder.schema().remove_metadata()
+
+
+def _csv_schema(pa, path, role_columns, batch_rows, builder) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    # Every column as text, nulls as pyarrow's CSV reader sees them; malformed rows are
+    # passed over here (the scoring pass reports or skips them).
+    names = _csv_header(pa, path)
+    reader = pacsv.open_csv(
+        pa.input_stream(path, compression="detect"),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=_csv_block_size(batch_rows)),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                             strings_can_be_null=True))
+    ladder = [getattr(pa, kind)() for kind in _CSV_LADDER]
+    rank = dict.fromkeys(reader.schema.names, 0)
+    big_ints = set()
+    for batch in reader:
+        for name, column in zip(batch.schema.names, batch.columns):
+            if name in role_columns or rank[name] == len(_CSV_LADDER) - 1:
+                continue
+            texts = pc.drop_null(column)
+            if not len(texts):
+                continue
+            rank[name] = max(rank[name], 1)
+            while rank[name] < len(_CSV_LADDER) - 1:
+                try:
+                    parsed = pc.cast(texts, ladder[rank[name]])
+                    if rank[name] == 1 and _big_int_columns(pa, pa.table({name: parsed})):
+                        big_ints.add(name)
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    rank[name] += 1
+    if any(_CSV_LADDER[rank[n]] == "float64" for n in big_ints):
+        # Exact integers and fractions in one column: text keeps both as they were written.
+        for name in big_ints:
+            rank[name] = len(_CSV_LADDER) - 1
+    builder.add(pa.schema([pa.field(name, pa.float64() if name in role_columns else
+                                    ladder[rank[name]]) for name in rank]), path)
+
+
+def _csv_block_size(batch_rows: int) -> int:
+    return min(max(batch_rows * 64, 1 << 20), 1 << 26)
+
+
+def _csv_header(pa, path) -> list[str]:
+    """The column names of a CSV file, from its first line."""
+    import pyarrow.csv as pacsv
+
+    with pa.input_stream(path, compression="detect") as stream:
+        header = stream.read(1 << 20)
+    reader = pacsv.open_csv(pa.BufferReader(header.split(b"\n", 1)[0] + b"\n"),
+                            read_options=pacsv.ReadOptions(use_threads=False))
+    return list(reader.schema.names)
+
+
+def _jsonl_schema(pa, path, role_columns, batch_rows, builder) -> None:
+    role_schema = pa.schema([(c, pa.float64()) for c in role_columns])
+    offset = 0
+    for chunk in _jsonl_chunks(pa, path, _jsonl_chunk_bytes(batch_rows)):
+        where = f"{path} (the lines from row {offset} on)"
+        try:
+            table = _read_json_chunk(pa, chunk, role_schema, "infer")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Malformed lines (reported or skipped by the scoring pass) or one key holding
+            # different kinds of values: type what parses, key by key.
+            table = _json_records_table(pa, chunk, role_columns, where)
+        # pyarrow puts the explicitly typed columns first: keep the file's order.
+        table = table.select(_json_key_order(chunk, table.column_names))
+        builder.add(table.schema, where, _big_int_columns(pa, table))
+        offset += table.num_rows
+
+
+def _json_records_table(pa, chunk, role_columns, where):
+    columns: dict[str, list] = {}
+    records = 0
+    for line in chunk.split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        for key in record:
+            columns.setdefault(key, [None] * records)
+        for key, values in columns.items():
+            values.append(record.get(key))
+        records += 1
+    arrays = {}
+    for key, values in columns.items():
+        if key in role_columns:
+            arrays[key] = pa.nulls(records, pa.float64())
+            continue
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            kinds = sorted({type(v).__name__ for v in values if v is not None})
+            raise ScoreDataError(
+                f"column {key!r} holds values of different kinds ({', '.join(kinds)}); a typed "
+                "output cannot keep them as they are: make them one kind, or score without "
+                "--out", file=where) from None
+    return pa.table(arrays) if arrays else pa.table({})
 
 
 def _output_schema(pa, schema, added):
@@ -2292,17 +2559,25 @@ def _with_columns(pa, batch, replacements):
 
 
 def _conform(pa, batch, schema, path):
-    """The batch's input columns as ``schema`` (the files of a directory may differ in
-    integer widths and the like; other differences are a data error)."""
-    try:
-        selected = batch.select(schema.names)
-        if selected.schema.equals(schema):
-            return selected
-        table = pa.Table.from_batches([selected]).cast(schema)
-        return table.combine_chunks().to_batches()[0] if table.num_rows else selected
-    except (KeyError, pa.ArrowException, ValueError) as exc:
-        raise ScoreDataError(f"its columns do not match the first file's ({exc})",
-                             file=path) from None
+    """The batch's input columns as ``schema`` (the whole input's, from _input_schema): a
+    column the batch's file lacks is null, a narrower type is widened."""
+    if batch.schema.equals(schema):
+        return batch
+    arrays = []
+    for field_ in schema:
+        index = batch.schema.get_field_index(field_.name)
+        if index < 0:
+            arrays.append(pa.nulls(batch.num_rows, field_.type))
+            continue
+        column = batch.column(index)
+        if column.type != field_.type:
+            try:
+                column = column.cast(field_.type)
+            except (pa.ArrowException, ValueError) as exc:
+                raise ScoreDataError(f"column {field_.name!r} cannot be written as "
+                                     f"{field_.type}: {exc}", file=path) from None
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,12 +13,23 @@ Tensors: CPU float32 and float64 tensors are handed to the kernels without a cop
 over the leading axes; the vocabulary axis of logits must be contiguous or it is copied).
 float16 and bfloat16 are upcast to float32 (a copy) and their gradients cast back. Tensors on
 another device raise ValueError naming it: there is no GPU kernel and no silent fallback (move
-the tensors with ``.cpu()``, or keep the GPU path in plain PyTorch). Double backward is not
-supported.
+the tensors with ``.cpu()``, or keep the GPU path in plain PyTorch).
+
+Gradients flow to ``logits`` (:func:`sequence_logps`) and to ``chosen_logps`` /
+``rejected_logps`` (:func:`preference_loss`) only. Every other argument is a constant: a tensor
+(or a list holding a tensor) that requires grad there, such as reference log-probs,
+``weights``, ``chosen_lengths`` or a ``temperature`` tensor, raises ValueError naming it while
+grad mode is on, rather than its gradient being dropped silently (pass it ``.detach()``-ed, or
+``.item()`` for a scalar). Double backward is not supported: a backward with
+``create_graph=True`` that reaches either function raises RuntimeError, rather than returning a
+gradient without ``grad_fn`` (a gradient penalty built on it would silently add nothing);
+compute such terms in plain PyTorch.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +40,6 @@ from dpo_fast import losses as _np_losses
 from dpo_fast._optional import require
 
 torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
-from torch.autograd.function import once_differentiable  # noqa: E402 - needs torch first
 
 __all__ = ["PreferenceLossResult", "SequenceLogpsResult", "preference_loss", "sequence_logps"]
 
@@ -129,6 +139,50 @@ def _index_array(value: Any, name: str, allow_bool: bool) -> Any:
     return value.detach().numpy().copy()
 
 
+def _check_constants(function: str, arguments: dict[str, Any]) -> None:
+    """Refuse the arguments that are not differentiated here but require grad.
+
+    Autograd would otherwise drop their gradient without a word (``w.grad`` stays None).
+    Lists and tuples are searched too: the NumPy layer converts the tensors inside them.
+    Under ``torch.no_grad()`` nothing is differentiated, so nothing is refused.
+    """
+    def check(value: Any, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad:
+                fix = f"{name}.item()" if value.dim() == 0 else f"{name}.detach()"
+                raise ValueError(f"{name} requires grad, but dpo_fast.torch.{function} does not "
+                                 f"differentiate with respect to {name}: pass {fix}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                check(item, f"{name}[{i}]")
+
+    if torch.is_grad_enabled():
+        for name, value in arguments.items():
+            check(value, name)
+
+
+def _first_order_only(function: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a Function's backward as not differentiable, refusing ``create_graph=True``.
+
+    The engine runs a backward with grad mode on exactly when ``create_graph=True``. torch's
+    ``once_differentiable`` errors only when the upstream gradient itself requires grad;
+    otherwise it returns a gradient without ``grad_fn``, so a gradient penalty built on it
+    silently adds nothing. Raising here fails at the first backward instead.
+    """
+    def decorate(backward: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(backward)
+        def wrapper(ctx: Any, *grads: Any) -> Any:
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f"dpo_fast.torch.{function} does not support double backward "
+                    "(create_graph=True): its gradient comes from a compiled kernel and is not "
+                    "differentiable, so second-order terms would be silently missing; compute "
+                    "a gradient penalty (or other second-order term) in plain PyTorch instead")
+            return backward(ctx, *grads)
+        return wrapper
+    return decorate
+
+
 def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     # (np.asarray, not np.ascontiguousarray: that makes the 0-d logps of (N, V) logits 1-d.)
     return torch.from_numpy(np.asarray(array, order="C")).to(dtype)
@@ -164,7 +218,7 @@ class _SequenceLogps(torch.autograd.Function):
         return _tensor(result.logps, dtype), _tensor(result.token_logps, dtype)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only("sequence_logps")
     def backward(ctx, grad_logps, grad_token_logps):
         if grad_logps is None and grad_token_logps is None:
             return None, None, None, None, None, None
@@ -200,6 +254,10 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     elsewhere), using the log-sum-exp saved by the forward: no ``(B, T, V)`` temporary besides
     the gradient itself. ``entropy`` is returned detached.
 
+    Gradients flow to ``logits`` only: any other argument that requires grad (a float
+    ``temperature`` tensor, say) raises ValueError naming it. The backward is not
+    differentiable: ``create_graph=True`` raises RuntimeError (no double backward).
+
     Returns
     -------
     SequenceLogpsResult
@@ -221,6 +279,10 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     mask_array = _index_array(mask, "mask", allow_bool=True)
     options = dict(ignore_index=ignore_index, average=average, temperature=temperature,
                    return_entropy=return_entropy, n_threads=n_threads)
+    # After the dtype checks: a labels / mask tensor that requires grad is a float one, and
+    # "must be an integer tensor" is the better message for it.
+    _check_constants("sequence_logps", {"labels": labels, "mask": mask,
+                                        "return_token_logps": return_token_logps, **options})
     dtype = _compute_dtype(logits)
     if torch.is_grad_enabled() and logits.requires_grad:
         sink: dict[str, Any] = {}
@@ -261,7 +323,7 @@ class _PreferenceLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only("preference_loss")
     def backward(ctx, grad_loss):
         grad_chosen, grad_rejected = ctx.saved_tensors
         grads = [None, None]
@@ -283,8 +345,13 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
 
     The forward pass runs the kernel with ``compute_grad=True``; the backward multiplies those
     derivatives by the upstream gradient (no second pass). Gradients flow to
-    ``chosen_logps`` and ``rejected_logps``. The reference log-probs are constants (a frozen
-    reference model): passing ones that require grad is an error, detach them.
+    ``chosen_logps`` and ``rejected_logps`` only. Every other argument is a constant: the
+    reference log-probs (a frozen reference model: compute them under ``torch.no_grad()``),
+    ``weights``, ``chosen_lengths``, ``rejected_lengths`` and the other keywords. One that
+    requires grad (a tensor, or a list holding one) raises ValueError naming it, instead of
+    its gradient being dropped silently: pass it detached. The backward is not
+    differentiable: ``create_graph=True`` raises RuntimeError (no double backward, so a
+    gradient penalty through this loss has to be computed in plain PyTorch).
 
     Returns
     -------
@@ -309,15 +376,13 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
         if name in kwargs:
             raise TypeError(f"dpo_fast.torch.preference_loss does not take {name}= (gradients "
                             "come from autograd)")
+    # Every keyword (weights, chosen_lengths, ..., and any added later) is a constant.
+    _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
+                                         "ref_rejected_logps": ref_rejected_logps, **kwargs})
     arrays = [_float_array(chosen_logps, "chosen_logps"),
               _float_array(rejected_logps, "rejected_logps")]
     for value, name in ((ref_chosen_logps, "ref_chosen_logps"),
                         (ref_rejected_logps, "ref_rejected_logps")):
-        if value is not None and isinstance(value, torch.Tensor) and value.requires_grad \
-                and torch.is_grad_enabled():
-            raise ValueError(f"{name} requires grad, but the reference log-probs are treated as "
-                             f"constants: pass {name}.detach() (or compute them under "
-                             "torch.no_grad())")
         arrays.append(None if value is None else _float_array(value, name))
     needs_grad = torch.is_grad_enabled() and (chosen_logps.requires_grad
                                               or rejected_logps.requires_grad)
