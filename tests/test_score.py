@@ -256,7 +256,7 @@ def test_column_mapping(tmp_path, pairs):
         score_dataset(path, columns={**mapping, "temperature": "pc"})
     # A per-pair array parameter of preference_loss is a role too: weights=... here (and
     # log-probs, being negative, are refused as weights).
-    with pytest.raises(ScoreDataError, match=r"weights\[0\] is -"):
+    with pytest.raises(ScoreDataError, match=r"row 0: column .pc.: -[0-9.]+ is not a weight"):
         score_dataset(path, columns={**mapping, "weight": "pc"})
     with pytest.raises(ScoreUsageError, match="ROLE=COLUMN"):
         score_dataset(path, columns="chosen")

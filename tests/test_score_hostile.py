@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_score import LOGPS, make_pairs, read, write
 
@@ -274,3 +275,194 @@ def test_csv_column_empty_in_the_first_block_then_text(tmp_path, on_invalid, out
         remarks = table.column("remark").to_pylist()
         assert [r for r in remarks if r] == ["late text", "more"]
         assert table.column("grade").to_pylist()[-2:] == [1.0, 1.5]
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Lengths: not read where the loss ignores them; an empty completion is a row, not a batch
+# --------------------------------------------------------------------------------------------
+
+def _pairs_with_lengths(tmp_path, n=100, empty_row=70):
+    data = make_pairs(n)
+    data["chosen_length"] = np.full(n, 12, dtype=np.int64)
+    data["rejected_length"] = np.full(n, 9, dtype=np.int64)
+    data["chosen_length"][empty_row] = 0
+    return write(tmp_path / "lengths.parquet", data)
+
+
+@pytest.mark.parametrize("on_invalid", ["error", "skip"])
+def test_lengths_a_loss_does_not_read_are_not_validated(tmp_path, on_invalid):
+    source = _pairs_with_lengths(tmp_path)
+    summary = score_dataset(source, batch_rows=32, on_invalid=on_invalid, loss_type="sigmoid")
+    assert summary.pairs == 100 and summary.skipped == 0
+    assert "chosen_length" not in summary.columns.values()
+
+
+def test_an_empty_completion_is_reported_at_its_row_in_the_file(tmp_path):
+    source = _pairs_with_lengths(tmp_path)
+    with pytest.raises(ScoreDataError) as info:
+        score_dataset(source, batch_rows=32, loss_type="simpo", reference_free=True)
+    assert str(info.value) == (f"{source}: row 70: column 'chosen_length': 0 is not a token "
+                               "count (lengths must be >= 1)")
+    summary = score_dataset(source, batch_rows=32, loss_type="simpo", reference_free=True,
+                            on_invalid="skip")
+    assert summary.pairs == 99 and summary.skipped == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Tiny batches do not make tiny Parquet row groups (whose metadata filled memory)
+# --------------------------------------------------------------------------------------------
+
+def test_tiny_batches_write_few_row_groups(tmp_path):
+    data = make_pairs(3000)
+    source = write(tmp_path / "in.parquet", data)
+    out = tmp_path / "o.parquet"
+    summary = score_dataset(source, out=str(out), batch_rows=1)
+    assert summary.pairs == 3000
+    assert pq.ParquetFile(out).num_row_groups == 1
+    expected = score_dataset(source, out=str(tmp_path / "default.parquet"))
+    assert read(tmp_path / "default.parquet").equals(read(out))
+    assert expected.loss == summary.loss
+
+
+# --------------------------------------------------------------------------------------------
+# The one-line errors that were tracebacks, and values the Dask path and the CLI must agree on
+# --------------------------------------------------------------------------------------------
+
+def test_a_duplicated_role_column_is_a_one_line_error(tmp_path):
+    values = np.linspace(-5.0, -1.0, 10)
+    table = pa.Table.from_arrays([pa.array(values), pa.array(values), pa.array(values - 1)],
+                                 names=["chosen_logps", "chosen_logps", "rejected_logps"])
+    source = tmp_path / "dup.parquet"
+    pq.write_table(table, source)
+    _one_line_error(_cli("score", str(source), "--reference-free"), "column 'chosen_logps'",
+                    "the input has 2 columns of this name")
+
+
+@pytest.mark.parametrize("kind", [pa.int64(), pa.uint64()])
+def test_integer_log_probs_beyond_2_53_are_read_like_numpy_does(tmp_path, kind):
+    sign = 1 if kind == pa.uint64() else -1
+    chosen = [sign * (2**60 + 1)] + [sign * 3] * 9
+    table = pa.table({"chosen_logps": pa.array(chosen, kind),
+                      "rejected_logps": pa.array(np.linspace(-5.0, -1.0, 10))})
+    source = tmp_path / "big.parquet"
+    pq.write_table(table, source)
+    summary = score_dataset(str(source), reference_free=True, out=str(tmp_path / "o.parquet"))
+    expected = dpo_fast.preference_loss(np.array(chosen, dtype=np.float64),
+                                        table.column("rejected_logps").to_numpy())
+    assert summary.pairs == 10 and summary.loss == expected.loss
+
+
+def test_numbers_written_with_spaces_are_numbers_as_in_the_dask_path(tmp_path):
+    source = tmp_path / "spaces.csv"
+    source.write_text("chosen_logps,rejected_logps\n -2,-3\n-1 ,\t-2 \n")
+    summary = score_dataset(str(source), reference_free=True)
+    expected = dpo_fast.preference_loss(np.array([-2.0, -1.0]), np.array([-3.0, -2.0]))
+    assert summary.pairs == 2 and summary.loss == expected.loss
+
+
+def test_json_summary_of_an_infinite_loss_is_valid_json(tmp_path):
+    table = pa.table({"chosen_logps": pa.array([-1e308] * 4),
+                      "rejected_logps": pa.array([1e308] * 4)})
+    source = tmp_path / "inf.parquet"
+    pq.write_table(table, source)
+    proc = _cli("score", str(source), "--reference-free", "--beta", "1e300", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # strict: no Infinity / NaN literals
+    assert summary["loss"] == "inf"
+
+
+def test_out_that_cannot_be_created_names_the_users_path(tmp_path, monkeypatch):
+    source = write(tmp_path / "in.parquet", make_pairs(20))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(score.os, "open", refuse)
+    monkeypatch.setattr(score.tempfile, "mkstemp", refuse)
+    out = tmp_path / "o.parquet"
+    with pytest.raises(ScoreUsageError) as info:
+        score_dataset(source, out=str(out))
+    assert str(info.value) == f"--out {out}: cannot create it (Permission denied)"
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   OSError(27, "File too large")])
+def test_a_failed_write_is_a_one_line_error_and_leaves_no_output(tmp_path, monkeypatch, error):
+    source = write(tmp_path / "in.parquet", make_pairs(100))
+    out = tmp_path / "o.parquet"
+
+    class FullDisk:
+        def __init__(self, path, schema):
+            pass
+
+        def write_batch(self, batch):
+            raise error
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(score._SINKS, "parquet", FullDisk)
+    with pytest.raises(ScoreDataError) as info:
+        score_dataset(source, out=str(out))
+    assert str(info.value) == f"{out}: cannot write parquet: {error.strerror}"
+    assert os.listdir(tmp_path) == ["in.parquet"]
+
+
+def test_concurrent_runs_writing_one_out_never_collide(tmp_path):
+    import concurrent.futures
+
+    source = write(tmp_path / "in.parquet", make_pairs(2000))
+    out = tmp_path / "o.parquet"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(score_dataset, source, out=str(out)) for _ in range(24)]
+        summaries = [run.result() for run in runs]  # raised FileExistsError/FileNotFoundError
+    assert {s.pairs for s in summaries} == {2000}
+    assert read(out).num_rows == 2000
+    assert sorted(os.listdir(tmp_path)) == ["in.parquet", "o.parquet"]
+
+
+def test_huge_batch_rows_allocates_only_what_the_data_needs(tmp_path):
+    source = write(tmp_path / "in.parquet", make_pairs(1000))
+    proc = _cli("score", source, "--batch-rows", "1e12", "--out", str(tmp_path / "o.parquet"),
+                "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pairs"] == 1000
+
+
+def test_margin_quantiles_equal_numpy_bit_for_bit_with_signed_zeros(tmp_path):
+    chosen = np.array([-0.0, 0.0, -0.0, -1.0, 0.0, 2.0, -0.0])
+    rejected = np.array([0.0, -0.0, 0.0, 0.0, 0.0, -0.0, 0.0])
+    table = pa.table({"chosen_logps": chosen, "rejected_logps": rejected})
+    source = tmp_path / "zeros.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "o.parquet"
+    summary = score_dataset(str(source), reference_free=True, out=str(out),
+                            quantiles=[0.0, 0.25, 0.5, 0.75, 1.0])
+    margin = read(out).column("margin").to_numpy()
+    assert not np.signbit(margin[margin == 0]).any()  # -0.0 never written
+    expected = np.quantile(margin, list(summary.margin_quantiles))
+    got = np.array(list(summary.margin_quantiles.values()))
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_the_dask_path_and_the_cli_agree_on_spaces_and_big_integers(tmp_path):
+    dd = pytest.importorskip("dask.dataframe", reason='needs dask: pip install "dpo_fast[dask]"')
+    import pandas as pd
+
+    from dpo_fast import dask as dpo_dask
+
+    texts = pd.DataFrame({"chosen_logps": [" -2", "-1 ", "-4"],
+                          "rejected_logps": ["-3", "\t-2", "-1"]})
+    big = pd.DataFrame({"chosen_logps": np.array([2**60 + 1, 3, 5], dtype=np.uint64),
+                        "rejected_logps": [1.0, 2.0, 3.0]})
+    for frame, name in ((texts, "texts.csv"), (big, "big.parquet")):
+        path = tmp_path / name
+        if name.endswith(".csv"):
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+        by_cli = score_dataset(str(path), reference_free=True)
+        by_dask = dpo_dask.summarize(dd.from_pandas(frame, npartitions=2), reference_free=True)
+        assert by_cli.pairs == by_dask.pairs == 3
+        assert by_cli.loss == pytest.approx(by_dask.loss, rel=1e-14)  # sums per partition
+        assert by_cli.margin_quantiles == by_dask.margin_quantiles

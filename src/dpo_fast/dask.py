@@ -168,7 +168,8 @@ def _prepare(ddf, columns, reference_free, params, where):
     if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"{where} takes a dask.dataframe.DataFrame, got {type(ddf).__name__}")
     roles = _score.resolve_columns(list(ddf.columns), columns, reference_free,
-                                   source="the DataFrame")
+                                   source="the DataFrame",
+                                   loss_type=_score._loss_type_of(params))
     reduction = _score._check_loss_params(params, [r for r, _ in roles], where)
     batch_params = {k: v for k, v in params.items()
                     if k not in _score._SUMMARY_PARAMETERS and k != "compute_grad"}

@@ -20,7 +20,7 @@ from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import round4, round4_list, validate_beta
 
 __all__ = ["PreferenceLossResult", "preference_loss", "LOSS_TYPES", "REDUCTIONS",
-           "BATCH_COUPLED_LOSS_TYPES", "F_DIVERGENCE_TYPES"]
+           "BATCH_COUPLED_LOSS_TYPES", "F_DIVERGENCE_TYPES", "LENGTH_LOSS_TYPES"]
 
 # The loss types, in the order of the README's table. All but the sorted ones (aot,
 # aot_unpaired: a sort across the batch, then the sigmoid kernel) are functions of
@@ -40,6 +40,9 @@ _PLAIN_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "ro
 _NEEDS_LENGTHS = {"sigmoid_norm": ("chosen_lengths", "rejected_lengths"),
                   "simpo": ("chosen_lengths", "rejected_lengths"),
                   "sft": ("chosen_lengths",)}
+# The loss types that read chosen_lengths / rejected_lengths at all (the others ignore them;
+# dpo_fast.score does not read length columns for those).
+LENGTH_LOSS_TYPES = frozenset(_NEEDS_LENGTHS) | {"ipo"}
 # What label_smoothing means per loss type: the epsilon of conservative DPO / rDPO / AOT /
 # SimPO, in [0, 0.5); exo_pair's epsilon, in (0, 1), where 0 (the default) stands for TRL's
 # 1e-3; the other loss types do not use it.

@@ -60,6 +60,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import signal
 import stat
 import sys
@@ -345,6 +346,11 @@ def _batch_coupled_types() -> frozenset[str]:
     return frozenset(getattr(_losses, "BATCH_COUPLED_LOSS_TYPES", _KNOWN_BATCH_COUPLED))
 
 
+def _loss_type_of(params: Mapping[str, Any]) -> str | Sequence[str]:
+    """The loss type(s) a run computes: its ``loss_type`` parameter or preference_loss's."""
+    return params.get("loss_type", _signature().parameters["loss_type"].default) or ()
+
+
 def _check_loss_params(params: Mapping[str, Any], roles: Sequence[ColumnRole],
                        where: str) -> str:
     """Validate the keyword parameters once, on a one-pair dummy call, before any data is
@@ -355,8 +361,8 @@ def _check_loss_params(params: Mapping[str, Any], roles: Sequence[ColumnRole],
             raise ScoreUsageError(f"{where} got an unexpected parameter {name!r}; "
                                   "per-pair arrays are columns (see columns=)")
     defaults = {p.name: p.default for p in _signature().parameters.values()}
-    loss_types = params.get("loss_type", defaults.get("loss_type", "sigmoid"))
-    names = [loss_types] if isinstance(loss_types, str) else list(loss_types or ())
+    loss_types = _loss_type_of(params)
+    names = [loss_types] if isinstance(loss_types, str) else list(loss_types)
     coupled = sorted(set(names) & _batch_coupled_types())
     if coupled:
         raise ScoreUsageError(
@@ -457,7 +463,8 @@ def _roles_for(mapping: Mapping[str, str]) -> list[ColumnRole]:
 
 def resolve_columns(available: Sequence[str],
                     columns: Mapping[str, str] | str | Sequence[str] | None = None,
-                    reference_free: bool = False, source: str | None = None
+                    reference_free: bool = False, source: str | None = None,
+                    loss_type: str | Sequence[str] | None = None
                     ) -> list[tuple[ColumnRole, str]]:
     """Which column feeds which preference_loss argument.
 
@@ -474,6 +481,10 @@ def resolve_columns(available: Sequence[str],
         missing reference column is an error, never a silent reference-free run.
     source : str, optional
         Named in error messages.
+    loss_type : str or sequence of str, optional
+        The loss type(s) to be computed: the length columns present under their default
+        names are used only if one of them reads lengths (``LENGTH_LOSS_TYPES``), so that a
+        column the loss ignores is neither read nor validated. None: used whenever present.
 
     Returns
     -------
@@ -492,9 +503,13 @@ def resolve_columns(available: Sequence[str],
     mapping = _parse_column_map(columns)
     accepted = set(_signature().parameters)
     names = list(available)
+    types = [loss_type] if isinstance(loss_type, str) else loss_type
+    reads_lengths = types is None or bool(set(types) & _losses.LENGTH_LOSS_TYPES)
     resolved = []
     for role in _roles_for(mapping):
         explicit = role.name in mapping
+        if not role.logps and not explicit and not reads_lengths:
+            continue
         if role.parameter not in accepted:
             if explicit:
                 raise ScoreUsageError(
@@ -506,6 +521,9 @@ def resolve_columns(available: Sequence[str],
                 raise ScoreUsageError(f"--columns {role.name}=... contradicts --reference-free")
             continue
         column = mapping.get(role.name, role.default_column)
+        if names.count(column) > 1:
+            raise ScoreDataError(f"the input has {names.count(column)} columns of this name; "
+                                 "rename or drop the copies", file=source, column=column)
         if column not in names:
             if not explicit and role.name not in _REQUIRED_ROLES + _REFERENCE_ROLES:
                 continue  # optional default column (lengths) absent: fine
@@ -523,7 +541,12 @@ def resolve_columns(available: Sequence[str],
 # Column values and row validation (shared with dpo_fast.dask).
 # --------------------------------------------------------------------------------------------
 
-_REASONS = ("null", "non-numeric", "non-finite", "malformed")
+_REASONS = ("null", "non-numeric", "non-finite", "invalid-length", "invalid-weight",
+            "malformed")
+# preference_loss's lower bounds on per-pair values: a row below one is a bad row (reported
+# at its row, or skipped), not a refused batch.
+_LOWER_BOUNDS = {"chosen_lengths": (1, "invalid-length"), "rejected_lengths": (1, "invalid-length"),
+                 "weights": (0, "invalid-weight")}
 _NUMBER_PATTERN = (r"^[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?"
                    r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])$")
 
@@ -551,6 +574,14 @@ class ColumnValues:
             bad = ~np.isfinite(self.values)
             if bad.any():
                 out.append(("non-finite", bad))
+        bound = _LOWER_BOUNDS.get(self.role.parameter)
+        if bound is not None:
+            low = self.values < bound[0]  # e.g. an empty completion's length 0
+            for mask in (self.null, self.non_numeric):
+                if mask is not None:
+                    low &= ~mask
+            if low.any():
+                out.append((bound[1], low))
         return out
 
 
@@ -561,6 +592,10 @@ def _describe(reason: str, value: Any) -> str:
         return f"{value!r} is not a number"
     if reason == "non-finite":
         return f"{value!r} is not finite"
+    if reason == "invalid-length":
+        return f"{value!r} is not a token count (lengths must be >= 1)"
+    if reason == "invalid-weight":
+        return f"{value!r} is not a weight (weights must be >= 0)"
     return str(value)
 
 
@@ -683,7 +718,9 @@ def arrow_values(array, role: ColumnRole, column: str, source: str | None) -> Co
         if role.logps or not (pa.types.is_floating(kind) or pa.types.is_integer(kind)) \
                 or kind == pa.float16():
             if kind != pa.float64():
-                array = pc.cast(array, pa.float64())
+                # Integers beyond 2**53 become the nearest double, as in NumPy and pandas
+                # (and dpo_fast.dask), rather than an error.
+                array = pc.cast(array, pa.float64(), safe=False)
         out.values = _numpy_view(pa, array)
         return out
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
@@ -696,7 +733,13 @@ def arrow_values(array, role: ColumnRole, column: str, source: str | None) -> Co
             array = pc.if_else(_to_arrow(pa, empty), pa.scalar(None, array.type), array)
         strings = array.fill_null("0") if out.null is not None else array
         try:
-            numbers = pc.cast(strings, pa.float64())
+            try:
+                numbers = pc.cast(strings, pa.float64())
+            except (pa.ArrowInvalid, ValueError):
+                # " -2" is a number to pandas (dpo_fast.dask) too: trimmed only when needed.
+                strings = pc.utf8_trim_whitespace(strings)
+                array = pc.utf8_trim_whitespace(array)
+                numbers = pc.cast(strings, pa.float64())
         except (pa.ArrowInvalid, ValueError):
             bad = _unparsable(pa, pc, array)
             out.non_numeric = bad
@@ -1250,13 +1293,17 @@ class BufferRing:
     queue and one is being written, so ``size = WRITE_QUEUE_DEPTH + 3`` is safe.
     """
 
-    def __init__(self, rows: int, size: int, names: Sequence[str]) -> None:
-        self._sets = [{name: np.empty(rows) for name in names} for _ in range(size)]
+    def __init__(self, size: int, names: Sequence[str]) -> None:
+        # Allocated as batches arrive, at the largest batch seen: never more than the data
+        # needs, whatever batch_rows says (--batch-rows 1e12 allocated 8 TB up front).
+        self._sets: list[dict[str, np.ndarray] | None] = [None] * size
+        self._names = tuple(names)
         self._next = 0
-        self.rows = rows
 
     def take(self, rows: int) -> dict[str, np.ndarray]:
         arrays = self._sets[self._next]
+        if arrays is None or len(arrays[self._names[0]]) < rows:
+            arrays = self._sets[self._next] = {name: np.empty(rows) for name in self._names}
         self._next = (self._next + 1) % len(self._sets)
         return {name: array[:rows] for name, array in arrays.items()}
 
@@ -1265,6 +1312,14 @@ class BufferRing:
 _OUT_NAMES = {"loss": "losses", "chosen_reward": "chosen_rewards",
               "rejected_reward": "rejected_rewards", "grad_chosen": "grad_chosen",
               "grad_rejected": "grad_rejected"}
+
+
+def _margin(chosen_rewards, rejected_rewards, out=None) -> np.ndarray:
+    """chosen - rejected, with a zero always +0.0: -0.0 (from -0.0 - 0.0) would make the
+    margin quantiles differ in sign from numpy.quantile's, which orders equal zeros of
+    either sign as its partition happens to leave them."""
+    margin = np.subtract(chosen_rewards, rejected_rewards, out=out)
+    return np.add(margin, 0.0, out=margin)
 
 
 def score_columns(columns: Sequence[ColumnValues], params: Mapping[str, Any],
@@ -1276,7 +1331,7 @@ def score_columns(columns: Sequence[ColumnValues], params: Mapping[str, Any],
     rejected = kwargs.pop("rejected_logps")
     out = None
     margin = None
-    if buffers is not None and chosen.size <= buffers.rows:
+    if buffers is not None:
         arrays = buffers.take(chosen.size)
         margin = arrays.pop("margin")
         out = {_OUT_NAMES[name]: array for name, array in arrays.items()
@@ -1285,8 +1340,7 @@ def score_columns(columns: Sequence[ColumnValues], params: Mapping[str, Any],
                              compute_grad=compute_grad, out=out)
     outputs = {"chosen_reward": result.chosen_rewards,
                "rejected_reward": result.rejected_rewards,
-               "margin": np.subtract(result.chosen_rewards, result.rejected_rewards,
-                                     out=margin),
+               "margin": _margin(result.chosen_rewards, result.rejected_rewards, margin),
                "loss": result.losses}
     if compute_grad:
         outputs["grad_chosen"] = result.grad_chosen
@@ -1899,10 +1953,11 @@ class _AtomicOutput:
 
     def commit(self) -> None:
         if self._fd is not None:
+            # Unique per call, not per process: concurrent runs in one process writing the
+            # same --out must not take each other's name (the last rename wins, whole).
             name = os.path.join(os.path.dirname(self.target),
-                                f".{os.path.basename(self.target)}.{os.getpid()}.partial")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+                                f".{os.path.basename(self.target)}.{os.getpid()}."
+                                f"{secrets.token_hex(8)}.partial")
             os.link(str(self._fd), name, src_dir_fd=self._proc_fd, follow_symlinks=True)
             try:
                 os.replace(name, self.target)
@@ -1925,14 +1980,58 @@ class _AtomicOutput:
                 os.unlink(self.path)
 
 
-def _parquet_sink(path, schema):
-    import pyarrow.parquet as pq
+# Parquet row groups: a batch of at least PARQUET_BATCH_ROWS rows is one; smaller batches are
+# gathered into row groups of PARQUET_GATHER_ROWS rows (copied: their arrays are reused by the
+# scorer). Gathering batches of ordinary size instead raised a run's peak memory (measured:
+# +50 MiB for 2M rows in 20,000-row batches: the copies stay in Arrow's memory pool).
+PARQUET_BATCH_ROWS = 1 << 13
+PARQUET_GATHER_ROWS = 1 << 16
 
-    pa = _require_pyarrow()
-    # Dictionary encoding only where it can pay: on floats (log-probs, rewards) it is tried
-    # and abandoned per row group, which doubled the write time in measurements.
-    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-    return pq.ParquetWriter(path, schema, use_dictionary=dictionary, compression="snappy")
+
+class _ParquetSink:
+    """Parquet with row groups of at least PARQUET_BATCH_ROWS rows, whatever the batch size.
+
+    One row group per batch made --batch-rows 1 write 100,000 row groups for 100,000 rows,
+    whose metadata the writer keeps until it closes (1.1-1.7 GiB).
+    """
+
+    def __init__(self, path, schema):
+        import pyarrow.parquet as pq
+
+        pa = self._pa = _require_pyarrow()
+        # Dictionary encoding only where it can pay: on floats (log-probs, rewards) it is
+        # tried and abandoned per row group, which doubled the write time in measurements.
+        dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=dictionary,
+                                        compression="snappy")
+        self._pending: list = []
+        self._rows = 0
+
+    def write_batch(self, batch):
+        if batch.num_rows >= PARQUET_BATCH_ROWS:
+            self._flush()
+            self._writer.write_batch(batch)
+            return
+        pa = self._pa
+        self._pending.append(pa.RecordBatch.from_arrays(
+            [pa.concat_arrays([column]) for column in batch.columns], schema=batch.schema))
+        self._rows += batch.num_rows
+        if len(self._pending) >= 256:
+            # Thousands of tiny batches cost far more than their rows (every array has its
+            # allocations): keep them as one.
+            self._pending = [pa.concat_batches(self._pending)]
+        if self._rows >= PARQUET_GATHER_ROWS:
+            self._flush()
+
+    def _flush(self):
+        if self._rows:
+            self._writer.write_table(self._pa.Table.from_batches(self._pending),
+                                     row_group_size=self._rows)
+        self._pending, self._rows = [], 0
+
+    def close(self):
+        self._flush()
+        self._writer.close()
 
 
 class _IpcSink:
@@ -2015,12 +2114,28 @@ def _json_texts(pa, pc, column):
     return pc.fill_null(texts, "null")
 
 
-_SINKS = {"parquet": _parquet_sink, "ipc": _IpcSink, "csv": _csv_sink, "jsonl": _JsonlSink}
+_SINKS = {"parquet": _ParquetSink, "ipc": _IpcSink, "csv": _csv_sink, "jsonl": _JsonlSink}
+
+
+class _WriteFailed(Exception):
+    """Writing the output failed (disk full, file too large, a type the format cannot hold):
+    ``error`` is what the writer raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def describe(self) -> str:
+        if isinstance(self.error, OSError) and self.error.strerror:
+            return self.error.strerror
+        lines = str(self.error).strip().splitlines()
+        return lines[0] if lines else type(self.error).__name__
 
 
 class _BackgroundWriter:
     """Writes batches on a thread (pyarrow's writers release the GIL), so that encoding and
-    disk writes overlap the scoring of the next batch. At most ``depth`` batches wait."""
+    disk writes overlap the scoring of the next batch. At most ``depth`` batches wait.
+    Whatever the sink raises reaches the caller as :class:`_WriteFailed`."""
 
     def __init__(self, sink, depth: int = WRITE_QUEUE_DEPTH) -> None:
         self._sink = sink
@@ -2042,15 +2157,18 @@ class _BackgroundWriter:
 
     def write(self, batch) -> None:
         if self._error is not None:
-            raise self._error
+            raise _WriteFailed(self._error)
         self._queue.put(batch)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
-            raise self._error
-        self._sink.close()
+            raise _WriteFailed(self._error)
+        try:
+            self._sink.close()
+        except Exception as exc:
+            raise _WriteFailed(exc) from exc
 
     def abort(self) -> None:
         with contextlib.suppress(queue.Empty):
@@ -2190,7 +2308,8 @@ def score_dataset(source: str, *, out: str | None = None,
         _check_output_path(out, inp)
     pa = _require_pyarrow()
     schema_names = _first_schema_names(inp)
-    roles = resolve_columns(schema_names, columns, reference_free, source=inp.files[0])
+    roles = resolve_columns(schema_names, columns, reference_free, source=inp.files[0],
+                            loss_type=_loss_type_of(loss_params))
     reduction = _check_loss_params(loss_params, [r for r, _ in roles], "dpo-fast score")
     compute_grad = bool(compute_grad)
     batch_params = {k: v for k, v in loss_params.items()
@@ -2226,10 +2345,14 @@ def score_dataset(source: str, *, out: str | None = None,
     reader = _Reader(inp, None if out is not None else role_columns, batch_rows, text_columns,
                      on_invalid, summary, input_schema)
     # Output arrays are reused; with --out a set is in use until the writer is done with it.
-    buffers = BufferRing(batch_rows, WRITE_QUEUE_DEPTH + 3 if out is not None else 1,
+    buffers = BufferRing(WRITE_QUEUE_DEPTH + 3 if out is not None else 1,
                          ("margin",) + added)
     bar = _progress(progress, inp.count_rows() if progress else None)
-    target = _AtomicOutput(out) if out is not None else None
+    try:
+        target = _AtomicOutput(out) if out is not None else None
+    except OSError as exc:  # e.g. a read-only directory: name --out, not the hidden file
+        raise ScoreUsageError(f"--out {out}: cannot create it ({exc.strerror or exc})"
+                              ) from None
     writer = None
     try:
         for index, path, first_row, batch in reader:
@@ -2252,7 +2375,11 @@ def score_dataset(source: str, *, out: str | None = None,
                     batch = _with_columns(pa, batch, {c.column: c.values
                                                       for c in scored.columns})
                 if writer is None:
-                    writer = _BackgroundWriter(_SINKS[out_format](target.path, out_schema))
+                    try:
+                        sink = _SINKS[out_format](target.path, out_schema)
+                    except Exception as exc:
+                        raise _WriteFailed(exc) from exc
+                    writer = _BackgroundWriter(sink)
                 batch = _conform(pa, batch, in_schema, path)
                 arrays = [*batch.columns, *(_to_arrow(pa, scored.outputs[name]) for name in added)]
                 writer.write(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
@@ -2282,17 +2409,21 @@ def score_dataset(source: str, *, out: str | None = None,
         if writer is not None:
             writer.close()
             writer = None
-            target.commit()
+            try:
+                target.commit()
+            except OSError as exc:
+                raise _WriteFailed(exc) from exc
             target = None
     except BaseException as exc:
         if writer is not None:
             writer.abort()
         if target is not None:
             target.abort()
-        if isinstance(exc, pa.ArrowException):
-            # From a writer: the output format cannot hold these columns (CSV and nested
-            # types, say), or the disk is full.
-            raise ScoreDataError(f"cannot write {out_format}: {exc}", file=out) from None
+        if isinstance(exc, _WriteFailed):
+            # The output format cannot hold these columns (CSV and nested types, say), the
+            # disk is full, the file too large for the filesystem.
+            raise ScoreDataError(f"cannot write {out_format}: {exc.describe()}",
+                                 file=out) from None
         raise
     finally:
         if bar is not None:
@@ -2715,6 +2846,18 @@ def _terminate_cleanly():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _json_numbers(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings "inf", "-inf" and "nan": JSON has no
+    such numbers (Python's own json would write the invalid ``Infinity``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(item) for item in value]
+    return value
+
+
 def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``dpo-fast score`` for parsed options.
 
@@ -2756,8 +2899,12 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except ScoreDataError as exc:
         print(f"dpo-fast score: error: {exc}", file=sys.stderr)
         return _EXIT_DATA
+    except MemoryError:
+        print(f"dpo-fast score: error: out of memory with --batch-rows {args.batch_rows}; "
+              "lower it (memory grows with the rows of one batch)", file=sys.stderr)
+        return _EXIT_DATA
     if args.summary_format == "json":
-        json.dump(summary.to_dict(), sys.stdout, indent=1, allow_nan=False)
+        json.dump(_json_numbers(summary.to_dict()), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(summary.format_table())
