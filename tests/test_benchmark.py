@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -153,6 +154,91 @@ def test_plot_without_matplotlib_fails_fast(monkeypatch, capsys):
         benchmark.main(["--quick", "--plot", "unused.png"])
     assert info.value.code == 2
     assert "needs matplotlib" in capsys.readouterr().err
+
+
+def _unwritable_output_cases(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "target.json")
+    return {
+        "missing directory": (str(tmp_path / "missing" / "dir" / "x.json"), "does not exist"),
+        "parent is a file": (str(tmp_path / "a_file" / "x.json"), "is not a directory"),
+        "path is a directory": (str(tmp_path / "a_dir"), "is a directory"),
+        "link into a missing directory": (str(tmp_path / "dangling"), "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing directory", "parent is a file", "path is a directory",
+                                  "link into a missing directory"])
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_unwritable_output_path_fails_before_measuring(monkeypatch, capsys, tmp_path, option,
+                                                       case):
+    if option == "--plot":  # the matplotlib check comes first; the path is what is tested
+        monkeypatch.setattr(benchmark._optional, "require", lambda *a, **k: None)
+    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+    path, reason = _unwritable_output_cases(tmp_path)[case]
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(["--quick", option, path])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"dpo-fast bench: error: {option} {path}: "), err
+    assert reason in last and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_dpo_fast_bench_json_into_a_missing_directory_fails_fast(monkeypatch, capsys, tmp_path):
+    from dpo_fast import cli
+
+    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+    path = str(tmp_path / "missing" / "dir" / "x.json")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--json", path])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (f"dpo-fast bench: error: --json {path}: directory "
+                         f"{tmp_path / 'missing' / 'dir'} does not exist")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("where", ["directory", "file"])
+def test_output_without_write_permission_fails_before_measuring(monkeypatch, capsys, tmp_path,
+                                                                where):
+    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+    if os.geteuid() == 0:
+        # Permission bits do not bind root (CI runs as root): let os.access read them as they
+        # would bind another user, so the check itself is still exercised.
+        def access_by_mode(path, mode):
+            bits = os.stat(path).st_mode
+            return not (mode & os.W_OK and not bits & 0o222)
+        monkeypatch.setattr(benchmark.os, "access", access_by_mode)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = locked / "x.json"
+    if where == "file":
+        path.write_text("")
+        path.chmod(0o444)
+    else:
+        locked.chmod(0o555)
+    try:
+        with pytest.raises(SystemExit) as info:
+            benchmark.main(["--quick", "--json", str(path)])
+    finally:
+        locked.chmod(0o755)
+    assert info.value.code == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_writable_outputs_pass_the_check(monkeypatch, tmp_path):
+    # A new file in an existing directory, or an existing file: the check lets them through
+    # (and creates nothing before the run).
+    (tmp_path / "old.json").write_text("{}")
+    for path in (tmp_path / "new.json", tmp_path / "old.json"):
+        monkeypatch.setattr(benchmark, "run", lambda config: (_ for _ in ()).throw(
+            RuntimeError("reached the run")))
+        with pytest.raises(RuntimeError, match="reached the run"):
+            benchmark.main(["--quick", "--json", str(path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]
 
 
 def test_baselines_give_the_seed_example():

@@ -1157,6 +1157,23 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _unwritable_reason(path: str) -> str | None:
+    """Why ``path`` cannot be written as an output file, or None when it can."""
+    if os.path.isdir(path):
+        return "is a directory; name the output file"
+    # Through links: a link to a file in a missing directory cannot be written either.
+    directory = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        return f"directory {directory} {what}"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return "exists and is not writable"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable"
+    return None
+
+
 def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the benchmark for parsed options: print the report, write JSON / PNG.
 
@@ -1178,6 +1195,10 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             _optional.require("matplotlib", needed_by="--plot", extra="bench")
         except ImportError as exc:
             parser.error(str(exc))
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        reason = _unwritable_reason(path) if path else None
+        if reason is not None:
+            parser.error(f"{option} {path}: {reason}")
     results = run(config_from_args(args))
     print(format_report(results), flush=True)
     if args.json:

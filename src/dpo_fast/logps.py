@@ -179,9 +179,7 @@ def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _resolve_threads(n_threads: int | None, n_elements: int) -> int:
-    if n_elements < PARALLEL_MIN_ELEMENTS:
-        return 1
-    return _threads.available_cpus() if n_threads is None else _threads.cap_n_threads(n_threads)
+    return _threads.resolve_n_threads(n_threads, n_elements, PARALLEL_MIN_ELEMENTS)
 
 
 def _simd_level_id() -> int:

@@ -1601,6 +1601,7 @@ class _CsvSkips:
 
 
 def _read_parquet(path, columns, batch_rows, **_):
+    pa = _require_pyarrow()
     import pyarrow.parquet as pq
 
     # ParquetFile.iter_batches holds about one row group of the selected columns. The
@@ -1609,7 +1610,15 @@ def _read_parquet(path, columns, batch_rows, **_):
     # with the input.
     handle = pq.ParquetFile(path, pre_buffer=False)
     offset = 0
-    for batch in handle.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
+    batches = handle.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True)
+    for number, batch in enumerate(batches):
+        # A corrupted page can decode into offsets beyond their buffers; the writers and the
+        # scorer would read out of bounds, as with Arrow IPC.
+        try:
+            batch.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise _wrap_arrow_error(exc, path, offset, f"Parquet (batch {number}, "
+                                    "from this row on)") from None
         yield offset, batch
         offset += batch.num_rows
 
@@ -2465,7 +2474,8 @@ def _first_schema_names(inp: _Input) -> list[str]:
             if isinstance(record, dict):
                 names.update(dict.fromkeys(record))
         return list(names)
-    except (pa.ArrowException, OSError) as exc:
+    # ValueError: a corrupted Parquet footer can hold names that are not UTF-8.
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise _wrap_arrow_error(exc, path, None, inp.format) from None
 
 
