@@ -49,11 +49,10 @@ from typing import Any
 import numpy as np
 
 import dpo_fast
+from dpo_fast import _registry
 from dpo_fast.benchmark import _cpu_snapshot, _cpu_usage, machine_info
 
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
-              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
-              "sigmoid_norm", "simpo")
+LOSS_TYPES = _registry.LOSS_TYPES  # every registered loss type
 DTYPES = ("float64", "float32")
 BETA = 0.1
 SIMPO_BETA = 2.0

@@ -83,9 +83,9 @@ else
 
     # 2. The instrumented build, in place. It needs the build-system requirements in this
     #    interpreter (pip builds dpo_fast in an isolated environment, so they may be missing).
-    if ! "$python" -c 'import Cython, setuptools' 2>/dev/null; then
-        echo "sanitize.sh: installing the build requirements (setuptools, Cython)"
-        "$python" -m pip install --quiet "setuptools>=77" "Cython>=3.1"
+    if ! "$python" -c 'import Cython, setuptools, numpy' 2>/dev/null; then
+        echo "sanitize.sh: installing the build requirements (setuptools, Cython, NumPy)"
+        "$python" -m pip install --quiet "setuptools>=77" "Cython>=3.1" "numpy>=2.0"
     fi
     cd "$work"
     echo "sanitize.sh: building with DPO_FAST_SANITIZE=$checks in $work"

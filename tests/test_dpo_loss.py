@@ -227,16 +227,16 @@ def test_results_are_independent_objects():
                                          (8193, False)])
 def test_fast_path_routing(monkeypatch, n, fast):
     """Lists of up to 8192 pairs never reach the NumPy path; longer ones and arrays do."""
-    import dpo_fast.losses
+    import dpo_fast._entry
 
     calls = []
-    general = dpo_fast.losses._dpo_loss_general
+    general = dpo_fast._entry.dpo_loss_arrays
 
     def spy(*args):
         calls.append(len(args[0]))
         return general(*args)
 
-    monkeypatch.setattr(dpo_fast.losses, "_dpo_loss_general", spy)
+    monkeypatch.setattr(dpo_fast._entry, "dpo_loss_arrays", spy)
     columns = as_lists(*random_logps(np.random.default_rng(n), n))
     dpo_loss(*columns, 0.5)
     assert calls == ([] if fast else [n])

@@ -60,7 +60,14 @@ from test_sequence_logps import reference as logps_reference
 from test_threads_simd import fingerprint
 
 import dpo_fast
-from dpo_fast import _threads, dpo_loss, preference_loss, sequence_logps, sequence_logps_grad
+from dpo_fast import (
+    _registry,
+    _threads,
+    dpo_loss,
+    preference_loss,
+    sequence_logps,
+    sequence_logps_grad,
+)
 
 TH = _threads.PARALLEL_MIN_ROWS
 CHUNK = 8192
@@ -68,12 +75,9 @@ DBL_MAX = float(np.finfo(np.float64).max)
 DBL_MIN = float(np.finfo(np.float64).tiny)
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
-              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
-              "sigmoid_norm", "simpo")
-COUPLED = frozenset({"aot", "aot_unpaired", "sft"})
-F_DIV_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop",
-                         "sigmoid_norm"})
+LOSS_TYPES = _registry.LOSS_TYPES
+COUPLED = _registry.BATCH_COUPLED_LOSS_TYPES
+F_DIV_TYPES = _registry.F_DIVERGENCE_LOSS_TYPES
 SMOOTHED = frozenset({"sigmoid", "robust", "aot", "aot_unpaired", "simpo"})
 OUTPUTS = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 PREF_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")

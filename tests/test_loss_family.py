@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_fast import preference_loss
+from dpo_fast import _registry, preference_loss
 from dpo_fast._kernels import _pairwise
 
-FAMILY = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
-          "sppo_hard", "apo_zero", "apo_down", "discopop"]
+# The loss types of the plain kernel loop, in the registry's order.
+FAMILY = [name for name in _registry.LOSS_TYPES if name in _registry.PLAIN_TYPES]
 SMOOTHED = {"sigmoid": 0.1, "robust": 0.1, "exo_pair": 0.1}
 
 

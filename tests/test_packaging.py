@@ -118,7 +118,19 @@ def test_version_has_one_source():
     assert 'version = { attr = "dpo_fast._version.__version__" }' in text
 
 
-@pytest.mark.parametrize("module", ["dpo_fast._seed", "dpo_fast._kernels._pairwise"])
+COMPILED = ["dpo_fast._seed", "dpo_fast._entry", "dpo_fast._kernels._pairwise",
+            "dpo_fast._kernels._logps"]
+
+
+def test_every_compiled_module_is_listed():
+    """COMPILED (the stub test below) names every extension setup.py builds."""
+    if not (ROOT / "setup.py").is_file():
+        pytest.skip("needs the source tree")
+    built = re.findall(r'Extension\(\s*"([\w.]+)"', (ROOT / "setup.py").read_text())
+    assert sorted(built) == sorted(COMPILED)
+
+
+@pytest.mark.parametrize("module", COMPILED)
 def test_stub_next_to_compiled_module(module):
     origin = pathlib.Path(importlib.util.find_spec(module).origin)
     assert origin.suffix in {".so", ".pyd"}, f"{module} is not compiled: {origin}"
@@ -137,7 +149,7 @@ def test_installed_files():
         pytest.skip("dpo_fast is not installed from a wheel")
     files = [pathlib.PurePosixPath(str(f)) for f in dist.files]
     names = {str(f) for f in files}
-    for required in ("dpo_fast/py.typed", "dpo_fast/_seed.pyi", "dpo_fast/_kernels/_pairwise.pyi"):
+    for required in ("dpo_fast/py.typed", *(name.replace(".", "/") + ".pyi" for name in COMPILED)):
         assert required in names
     assert not [str(f) for f in files if f.suffix in SOURCE_SUFFIXES]
     assert not [str(f) for f in files if f.parts[0] in {"tests", "bench"} or "csrc" in f.parts]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -90,16 +89,20 @@ def test_zero_margin_is_ln2():
         np.testing.assert_allclose(result.grad_chosen, 0.7 * -(1 - 2 * eps) / 2, rtol=2 * EPS64)
 
 
-def test_result_type_is_frozen_dataclass():
-    """The result is a frozen PreferenceLossResult with the documented fields."""
-    result = preference_loss([-1.0], [-2.0])
-    assert isinstance(result, PreferenceLossResult)
-    assert [f.name for f in dataclasses.fields(result)] == [
-        "loss", "losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected",
-        "metrics"]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        result.loss = 0.0  # type: ignore[misc]
-    assert result.grad_chosen is None and result.grad_rejected is None
+def test_result_type_is_frozen_with_the_documented_fields():
+    """The result is a read-only PreferenceLossResult with the documented fields, from both
+    the compiled fast path (arrays) and the general path (lists)."""
+    names = ("loss", "losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
+             "grad_rejected", "metrics")
+    assert PreferenceLossResult.__match_args__ == names
+    for result in (preference_loss([-1.0], [-2.0]),
+                   preference_loss(np.array([-1.0]), np.array([-2.0]))):
+        assert isinstance(result, PreferenceLossResult)
+        for name in names:
+            with pytest.raises(AttributeError):
+                setattr(result, name, 0.0)
+        assert result.grad_chosen is None and result.grad_rejected is None
+        assert result.metrics is result.metrics  # built once
 
 
 # ------------------------------------------------------------ against the reference

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from helpers import NEEDS_TORCH
 
-from dpo_fast import preference_loss
+from dpo_fast import _registry, preference_loss
 
 torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
 F = torch.nn.functional
@@ -38,14 +38,11 @@ RTOL = 1e-12
 # only has absolute accuracy.
 ATOL_SHARE = 1e-13
 
-ALL_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
-             "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
-             "sigmoid_norm", "simpo"]
+ALL_TYPES = list(_registry.LOSS_TYPES)
 # Types that use label_smoothing; exo_pair's 0 stands for TRL's 1e-3.
-SMOOTHED = {"sigmoid", "robust", "aot", "aot_unpaired", "simpo", "exo_pair"}
-NEEDS_LENGTHS = {"sft", "sigmoid_norm", "simpo"}
-F_DIVERGENCE_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop",
-                      "sigmoid_norm"]
+SMOOTHED = set(_registry.SMOOTHING_LIMITS)
+NEEDS_LENGTHS = set(_registry.NEEDS_LENGTHS)
+F_DIVERGENCE_TYPES = [name for name in ALL_TYPES if name in _registry.F_DIVERGENCE_LOSS_TYPES]
 DIVERGENCES = [("forward_kl", 1.0), ("js_divergence", 1.0), ("alpha_divergence", 0.5)]
 
 # One case per behaviour: the keyword arguments of preference_loss besides the arrays

@@ -24,17 +24,20 @@ from helpers import CSRC, setup_constant
 # after it). The plain and length-normalised row loops of chunk_body.h; the
 # prepare, per-term and finish passes of general_body.h.
 LOOPS = [
-    ("chunk_body.h", "DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)", 0),
-    ("chunk_body.h", "DPO_FOR_EACH_NORMALIZED_LOSS(DPO_LOSS_CASE_NORMALIZED)", 0),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE\n", 1),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_NORMALIZED", 1),
     ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 1)", 0),
-    ("general_body.h", "DPO_FOR_EACH_LOSS(DPO_GEN_TERM_CASE)", 0),
+    ("general_body.h", "#define DPO_EACH_X DPO_GEN_TERM_CASE", 1),
     ("general_body.h", "/* 3. finish */", 2),
 ]
 
 
 def _line_of(header, text, offset):
+    """The line holding ``text`` (a trailing newline: the whole rest of the line), + offset."""
     lines = (CSRC / header).read_text().splitlines()
-    return next(number for number, line in enumerate(lines, start=1) if text in line) + offset
+    whole = text.endswith("\n")
+    return next(number for number, line in enumerate(lines, start=1)
+                if (line.strip() == text.strip() if whole else text in line)) + offset
 
 
 CLONES = [("dispatch.c", "baseline", "16"), ("simd_clone.c", "avx2", "32"),

@@ -21,6 +21,31 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def tensor_as_array(value: Any, name: str, adapter: str) -> np.ndarray | None:
+    """A torch tensor as a NumPy array (a view), None for anything else.
+
+    A CPU tensor that does not require grad, of a dtype NumPy has, converts like an array.
+    For the others ``np.asarray`` would raise torch's own error, which names neither the
+    argument nor the way out: here a TypeError names both (``adapter``: the dpo_fast.torch
+    function that takes such tensors). torch is not imported: the test is on the type's module.
+    """
+    if not type(value).__module__.startswith("torch") or not hasattr(value, "requires_grad"):
+        return None
+    if getattr(value, "is_cpu", True) is False:
+        raise TypeError(f"{name} is a torch.Tensor on device {value.device}: move it with "
+                        f"{name}.cpu() (dpo_fast runs on the CPU)")
+    try:
+        return value.resolve_conj().resolve_neg().numpy()
+    except (TypeError, RuntimeError):
+        # requires grad (while grad mode is on: under torch.no_grad() it converts), or a
+        # dtype NumPy lacks (bfloat16, float8, quantized, ...)
+        if value.requires_grad:
+            raise TypeError(f"{name} is a torch.Tensor that requires grad: use {adapter} (it "
+                            f"differentiates), or pass {name}.detach()") from None
+        raise TypeError(f"{name} is a torch.Tensor of dtype {value.dtype}, which NumPy cannot "
+                        f"hold: use {adapter} (it upcasts), or pass {name}.float()") from None
+
+
 def kernel_array(array: Any, dtype: Any) -> np.ndarray:
     """``array`` as a C-contiguous, aligned array of ``dtype`` (at least 1-D, as
     ``np.ascontiguousarray``), copying only when it is not one already."""

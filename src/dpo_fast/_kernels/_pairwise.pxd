@@ -27,7 +27,21 @@ cdef extern from "dispatch.h" nogil:
         DPO_LOSS_SIGMOID_NORM
         DPO_LOSS_SIMPO
         DPO_LOSS_SFT
+        DPO_LOSS_AOT
+        DPO_LOSS_AOT_UNPAIRED
         DPO_N_LOSS_TYPES
+        DPO_LT_PLAIN
+        DPO_LT_DIVERGENCE
+        DPO_LT_LENGTHS_BOTH
+        DPO_LT_LENGTHS_CHOSEN
+        DPO_LT_LENGTHS_OPTIONAL
+        DPO_LT_BATCH_COUPLED
+        DPO_LT_REFERENCE_FREE
+        DPO_LT_NORMALIZED_REWARDS
+        DPO_LT_BATCH_CONSTANT
+        DPO_LT_EXO_DEFAULT
+        DPO_LT_NORMALIZED
+        DPO_LT_SORTED
         DPO_MAX_TERMS
         DPO_DIV_IDENTITY
         DPO_DIV_EXP
@@ -74,5 +88,11 @@ cdef extern from "dispatch.h" nogil:
         double grad_chosen_offset
         double grad_chosen_pair_offset
 
-cdef void chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n,
-                    double *sums) noexcept nogil
+# The one kernel boundary of the package: init_args fills every field of a DpoChunkArgs with
+# the defaults of a plain single-loss call; run_loss runs the chunk function over rows [0, n)
+# (in parallel over fixed chunks when n_threads > 1) and writes the DPO_NSUMS combined sums.
+cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
+                    double discopop_tau) noexcept
+cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
+                  double *totals) except -1
+

@@ -4,7 +4,9 @@ import numpy.typing as npt
 _Float = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 CHUNK_ROWS: int
-LOSS_IDS: dict[str, int]
+LOSS_FLAGS: dict[str, int]
+
+def loss_registry() -> tuple[tuple[str, int, int, float], ...]: ...
 SUM_NAMES: tuple[str, ...]
 MAX_TERMS: int
 DIVERGENCE_IDS: dict[str, int]

@@ -7,9 +7,11 @@ DPO_CHUNK rows (OpenMP dynamic schedule: a busy core does not stall the others),
 the per-chunk sums in a fixed order, so results do not depend on the number of threads.
 """
 
+from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, log, log1p
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 cdef extern from "dispatch.h" nogil:
     void dpo_chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
@@ -24,21 +26,39 @@ cdef extern from "dispatch.h" nogil:
     int dpo_simd_set(int level)
     const char *dpo_simd_name(int level)
     int dpo_openmp_enabled()
+    ctypedef struct DpoLossInfo:
+        int id
+        const char *name
+        int flags
+        double smoothing_max
+    const DpoLossInfo dpo_loss_registry[]
 
 ctypedef fused floating:
     float
     double
 
 CHUNK_ROWS = DPO_CHUNK
-# Kernel ids of the loss types (csrc/pair_losses.h); dpo_fast.losses maps names to them.
-LOSS_IDS = {
-    "sigmoid": DPO_LOSS_SIGMOID, "hinge": DPO_LOSS_HINGE, "ipo": DPO_LOSS_IPO,
-    "exo_pair": DPO_LOSS_EXO_PAIR, "nca_pair": DPO_LOSS_NCA_PAIR, "robust": DPO_LOSS_ROBUST,
-    "bco_pair": DPO_LOSS_BCO_PAIR, "sppo_hard": DPO_LOSS_SPPO_HARD,
-    "apo_zero": DPO_LOSS_APO_ZERO, "apo_down": DPO_LOSS_APO_DOWN,
-    "discopop": DPO_LOSS_DISCOPOP, "sigmoid_norm": DPO_LOSS_SIGMOID_NORM,
-    "simpo": DPO_LOSS_SIMPO, "sft": DPO_LOSS_SFT,
+# Calls over fewer rows run with the GIL held: a few microseconds of arithmetic at most.
+cdef Py_ssize_t GIL_RELEASE_MIN_ROWS = 1024
+# The bits of a registry entry's flags (csrc/pair_losses.h).
+LOSS_FLAGS = {
+    "plain": DPO_LT_PLAIN, "divergence": DPO_LT_DIVERGENCE,
+    "lengths_both": DPO_LT_LENGTHS_BOTH, "lengths_chosen": DPO_LT_LENGTHS_CHOSEN,
+    "lengths_optional": DPO_LT_LENGTHS_OPTIONAL, "batch_coupled": DPO_LT_BATCH_COUPLED,
+    "reference_free": DPO_LT_REFERENCE_FREE, "normalized_rewards": DPO_LT_NORMALIZED_REWARDS,
+    "batch_constant": DPO_LT_BATCH_CONSTANT, "exo_default": DPO_LT_EXO_DEFAULT,
+    "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED,
 }
+
+
+def loss_registry():
+    """The loss-type registry of csrc/pair_losses.h: a tuple of (name, kernel id, flags,
+    smoothing_max) in the registry's order (dpo_fast._registry reads it)."""
+    return tuple([(dpo_loss_registry[i].name.decode(), dpo_loss_registry[i].id,
+                   dpo_loss_registry[i].flags, dpo_loss_registry[i].smoothing_max)
+                  for i in range(DPO_N_LOSS_TYPES)])
+
+
 MAX_TERMS = DPO_MAX_TERMS
 # exo_pair's epsilon when label_smoothing is 0 (TRL's default for that loss).
 cdef double EXO_DEFAULT_EPSILON = 1e-3
@@ -47,11 +67,6 @@ DIVERGENCE_IDS = {"identity": DPO_DIV_IDENTITY, "exp": DPO_DIV_EXP, "js": DPO_DI
 SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
              "chosen_logps", "rejected_logps")
 _LEVELS = (DPO_SIMD_SCALAR, DPO_SIMD_BASELINE, DPO_SIMD_AVX2, DPO_SIMD_AVX512)
-
-
-cdef void chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n,
-                    double *sums) noexcept nogil:
-    dpo_chunk_f64(args, start, n, sums)
 
 
 cdef inline const void *_ptr_or_null(const floating[::1] view) noexcept:
@@ -64,8 +79,14 @@ cdef inline void *_out_ptr_or_null(floating[::1] view) noexcept:
     return NULL if view is None else <void *>&view[0]
 
 
-cdef void _set_params(DpoChunkArgs *args, double beta, double label_smoothing,
-                      double discopop_tau) noexcept:
+cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
+                    double discopop_tau) noexcept:
+    """Every field of ``args``: the parameters given, the defaults of a plain single-loss call
+    (sigmoid, no lengths, weights, divergence or terms; grad_divisor 1) for the rest, and no
+    arrays. The callers set the arrays and what their call changes."""
+    memset(args, 0, sizeof(DpoChunkArgs))
+    args.grad_divisor = 1.0
+    args.loss_type = DPO_LOSS_SIGMOID
     args.params.beta = beta
     args.params.label_smoothing = label_smoothing
     args.params.discopop_tau = discopop_tau
@@ -77,18 +98,7 @@ cdef void _set_params(DpoChunkArgs *args, double beta, double label_smoothing,
     # DiscoPOP's exponent -z - softplus(-z/tau) tends to z*(1/tau - 1) as z -> -inf.
     args.params.discopop_neg_inf_arg = (
         -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))
-    args.params.simpo_gamma = 0.0
-    args.params.sft_value = 0.0
-    args.general = 0
-    args.n_terms = 0
-    args.chosen_lengths = NULL
-    args.rejected_lengths = NULL
-    args.weights = NULL
     args.divergence = DPO_DIV_IDENTITY
-    args.divergence_coef = 0.0
-    args.normalized_rewards = 0
-    args.grad_chosen_offset = 0.0
-    args.grad_chosen_pair_offset = 0.0
 
 
 cdef void _set_arrays(DpoChunkArgs *args, const floating[::1] chosen,
@@ -108,33 +118,60 @@ cdef void _set_arrays(DpoChunkArgs *args, const floating[::1] chosen,
     args.grad_rejected = _out_ptr_or_null(grad_rejected)
 
 
-cdef tuple _run_chunks(DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single):
-    """Run the chunk function over rows [0, n) in parallel; return the combined sums."""
+cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
+                  double *totals) except -1:
+    """Run the chunk function over rows [0, n); write the DPO_NSUMS combined sums to totals."""
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef Py_ssize_t chunk, start
-    cdef double totals[DPO_NSUMS]
     cdef double *partials
-    if n == 0:
+    if n <= 0:
         raise ValueError("empty input")
     if n_threads < 1:
         raise ValueError("n_threads must be >= 1")
+    if n_chunks == 1:
+        # One chunk: its sums are the totals (dpo_combine_sums of one chunk copies them), and
+        # no team, no malloc: the cost of a small call is the arithmetic. Small ones keep the
+        # GIL, which is cheaper to hold than to hand over and take back.
+        if n < GIL_RELEASE_MIN_ROWS:
+            if single:
+                dpo_chunk_f32(args, 0, n, totals)
+            else:
+                dpo_chunk_f64(args, 0, n, totals)
+            return 0
+        with nogil:
+            if single:
+                dpo_chunk_f32(args, 0, n, totals)
+            else:
+                dpo_chunk_f64(args, 0, n, totals)
+        # A Ctrl-C during the kernel: raise it here, inside the call that took the time (the
+        # interpreter would only see it at the caller's next bytecode).
+        if PyErr_CheckSignals() < 0:
+            return -1
+        return 0
     partials = <double *>malloc(n_chunks * DPO_NSUMS * sizeof(double))
     if partials == NULL:
         raise MemoryError()
-    try:
-        with nogil:
-            for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic",
-                                chunksize=1, use_threads_if=n_threads > 1 and n_chunks > 1):
-                start = chunk * DPO_CHUNK
-                if single:
-                    dpo_chunk_f32(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
-                                  &partials[chunk * DPO_NSUMS])
-                else:
-                    dpo_chunk_f64(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
-                                  &partials[chunk * DPO_NSUMS])
-            dpo_combine_sums(partials, n_chunks, totals)
-    finally:
-        free(partials)
+    with nogil:
+        for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic",
+                            chunksize=1, use_threads_if=n_threads > 1):
+            start = chunk * DPO_CHUNK
+            if single:
+                dpo_chunk_f32(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                              &partials[chunk * DPO_NSUMS])
+            else:
+                dpo_chunk_f64(args, start, min(<Py_ssize_t>DPO_CHUNK, n - start),
+                              &partials[chunk * DPO_NSUMS])
+        dpo_combine_sums(partials, n_chunks, totals)
+    free(partials)
+    if PyErr_CheckSignals() < 0:  # (as above)
+        return -1
+    return 0
+
+
+cdef tuple _run_chunks(DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single):
+    """run_loss, with the sums as a tuple."""
+    cdef double totals[DPO_NSUMS]
+    run_loss(args, n, n_threads, single, totals)
     return tuple([totals[q] for q in range(DPO_NSUMS)])
 
 
@@ -148,13 +185,14 @@ cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] reject
     cdef DpoChunkArgs args
     if chosen.shape[0] == 0:
         raise ValueError("empty input")
-    if not 0 <= loss_type < DPO_N_LOSS_TYPES or loss_type == DPO_LOSS_SFT:
-        raise ValueError(f"unknown loss type id {loss_type}")
+    if (not 0 <= loss_type < DPO_N_LOSS_TYPES
+            or not dpo_loss_registry[loss_type].flags & DPO_LT_PLAIN):
+        raise ValueError(f"loss type id {loss_type} has no plain kernel loop")
+    init_args(&args, beta, label_smoothing, discopop_tau)
     _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
                 rejected_rewards, grad_chosen, grad_rejected)
     args.grad_divisor = grad_divisor
     args.loss_type = loss_type
-    _set_params(&args, beta, label_smoothing, discopop_tau)
     return _run_chunks(&args, chosen.shape[0], n_threads, floating is float)
 
 
@@ -190,19 +228,19 @@ cdef tuple _general_loss(const floating[::1] chosen, const floating[::1] rejecte
             or (rejected_lengths is not None and rejected_lengths.shape[0] != n)
             or (weights is not None and weights.shape[0] != n)):
         raise ValueError("lengths and weights must have one value per pair")
+    init_args(&args, beta, label_smoothing, discopop_tau)
     _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
                 rejected_rewards, grad_chosen, grad_rejected)
     args.grad_divisor = grad_divisor
-    args.loss_type = DPO_LOSS_SIGMOID
-    _set_params(&args, beta, label_smoothing, discopop_tau)
     args.params.simpo_gamma = simpo_gamma
     args.params.sft_value = sft_value
     args.general = 1
     args.n_terms = len(terms)
     for t in range(args.n_terms):
         term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
-        if not 0 <= term_type < DPO_N_LOSS_TYPES:
-            raise ValueError(f"unknown loss type id {term_type}")
+        if (not 0 <= term_type < DPO_N_LOSS_TYPES
+                or dpo_loss_registry[term_type].flags & DPO_LT_SORTED):
+            raise ValueError(f"loss type id {term_type} has no kernel case")
         if args.term_normalized[t] and (chosen_lengths is None or rejected_lengths is None):
             raise ValueError("a length-normalised term needs both lengths")
         args.term_types[t] = term_type

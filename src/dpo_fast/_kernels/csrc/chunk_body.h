@@ -193,13 +193,17 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
         ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
         if (mods == 0) {
             switch (args->loss_type) {
-                DPO_FOR_EACH_LOSS(DPO_LOSS_CASE)
+#define DPO_EACH_X DPO_LOSS_CASE
+                DPO_FOR_EACH_KERNEL_LOSS
+#undef DPO_EACH_X
             default:
                 break;
             }
         } else {
             switch (args->loss_type) {
-                DPO_FOR_EACH_NORMALIZED_LOSS(DPO_LOSS_CASE_NORMALIZED)
+#define DPO_EACH_X DPO_LOSS_CASE_NORMALIZED
+                DPO_FOR_EACH_NORMALIZED_LOSS
+#undef DPO_EACH_X
             default:
                 break;
             }

@@ -166,6 +166,11 @@ const char *dpo_simd_name(int level)
     }
 }
 
+#define DPO_REGISTRY_ENTRY(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    {ID, NAME, (FLAGS) | DPO_KIND_FLAGS_##KIND, SMOOTHING_MAX},
+const DpoLossInfo dpo_loss_registry[DPO_N_LOSS_TYPES] = {DPO_LOSS_REGISTRY(DPO_REGISTRY_ENTRY)};
+#undef DPO_REGISTRY_ENTRY
+
 int dpo_openmp_enabled(void)
 {
 #ifdef _OPENMP

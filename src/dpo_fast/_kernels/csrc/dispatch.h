@@ -93,4 +93,13 @@ int dpo_simd_set(int level);        /* clamp to the supported level, install it,
 const char *dpo_simd_name(int level);
 int dpo_openmp_enabled(void);
 
+/* The loss-type registry (pair_losses.h) as data: one entry per loss type, by id. */
+typedef struct {
+    int id;
+    const char *name;
+    int flags;            /* DPO_LT_*, with the KIND flags */
+    double smoothing_max; /* label_smoothing's exclusive upper bound, 0: not used */
+} DpoLossInfo;
+extern const DpoLossInfo dpo_loss_registry[DPO_N_LOSS_TYPES];
+
 #endif /* DPO_DISPATCH_H */

@@ -81,7 +81,9 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
 #define DPO_PAIR_BY_TYPE_CASE(ID, PAIR_FN) \
     case ID:                               \
         return PAIR_FN(params, beta, inv_scale, c, r);
-        DPO_FOR_EACH_LOSS(DPO_PAIR_BY_TYPE_CASE)
+#define DPO_EACH_X DPO_PAIR_BY_TYPE_CASE
+        DPO_FOR_EACH_KERNEL_LOSS
+#undef DPO_EACH_X
 #undef DPO_PAIR_BY_TYPE_CASE
     default: {
         DpoPairLoss none = {0.0, 0.0, 0.0};
@@ -324,7 +326,9 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                 continue;
             }
             switch (args->term_types[t]) {
-                DPO_FOR_EACH_LOSS(DPO_GEN_TERM_CASE)
+#define DPO_EACH_X DPO_GEN_TERM_CASE
+                DPO_FOR_EACH_KERNEL_LOSS
+#undef DPO_EACH_X
             default:
                 break;
             }

@@ -2,8 +2,8 @@
  * One small function per pairwise preference loss: given the pair's log-ratios c = pc - rc
  * (chosen) and r = pr - rr (rejected), it returns the per-pair loss and its derivatives with
  * respect to c and r, all in double precision. The chunk loop (chunk_body.h) is written once
- * and calls one of these, so a new loss type is a new function here plus a line in
- * DPO_FOR_EACH_LOSS, never a new loop.
+ * and calls one of these, so a new loss type is a new function here plus a row of
+ * DPO_LOSS_REGISTRY, never a new loop.
  *
  * Arguments: `beta` and `inv_scale` come from the chunk loop, not from params: for rows near
  * DBL_MAX it passes c/4 and r/4 with inv_scale = 4 and beta = 4*params->beta, so that
@@ -22,24 +22,81 @@
 
 #include "simd_math.h"
 
-/* Loss identifiers shared with the Python layer (dpo_fast/losses.py keeps the registry). */
+/*
+ * The loss-type registry: every fact about a loss type in one row, in the order of the README's
+ * table. The Python layer reads it from the compiled module (dpo_fast._registry); nothing about
+ * a loss type is written down anywhere else. A new per-pair loss is a function below and a row
+ * here (and its reference formula in the tests).
+ *
+ * X(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX):
+ *   KIND     PAIR: a per-pair function of the raw log-ratios; PAIR_NORM: also of the
+ *            length-normalised ones (the chunk loop instantiates both); SORTED: sorted across
+ *            the batch by the Python layer, then PAIR_FN on the sorted differences (no kernel
+ *            case of its own)
+ *   ID       the kernel identifier (the enum below is generated from these rows)
+ *   NAME     TRL's name of the type
+ *   FLAGS    DPO_LT_* below
+ *   SMOOTHING_MAX  label_smoothing's exclusive upper bound (lower bound 0), 0: not used
+ */
 enum {
-    DPO_LOSS_SIGMOID = 0,
-    DPO_LOSS_HINGE,
-    DPO_LOSS_IPO,
-    DPO_LOSS_EXO_PAIR,
-    DPO_LOSS_NCA_PAIR,
-    DPO_LOSS_ROBUST,
-    DPO_LOSS_BCO_PAIR,
-    DPO_LOSS_SPPO_HARD,
-    DPO_LOSS_APO_ZERO,
-    DPO_LOSS_APO_DOWN,
-    DPO_LOSS_DISCOPOP,
-    DPO_LOSS_SIGMOID_NORM,
-    DPO_LOSS_SIMPO,
-    DPO_LOSS_SFT,
-    DPO_N_LOSS_TYPES
+    DPO_LT_PLAIN = 1 << 0,          /* raw log-ratios, no lengths: the plain fused loop */
+    DPO_LT_DIVERGENCE = 1 << 1,     /* TRL's f_divergence_type applies */
+    DPO_LT_LENGTHS_BOTH = 1 << 2,   /* needs chosen_lengths and rejected_lengths */
+    DPO_LT_LENGTHS_CHOSEN = 1 << 3, /* needs chosen_lengths */
+    DPO_LT_LENGTHS_OPTIONAL = 1 << 4, /* normalised by the lengths when both are given */
+    DPO_LT_BATCH_COUPLED = 1 << 5,  /* a pair's loss depends on the other pairs of the batch */
+    DPO_LT_REFERENCE_FREE = 1 << 6, /* refuses reference log-probs */
+    DPO_LT_NORMALIZED_REWARDS = 1 << 7, /* rewards beta * p / n instead of beta * (p - ref) */
+    DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
+    DPO_LT_EXO_DEFAULT = 1 << 9,    /* label_smoothing 0 stands for EXO's default epsilon */
+    /* (From KIND, for the Python layer:) */
+    DPO_LT_NORMALIZED = 1 << 10,    /* KIND PAIR_NORM */
+    DPO_LT_SORTED = 1 << 11         /* KIND SORTED */
 };
+
+#define DPO_LOSS_REGISTRY(X)                                                                   \
+    X(PAIR, DPO_LOSS_SIGMOID, dpo_pair_sigmoid, "sigmoid", DPO_LT_PLAIN | DPO_LT_DIVERGENCE,  \
+      0.5)                                                                                     \
+    X(PAIR, DPO_LOSS_HINGE, dpo_pair_hinge, "hinge", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.0)    \
+    X(PAIR_NORM, DPO_LOSS_IPO, dpo_pair_ipo, "ipo",                                            \
+      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_OPTIONAL, 0.0)                         \
+    X(PAIR, DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair, "exo_pair",                                  \
+      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_EXO_DEFAULT, 1.0)                              \
+    X(PAIR, DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair, "nca_pair", DPO_LT_PLAIN, 0.0)               \
+    X(PAIR, DPO_LOSS_ROBUST, dpo_pair_robust, "robust", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.5) \
+    X(PAIR, DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair, "bco_pair", DPO_LT_PLAIN, 0.0)               \
+    X(PAIR, DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard, "sppo_hard", DPO_LT_PLAIN, 0.0)            \
+    X(SORTED, DPO_LOSS_AOT, dpo_pair_sigmoid, "aot", DPO_LT_BATCH_COUPLED, 0.5)                \
+    X(SORTED, DPO_LOSS_AOT_UNPAIRED, dpo_pair_sigmoid, "aot_unpaired", DPO_LT_BATCH_COUPLED,   \
+      0.5)                                                                                     \
+    X(PAIR, DPO_LOSS_APO_ZERO, dpo_pair_apo_zero, "apo_zero", DPO_LT_PLAIN, 0.0)               \
+    X(PAIR, DPO_LOSS_APO_DOWN, dpo_pair_apo_down, "apo_down", DPO_LT_PLAIN, 0.0)               \
+    X(PAIR, DPO_LOSS_DISCOPOP, dpo_pair_discopop, "discopop",                                  \
+      DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.0)                                                   \
+    X(PAIR, DPO_LOSS_SFT, dpo_pair_sft, "sft",                                                 \
+      DPO_LT_LENGTHS_CHOSEN | DPO_LT_BATCH_COUPLED | DPO_LT_BATCH_CONSTANT, 0.0)                \
+    X(PAIR_NORM, DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm, "sigmoid_norm",                 \
+      DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_BOTH, 0.0)                                            \
+    X(PAIR_NORM, DPO_LOSS_SIMPO, dpo_pair_simpo, "simpo",                                      \
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)
+
+/* Row filters for the kernels' switch cases: DPO_IF_KERNEL_##KIND(...) keeps its argument for
+ * the loss types with a kernel case, DPO_IF_NORMALIZED_##KIND(...) for those of normalised
+ * log-ratios; DPO_KIND_FLAGS_##KIND is what KIND tells the Python layer. */
+#define DPO_IF_KERNEL_PAIR(...) __VA_ARGS__
+#define DPO_IF_KERNEL_PAIR_NORM(...) __VA_ARGS__
+#define DPO_IF_KERNEL_SORTED(...)
+#define DPO_IF_NORMALIZED_PAIR(...)
+#define DPO_IF_NORMALIZED_PAIR_NORM(...) __VA_ARGS__
+#define DPO_IF_NORMALIZED_SORTED(...)
+#define DPO_KIND_FLAGS_PAIR 0
+#define DPO_KIND_FLAGS_PAIR_NORM DPO_LT_NORMALIZED
+#define DPO_KIND_FLAGS_SORTED DPO_LT_SORTED
+
+/* Loss identifiers: the registry's rows in order. */
+#define DPO_LOSS_ENUM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) ID,
+enum { DPO_LOSS_REGISTRY(DPO_LOSS_ENUM_ROW) DPO_N_LOSS_TYPES };
+#undef DPO_LOSS_ENUM_ROW
 
 typedef struct {
     double beta;
@@ -352,27 +409,14 @@ DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double bet
     return out;
 }
 
-/* X-macro over (identifier, function): the chunk loop expands one case per entry. */
-#define DPO_FOR_EACH_LOSS(X)                  \
-    X(DPO_LOSS_SIGMOID, dpo_pair_sigmoid)     \
-    X(DPO_LOSS_HINGE, dpo_pair_hinge)         \
-    X(DPO_LOSS_IPO, dpo_pair_ipo)             \
-    X(DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair)   \
-    X(DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair)   \
-    X(DPO_LOSS_ROBUST, dpo_pair_robust)       \
-    X(DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair)   \
-    X(DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard) \
-    X(DPO_LOSS_APO_ZERO, dpo_pair_apo_zero)   \
-    X(DPO_LOSS_APO_DOWN, dpo_pair_apo_down)   \
-    X(DPO_LOSS_DISCOPOP, dpo_pair_discopop)   \
-    X(DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm) \
-    X(DPO_LOSS_SIMPO, dpo_pair_simpo)         \
-    X(DPO_LOSS_SFT, dpo_pair_sft)
-
-/* The loss types that take length-normalised log-ratios (ipo optionally). */
-#define DPO_FOR_EACH_NORMALIZED_LOSS(X)               \
-    X(DPO_LOSS_IPO, dpo_pair_ipo)                     \
-    X(DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm)   \
-    X(DPO_LOSS_SIMPO, dpo_pair_simpo)
+/* The loss types with a kernel case, as X(ID, PAIR_FN): X is called for every row whose KIND
+ * has one (the chunk loop expands one case per entry); and those of normalised log-ratios. The
+ * rows' X is named by the caller: define DPO_EACH_X(ID, PAIR_FN), expand, undefine. */
+#define DPO_KERNEL_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_KERNEL_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_NORMALIZED_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_NORMALIZED_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_KERNEL_LOSS DPO_LOSS_REGISTRY(DPO_KERNEL_ROW)
+#define DPO_FOR_EACH_NORMALIZED_LOSS DPO_LOSS_REGISTRY(DPO_NORMALIZED_ROW)
 
 #endif /* DPO_PAIR_LOSSES_H */

@@ -1,0 +1,128 @@
+"""The small-batch section of ``dpo-fast bench``: what one call costs at the sizes training and
+evaluation code uses (8-512 pairs), where a per-call overhead, not the kernel, decides.
+
+Baselines are what a user would write by hand, timed interleaved with dpo_fast in the same
+run (dpo_fast._timing): the three-line NumPy formula, and the same formula in plain torch
+autograd (forward and backward) against ``dpo_fast.torch.preference_loss``; for the log-probs,
+torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+import dpo_fast
+from dpo_fast import _timing
+
+__all__ = ["SMALL_SIZES", "LOGPS_SHAPE", "bench_small", "format_small"]
+
+SMALL_SIZES = (2, 8, 64, 512, 4096)
+LOGPS_SHAPE = (2, 16, 64)
+BETA = 0.1
+
+
+def _torch_formula_step(torch: Any, tensors: list[Any], beta: float) -> None:
+    """Plain torch autograd: rewards, ``-logsigmoid``, mean, backward (grads reset first)."""
+    import torch.nn.functional as F  # noqa: N812 - the name everyone writes
+
+    chosen, rejected, ref_chosen, ref_rejected = tensors
+    chosen.grad = rejected.grad = None
+    margin = beta * (chosen - ref_chosen) - beta * (rejected - ref_rejected)
+    (-F.logsigmoid(margin)).mean().backward()
+
+
+def _dpo_fast_torch_step(tensors: list[Any], beta: float) -> None:
+    import dpo_fast.torch as dft
+
+    chosen, rejected, ref_chosen, ref_rejected = tensors
+    chosen.grad = rejected.grad = None
+    dft.preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta).loss.backward()
+
+
+def _torch_logps(torch: Any, logits: Any, labels: Any) -> Any:
+    return torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: int,
+                torch: Any, numpy_formula: Callable[..., Any]) -> dict[str, Any]:
+    """Time the small-batch section: one row per size, and the log-probs row.
+
+    Returns a JSON-serialisable dict: ``rows`` (``n``, ``times`` by implementation,
+    ``ratios``) and ``logps`` (or None without torch).
+    """
+    rng = np.random.default_rng(seed)
+    # One thread for torch, as dpo_fast runs these sizes: its intra-op pool only adds
+    # hand-over costs at these sizes (and milliseconds when another process holds the cores).
+    single = None if torch is None else functools.partial(torch.set_num_threads, 1)
+    rows = []
+    for n in sizes:
+        arrays = [rng.standard_normal(n) * 5.0 - 50.0 for _ in range(4)]
+        entries = {
+            "dpo_fast": _timing.Entry(functools.partial(
+                dpo_fast.preference_loss, *arrays, beta=BETA)),
+            "dpo_fast_grad": _timing.Entry(functools.partial(
+                dpo_fast.preference_loss, *arrays, beta=BETA, compute_grad=True)),
+            "numpy": _timing.Entry(functools.partial(numpy_formula, *arrays, BETA)),
+        }
+        if torch is not None:
+            tensors = [torch.from_numpy(a.copy()) for a in arrays]
+            for tensor in tensors[:2]:
+                tensor.requires_grad_(True)
+            entries["dpo_fast_torch"] = _timing.Entry(
+                functools.partial(_dpo_fast_torch_step, tensors, BETA), single)
+            entries["torch"] = _timing.Entry(
+                functools.partial(_torch_formula_step, torch, tensors, BETA), single)
+        times = _timing.measure_group(entries, repeats, min_seconds)
+        median = {name: timing.median for name, timing in times.items()}
+        ratios = {"x_numpy": median["numpy"] / median["dpo_fast"]}
+        if torch is not None:
+            ratios["torch_x_torch"] = median["torch"] / median["dpo_fast_torch"]
+        rows.append({"n": n, "times": {name: t.to_json() for name, t in times.items()},
+                     "ratios": ratios})
+    logps = None
+    if torch is not None:
+        batch, length, vocab = LOGPS_SHAPE
+        logits = rng.standard_normal(LOGPS_SHAPE).astype(np.float32)
+        labels = rng.integers(0, vocab, (batch, length))
+        logits_tensor, labels_tensor = torch.from_numpy(logits), torch.from_numpy(labels)
+        times = _timing.measure_group({
+            "dpo_fast": _timing.Entry(functools.partial(dpo_fast.sequence_logps, logits,
+                                                        labels)),
+            "torch": _timing.Entry(functools.partial(_torch_logps, torch, logits_tensor,
+                                                     labels_tensor), single),
+        }, repeats, min_seconds)
+        logps = {"shape": list(LOGPS_SHAPE), "dtype": "float32",
+                 "times": {name: t.to_json() for name, t in times.items()},
+                 "ratios": {"x_torch": times["torch"].median / times["dpo_fast"].median}}
+    return {"rows": rows, "logps": logps}
+
+
+def format_small(section: dict[str, Any], fmt_time: Callable[[float | None], str],
+                 fmt_ratio: Callable[[float | None], str],
+                 table: Callable[..., list[str]]) -> list[str]:
+    """The report lines of the section (the report's own formatters passed in)."""
+    headers = ["N", "preference_loss", "+ grad", "NumPy formula", "x NumPy",
+               "dpo_fast.torch f+b", "torch f+b", "x torch"]
+    lines = ["", "Small batches (float64, 1 thread; torch: forward + backward)"]
+    body = []
+    for row in section["rows"]:
+        times = {name: t["median"] for name, t in row["times"].items()}
+        body.append([
+            str(row["n"]), fmt_time(times["dpo_fast"]), fmt_time(times["dpo_fast_grad"]),
+            fmt_time(times["numpy"]), fmt_ratio(row["ratios"]["x_numpy"]),
+            fmt_time(times.get("dpo_fast_torch")), fmt_time(times.get("torch")),
+            fmt_ratio(row["ratios"].get("torch_x_torch")),
+        ])
+    lines += table(headers, body)
+    logps = section["logps"]
+    if logps is not None:
+        shape = "x".join(str(d) for d in logps["shape"])
+        lines.append(
+            f"sequence_logps {shape} {logps['dtype']}: "
+            f"{fmt_time(logps['times']['dpo_fast']['median'])} vs torch log_softmax + gather "
+            f"{fmt_time(logps['times']['torch']['median'])} "
+            f"({fmt_ratio(logps['ratios']['x_torch'])})")
+    return lines

@@ -1,0 +1,547 @@
+# cython: language_level=3, annotation_typing=False
+"""The compiled entry point of preference_loss (and of dpo_loss for NumPy arrays).
+
+The common call -- 1-D float64 or float32 NumPy arrays (contiguous, strided or read-only),
+a float beta, one per-pair loss type with its default options, optionally ``out=`` -- is
+checked, allocated, run through the kernel boundary of dpo_fast._kernels._pairwise and packed
+into its result here, in C, with no Python helper on the way. Anything else (lists, other
+dtypes, lengths, weights, loss lists, f-divergences, non-finite sums, ...) goes to the
+validated general path, dpo_fast._general, which gives the same bits and names every bad
+argument. The fast path never raises for a bad argument: it hands the call over instead, so
+every error message is the general path's.
+
+annotation_typing=False: the annotations are documentation (inspect.signature reads them, and
+dpo-fast score builds its options from them); Cython must not turn ``beta: float`` into a C
+double, which would let True through as 1.0.
+"""
+
+cimport cython
+cimport numpy as cnp
+from cpython.float cimport PyFloat_AS_DOUBLE
+from libc.math cimport fabs, isfinite
+
+from dpo_fast._kernels._pairwise cimport (
+    DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
+    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs, init_args,
+    run_loss,
+)
+
+from dpo_fast import _general, _registry, _threads
+from dpo_fast._seed import round4, round4_list
+
+cnp.import_array()
+
+__all__ = ["PreferenceLossResult", "preference_loss", "dpo_loss_arrays"]
+
+# The loss types the fast path runs: one per-pair type on the plain kernel loop, with its
+# kernel id and label_smoothing's exclusive upper bound (0: the type does not use it). Read
+# from the registry, as the general path does, so that the two cannot disagree.
+cdef dict _FAST_TYPES = {
+    name: (_registry.KERNEL_IDS[name], _registry.SMOOTHING_LIMITS.get(name, 0.0))
+    for name in _registry.PLAIN_TYPES}
+cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
+cdef tuple _OUTPUT_NAMES = _general.OUTPUT_NAMES
+cdef tuple _PREFERENCE_ARG_NAMES = _general.PREFERENCE_ARG_NAMES
+cdef tuple _DPO_LOSS_ARG_NAMES = _general.DPO_LOSS_ARG_NAMES
+# Reductions, as codes.
+cdef enum:
+    MEAN, SUM, NONE
+
+
+@cython.final
+@cython.freelist(8)
+cdef class PreferenceLossResult:
+    """What :func:`preference_loss` returns.
+
+    Attributes
+    ----------
+    loss : float or numpy.ndarray
+        The reduced loss: a Python float for ``reduction="mean"`` or ``"sum"``; for
+        ``reduction="none"`` the per-pair array (the same object as ``losses``).
+    losses : numpy.ndarray
+        Per-pair losses.
+    chosen_rewards, rejected_rewards : numpy.ndarray
+        Implicit rewards ``beta * (policy - reference)`` per pair (not rounded).
+    grad_chosen, grad_rejected : numpy.ndarray or None
+        Derivatives of the reduced loss with respect to ``chosen_logps`` and
+        ``rejected_logps`` (per-pair derivatives of each pair's loss for ``"none"``), or None
+        unless ``compute_grad=True``.
+    metrics : dict of str to float
+        TRL's names (built on first access, then the same dict): ``rewards/chosen``, ``rewards/rejected`` (means), ``rewards/accuracies``
+        (share of pairs with chosen reward strictly above rejected), ``rewards/margins`` (mean
+        of the difference), ``logps/chosen``, ``logps/rejected`` (means of the policy
+        log-probs).
+    """
+
+    # The fields in their documented order (pattern matching: PreferenceLossResult(loss, ...)).
+    __match_args__ = ("loss", "losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
+                      "grad_rejected", "metrics")
+
+    cdef readonly object loss
+    cdef readonly object losses
+    cdef readonly object chosen_rewards
+    cdef readonly object rejected_rewards
+    cdef readonly object grad_chosen
+    cdef readonly object grad_rejected
+    cdef object _metrics
+    cdef double _means[6]  # SUM_NAMES order from the chosen reward on; _metrics is None
+
+    def __init__(self, loss, losses, chosen_rewards, rejected_rewards, grad_chosen,
+                 grad_rejected, metrics):
+        self.loss = loss
+        self.losses = losses
+        self.chosen_rewards = chosen_rewards
+        self.rejected_rewards = rejected_rewards
+        self.grad_chosen = grad_chosen
+        self.grad_rejected = grad_rejected
+        if not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+        self._metrics = metrics
+
+    @property
+    def metrics(self):
+        """TRL's metric names and values (see the class docstring)."""
+        if self._metrics is None:
+            self._metrics = {
+                "rewards/chosen": self._means[0],
+                "rewards/rejected": self._means[1],
+                "rewards/accuracies": self._means[3],
+                "rewards/margins": self._means[2],
+                "logps/chosen": self._means[4],
+                "logps/rejected": self._means[5],
+            }
+        return self._metrics
+
+    def __repr__(self):
+        return (f"PreferenceLossResult(loss={self.loss!r}, losses={self.losses!r}, "
+                f"chosen_rewards={self.chosen_rewards!r}, "
+                f"rejected_rewards={self.rejected_rewards!r}, "
+                f"grad_chosen={self.grad_chosen!r}, grad_rejected={self.grad_rejected!r}, "
+                f"metrics={self.metrics!r})")
+
+    def __reduce__(self):
+        return (PreferenceLossResult, (self.loss, self.losses, self.chosen_rewards,
+                                       self.rejected_rewards, self.grad_chosen,
+                                       self.grad_rejected, self.metrics))
+
+
+cdef PreferenceLossResult _pack(object loss, dict outputs, list means):
+    """A result from the general path's pieces."""
+    return PreferenceLossResult(
+        loss, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
+        outputs.get("grad_chosen"), outputs.get("grad_rejected"), {
+            "rewards/chosen": means[DPO_SUM_CHOSEN_REWARD],
+            "rewards/rejected": means[DPO_SUM_REJECTED_REWARD],
+            "rewards/accuracies": means[DPO_SUM_ACCURACY],
+            "rewards/margins": means[DPO_SUM_MARGIN],
+            "logps/chosen": means[DPO_SUM_CHOSEN_LOGP],
+            "logps/rejected": means[DPO_SUM_REJECTED_LOGP],
+        })
+
+
+cdef inline int _array_type(object value, Py_ssize_t *length) noexcept:
+    """NPY_DOUBLE / NPY_FLOAT for a NumPy array the kernels can read as it is or after a
+    contiguous copy (exactly ndarray, 1-D, native byte order, aligned), else -1."""
+    cdef cnp.ndarray array
+    cdef int typenum
+    if type(value) is not cnp.ndarray:
+        return -1
+    array = <cnp.ndarray>value
+    if cnp.PyArray_NDIM(array) != 1:
+        return -1
+    typenum = cnp.PyArray_TYPE(array)
+    if typenum != cnp.NPY_DOUBLE and typenum != cnp.NPY_FLOAT:
+        return -1
+    if not cnp.PyArray_ISBEHAVED_RO(array):  # aligned, native byte order
+        return -1
+    length[0] = cnp.PyArray_DIM(array, 0)
+    return typenum
+
+
+cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken) noexcept:
+    """Record the bytes of a C-contiguous 1-D array as taken (slot ``taken``) and say whether
+    they were free: np.may_share_memory's bounds test against slots 0 .. taken-1, the check
+    of the general path."""
+    cdef char *first = <char *>cnp.PyArray_DATA(array)
+    cdef char *last = first + cnp.PyArray_NBYTES(array)
+    cdef int k
+    starts[taken] = first
+    ends[taken] = last
+    for k in range(taken):
+        if not (last <= starts[k] or ends[k] <= first or first == last
+                or starts[k] == ends[k]):
+            return False
+    return True
+
+
+cdef inline cnp.ndarray _readable(object value):
+    """A C-contiguous view of an array accepted by _array_type (a copy if strided)."""
+    cdef cnp.ndarray array = <cnp.ndarray>value
+    if cnp.PyArray_IS_C_CONTIGUOUS(array):
+        return array
+    return cnp.PyArray_NewCopy(array, cnp.NPY_CORDER)
+
+
+cdef cnp.ndarray _output(dict out, str key, cnp.npy_intp *dims, int typenum, char **starts,
+                         char **ends, int taken):
+    """The caller's out[key] if the kernels can write it as it is (exactly ndarray, of the
+    result dtype and length, C-contiguous, aligned, writeable, native byte order, overlapping
+    no input and no earlier output), a new array if key is not in out, else None."""
+    cdef Py_ssize_t length = -1
+    if key not in out:
+        array = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+        _claim(<cnp.ndarray>array, starts, ends, taken)
+        return array
+    array = out[key]
+    if (_array_type(array, &length) != typenum or length != dims[0]
+            or not cnp.PyArray_ISBEHAVED(<cnp.ndarray>array)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)):
+        return None
+    if not _claim(<cnp.ndarray>array, starts, ends, taken):
+        return None
+    return array
+
+
+cdef object _fast_call(object chosen, object rejected, object ref_chosen, object ref_rejected,
+                       object beta, object loss_type, object label_smoothing,
+                       object discopop_tau, object simpo_gamma, object f_divergence_type,
+                       object f_alpha_divergence_coef, object reduction, object compute_grad,
+                       object check_finite, object n_threads, object out,
+                       bint float64_only):
+    """The result of the common call, or None: then the general path takes the call (and
+    raises for what is wrong)."""
+    cdef Py_ssize_t n = 0, other = 0
+    cdef int typenum, kernel_id, reduce, threads, k
+    cdef double beta_value, smoothing, limit, tau
+    cdef double sums[DPO_NSUMS]
+    cdef bint want_grad, strided = False, reference
+    cdef object entry, key
+    cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
+    cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
+    cdef cnp.ndarray losses, chosen_rewards, rejected_rewards
+    cdef cnp.npy_intp dims[1]
+    cdef char *starts[9]
+    cdef char *ends[9]
+    cdef int taken
+    cdef DpoChunkArgs args
+    cdef PreferenceLossResult result
+
+    # Scalars: exactly the types and ranges the general path accepts as they are.
+    if type(beta) is not float or type(loss_type) is not str:
+        return None
+    beta_value = PyFloat_AS_DOUBLE(beta)
+    if not 1e-300 <= beta_value <= 1e300:
+        return None
+    entry = _FAST_TYPES.get(loss_type)
+    if entry is None:
+        return None
+    kernel_id = (<tuple>entry)[0]
+    limit = (<tuple>entry)[1]
+    if type(label_smoothing) is not float or type(discopop_tau) is not float:
+        return None
+    smoothing = PyFloat_AS_DOUBLE(label_smoothing)
+    if limit > 0.0:
+        if not 0.0 <= smoothing < limit:
+            return None
+    elif smoothing != 0.0:
+        return None
+    else:
+        smoothing = 0.0  # (-0.0 too, as the general path returns)
+    tau = PyFloat_AS_DOUBLE(discopop_tau)
+    if not 1e-300 <= tau <= 1e300:
+        return None
+    if type(simpo_gamma) is not float or not isfinite(PyFloat_AS_DOUBLE(simpo_gamma)):
+        return None
+    if (type(f_alpha_divergence_coef) is not float
+            or not fabs(PyFloat_AS_DOUBLE(f_alpha_divergence_coef)) <= 1e300):
+        return None
+    if type(f_divergence_type) is not str or f_divergence_type != "reverse_kl":
+        return None
+    if type(reduction) is not str:
+        return None
+    if reduction == "mean":
+        reduce = MEAN
+    elif reduction == "sum":
+        reduce = SUM
+    elif reduction == "none":
+        reduce = NONE
+    else:
+        return None
+    if compute_grad is True:
+        want_grad = True
+    elif compute_grad is False:
+        want_grad = False
+    else:
+        return None
+    if check_finite is not True and check_finite is not False:
+        return None
+
+    # Arrays: one dtype, one length, references both given or both not.
+    typenum = _array_type(chosen, &n)
+    if typenum < 0 or n == 0 or (float64_only and typenum != cnp.NPY_DOUBLE):
+        return None
+    if _array_type(rejected, &other) != typenum or other != n:
+        return None
+    reference = ref_chosen is not None
+    if reference:
+        if (_array_type(ref_chosen, &other) != typenum or other != n
+                or _array_type(ref_rejected, &other) != typenum or other != n):
+            return None
+    elif ref_rejected is not None:
+        return None
+
+    if n_threads is None:
+        threads = 1
+    elif type(n_threads) is int and n_threads >= 1:
+        threads = 1
+    else:
+        return None
+    if n >= _PARALLEL_MIN_ROWS:
+        threads = _threads.resolve_n_threads(n_threads, n)
+
+    chosen_array = _readable(chosen)
+    rejected_array = _readable(rejected)
+    strided = chosen_array is not chosen or rejected_array is not rejected
+    if reference:
+        ref_chosen_array = _readable(ref_chosen)
+        ref_rejected_array = _readable(ref_rejected)
+        strided = (strided or ref_chosen_array is not ref_chosen
+                   or ref_rejected_array is not ref_rejected)
+
+    # Outputs: allocated, or the caller's out= arrays when each is exactly right.
+    dims[0] = n
+    if out is None:
+        losses = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+        chosen_rewards = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+        rejected_rewards = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+        if want_grad:
+            grad_chosen = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+            grad_rejected = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+    else:
+        if type(out) is not dict or strided:
+            return None
+        for key in <dict>out:
+            if key not in _OUTPUT_NAMES or (not want_grad and key in _OUTPUT_NAMES[3:]):
+                return None
+        taken = 0
+        for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array):
+            if entry is not None:
+                _claim(<cnp.ndarray>entry, starts, ends, taken)
+                taken += 1
+        losses = _output(<dict>out, "losses", dims, typenum, starts, ends, taken)
+        if losses is None:
+            return None
+        chosen_rewards = _output(<dict>out, "chosen_rewards", dims, typenum, starts, ends,
+                                 taken + 1)
+        if chosen_rewards is None:
+            return None
+        rejected_rewards = _output(<dict>out, "rejected_rewards", dims, typenum, starts, ends,
+                                   taken + 2)
+        if rejected_rewards is None:
+            return None
+        if want_grad:
+            grad_chosen = _output(<dict>out, "grad_chosen", dims, typenum, starts, ends,
+                                  taken + 3)
+            if grad_chosen is None:
+                return None
+            grad_rejected = _output(<dict>out, "grad_rejected", dims, typenum, starts, ends,
+                                    taken + 4)
+            if grad_rejected is None:
+                return None
+
+    init_args(&args, beta_value, smoothing, tau)
+    args.loss_type = kernel_id
+    args.grad_divisor = <double>n if reduce == MEAN else 1.0
+    args.chosen = cnp.PyArray_DATA(chosen_array)
+    args.rejected = cnp.PyArray_DATA(rejected_array)
+    if reference:
+        args.ref_chosen = cnp.PyArray_DATA(ref_chosen_array)
+        args.ref_rejected = cnp.PyArray_DATA(ref_rejected_array)
+    args.losses = cnp.PyArray_DATA(losses)
+    args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
+    args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
+    if want_grad:
+        args.grad_chosen = cnp.PyArray_DATA(grad_chosen)
+        args.grad_rejected = cnp.PyArray_DATA(grad_rejected)
+    run_loss(&args, n, threads, typenum == cnp.NPY_FLOAT, sums)
+    # A non-finite sum: a NaN/inf input (an error, or check_finite=False), or a sum of finite
+    # terms that overflowed (means taken the slow way). The general path redoes the call.
+    if not isfinite(sums[0] + sums[1] + sums[2] + sums[3] + sums[4] + sums[5] + sums[6]):
+        return None
+
+    result = PreferenceLossResult.__new__(PreferenceLossResult)
+    if reduce == MEAN:
+        result.loss = sums[DPO_SUM_LOSS] / n
+    elif reduce == SUM:
+        result.loss = sums[DPO_SUM_LOSS]
+    else:
+        result.loss = losses
+    result.losses = losses
+    result.chosen_rewards = chosen_rewards
+    result.rejected_rewards = rejected_rewards
+    result.grad_chosen = grad_chosen
+    result.grad_rejected = grad_rejected
+    for k in range(6):
+        result._means[k] = sums[DPO_SUM_CHOSEN_REWARD + k] / n
+    return result
+
+
+def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any = None,
+                    ref_rejected_logps: Any = None, *, beta: float = 0.1,
+                    loss_type: str | Sequence[str] = "sigmoid",
+                    loss_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
+                    discopop_tau: float = 0.05, simpo_gamma: float = 0.5,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 1.0,
+                    chosen_lengths: Any = None, rejected_lengths: Any = None,
+                    weights: Any = None, reduction: str = "mean", compute_grad: bool = False,
+                    check_finite: bool = True, n_threads: int | None = None,
+                    out: Mapping[str, np.ndarray] | None = None) -> PreferenceLossResult:
+    """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
+
+    With log-ratios ``c = chosen_logps - ref_chosen_logps`` and
+    ``r = rejected_logps - ref_rejected_logps`` and ``z = beta * (c - r)``, the ``"sigmoid"``
+    loss (DPO) of a pair is ``-(1 - eps) * log(sigmoid(z)) - eps * log(sigmoid(-z))`` with
+    ``eps = label_smoothing`` (conservative DPO, as in the DPO authors' code; ``eps = 0`` is
+    plain DPO). Every loss type is evaluated stably in double precision: finite inputs never
+    give NaN, and ``|z|`` up to 1e6 and beyond gives the exact limits (or ``inf`` where the
+    value itself overflows).
+
+    Parameters
+    ----------
+    chosen_logps, rejected_logps : array_like, shape (n,)
+        Policy log-probabilities of the chosen and rejected responses (summed over tokens).
+    ref_chosen_logps, ref_rejected_logps : array_like, shape (n,), optional
+        The same under the reference model. Both None (the default): reference-free, the
+        log-ratios are taken against 0.
+    beta : float, default 0.1
+        Inverse temperature; finite, in [1e-300, 1e300].
+    loss_type : str or sequence of str, default "sigmoid"
+        The per-pair loss (formulas, sources and differences from TRL in the README's loss
+        table): ``"sigmoid"`` (DPO), ``"hinge"`` (SLiC), ``"ipo"`` (IPO; summed log-ratios,
+        or length-normalised when both lengths are given), ``"exo_pair"``, ``"nca_pair"``,
+        ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``, ``"aot"``, ``"aot_unpaired"``
+        (sorted across the batch), ``"apo_zero"``, ``"apo_down"``, ``"discopop"``, ``"sft"``
+        (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
+        ``"simpo"``. A list of distinct names combines them: each pair's loss is the
+        ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
+        ``["sigmoid", "sft"]``).
+    loss_weights : sequence of float, optional
+        One finite weight per listed loss type; default all 1.
+    label_smoothing : float, default 0.0
+        ``eps``: for ``"sigmoid"``, ``"robust"``, ``"aot"``, ``"aot_unpaired"`` and
+        ``"simpo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``, with 0 meaning TRL's
+        default 1e-3. In a list it applies to the types that use it; a non-zero value with
+        no such type is refused.
+    discopop_tau : float, default 0.05
+        DiscoPOP's temperature (TRL's default); in [1e-300, 1e300].
+    simpo_gamma : float, default 0.5
+        SimPO's target reward margin (TRL's ``CPOConfig`` default).
+    f_divergence_type : {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
+        TRL's f-divergence: the log-ratios ``x`` become scores ``s(x)`` (``x``;
+        ``1 - exp(-x)``; ``log 2 + log(sigmoid(x))``; ``(exp((alpha - 1) x) - 1) /
+        (alpha - 1)``) in ``"sigmoid"``, ``"hinge"``, ``"ipo"``, ``"exo_pair"``,
+        ``"robust"``, ``"discopop"`` and ``"sigmoid_norm"``; other types refuse a
+        non-default divergence (``"sft"`` in a list is unaffected).
+    f_alpha_divergence_coef : float, default 1.0
+        ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL), in ``[-1e300, 1e300]``.
+        The scores are taken as ``expm1((alpha - 1) x) / (alpha - 1)``, accurate for
+        ``alpha`` next to 1 too.
+    chosen_lengths, rejected_lengths : array_like, shape (n,), optional
+        Completion lengths in tokens (finite, >= 1): needed by ``"sigmoid_norm"`` and
+        ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both
+        are given; other types ignore them.
+    weights : array_like, shape (n,), optional
+        Per-pair multipliers (finite, >= 0) applied to each pair's loss before the
+        reduction (WPO-style weights computed elsewhere); ``"mean"`` stays the plain mean.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        How ``loss`` reduces the per-pair losses.
+    compute_grad : bool, default False
+        Also return the derivatives of the reduced loss with respect to ``chosen_logps`` and
+        ``rejected_logps``, computed in the same pass (for ``reduction="none"``, each pair's
+        derivative of its own loss; for the batch-coupled ``"aot_unpaired"`` the rejected
+        derivative of a sorted position goes to the pair whose log-ratio has that rank).
+    check_finite : bool, default True
+        Raise ValueError (naming the input and the first bad index) if any input holds NaN
+        or inf. The check is folded into the kernel's pass and costs nothing measurable.
+    n_threads : int, optional
+        OpenMP threads. None: the CPUs this process may use (affinity mask, cgroup quota,
+        ``OMP_NUM_THREADS``). Inputs below a measured size run on one thread either way.
+        Results are bit-identical for every value.
+    out : dict of str to numpy.ndarray, optional
+        Preallocated outputs, keyed by any of ``"losses"``, ``"chosen_rewards"``,
+        ``"rejected_rewards"`` and, with ``compute_grad=True``, ``"grad_chosen"``,
+        ``"grad_rejected"``: C-contiguous, writeable, of the result dtype and shape ``(n,)``,
+        overlapping no input. Missing keys are allocated.
+
+    Returns
+    -------
+    PreferenceLossResult
+        ``loss``, ``losses``, ``chosen_rewards``, ``rejected_rewards``, ``grad_chosen``,
+        ``grad_rejected`` and ``metrics`` (TRL's names); see :class:`PreferenceLossResult`.
+
+    Notes
+    -----
+    Rewards are ``beta * c`` and ``beta * r`` for every loss type (``"simpo"``:
+    ``beta * chosen_logps / chosen_lengths`` and the same for rejected), in the input order.
+    ``"sft"`` and the sorted types couple the pairs of a batch, so ``dpo-fast score`` and
+    ``dpo_fast.dask`` (which see data in pieces) refuse them.
+
+    dtypes: if every input is float32 (or float16) the outputs are float32; otherwise
+    (float64, integer or mixed inputs) they are float64. The arithmetic and all sums are
+    double precision either way, so float32 outputs are the float64 results rounded once.
+    Strided and read-only inputs are accepted (strided ones are copied); inputs are never
+    written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> result = preference_loss(np.array([-2.0, -1.5]), np.array([-3.0, -2.5]),
+    ...                          np.array([-2.5, -2.0]), np.array([-2.5, -2.0]), beta=0.5)
+    >>> round(result.loss, 6)
+    0.474077
+    >>> result.chosen_rewards
+    array([0.25, 0.25])
+    >>> result.metrics["rewards/accuracies"]
+    1.0
+    """
+    cdef object result
+    if (loss_weights is None and chosen_lengths is None and rejected_lengths is None
+            and weights is None):
+        result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                            beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
+                            f_divergence_type, f_alpha_divergence_coef, reduction,
+                            compute_grad, check_finite, n_threads, out, False)
+        if result is not None:
+            return result
+    loss, outputs, means = _general.run(
+        (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps),
+        _PREFERENCE_ARG_NAMES, beta=beta, loss_type=loss_type,
+        label_smoothing=label_smoothing, discopop_tau=discopop_tau, reduction=reduction,
+        compute_grad=compute_grad, check_finite=check_finite, n_threads=n_threads, out=out,
+        loss_weights=loss_weights, simpo_gamma=simpo_gamma,
+        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, weights=weights)
+    return _pack(loss, outputs, means)
+
+
+def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta):
+    """dpo_loss for the inputs its list reader does not take (NumPy arrays, long or other
+    sequences): always float64, like the list reader, so both give the same numbers."""
+    cdef object result
+    cdef object loss, rewards
+    for value, name in zip((chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES[2:]):
+        if value is None:
+            raise TypeError(f"{name} is required, got None")
+    result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
+                        "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
+                        None, None, True)
+    if result is None:
+        loss, outputs, means = _general.run(
+            (chosen_policy, rejected_policy, chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES,
+            beta=beta, loss_type="sigmoid", label_smoothing=0.0, discopop_tau=0.05,
+            reduction="mean", compute_grad=False, check_finite=True, n_threads=None,
+            out=None, force_float64=True)
+        result = _pack(loss, outputs, means)
+    return {"loss": round4((<PreferenceLossResult>result).loss),
+            "chosen_rewards": round4_list((<PreferenceLossResult>result).chosen_rewards),
+            "rejected_rewards": round4_list((<PreferenceLossResult>result).rejected_rewards)}

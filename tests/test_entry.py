@@ -1,0 +1,266 @@
+"""The compiled entry point (issue 13): the common call runs in C, everything else goes to the
+validated general path, and both give the same bits.
+
+The general path (dpo_fast._general.run) is the reference here: it is the code every call
+took before the entry point existed, and its results are checked against the plain float64
+references of the other test modules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dpo_fast
+from dpo_fast import _entry, _general
+from dpo_fast.losses import PreferenceLossResult, preference_loss
+
+PLAIN = sorted(_general.PLAIN_TYPES)
+_RUN = _general.run  # the general path itself (the tests' spy wraps the module attribute)
+OUTPUTS = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
+
+
+def _data(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(n) * 5 - 50).astype(dtype) for _ in range(4)]
+
+
+def _general_result(arrays, **kwargs):
+    """What the general path gives for the same call, as a PreferenceLossResult."""
+    options = dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, discopop_tau=0.05,
+                   reduction="mean", compute_grad=False, check_finite=True, n_threads=None,
+                   out=None)
+    options.update(kwargs)
+    loss, outputs, means = _RUN(arrays, _general.PREFERENCE_ARG_NAMES, **options)
+    names = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+             "logps/chosen", "logps/rejected")
+    order = (1, 2, 3, 4, 5, 6)  # SUM_NAMES positions of the metrics above
+    metrics = {name: means[position] for name, position in zip(names, order)}
+    return PreferenceLossResult(loss, outputs["losses"], outputs["chosen_rewards"],
+                                outputs["rejected_rewards"], outputs.get("grad_chosen"),
+                                outputs.get("grad_rejected"), metrics)
+
+
+def _assert_same_bits(actual, expected):
+    for key in OUTPUTS:
+        a, e = getattr(actual, key), getattr(expected, key)
+        if e is None:
+            assert a is None, key
+            continue
+        assert a.dtype == e.dtype and a.shape == e.shape, key
+        assert a.tobytes() == e.tobytes(), key
+    if isinstance(expected.loss, np.ndarray):
+        assert actual.loss is actual.losses
+    else:
+        assert type(actual.loss) is float
+        assert np.float64(actual.loss).tobytes() == np.float64(expected.loss).tobytes()
+    assert list(actual.metrics) == ["rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                    "rewards/margins", "logps/chosen", "logps/rejected"]
+    for name, value in expected.metrics.items():
+        assert type(actual.metrics[name]) is float
+        assert np.float64(actual.metrics[name]).tobytes() == np.float64(value).tobytes(), name
+
+
+@pytest.fixture
+def general_spy(monkeypatch):
+    """Counts the calls that reach the general path."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return _RUN(*args, **kwargs)
+
+    monkeypatch.setattr(_general, "run", spy)
+    return calls
+
+
+@pytest.mark.parametrize("loss_type", PLAIN)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1023, 8193, 40_000])
+def test_fast_path_gives_the_general_paths_bits(loss_type, dtype, n, general_spy):
+    arrays = _data(n, dtype, seed=n)
+    smoothing = 0.1 if loss_type in _general.SMOOTHING_LIMITS else 0.0
+    for reduction in ("mean", "sum", "none"):
+        for grad in (False, True):
+            for refs in (arrays, arrays[:2] + [None, None]):
+                got = preference_loss(*refs, beta=0.3, loss_type=loss_type,
+                                      label_smoothing=smoothing, reduction=reduction,
+                                      compute_grad=grad)
+                assert not general_spy, "the common call left the compiled path"
+                want = _general_result(refs, beta=0.3, loss_type=loss_type,
+                                       label_smoothing=smoothing, reduction=reduction,
+                                       compute_grad=grad)
+                general_spy.clear()
+                _assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_strided_and_read_only_inputs_take_the_fast_path(dtype, general_spy):
+    arrays = _data(200, dtype)
+    strided = [a[::2] for a in arrays]
+    read_only = [a[:100].copy() for a in arrays]
+    for a in read_only:
+        a.flags.writeable = False
+    for inputs in (strided, read_only, [strided[0], read_only[1], strided[2], read_only[3]]):
+        before = [a.copy() for a in inputs]
+        got = preference_loss(*inputs, beta=0.2, compute_grad=True)
+        assert not general_spy
+        _assert_same_bits(got, _general_result([np.ascontiguousarray(a) for a in inputs],
+                                               beta=0.2, compute_grad=True))
+        for a, b in zip(inputs, before):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_out_arrays_are_written_on_the_fast_path(dtype, general_spy):
+    arrays = _data(50, dtype)
+    out = {key: np.full(50, 7.0, dtype) for key in OUTPUTS}
+    got = preference_loss(*arrays, compute_grad=True, out=out, reduction="none")
+    assert not general_spy
+    for key in OUTPUTS:
+        assert getattr(got, key) is out[key]
+    assert got.loss is out["losses"]
+    _assert_same_bits(got, _general_result(arrays, compute_grad=True, reduction="none"))
+    # Some keys given, the others allocated.
+    partial = {"chosen_rewards": np.empty(50, dtype)}
+    got = preference_loss(*arrays, out=partial)
+    assert not general_spy and got.chosen_rewards is partial["chosen_rewards"]
+
+
+def _unaligned(n, dtype):
+    raw = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
+    return np.frombuffer(raw.data, dtype, n, offset=1)
+
+
+@pytest.mark.parametrize(("label", "make_call"), [
+    ("list input", lambda a: ((a[0].tolist(), a[1].tolist()), {})),
+    ("float16", lambda a: ((a[0].astype(np.float16), a[1].astype(np.float16)), {})),
+    ("int64", lambda a: ((a[0].astype(np.int64), a[1].astype(np.int64)), {})),
+    ("mixed dtypes", lambda a: ((a[0], a[1].astype(np.float32)), {})),
+    ("big-endian", lambda a: ((a[0].astype(">f8"), a[1]), {})),
+    ("subclass", lambda a: ((a[0].view(np.matrix)[0].A1.view(np.recarray), a[1]), {})),
+    ("int beta", lambda a: ((a[0], a[1]), {"beta": 1})),
+    ("numpy beta", lambda a: ((a[0], a[1]), {"beta": np.float64(0.1)})),
+    ("loss list", lambda a: ((a[0], a[1]), {"loss_type": ["sigmoid"]})),
+    ("sorted type", lambda a: ((a[0], a[1]), {"loss_type": "aot"})),
+    ("weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size)})),
+    ("f-divergence", lambda a: ((a[0], a[1]), {"f_divergence_type": "js_divergence"})),
+    ("numpy bool", lambda a: ((a[0], a[1]), {"compute_grad": np.bool_(True)})),
+    ("n_threads numpy int", lambda a: ((a[0], a[1]), {"n_threads": np.int64(1)})),
+    ("unaligned out", lambda a: ((a[0], a[1]), {"out": {"losses": _unaligned(a[0].size,
+                                                                               np.float64)}})),
+    ("out mapping", lambda a: ((a[0], a[1]), {"out": _Mapping(losses=np.empty(a[0].size))})),
+])
+def test_unusual_calls_take_the_general_path_with_the_same_results(label, make_call,
+                                                                   general_spy):
+    arrays = _data(8, np.float64)
+    args, kwargs = make_call(arrays)
+    got = preference_loss(*args, **kwargs)
+    assert len(general_spy) == 1, label
+    assert isinstance(got, PreferenceLossResult)
+
+
+class _Mapping(dict):
+    """A dict subclass: not exactly dict, so the general path checks it."""
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"beta": 0.0}, ValueError, "beta must be finite and in"),
+    ({"beta": True}, TypeError, "beta must be a real number"),
+    ({"loss_type": "nope"}, ValueError, "unknown loss_type 'nope'"),
+    ({"label_smoothing": 0.7}, ValueError, "label_smoothing must be in"),
+    ({"loss_type": "hinge", "label_smoothing": 0.1}, ValueError, "not used by"),
+    ({"discopop_tau": 0.0}, ValueError, "discopop_tau must be"),
+    ({"simpo_gamma": float("nan")}, ValueError, "simpo_gamma must be finite"),
+    ({"f_alpha_divergence_coef": 1e301}, ValueError, "f_alpha_divergence_coef must be"),
+    ({"reduction": "max"}, ValueError, "unknown reduction 'max'"),
+    ({"compute_grad": 1}, TypeError, "compute_grad must be True or False"),
+    ({"check_finite": None}, TypeError, "check_finite must be True or False"),
+    ({"n_threads": 0}, ValueError, "n_threads must be None or a positive integer"),
+    ({"out": {"losses": np.empty(3)}}, ValueError, r"out\['losses'\] has shape \(3,\)"),
+    ({"out": {"grad_chosen": np.empty(4)}}, ValueError, "compute_grad=False"),
+    ({"out": {"nope": np.empty(4)}}, ValueError, "unknown key 'nope'"),
+    ({"out": {"losses": None}}, TypeError, "must be a numpy.ndarray"),
+])
+def test_bad_options_raise_the_general_paths_errors(kwargs, error, message):
+    arrays = _data(4, np.float64)
+    with pytest.raises(error, match=message):
+        preference_loss(*arrays, **kwargs)
+
+
+def test_bad_inputs_raise_the_general_paths_errors():
+    a, b, c, d = _data(4, np.float64)
+    bad = b.copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match=r"^rejected_logps\[2\] is nan"):
+        preference_loss(a, bad, c, d)
+    with pytest.raises(ValueError, match="length mismatch"):
+        preference_loss(a, b[:3])
+    with pytest.raises(ValueError, match="is empty"):
+        preference_loss(a[:0], b[:0])
+    with pytest.raises(ValueError, match="ref_chosen_logps was given but ref_rejected_logps"):
+        preference_loss(a, b, c)
+    with pytest.raises(ValueError, match=r"out\['losses'\] overlaps"):
+        preference_loss(a, b, out={"losses": a})
+    shared = np.empty(4)
+    with pytest.raises(ValueError, match="overlaps"):
+        preference_loss(a, b, out={"losses": shared, "chosen_rewards": shared})
+    # check_finite=False: NaN stays in its row, the means as the general path takes them
+    got = preference_loss(a, bad, c, d, check_finite=False)
+    _assert_same_bits(got, _general_result([a, bad, c, d], check_finite=False))
+
+
+def test_sums_overflowing_finite_inputs_go_the_slow_way():
+    big = np.array([1.7e308, 1.7e308])
+    small = np.array([-1.7e308, -1.7e308])
+    got = preference_loss(big, small, beta=1e-300)
+    want = _general_result([big, small, None, None], beta=1e-300)
+    _assert_same_bits(got, want)
+    assert np.isfinite(got.metrics["logps/chosen"])
+
+
+def test_result_pickles_and_prints():
+    import pickle
+
+    result = preference_loss(*_data(3, np.float64), compute_grad=True)
+    copy = pickle.loads(pickle.dumps(result))
+    _assert_same_bits(copy, result)
+    assert repr(result).startswith("PreferenceLossResult(loss=")
+    with pytest.raises(TypeError, match="metrics must be a dict"):
+        PreferenceLossResult(0.0, None, None, None, None, None, None)
+
+
+def test_dpo_loss_with_arrays_takes_the_compiled_path(general_spy):
+    arrays = _data(5, np.float64)
+    lists = [a.tolist() for a in arrays]
+    assert dpo_fast.dpo_loss(*arrays, 0.5) == dpo_fast.dpo_loss(*lists, 0.5)
+    assert not general_spy
+    # float32 arrays: the general path (dpo_loss is float64 throughout), same numbers
+    single = [a.astype(np.float32) for a in arrays]
+    assert dpo_fast.dpo_loss(*single, 0.5) == dpo_fast.dpo_loss(
+        *[a.astype(np.float64).tolist() for a in single], 0.5)
+    assert len(general_spy) == 1
+
+
+def test_torch_tensors_convert_or_name_the_argument():
+    torch = pytest.importorskip("torch")
+    a, b = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -3.0])
+    assert preference_loss(a, b).loss == preference_loss(a.numpy(), b.numpy()).loss
+    with pytest.raises(TypeError, match=r"^rejected_logps is a torch\.Tensor that requires "
+                       r"grad: use dpo_fast\.torch\.preference_loss"):
+        preference_loss(a, b.clone().requires_grad_())
+    with torch.no_grad():  # nothing is differentiated: it converts
+        preference_loss(a, b.clone().requires_grad_())
+    with pytest.raises(TypeError, match=r"^chosen_logps is a torch\.Tensor of dtype "
+                       r"torch\.bfloat16, which NumPy cannot hold"):
+        preference_loss(a.to(torch.bfloat16), b)
+    with pytest.raises(TypeError, match=r"^log_probs_chosen_policy is a torch\.Tensor that "
+                       "requires grad"):
+        dpo_fast.dpo_loss(a.clone().requires_grad_(), [1.0, 2.0], [1.0, 2.0], [1.0, 2.0], 0.1)
+    logits = torch.zeros(1, 2, 3, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"^logits is a torch\.Tensor of dtype torch\.bfloat16"):
+        dpo_fast.sequence_logps(logits, np.zeros((1, 2), np.int64))
+
+
+def test_entry_module_keeps_its_helpers_private():
+    assert set(_entry.__all__) == {"PreferenceLossResult", "preference_loss", "dpo_loss_arrays"}
