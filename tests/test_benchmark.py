@@ -6,6 +6,7 @@ asserted (they are the benchmark's output, and a noisy machine would make them f
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -307,3 +308,29 @@ def test_bad_options_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         _parse(argv)
     assert info.value.code == 2
+
+
+def test_small_batch_section_measures_and_reports():
+    """dpo-fast bench's small-batch section: one row per size with its ratios, in the report
+    and in the targets (issue 13)."""
+    from dpo_fast import _bench_small
+
+    torch = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+    section = _bench_small.bench_small((2, 8), 1, 1e-4, 0, torch,
+                                       benchmark.numpy_array_solution)
+    assert [row["n"] for row in section["rows"]] == [2, 8]
+    for row in section["rows"]:
+        assert row["ratios"]["x_numpy"] > 0
+        assert ("torch_x_torch" in row["ratios"]) == (torch is not None)
+    assert (section["logps"] is None) == (torch is None)
+    lines = _bench_small.format_small(section, benchmark._fmt_time, benchmark._fmt_ratio,
+                                      benchmark._table)
+    assert lines[1].startswith("Small batches")
+    assert any(line.startswith("2 ") for line in lines)
+    targets = benchmark._targets({"seed": [], "arrays": [], "small": section,
+                                  "config": {"threads": [1]}})
+    small = {t["key"]: t for t in targets if t["key"].startswith(("small", "torch", "logps"))}
+    assert small["small2_x_numpy"]["measured"] == section["rows"][0]["ratios"]["x_numpy"]
+    assert small["small64_x_numpy"]["measured"] is None  # not measured in this run

@@ -45,6 +45,8 @@ __all__ = ["PreferenceLossResult", "SequenceLogpsResult", "preference_loss", "se
 
 _NATIVE = (torch.float32, torch.float64)
 _UPCAST = (torch.float16, torch.bfloat16)
+# Keyword values that cannot hold a tensor (the constants check has nothing to look at).
+_SCALARS = frozenset({float, int, str, bool, type(None)})
 
 
 @dataclass(frozen=True)
@@ -312,28 +314,55 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
 
 
 class _PreferenceLoss(torch.autograd.Function):
-    """(chosen, rejected) -> loss, with the kernel's forward-pass derivatives."""
+    """(chosen, rejected) -> loss, with the kernel's forward-pass derivatives.
+
+    The derivatives are kept on ctx as plain attributes (they are neither inputs nor outputs:
+    no saved-variable bookkeeping is needed), and the backward is one multiply per side."""
 
     @staticmethod
-    def forward(ctx, chosen, rejected, arrays, kwargs, sink):
-        result = _np_losses.preference_loss(*arrays, compute_grad=True, **kwargs)
-        loss = _loss_tensor(result)
-        ctx.save_for_backward(torch.from_numpy(result.grad_chosen),
-                              torch.from_numpy(result.grad_rejected))
-        ctx.dtypes = (chosen.dtype, rejected.dtype)
-        sink["result"] = result
-        return loss
+    def forward(ctx, chosen, rejected, result):
+        # `result`: the NumPy call's, made with compute_grad=True before apply (so that
+        # nothing but the loss passes through autograd's argument handling).
+        grads = (torch.from_numpy(result.grad_chosen), torch.from_numpy(result.grad_rejected))
+        ctx.grads = grads
+        # Half-precision inputs get their gradient in their own dtype.
+        ctx.dtypes = (None if chosen.dtype == grads[0].dtype and rejected.dtype == grads[1].dtype
+                      else (chosen.dtype, rejected.dtype))
+        return _loss_tensor(result)
 
     @staticmethod
     @_first_order_only("preference_loss")
     def backward(ctx, grad_loss):
-        grad_chosen, grad_rejected = ctx.saved_tensors
-        grads = [None, None]
-        for i, (grad, dtype) in enumerate(zip((grad_chosen, grad_rejected), ctx.dtypes)):
-            if ctx.needs_input_grad[i]:
-                upstream = grad_loss if grad_loss.dtype == grad.dtype else grad_loss.to(grad.dtype)
-                grads[i] = upstream * grad if grad.dtype == dtype else (upstream * grad).to(dtype)
-        return grads[0], grads[1], None, None, None
+        # One multiply per side by the upstream gradient (0-d for mean / sum, per pair for
+        # "none"), in the kernel's dtype.
+        grad_chosen, grad_rejected = ctx.grads
+        if grad_loss.dtype != grad_chosen.dtype:
+            grad_loss = grad_loss.to(grad_chosen.dtype)
+        needs = ctx.needs_input_grad
+        chosen = grad_chosen * grad_loss if needs[0] else None
+        rejected = grad_rejected * grad_loss if needs[1] else None
+        if ctx.dtypes is not None:
+            chosen = None if chosen is None else chosen.to(ctx.dtypes[0])
+            rejected = None if rejected is None else rejected.to(ctx.dtypes[1])
+        return chosen, rejected, None
+
+
+def _loss_arrays(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any,
+                 ref_rejected_logps: Any) -> list[np.ndarray | None]:
+    """The four inputs as NumPy views; the common case (CPU float32/float64 tensors without
+    the negative bit) without a Python helper per tensor."""
+    arrays: list[np.ndarray | None] = []
+    for value, name in ((chosen_logps, "chosen_logps"), (rejected_logps, "rejected_logps"),
+                        (ref_chosen_logps, "ref_chosen_logps"),
+                        (ref_rejected_logps, "ref_rejected_logps")):
+        if value is None and name.startswith("ref_"):
+            arrays.append(None)
+        elif (type(value) is torch.Tensor and value.is_cpu and value.dtype in _NATIVE
+                and not value.is_neg()):
+            arrays.append((value.detach() if value.requires_grad else value).numpy())
+        else:
+            arrays.append(_float_array(value, name))
+    return arrays
 
 
 def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
@@ -375,33 +404,29 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
     >>> round(out.loss.item(), 4), chosen.grad
     (0.4741, tensor([-0.0944, -0.0944]))
     """
-    for name in ("compute_grad", "out"):
-        if name in kwargs:
-            raise TypeError(f"dpo_fast.torch.preference_loss does not take {name}= (gradients "
-                            "come from autograd)")
-    # Every keyword (weights, chosen_lengths, ..., and any added later) is a constant.
-    _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
-                                         "ref_rejected_logps": ref_rejected_logps, **kwargs})
-    arrays = [_float_array(chosen_logps, "chosen_logps"),
-              _float_array(rejected_logps, "rejected_logps")]
-    for value, name in ((ref_chosen_logps, "ref_chosen_logps"),
-                        (ref_rejected_logps, "ref_rejected_logps")):
-        arrays.append(None if value is None else _float_array(value, name))
-    needs_grad = torch.is_grad_enabled() and (chosen_logps.requires_grad
-                                              or rejected_logps.requires_grad)
-    if needs_grad:
-        sink: dict[str, Any] = {}
-        loss = _PreferenceLoss.apply(chosen_logps, rejected_logps, arrays, kwargs, sink)
-        result = sink["result"]
+    if "compute_grad" in kwargs or "out" in kwargs:
+        name = "compute_grad" if "compute_grad" in kwargs else "out"
+        raise TypeError(f"dpo_fast.torch.preference_loss does not take {name}= (gradients "
+                        "come from autograd)")
+    # Every keyword (weights, chosen_lengths, ..., and any added later) is a constant. (The
+    # common call -- references that do not require grad, scalar keywords -- skips the walk.)
+    if (getattr(ref_chosen_logps, "requires_grad", False)
+            or getattr(ref_rejected_logps, "requires_grad", False)
+            or any(type(value) not in _SCALARS for value in kwargs.values())):
+        _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
+                                             "ref_rejected_logps": ref_rejected_logps, **kwargs})
+    arrays = _loss_arrays(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    if torch.is_grad_enabled() and (chosen_logps.requires_grad or rejected_logps.requires_grad):
+        result = _np_losses.preference_loss(*arrays, compute_grad=True, **kwargs)
+        loss = _PreferenceLoss.apply(chosen_logps, rejected_logps, result)
     else:
         result = _np_losses.preference_loss(*arrays, **kwargs)
         loss = _loss_tensor(result)
-    reduction = kwargs.get("reduction", "mean")
-    losses = loss if reduction == "none" else torch.from_numpy(result.losses)
+    losses = loss if isinstance(result.loss, np.ndarray) else torch.from_numpy(result.losses)
     return PreferenceLossResult(
         loss=loss,
         losses=losses,
         chosen_rewards=torch.from_numpy(result.chosen_rewards),
         rejected_rewards=torch.from_numpy(result.rejected_rewards),
-        metrics=dict(result.metrics),
+        metrics=result.metrics,
     )
