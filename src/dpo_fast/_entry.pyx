@@ -17,7 +17,9 @@ double, which would let True through as 1.0.
 
 cimport cython
 cimport numpy as cnp
+from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.ref cimport PyObject
 from libc.math cimport fabs, isfinite
 
 from dpo_fast._kernels._pairwise cimport (
@@ -183,22 +185,25 @@ cdef inline cnp.ndarray _readable(object value):
 
 
 cdef cnp.ndarray _output(dict out, str key, cnp.npy_intp *dims, int typenum, char **starts,
-                         char **ends, int taken):
+                         char **ends, int taken, int *found):
     """The caller's out[key] if the kernels can write it as it is (exactly ndarray, of the
     result dtype and length, C-contiguous, aligned, writeable, native byte order, overlapping
-    no input and no earlier output), a new array if key is not in out, else None."""
+    no input and no earlier output; ``found`` counts it), a new array if key is not in out,
+    else None."""
     cdef Py_ssize_t length = -1
-    if key not in out:
+    cdef PyObject *given = PyDict_GetItem(out, key)  # borrowed; NULL: not there
+    if given == NULL:
         array = cnp.PyArray_EMPTY(1, dims, typenum, 0)
         _claim(<cnp.ndarray>array, starts, ends, taken)
         return array
-    array = out[key]
+    array = <object>given
     if (_array_type(array, &length) != typenum or length != dims[0]
             or not cnp.PyArray_ISBEHAVED(<cnp.ndarray>array)
             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)):
         return None
     if not _claim(<cnp.ndarray>array, starts, ends, taken):
         return None
+    found[0] += 1
     return array
 
 
@@ -222,7 +227,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef cnp.npy_intp dims[1]
     cdef char *starts[9]
     cdef char *ends[9]
-    cdef int taken
+    cdef int taken, found
     cdef DpoChunkArgs args
     cdef PreferenceLossResult result
 
@@ -320,34 +325,36 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     else:
         if type(out) is not dict or strided:
             return None
-        for key in <dict>out:
-            if key not in _OUTPUT_NAMES or (not want_grad and key in _OUTPUT_NAMES[3:]):
-                return None
+        found = 0
         taken = 0
         for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array):
             if entry is not None:
                 _claim(<cnp.ndarray>entry, starts, ends, taken)
                 taken += 1
-        losses = _output(<dict>out, "losses", dims, typenum, starts, ends, taken)
+        losses = _output(<dict>out, "losses", dims, typenum, starts, ends, taken, &found)
         if losses is None:
             return None
         chosen_rewards = _output(<dict>out, "chosen_rewards", dims, typenum, starts, ends,
-                                 taken + 1)
+                                 taken + 1, &found)
         if chosen_rewards is None:
             return None
         rejected_rewards = _output(<dict>out, "rejected_rewards", dims, typenum, starts, ends,
-                                   taken + 2)
+                                   taken + 2, &found)
         if rejected_rewards is None:
             return None
         if want_grad:
             grad_chosen = _output(<dict>out, "grad_chosen", dims, typenum, starts, ends,
-                                  taken + 3)
+                                  taken + 3, &found)
             if grad_chosen is None:
                 return None
             grad_rejected = _output(<dict>out, "grad_rejected", dims, typenum, starts, ends,
-                                    taken + 4)
+                                    taken + 4, &found)
             if grad_rejected is None:
                 return None
+        # A key we did not take (unknown, or a gradient without compute_grad): the general
+        # path names it.
+        if found != len(<dict>out):
+            return None
 
     init_args(&args, beta_value, smoothing, tau)
     args.loss_type = kernel_id
