@@ -188,6 +188,12 @@ def _extensions():
     common = dict(include_dirs=[CSRC_DIR], depends=[
         os.path.join(CSRC_DIR, name) for name in sorted(os.listdir(CSRC_DIR))
     ])
+    # The entry points build NumPy arrays and read their headers through NumPy's C API (a
+    # Python-level np.empty and a memoryview per array would cost microseconds per call).
+    # Built against NumPy >= 2 for NumPy's 1.22 API: the modules import with NumPy >= 1.22.
+    numpy_api = dict(include_dirs=[CSRC_DIR, numpy.get_include()], depends=common["depends"],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
+                                    ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")])
     return [
         Extension(
             "dpo_fast._kernels._pairwise",
@@ -199,22 +205,17 @@ def _extensions():
             "dpo_fast._kernels._logps",
             sources=[os.path.join(KERNEL_DIR, "_logps.pyx"),
                      os.path.join(CSRC_DIR, "logps_dispatch.c")],
-            **common,
+            **numpy_api,
         ),
         Extension(
             "dpo_fast._seed",
             sources=[os.path.join("src", "dpo_fast", "_seed.pyx")],
             **common,
         ),
-        # The entry point builds NumPy arrays and reads their headers through NumPy's C API
-        # (a Python-level np.empty and a memoryview per array would cost microseconds).
         Extension(
             "dpo_fast._entry",
             sources=[os.path.join("src", "dpo_fast", "_entry.pyx")],
-            include_dirs=[CSRC_DIR, numpy.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
-                           ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
-            depends=common["depends"],
+            **numpy_api,
         ),
     ]
 

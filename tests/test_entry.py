@@ -264,3 +264,77 @@ def test_torch_tensors_convert_or_name_the_argument():
 
 def test_entry_module_keeps_its_helpers_private():
     assert set(_entry.__all__) == {"PreferenceLossResult", "preference_loss", "dpo_loss_arrays"}
+
+
+# ------------------------------------------------------------------- sequence_logps's common call
+
+def _logps_fields(result):
+    return [result.logps, result.counts, result.token_accuracy, result.logsumexp,
+            result.token_logps, result.entropy, result.mean_entropy]
+
+
+def _assert_same_logps(actual, expected):
+    for a, e in zip(_logps_fields(actual), _logps_fields(expected)):
+        if e is None:
+            assert a is None
+        elif isinstance(e, np.ndarray):
+            assert a.dtype == e.dtype and a.shape == e.shape
+            assert a.tobytes() == e.tobytes()
+        else:
+            assert type(a) is float and np.float64(a).tobytes() == np.float64(e).tobytes()
+
+
+@pytest.fixture
+def logps_general_spy(monkeypatch):
+    from dpo_fast import logps
+
+    calls = []
+    prepare = logps._prepare
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(logps, "_prepare", spy)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 64), (1, 1, 1), (3, 5, 7), (9, 33), (0, 4, 5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_logps_common_call_gives_the_general_paths_bits(shape, dtype,
+                                                                  logps_general_spy):
+    rng = np.random.default_rng(sum(shape))
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    labels.reshape(-1)[::3] = -100
+    views = [logits]
+    if len(shape) == 3 and shape[1] > 1:
+        views.append(logits[:, :-1])  # strided over T, read in place
+    for view in views:
+        token_labels = np.ascontiguousarray(labels[tuple(slice(0, n) for n in view.shape[:-1])])
+        for options in ({}, {"average": True}, {"temperature": 0.7},
+                        {"return_token_logps": True, "return_entropy": True},
+                        {"ignore_index": -100, "n_threads": 2}):
+            got = dpo_fast.sequence_logps(view, token_labels, **options)
+            # (Empty logits have zero strides in NumPy 2: the general path takes them.)
+            assert not logps_general_spy or view.size == 0, options
+            # mask of ones: the general path, the same positions counted
+            want = dpo_fast.sequence_logps(view, token_labels,
+                                           mask=np.ones(token_labels.shape, bool), **options)
+            logps_general_spy.clear()
+            _assert_same_logps(got, want)
+
+
+def test_sequence_logps_common_call_hands_errors_over(logps_general_spy):
+    logits = np.zeros((2, 3, 4))
+    with pytest.raises(ValueError, match=r"labels\[1, 2\] = 4 is out of range"):
+        dpo_fast.sequence_logps(logits, np.array([[0, 1, 2], [3, 0, 4]]))
+    bad = logits.copy()
+    bad[1, 1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"logits\[1, 1, 2\] is nan"):
+        dpo_fast.sequence_logps(bad, np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        dpo_fast.sequence_logps(logits, np.zeros((2, 3), np.int64), temperature=0.0)
+    with pytest.raises(TypeError, match="average must be True or False"):
+        dpo_fast.sequence_logps(logits, np.zeros((2, 3), np.int64), average=1)
+    assert len(logps_general_spy) == 3  # (average=1 is refused before the inputs are read)

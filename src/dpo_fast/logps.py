@@ -340,6 +340,13 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     ...                average=True).logps.round(4)
     array([-2.479 , -3.0906])
     """
+    # The common call (NumPy logits and int64 labels, no mask, below the parallel threshold)
+    # in one compiled step; anything else, or anything wrong, is validated below.
+    common = _logps.common_call(logits, labels, ignore_index, mask, average, temperature,
+                                return_token_logps, return_entropy, n_threads,
+                                PARALLEL_MIN_ELEMENTS, _simd_level_id())
+    if common is not None:
+        return SequenceLogpsResult(*common)
     want_average = check_flag(average, "average")
     want_tokens = check_flag(return_token_logps, "return_token_logps")
     want_entropy = check_flag(return_entropy, "return_entropy")

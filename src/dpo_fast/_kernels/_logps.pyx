@@ -9,6 +9,8 @@ the sums are taken afterwards in a fixed order, so the results do not depend on 
 """
 
 from cython.parallel cimport prange
+cimport numpy as cnp
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint8_t
 
 cdef extern from "logps_api.h" nogil:
@@ -45,6 +47,8 @@ cdef extern from "logps_api.h" nogil:
 ctypedef fused floating:
     float
     double
+
+cnp.import_array()
 
 NOT_ARGMAX = DPO_LOGPS_NOT_ARGMAX
 ARGMAX = DPO_LOGPS_ARGMAX
@@ -241,3 +245,177 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
                 if row_weight[r] != 0.0 and status[r] == DPO_LOGPS_NONFINITE:
                     n_bad += 1
     return n_bad
+
+
+# ----------------------------------------------------------------------------- the common call
+
+
+cdef inline int _float_type(object value) noexcept:
+    """NPY_FLOAT / NPY_DOUBLE for an exact ndarray the row loops can read in place (aligned,
+    native byte order, a contiguous last axis, strides in whole items), else -1."""
+    cdef cnp.ndarray array
+    cdef int typenum, axis
+    cdef Py_ssize_t itemsize
+    if type(value) is not cnp.ndarray:
+        return -1
+    array = <cnp.ndarray>value
+    typenum = cnp.PyArray_TYPE(array)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        return -1
+    if cnp.PyArray_NDIM(array) not in (2, 3) or not cnp.PyArray_ISBEHAVED_RO(array):
+        return -1
+    itemsize = cnp.PyArray_ITEMSIZE(array)
+    if cnp.PyArray_STRIDE(array, cnp.PyArray_NDIM(array) - 1) != itemsize:
+        return -1
+    for axis in range(cnp.PyArray_NDIM(array) - 1):
+        if cnp.PyArray_STRIDE(array, axis) % itemsize:
+            return -1
+    return typenum
+
+
+def common_call(object logits, object labels, object ignore_index, object mask,
+                object average, object temperature, object return_token_logps,
+                object return_entropy, object n_threads, Py_ssize_t max_elements,
+                int simd_level):
+    """dpo_fast.sequence_logps's common call in one compiled step: the fields of its result
+    as a tuple (logps, counts, token_accuracy, logsumexp, token_logps, entropy, mean_entropy),
+    or None for anything else, which dpo_fast.logps then validates and runs (and raises for).
+
+    The common call: exact float32/float64 ndarray logits (B, T, V) or (N, V) read in place,
+    C-contiguous int64 labels of the matching shape, no mask, an int ignore_index, a float
+    temperature, exact bools, n_threads None or an int, and fewer than ``max_elements`` logits
+    (below the parallel threshold: larger calls run threaded through the general path, where the
+    per-call cost does not matter). Every row and sum is computed exactly as there."""
+    cdef int typenum = _float_type(logits)
+    cdef cnp.ndarray logit_array, label_array, rows, counts, token_logps, logsumexp
+    cdef cnp.ndarray entropy = None, status, sums
+    cdef int ndim, k
+    cdef Py_ssize_t n_b, n_t, vocab, n_rows = 0, b, t, r, count, n_argmax = 0
+    cdef cnp.npy_intp dims[2]
+    cdef cnp.npy_intp seq_dims[1]
+    cdef int64_t ignore, label
+    cdef int64_t *label_data
+    cdef int64_t *row_data
+    cdef int64_t *count_data
+    cdef double *sum_data
+    cdef double *token_data
+    cdef double *entropy_data = NULL
+    cdef uint8_t *status_data
+    cdef double inv_temperature, value, entropy_sum = 0.0
+    cdef bint want_average, want_tokens, want_entropy
+    cdef DpoLogpsArgs args
+
+    if typenum < 0 or mask is not None or type(ignore_index) is not int:
+        return None
+    if type(temperature) is not float:
+        return None
+    value = temperature
+    if not (value > 0.0 and value < INFINITY):
+        return None
+    for flag in (average, return_token_logps, return_entropy):
+        if flag is not True and flag is not False:
+            return None
+    if n_threads is not None and not (type(n_threads) is int and n_threads >= 1):
+        return None
+    if not -(2**63) <= ignore_index < 2**63:
+        return None
+    ignore = ignore_index
+    want_average = average is True
+    want_tokens = return_token_logps is True
+    want_entropy = return_entropy is True
+
+    logit_array = <cnp.ndarray>logits
+    ndim = cnp.PyArray_NDIM(logit_array)
+    if ndim == 3:
+        n_b = cnp.PyArray_DIM(logit_array, 0)
+        n_t = cnp.PyArray_DIM(logit_array, 1)
+    else:
+        n_b = 1
+        n_t = cnp.PyArray_DIM(logit_array, 0)
+    vocab = cnp.PyArray_DIM(logit_array, ndim - 1)
+    if vocab == 0 or n_b * n_t * vocab >= max_elements:
+        return None
+    # labels: exactly the token shape, int64, C-contiguous
+    if (type(labels) is not cnp.ndarray or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(<cnp.ndarray>labels) != ndim - 1
+            or not cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>labels)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
+        return None
+    label_array = <cnp.ndarray>labels
+    for k in range(ndim - 1):
+        if cnp.PyArray_DIM(label_array, k) != cnp.PyArray_DIM(logit_array, k):
+            return None
+
+    # The rows that count, and their labels checked (a bad one: the general path names it).
+    dims[0] = n_b * n_t
+    rows = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+    seq_dims[0] = n_b
+    counts = cnp.PyArray_EMPTY(ndim - 2, seq_dims, cnp.NPY_INT64, 0)
+    label_data = <int64_t *>cnp.PyArray_DATA(label_array)
+    row_data = <int64_t *>cnp.PyArray_DATA(rows)
+    count_data = <int64_t *>cnp.PyArray_DATA(counts)
+    for b in range(n_b):
+        count = 0
+        for t in range(n_t):
+            label = label_data[b * n_t + t]
+            if label == ignore:
+                continue
+            if label < 0 or label >= vocab:
+                return None
+            row_data[n_rows] = b * n_t + t
+            n_rows += 1
+            count += 1
+        count_data[b] = count
+
+    # Per-row results (zeros where a position does not count), in the token shape.
+    for k in range(ndim - 1):
+        dims[k] = cnp.PyArray_DIM(label_array, k)
+    token_logps = cnp.PyArray_ZEROS(ndim - 1, dims, cnp.NPY_DOUBLE, 0)
+    logsumexp = cnp.PyArray_ZEROS(ndim - 1, dims, cnp.NPY_DOUBLE, 0)
+    status = cnp.PyArray_ZEROS(ndim - 1, dims, cnp.NPY_UINT8, 0)
+    if want_entropy:
+        entropy = cnp.PyArray_ZEROS(ndim - 1, dims, cnp.NPY_DOUBLE, 0)
+        entropy_data = <double *>cnp.PyArray_DATA(entropy)
+    inv_temperature = 1.0 / value
+    args.logits = cnp.PyArray_DATA(logit_array)
+    args.stride_b = (cnp.PyArray_STRIDE(logit_array, 0) // cnp.PyArray_ITEMSIZE(logit_array)
+                     if ndim == 3 else 0)
+    args.stride_t = (cnp.PyArray_STRIDE(logit_array, ndim - 2)
+                     // cnp.PyArray_ITEMSIZE(logit_array))
+    args.n_t = n_t
+    args.vocab = vocab
+    args.labels = label_data
+    args.inv_temperature = inv_temperature
+    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.token_logps = <double *>cnp.PyArray_DATA(token_logps)
+    args.logsumexp = <double *>cnp.PyArray_DATA(logsumexp)
+    args.entropy = entropy_data
+    args.status = <uint8_t *>cnp.PyArray_DATA(status)
+    args.row_weight = NULL
+    args.lse_in = NULL
+    args.grad = NULL
+    if n_rows:
+        if typenum == cnp.NPY_DOUBLE:
+            dpo_logps_forward_f64(&args, row_data, 0, n_rows)
+        else:
+            dpo_logps_forward_f32(&args, row_data, 0, n_rows)
+
+    # Per-sequence sums in row order (as sequence_sums); a non-finite row: the general path.
+    sums = cnp.PyArray_ZEROS(ndim - 2, seq_dims, cnp.NPY_DOUBLE, 0)
+    sum_data = <double *>cnp.PyArray_DATA(sums)
+    token_data = args.token_logps
+    status_data = args.status
+    for k in range(n_rows):
+        r = row_data[k]
+        if status_data[r] == DPO_LOGPS_NONFINITE:
+            return None
+        sum_data[r // n_t] += token_data[r]
+        n_argmax += status_data[r] == DPO_LOGPS_ARGMAX
+        if want_entropy:
+            entropy_sum += entropy_data[r]
+    if want_average:
+        for b in range(n_b):
+            sum_data[b] = sum_data[b] / <double>count_data[b] if count_data[b] > 0 else 0.0
+    return (sums, counts, n_argmax / <double>n_rows if n_rows else 0.0, logsumexp,
+            token_logps if want_tokens else None, entropy,
+            (entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None)
