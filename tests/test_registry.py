@@ -63,8 +63,15 @@ def test_public_sets_come_from_the_registry():
         name for name, facts in EXPECTED.items() if facts[3] or facts[4]}
 
 
+def _source_file(*parts):
+    path = ROOT.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip("needs the source tree")
+    return path
+
+
 def test_readme_table_lists_every_type_in_registry_order():
-    text = (ROOT / "README.md").read_text()
+    text = _source_file("README.md").read_text()
     table = text[text.index("| `loss_type` | per-pair loss |"):]
     table = table[:table.index("\n\n")]
     names = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)[1:]  # (header first)
@@ -100,7 +107,7 @@ def test_every_type_has_a_reference_formula(name):
 
 
 def test_benchmarks_cover_every_type():
-    bench = _module(ROOT / "bench" / "bench_losses.py", "bench_losses_registry_check")
+    bench = _module(_source_file("bench", "bench_losses.py"), "bench_losses_registry_check")
     assert tuple(bench.LOSS_TYPES) == _registry.LOSS_TYPES
 
 
