@@ -199,7 +199,7 @@ def _extensions():
             "dpo_fast._kernels._pairwise",
             sources=[os.path.join(KERNEL_DIR, "_pairwise.pyx"),
                      os.path.join(CSRC_DIR, "dispatch.c")],
-            **common,
+            **numpy_api,
         ),
         Extension(
             "dpo_fast._kernels._logps",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dpo_fast
-from dpo_fast import _entry, _general
+from dpo_fast import _entry, _general, _registry
 from dpo_fast.losses import PreferenceLossResult, preference_loss
 
 PLAIN = sorted(_general.PLAIN_TYPES)
@@ -338,3 +338,58 @@ def test_sequence_logps_common_call_hands_errors_over(logps_general_spy):
     with pytest.raises(TypeError, match="average must be True or False"):
         dpo_fast.sequence_logps(logits, np.zeros((2, 3), np.int64), average=1)
     assert len(logps_general_spy) == 3  # (average=1 is refused before the inputs are read)
+
+
+# --------------------------------------------------------------------------- the kernel boundary
+
+def test_loss_config_picks_the_loop_in_one_place():
+    from dpo_fast._kernels import _pairwise
+
+    ids = _registry.KERNEL_IDS
+    loops = {
+        ((ids["sigmoid"], 0, 1.0),): "plain",
+        ((ids["hinge"], 0, 1.0),): "plain",
+        ((ids["ipo"], 1, 1.0),): "normalized",
+        ((ids["sigmoid_norm"], 1, 1.0),): "normalized",
+        ((ids["sigmoid"], 0, 2.0),): "general",
+        ((ids["sigmoid"], 0, 1.0), (ids["hinge"], 0, 1.0)): "general",
+        ((ids["sft"], 0, 1.0),): "general",
+        (): "general",
+    }
+    for terms, loop in loops.items():
+        assert _pairwise.LossConfig(terms, beta=0.1).loop == loop, terms
+    sigmoid = ((ids["sigmoid"], 0, 1.0),)
+    assert _pairwise.LossConfig(sigmoid, beta=0.1, weighted=True).loop == "general"
+    assert _pairwise.LossConfig(sigmoid, beta=0.1, divergence=2).loop == "general"
+    normalized = ((ids["simpo"], 1, 1.0),)
+    assert _pairwise.LossConfig(normalized, beta=0.1, weighted=True).loop == "normalized"
+    with pytest.raises(ValueError, match="no kernel case"):
+        _pairwise.LossConfig(((ids["aot"], 0, 1.0),), beta=0.1)
+    with pytest.raises(ValueError, match="no normalised kernel case"):
+        _pairwise.LossConfig(((ids["hinge"], 1, 1.0),), beta=0.1)
+
+
+def test_kernel_run_refuses_what_it_cannot_read():
+    from dpo_fast._kernels import _pairwise
+
+    config = _pairwise.LossConfig(((_registry.KERNEL_IDS["sigmoid"], 0, 1.0),), beta=0.1)
+    a = np.zeros(4)
+    outputs = {key: np.empty(4) for key in OUTPUTS[:3]}
+    assert len(_pairwise.run(config, a, a + 1, None, None, None, None, None, outputs, 1)) == 7
+    for bad, match in [
+        ((a[::2], a[:2], None, None), "chosen must be a C-contiguous"),
+        ((a, a.astype(np.float32), None, None), "rejected must be"),
+        ((a, a, a, None), "both reference arrays"),
+        ((a[:0], a[:0], None, None), "empty input"),
+        ((a.astype(np.int64), a, None, None), "float32 or float64"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _pairwise.run(config, *bad, None, None, None, outputs, 1)
+    read_only = dict(outputs, losses=np.zeros(4))
+    read_only["losses"].flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _pairwise.run(config, a, a, None, None, None, None, None, read_only, 1)
+    weighted = _pairwise.LossConfig(((_registry.KERNEL_IDS["sigmoid"], 0, 1.0),), beta=0.1,
+                                    weighted=True)
+    with pytest.raises(ValueError, match="needs the pair weights"):
+        _pairwise.run(weighted, a, a, None, None, None, None, None, outputs, 1)

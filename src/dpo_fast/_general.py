@@ -431,11 +431,12 @@ def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, ep
         rejected_order = _stable_argsort(second)
         baseline = second[rejected_order]
     length = shifted.shape[0]
-    losses, slope, unused_c, unused_r, unused_g = (np.empty(length) for _ in range(5))
-    _pairwise.pairwise_loss_f64(
-        np.ascontiguousarray(shifted), np.ascontiguousarray(baseline), None, None, losses,
-        unused_c, unused_r, slope, unused_g, KERNEL_IDS["sigmoid"], beta / scale, epsilon,
-        0.05, 1.0, _threads.resolve_n_threads(threads, length))
+    outputs = {key: np.empty(length) for key in OUTPUT_NAMES}
+    config = _pairwise.LossConfig(((KERNEL_IDS["sigmoid"], 0, 1.0),), beta=beta / scale,
+                                  label_smoothing=epsilon)
+    _pairwise.run(config, np.ascontiguousarray(shifted), np.ascontiguousarray(baseline), None,
+                  None, None, None, None, outputs, _threads.resolve_n_threads(threads, length))
+    losses, slope = outputs["losses"], outputs["grad_chosen"]
     return losses, slope * scale, chosen_order, rejected_order
 
 
@@ -491,23 +492,9 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     grad_divisor = float(length) if reduction == "mean" else 1.0
     resolved_threads = _threads.resolve_n_threads(threads, length)
 
-    both_lengths = per_pair["chosen_lengths"] is not None and \
-        per_pair["rejected_lengths"] is not None
-    plain = (len(types) == 1 and types[0] in PLAIN_TYPES and type_weights == (1.0,)
-             and pair_weights is None
-             and divergence == _pairwise.DIVERGENCE_IDS["identity"]
-             and not (LOSS_REGISTRY[types[0]].optional_lengths and both_lengths))
-    if plain:
-        kernel = (_pairwise.pairwise_loss_f32 if dtype is np.float32
-                  else _pairwise.pairwise_loss_f64)
-        sums = kernel(
-            *arrays, outputs["losses"], outputs["chosen_rewards"], outputs["rejected_rewards"],
-            outputs.get("grad_chosen"), outputs.get("grad_rejected"), KERNEL_IDS[types[0]],
-            beta_value, smoothing, tau, grad_divisor, resolved_threads)
-    else:
-        sums = _run_general(arrays, dtype, per_pair, pair_weights, outputs, types,
-                            type_weights, beta_value, smoothing, tau, gamma, divergence,
-                            divergence_coef, reduction, grad_divisor, resolved_threads, threads)
+    sums = _run_kernel(arrays, dtype, per_pair, pair_weights, outputs, types, type_weights,
+                       beta_value, smoothing, tau, gamma, divergence, divergence_coef,
+                       reduction, grad_divisor, resolved_threads, threads)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a false alarm from an overflowing sum of finite terms only costs the exact search.
     if want_finite and not math.isfinite(sum(sums)):
@@ -539,16 +526,16 @@ def _takes_normalized(name: str, both_lengths: bool) -> bool:
     return entry.normalized and (not entry.optional_lengths or both_lengths)
 
 
-def _run_general(arrays: Sequence[np.ndarray | None], dtype: type,
+def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  per_pair: Mapping[str, np.ndarray | None], pair_weights: np.ndarray | None,
                  outputs: dict[str, np.ndarray], types: Sequence[str],
                  type_weights: Sequence[float], beta: float, smoothing: float, tau: float,
                  gamma: float, divergence: int, divergence_coef: float, reduction: str,
                  grad_divisor: float, resolved_threads: int, threads: int | None
                  ) -> tuple[float, ...]:
-    """Loss-type lists, weights, lengths, f-divergences and the sorted types: the general
-    kernel loop for every type but aot / aot_unpaired, whose sorted terms are added here.
-    Returns the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
+    """The kernel call for the validated arguments: one LossConfig (which picks the kernel
+    loop) for every type but aot / aot_unpaired, whose sorted terms are added here. Returns
+    the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
     length = arrays[0].shape[0]
     chosen_lengths, rejected_lengths = per_pair["chosen_lengths"], per_pair["rejected_lengths"]
     both_lengths = chosen_lengths is not None and rejected_lengths is not None
@@ -576,18 +563,16 @@ def _run_general(arrays: Sequence[np.ndarray | None], dtype: type,
     # With sorted terms to add, the kernel writes float64 and the sum is cast once at the end.
     staged = dtype is np.float32 and bool(sorted_types)
     kernel_outputs = ({key: np.empty(length) for key in outputs} if staged else outputs)
-    kernel = (_pairwise.general_loss_f32 if dtype is np.float32 and not staged
-              else _pairwise.general_loss_f64)
     kernel_arrays = ([None if a is None else np.asarray(a, np.float64) for a in arrays]
                      if staged else arrays)
-    sums = list(kernel(
-        *kernel_arrays, chosen_lengths, rejected_lengths, pair_weights,
-        kernel_outputs["losses"], kernel_outputs["chosen_rewards"],
-        kernel_outputs["rejected_rewards"], kernel_outputs.get("grad_chosen"),
-        kernel_outputs.get("grad_rejected"), terms, beta, smoothing, tau, gamma, sft_value,
-        divergence, divergence_coef, _normalized_rewards(types), sft_batch_offset,
-        sft_pair_offset,
-        grad_divisor, resolved_threads))
+    config = _pairwise.LossConfig(
+        terms, beta=beta, label_smoothing=smoothing, discopop_tau=tau, simpo_gamma=gamma,
+        sft_value=sft_value, divergence=divergence, divergence_coef=divergence_coef,
+        normalized_rewards=_normalized_rewards(types), grad_chosen_offset=sft_batch_offset,
+        grad_chosen_pair_offset=sft_pair_offset, grad_divisor=grad_divisor,
+        weighted=pair_weights is not None)
+    sums = list(_pairwise.run(config, *kernel_arrays, chosen_lengths, rejected_lengths,
+                              pair_weights, kernel_outputs, resolved_threads))
     if not sorted_types:
         return tuple(sums)
 

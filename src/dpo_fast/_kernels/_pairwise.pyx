@@ -1,12 +1,17 @@
 # cython: language_level=3
-"""Compiled drivers for the pairwise preference losses.
+"""The kernel boundary of the pairwise preference losses.
 
-Thin layer: the Python code in dpo_fast.losses validates and allocates; these functions run
-the chunked loops of csrc/ over C-contiguous memoryviews, in parallel over fixed chunks of
-DPO_CHUNK rows (OpenMP dynamic schedule: a busy core does not stall the others), and combine
-the per-chunk sums in a fixed order, so results do not depend on the number of threads.
+Thin layer: dpo_fast._entry (the common call, in C) and dpo_fast._general (everything else)
+validate and allocate; this module is the one way into the chunked loops of csrc/: init_args
+fills the C argument struct, LossConfig builds a call's configuration from keywords and picks
+its loop (plain, length-normalised or general), and run_loss runs the loop over the rows, in
+parallel over fixed chunks of DPO_CHUNK rows (OpenMP dynamic schedule: a busy core does not
+stall the others), combining the per-chunk sums in a fixed order, so results do not depend on
+the number of threads. It also exports the loss-type registry (loss_registry).
 """
 
+cimport cython
+cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, log, log1p
@@ -36,6 +41,8 @@ cdef extern from "dispatch.h" nogil:
 ctypedef fused floating:
     float
     double
+
+cnp.import_array()
 
 CHUNK_ROWS = DPO_CHUNK
 # Calls over fewer rows run with the GIL held: a few microseconds of arithmetic at most.
@@ -69,16 +76,6 @@ SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracie
 _LEVELS = (DPO_SIMD_SCALAR, DPO_SIMD_BASELINE, DPO_SIMD_AVX2, DPO_SIMD_AVX512)
 
 
-cdef inline const void *_ptr_or_null(const floating[::1] view) noexcept:
-    if view is None:
-        return NULL
-    return <const void *>&view[0]
-
-
-cdef inline void *_out_ptr_or_null(floating[::1] view) noexcept:
-    return NULL if view is None else <void *>&view[0]
-
-
 cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
                     double discopop_tau) noexcept:
     """Every field of ``args``: the parameters given, the defaults of a plain single-loss call
@@ -99,23 +96,6 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     args.params.discopop_neg_inf_arg = (
         -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))
     args.divergence = DPO_DIV_IDENTITY
-
-
-cdef void _set_arrays(DpoChunkArgs *args, const floating[::1] chosen,
-                      const floating[::1] rejected, const floating[::1] ref_chosen,
-                      const floating[::1] ref_rejected, floating[::1] losses,
-                      floating[::1] chosen_rewards, floating[::1] rejected_rewards,
-                      floating[::1] grad_chosen, floating[::1] grad_rejected) noexcept:
-    """The array pointers of both entry points (the caller checked that n > 0)."""
-    args.chosen = &chosen[0]
-    args.rejected = &rejected[0]
-    args.ref_chosen = _ptr_or_null(ref_chosen)
-    args.ref_rejected = _ptr_or_null(ref_rejected)
-    args.losses = &losses[0]
-    args.chosen_rewards = &chosen_rewards[0]
-    args.rejected_rewards = &rejected_rewards[0]
-    args.grad_chosen = _out_ptr_or_null(grad_chosen)
-    args.grad_rejected = _out_ptr_or_null(grad_rejected)
 
 
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
@@ -168,175 +148,140 @@ cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint si
     return 0
 
 
-cdef tuple _run_chunks(DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single):
-    """run_loss, with the sums as a tuple."""
+@cython.final
+cdef class LossConfig:
+    """What one kernel call computes, built from keywords: the one place that picks the loop.
+
+    ``terms``: a tuple of (kernel id, normalised 0/1, term weight) -- the loss types of the call
+    (sorted types excluded: the Python layer adds them). The loop is picked here, once:
+    ``"plain"`` (one term of raw log-ratios, weight 1, no pair weights, no f-divergence: the
+    fused chunk loop), ``"normalized"`` (one length-normalised term, weight 1, no f-divergence,
+    pair weights allowed: the same fused loop over c/nc, r/nr), else ``"general"`` (term lists,
+    weights, f-divergences, sft's batch constant: csrc/general_body.h). ``weighted``: the call
+    passes per-pair weights. Every field of the C argument struct starts from init_args.
+    """
+
+    cdef DpoChunkArgs args
+    cdef readonly str loop
+    cdef readonly bint needs_lengths, weighted
+
+    def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
+                 double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
+                 int divergence=DPO_DIV_IDENTITY, double divergence_coef=0.0,
+                 bint normalized_rewards=False, double grad_chosen_offset=0.0,
+                 double grad_chosen_pair_offset=0.0, double grad_divisor=1.0,
+                 bint weighted=False):
+        cdef int t, term_type
+        cdef DpoChunkArgs *args = &self.args
+        if len(terms) > DPO_MAX_TERMS:
+            raise ValueError(f"at most {DPO_MAX_TERMS} loss types can be combined")
+        if divergence not in (DPO_DIV_IDENTITY, DPO_DIV_EXP, DPO_DIV_JS):
+            raise ValueError(f"unknown divergence id {divergence}")
+        if divergence == DPO_DIV_EXP and divergence_coef == 0.0:
+            raise ValueError("the exp divergence needs a non-zero coefficient")
+        init_args(args, beta, label_smoothing, discopop_tau)
+        args.params.simpo_gamma = simpo_gamma
+        args.params.sft_value = sft_value
+        args.grad_divisor = grad_divisor
+        args.n_terms = len(terms)
+        self.needs_lengths = normalized_rewards
+        for t in range(args.n_terms):
+            term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
+            if (not 0 <= term_type < DPO_N_LOSS_TYPES
+                    or dpo_loss_registry[term_type].flags & DPO_LT_SORTED):
+                raise ValueError(f"loss type id {term_type} has no kernel case")
+            if args.term_normalized[t] and not dpo_loss_registry[term_type].flags & DPO_LT_NORMALIZED:
+                raise ValueError(f"loss type id {term_type} has no normalised kernel case")
+            args.term_types[t] = term_type
+            self.needs_lengths |= args.term_normalized[t]
+        args.divergence = divergence
+        args.divergence_coef = divergence_coef
+        args.normalized_rewards = normalized_rewards
+        args.grad_chosen_offset = grad_chosen_offset
+        args.grad_chosen_pair_offset = grad_chosen_pair_offset
+        self.weighted = weighted
+        single = (args.n_terms == 1 and args.term_weights[0] == 1.0
+                  and divergence == DPO_DIV_IDENTITY and grad_chosen_offset == 0.0
+                  and grad_chosen_pair_offset == 0.0)
+        if (single and not args.term_normalized[0] and not weighted
+                and dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN):
+            self.loop = "plain"
+            args.general = 0
+            args.loss_type = args.term_types[0]
+        elif single and args.term_normalized[0]:
+            self.loop = "normalized"
+            args.general = 0
+            args.loss_type = args.term_types[0]
+        else:
+            self.loop = "general"
+            args.general = 1
+
+
+cdef inline void *_data(object array, Py_ssize_t n, int typenum, str name) except NULL:
+    """The data pointer of a C-contiguous, aligned 1-D ndarray of ``n`` items of ``typenum``;
+    ValueError for anything else (the Python layer prepares exactly such arrays)."""
+    if (not isinstance(array, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>array) != 1
+            or cnp.PyArray_DIM(<cnp.ndarray>array, 0) != n
+            or cnp.PyArray_TYPE(<cnp.ndarray>array) != typenum
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>array)):
+        raise ValueError(f"{name} must be a C-contiguous, aligned 1-D array of {n} "
+                         f"{'float32' if typenum == cnp.NPY_FLOAT else 'float64'} values")
+    return cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+def run(LossConfig config, chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
+        rejected_lengths, weights, dict outputs, int n_threads):
+    """Run ``config`` over the pairs: the one kernel entry of the Python layer.
+
+    The inputs are 1-D float32 or float64 arrays (one dtype; the references may both be None),
+    the lengths and weights float64 or None, ``outputs`` maps "losses", "chosen_rewards",
+    "rejected_rewards" and optionally "grad_chosen", "grad_rejected" to writeable arrays of the
+    inputs' dtype; none may overlap (the caller checks). Returns the DPO_NSUMS sums
+    (SUM_NAMES)."""
+    cdef DpoChunkArgs args = config.args
     cdef double totals[DPO_NSUMS]
-    run_loss(args, n, n_threads, single, totals)
-    return tuple([totals[q] for q in range(DPO_NSUMS)])
-
-
-cdef tuple _pairwise_loss(const floating[::1] chosen, const floating[::1] rejected,
-                          const floating[::1] ref_chosen, const floating[::1] ref_rejected,
-                          floating[::1] losses, floating[::1] chosen_rewards,
-                          floating[::1] rejected_rewards, floating[::1] grad_chosen,
-                          floating[::1] grad_rejected, int loss_type, double beta,
-                          double label_smoothing, double discopop_tau, double grad_divisor,
-                          int n_threads):
-    cdef DpoChunkArgs args
-    if chosen.shape[0] == 0:
-        raise ValueError("empty input")
-    if (not 0 <= loss_type < DPO_N_LOSS_TYPES
-            or not dpo_loss_registry[loss_type].flags & DPO_LT_PLAIN):
-        raise ValueError(f"loss type id {loss_type} has no plain kernel loop")
-    init_args(&args, beta, label_smoothing, discopop_tau)
-    _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
-                rejected_rewards, grad_chosen, grad_rejected)
-    args.grad_divisor = grad_divisor
-    args.loss_type = loss_type
-    return _run_chunks(&args, chosen.shape[0], n_threads, floating is float)
-
-
-cdef inline const double *_double_ptr_or_null(const double[::1] view) noexcept:
-    if view is None:
-        return NULL
-    return <const double *>_ptr_or_null(view)
-
-
-cdef tuple _general_loss(const floating[::1] chosen, const floating[::1] rejected,
-                         const floating[::1] ref_chosen, const floating[::1] ref_rejected,
-                         const double[::1] chosen_lengths, const double[::1] rejected_lengths,
-                         const double[::1] weights, floating[::1] losses,
-                         floating[::1] chosen_rewards, floating[::1] rejected_rewards,
-                         floating[::1] grad_chosen, floating[::1] grad_rejected,
-                         tuple terms, double beta, double label_smoothing,
-                         double discopop_tau, double simpo_gamma, double sft_value,
-                         int divergence, double divergence_coef, bint normalized_rewards,
-                         double grad_chosen_offset, double grad_chosen_pair_offset,
-                         double grad_divisor, int n_threads):
-    cdef DpoChunkArgs args
-    cdef Py_ssize_t n = chosen.shape[0]
-    cdef int t, term_type
+    cdef Py_ssize_t n
+    cdef int typenum
+    if not isinstance(chosen, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>chosen) != 1:
+        raise ValueError("chosen must be a 1-D array")
+    n = cnp.PyArray_DIM(<cnp.ndarray>chosen, 0)
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>chosen)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError("the inputs must be float32 or float64")
     if n == 0:
         raise ValueError("empty input")
-    if len(terms) > DPO_MAX_TERMS:
-        raise ValueError(f"at most {DPO_MAX_TERMS} loss types can be combined")
-    if divergence not in (DPO_DIV_IDENTITY, DPO_DIV_EXP, DPO_DIV_JS):
-        raise ValueError(f"unknown divergence id {divergence}")
-    if divergence == DPO_DIV_EXP and divergence_coef == 0.0:
-        raise ValueError("the exp divergence needs a non-zero coefficient")
-    if ((chosen_lengths is not None and chosen_lengths.shape[0] != n)
-            or (rejected_lengths is not None and rejected_lengths.shape[0] != n)
-            or (weights is not None and weights.shape[0] != n)):
-        raise ValueError("lengths and weights must have one value per pair")
-    init_args(&args, beta, label_smoothing, discopop_tau)
-    _set_arrays(&args, chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
-                rejected_rewards, grad_chosen, grad_rejected)
-    args.grad_divisor = grad_divisor
-    args.params.simpo_gamma = simpo_gamma
-    args.params.sft_value = sft_value
-    args.general = 1
-    args.n_terms = len(terms)
-    for t in range(args.n_terms):
-        term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
-        if (not 0 <= term_type < DPO_N_LOSS_TYPES
-                or dpo_loss_registry[term_type].flags & DPO_LT_SORTED):
-            raise ValueError(f"loss type id {term_type} has no kernel case")
-        if args.term_normalized[t] and (chosen_lengths is None or rejected_lengths is None):
-            raise ValueError("a length-normalised term needs both lengths")
-        args.term_types[t] = term_type
-    if normalized_rewards and (chosen_lengths is None or rejected_lengths is None):
-        raise ValueError("normalised rewards need both lengths")
-    args.chosen_lengths = _double_ptr_or_null(chosen_lengths)
-    args.rejected_lengths = _double_ptr_or_null(rejected_lengths)
-    args.weights = _double_ptr_or_null(weights)
-    if (args.n_terms == 1 and args.term_normalized[0] and divergence == DPO_DIV_IDENTITY
-            and args.term_weights[0] == 1.0):
-        # One length-normalised loss type (with or without weights): the fused loop of the
-        # plain path (csrc/chunk_body.h, MODS 2).
-        args.general = 0
-        args.loss_type = args.term_types[0]
-    args.divergence = divergence
-    args.divergence_coef = divergence_coef
-    args.normalized_rewards = normalized_rewards
-    args.grad_chosen_offset = grad_chosen_offset
-    args.grad_chosen_pair_offset = grad_chosen_pair_offset
-    return _run_chunks(&args, n, n_threads, floating is float)
-
-
-# Two concrete entry points rather than one fused `def`: Cython's run-time dispatch of a fused
-# def function costs about a microsecond per call, which small batches would feel.
-def pairwise_loss_f64(const double[::1] chosen, const double[::1] rejected,
-                      const double[::1] ref_chosen, const double[::1] ref_rejected,
-                      double[::1] losses, double[::1] chosen_rewards,
-                      double[::1] rejected_rewards, double[::1] grad_chosen,
-                      double[::1] grad_rejected, int loss_type, double beta,
-                      double label_smoothing, double discopop_tau, double grad_divisor,
-                      int n_threads):
-    """Run the fused per-pair loss over all rows (float64); return the DPO_NSUMS sums
-    (SUM_NAMES). All arrays have the same non-zero length; ref_* and grad_* may be None. The
-    caller guarantees that outputs overlap neither inputs nor each other."""
-    return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
-                          rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
-                          label_smoothing, discopop_tau, grad_divisor, n_threads)
-
-
-def pairwise_loss_f32(const float[::1] chosen, const float[::1] rejected,
-                      const float[::1] ref_chosen, const float[::1] ref_rejected,
-                      float[::1] losses, float[::1] chosen_rewards,
-                      float[::1] rejected_rewards, float[::1] grad_chosen,
-                      float[::1] grad_rejected, int loss_type, double beta,
-                      double label_smoothing, double discopop_tau, double grad_divisor,
-                      int n_threads):
-    """pairwise_loss_f64 for float32 arrays (arithmetic and sums still in double)."""
-    return _pairwise_loss(chosen, rejected, ref_chosen, ref_rejected, losses, chosen_rewards,
-                          rejected_rewards, grad_chosen, grad_rejected, loss_type, beta,
-                          label_smoothing, discopop_tau, grad_divisor, n_threads)
-
-
-def general_loss_f64(const double[::1] chosen, const double[::1] rejected,
-                     const double[::1] ref_chosen, const double[::1] ref_rejected,
-                     const double[::1] chosen_lengths, const double[::1] rejected_lengths,
-                     const double[::1] weights, double[::1] losses,
-                     double[::1] chosen_rewards, double[::1] rejected_rewards,
-                     double[::1] grad_chosen, double[::1] grad_rejected, tuple terms,
-                     double beta, double label_smoothing, double discopop_tau,
-                     double simpo_gamma, double sft_value, int divergence,
-                     double divergence_coef, bint normalized_rewards,
-                     double grad_chosen_offset, double grad_chosen_pair_offset,
-                     double grad_divisor, int n_threads):
-    """The general path (float64): per pair, weight * sum of term_weight * loss over `terms`,
-    a tuple of (loss id, normalised 0/1, term weight); lengths (float64, > 0) give the
-    normalised log-ratios c/nc, r/nr to the terms flagged normalised; `divergence`
-    (DIVERGENCE_IDS) with divergence_coef turns log-ratios into f-divergence scores;
-    normalized_rewards gives simpo's rewards beta*pc/nc; grad_chosen_offset is added to every
-    grad_chosen, grad_chosen_pair_offset to every pair's derivative before its weight and
-    the divisor (sft's batch gradient, for the reductions). Returns the DPO_NSUMS sums (SUM_NAMES)."""
-    return _general_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
-                         rejected_lengths, weights, losses, chosen_rewards, rejected_rewards,
-                         grad_chosen, grad_rejected, terms, beta, label_smoothing,
-                         discopop_tau, simpo_gamma, sft_value, divergence, divergence_coef,
-                         normalized_rewards, grad_chosen_offset, grad_chosen_pair_offset,
-                         grad_divisor, n_threads)
-
-
-def general_loss_f32(const float[::1] chosen, const float[::1] rejected,
-                     const float[::1] ref_chosen, const float[::1] ref_rejected,
-                     const double[::1] chosen_lengths, const double[::1] rejected_lengths,
-                     const double[::1] weights, float[::1] losses,
-                     float[::1] chosen_rewards, float[::1] rejected_rewards,
-                     float[::1] grad_chosen, float[::1] grad_rejected, tuple terms,
-                     double beta, double label_smoothing, double discopop_tau,
-                     double simpo_gamma, double sft_value, int divergence,
-                     double divergence_coef, bint normalized_rewards,
-                     double grad_chosen_offset, double grad_chosen_pair_offset,
-                     double grad_divisor, int n_threads):
-    """general_loss_f64 for float32 arrays (lengths and weights stay float64)."""
-    return _general_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
-                         rejected_lengths, weights, losses, chosen_rewards, rejected_rewards,
-                         grad_chosen, grad_rejected, terms, beta, label_smoothing,
-                         discopop_tau, simpo_gamma, sft_value, divergence, divergence_coef,
-                         normalized_rewards, grad_chosen_offset, grad_chosen_pair_offset,
-                         grad_divisor, n_threads)
+    args.chosen = _data(chosen, n, typenum, "chosen")
+    args.rejected = _data(rejected, n, typenum, "rejected")
+    if (ref_chosen is None) != (ref_rejected is None):
+        raise ValueError("pass both reference arrays or neither")
+    if ref_chosen is not None:
+        args.ref_chosen = _data(ref_chosen, n, typenum, "ref_chosen")
+        args.ref_rejected = _data(ref_rejected, n, typenum, "ref_rejected")
+    if config.needs_lengths:
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("this configuration needs both lengths")
+        args.chosen_lengths = <const double *>_data(chosen_lengths, n, cnp.NPY_DOUBLE,
+                                                    "chosen_lengths")
+        args.rejected_lengths = <const double *>_data(rejected_lengths, n, cnp.NPY_DOUBLE,
+                                                      "rejected_lengths")
+    if config.weighted:
+        if weights is None:
+            raise ValueError("this configuration needs the pair weights")
+        args.weights = <const double *>_data(weights, n, cnp.NPY_DOUBLE, "weights")
+    for key in ("losses", "chosen_rewards", "rejected_rewards"):
+        if not cnp.PyArray_ISWRITEABLE(outputs[key]):
+            raise ValueError(f"{key} must be writeable")
+    args.losses = _data(outputs["losses"], n, typenum, "losses")
+    args.chosen_rewards = _data(outputs["chosen_rewards"], n, typenum, "chosen_rewards")
+    args.rejected_rewards = _data(outputs["rejected_rewards"], n, typenum, "rejected_rewards")
+    if outputs.get("grad_chosen") is not None:
+        if not cnp.PyArray_ISWRITEABLE(outputs["grad_chosen"]) or not cnp.PyArray_ISWRITEABLE(
+                outputs["grad_rejected"]):
+            raise ValueError("the gradients must be writeable")
+        args.grad_chosen = _data(outputs["grad_chosen"], n, typenum, "grad_chosen")
+        args.grad_rejected = _data(outputs["grad_rejected"], n, typenum, "grad_rejected")
+    run_loss(&args, n, n_threads, typenum == cnp.NPY_FLOAT, totals)
+    return tuple([totals[q] for q in range(DPO_NSUMS)])
 
 
 def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[::1] c,
