@@ -77,9 +77,11 @@ class SequenceLogpsResult:
     mean_entropy: float | None = None
 
 
-@dataclass(frozen=True)
 class PreferenceLossResult:
     """What :func:`preference_loss` returns: :class:`dpo_fast.PreferenceLossResult` as tensors.
+
+    Read-only. The per-pair tensors are made on first access (each a view of the NumPy
+    result, no copy), so a training step that reads only ``loss`` pays for nothing else.
 
     Attributes
     ----------
@@ -92,11 +94,48 @@ class PreferenceLossResult:
         TRL's names, as in :class:`dpo_fast.PreferenceLossResult`.
     """
 
-    loss: torch.Tensor
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-    metrics: dict[str, float]
+    __slots__ = ("_loss", "_result", "_tensors")
+    __match_args__ = ("loss", "losses", "chosen_rewards", "rejected_rewards", "metrics")
+
+    def __init__(self, loss: torch.Tensor, result: Any) -> None:
+        object.__setattr__(self, "_loss", loss)
+        object.__setattr__(self, "_result", result)  # the NumPy PreferenceLossResult
+        object.__setattr__(self, "_tensors", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PreferenceLossResult is read-only: cannot set {name!r}")
+
+    def _tensor_of(self, name: str) -> torch.Tensor:
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            tensor = self._tensors[name] = torch.from_numpy(getattr(self._result, name))
+        return tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self._loss
+
+    @property
+    def losses(self) -> torch.Tensor:
+        return self._loss if isinstance(self._result.loss, np.ndarray) else \
+            self._tensor_of("losses")
+
+    @property
+    def chosen_rewards(self) -> torch.Tensor:
+        return self._tensor_of("chosen_rewards")
+
+    @property
+    def rejected_rewards(self) -> torch.Tensor:
+        return self._tensor_of("rejected_rewards")
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self._result.metrics
+
+    def __repr__(self) -> str:
+        return (f"PreferenceLossResult(loss={self.loss!r}, losses={self.losses!r}, "
+                f"chosen_rewards={self.chosen_rewards!r}, "
+                f"rejected_rewards={self.rejected_rewards!r}, metrics={self.metrics!r})")
 
 
 # ------------------------------------------------------------------ tensor <-> NumPy
@@ -176,14 +215,18 @@ def _first_order_only(function: str) -> Callable[[Callable[..., Any]], Callable[
         @functools.wraps(backward)
         def wrapper(ctx: Any, *grads: Any) -> Any:
             if torch.is_grad_enabled():
-                raise RuntimeError(
-                    f"dpo_fast.torch.{function} does not support double backward "
-                    "(create_graph=True): its gradient comes from a compiled kernel and is not "
-                    "differentiable, so second-order terms would be silently missing; compute "
-                    "a gradient penalty (or other second-order term) in plain PyTorch instead")
+                _refuse_double_backward(function)
             return backward(ctx, *grads)
         return wrapper
     return decorate
+
+
+def _refuse_double_backward(function: str) -> None:
+    raise RuntimeError(
+        f"dpo_fast.torch.{function} does not support double backward (create_graph=True): its "
+        "gradient comes from a compiled kernel and is not differentiable, so second-order "
+        "terms would be silently missing; compute a gradient penalty (or other second-order "
+        "term) in plain PyTorch instead")
 
 
 def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -331,19 +374,20 @@ class _PreferenceLoss(torch.autograd.Function):
         return _loss_tensor(result)
 
     @staticmethod
-    @_first_order_only("preference_loss")
     def backward(ctx, grad_loss):
+        # (_first_order_only's check, inline: this is the hot path of every training step.)
+        if torch.is_grad_enabled():
+            _refuse_double_backward("preference_loss")
         # One multiply per side by the upstream gradient (0-d for mean / sum, per pair for
-        # "none"), in the kernel's dtype.
+        # "none"), in the kernel's dtype. (Both sides always: autograd ignores the gradient of
+        # an input that does not require grad, and asking which do costs more than a multiply.)
         grad_chosen, grad_rejected = ctx.grads
         if grad_loss.dtype != grad_chosen.dtype:
             grad_loss = grad_loss.to(grad_chosen.dtype)
-        needs = ctx.needs_input_grad
-        chosen = grad_chosen * grad_loss if needs[0] else None
-        rejected = grad_rejected * grad_loss if needs[1] else None
+        chosen = grad_chosen * grad_loss
+        rejected = grad_rejected * grad_loss
         if ctx.dtypes is not None:
-            chosen = None if chosen is None else chosen.to(ctx.dtypes[0])
-            rejected = None if rejected is None else rejected.to(ctx.dtypes[1])
+            chosen, rejected = chosen.to(ctx.dtypes[0]), rejected.to(ctx.dtypes[1])
         return chosen, rejected, None
 
 
@@ -410,9 +454,13 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
                         "come from autograd)")
     # Every keyword (weights, chosen_lengths, ..., and any added later) is a constant. (The
     # common call -- references that do not require grad, scalar keywords -- skips the walk.)
-    if (getattr(ref_chosen_logps, "requires_grad", False)
-            or getattr(ref_rejected_logps, "requires_grad", False)
-            or any(type(value) not in _SCALARS for value in kwargs.values())):
+    walk = (getattr(ref_chosen_logps, "requires_grad", False)
+            or getattr(ref_rejected_logps, "requires_grad", False))
+    for value in kwargs.values():
+        if type(value) not in _SCALARS:
+            walk = True
+            break
+    if walk:
         _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
                                              "ref_rejected_logps": ref_rejected_logps, **kwargs})
     arrays = _loss_arrays(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
@@ -422,11 +470,4 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
     else:
         result = _np_losses.preference_loss(*arrays, **kwargs)
         loss = _loss_tensor(result)
-    losses = loss if isinstance(result.loss, np.ndarray) else torch.from_numpy(result.losses)
-    return PreferenceLossResult(
-        loss=loss,
-        losses=losses,
-        chosen_rewards=torch.from_numpy(result.chosen_rewards),
-        rejected_rewards=torch.from_numpy(result.rejected_rewards),
-        metrics=result.metrics,
-    )
+    return PreferenceLossResult(loss, result)
