@@ -7,16 +7,19 @@ import re
 import pytest
 
 import dpo_fast
+import dpo_fast._entry
 import dpo_fast._seed
-import dpo_fast.losses
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("module", [dpo_fast, dpo_fast.losses, dpo_fast._seed])
+@pytest.mark.parametrize("module", [dpo_fast, dpo_fast._entry, dpo_fast._seed])
 def test_docstring_examples(module):
+    # (preference_loss's examples live where it is defined: the compiled dpo_fast._entry.)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+    if module is not dpo_fast:
+        assert result.attempted > 0
 
 
 @pytest.mark.skipif(not README.exists(), reason="needs the source tree")
