@@ -69,6 +69,8 @@ def loss_registry():
 MAX_TERMS = DPO_MAX_TERMS
 # exo_pair's epsilon when label_smoothing is 0 (TRL's default for that loss).
 cdef double EXO_DEFAULT_EPSILON = 1e-3
+cdef double EXO_DEFAULT_LOG1M_EPSILON = log1p(-EXO_DEFAULT_EPSILON)
+cdef double EXO_DEFAULT_LOG_EPSILON = log(EXO_DEFAULT_EPSILON)
 EXO_DEFAULT_LABEL_SMOOTHING = EXO_DEFAULT_EPSILON
 DIVERGENCE_IDS = {"identity": DPO_DIV_IDENTITY, "exp": DPO_DIV_EXP, "js": DPO_DIV_JS}
 SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
@@ -89,9 +91,13 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     args.params.discopop_tau = discopop_tau
     # exo_pair's constants; the caller keeps label_smoothing in [0, 1) for that loss, where 0
     # stands for TRL's default epsilon (so that a list with sigmoid can keep sigmoid's 0).
-    cdef double exo_epsilon = label_smoothing if label_smoothing > 0.0 else EXO_DEFAULT_EPSILON
-    args.params.exo_log1m_eps = log1p(-exo_epsilon)
-    args.params.exo_log_eps = log(exo_epsilon)
+    # The default's logs are taken once (a small call should not pay two libm calls for them).
+    if label_smoothing > 0.0:
+        args.params.exo_log1m_eps = log1p(-label_smoothing)
+        args.params.exo_log_eps = log(label_smoothing)
+    else:
+        args.params.exo_log1m_eps = EXO_DEFAULT_LOG1M_EPSILON
+        args.params.exo_log_eps = EXO_DEFAULT_LOG_EPSILON
     # DiscoPOP's exponent -z - softplus(-z/tau) tends to z*(1/tau - 1) as z -> -inf.
     args.params.discopop_neg_inf_arg = (
         -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))
