@@ -184,24 +184,27 @@ cdef inline cnp.ndarray _readable(object value):
     return cnp.PyArray_NewCopy(array, cnp.NPY_CORDER)
 
 
-cdef cnp.ndarray _output(dict out, str key, cnp.npy_intp *dims, int typenum, char **starts,
+cdef cnp.ndarray _output(object out, str key, cnp.npy_intp *dims, int typenum, char **starts,
                          char **ends, int taken, int *found):
     """The caller's out[key] if the kernels can write it as it is (exactly ndarray, of the
     result dtype and length, C-contiguous, aligned, writeable, native byte order, overlapping
-    no input and no earlier output; ``found`` counts it), a new array if key is not in out,
-    else None."""
+    no input and no earlier output; ``found`` counts it), a new array when key is not in out,
+    else None with ``found`` made negative (the caller then hands the call over)."""
     cdef Py_ssize_t length = -1
-    cdef PyObject *given = PyDict_GetItem(out, key)  # borrowed; NULL: not there
+    cdef PyObject *given = NULL
+    if out is not None:
+        given = PyDict_GetItem(<dict>out, key)  # borrowed; NULL: not there
     if given == NULL:
         array = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-        _claim(<cnp.ndarray>array, starts, ends, taken)
+        if out is not None:
+            _claim(<cnp.ndarray>array, starts, ends, taken)
         return array
     array = <object>given
     if (_array_type(array, &length) != typenum or length != dims[0]
             or not cnp.PyArray_ISBEHAVED(<cnp.ndarray>array)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)):
-        return None
-    if not _claim(<cnp.ndarray>array, starts, ends, taken):
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)
+            or not _claim(<cnp.ndarray>array, starts, ends, taken)):
+        found[0] = -8  # (stays negative: at most 4 more keys are counted after this one)
         return None
     found[0] += 1
     return array
@@ -220,7 +223,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef double beta_value, smoothing, limit, tau
     cdef double sums[DPO_NSUMS]
     cdef bint want_grad, strided = False, reference
-    cdef object entry, key
+    cdef object entry
     cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
     cdef cnp.ndarray losses, chosen_rewards, rejected_rewards
@@ -315,46 +318,28 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
 
     # Outputs: allocated, or the caller's out= arrays when each is exactly right.
     dims[0] = n
-    if out is None:
-        losses = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-        chosen_rewards = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-        rejected_rewards = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-        if want_grad:
-            grad_chosen = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-            grad_rejected = cnp.PyArray_EMPTY(1, dims, typenum, 0)
-    else:
+    found = taken = 0
+    if out is not None:
         if type(out) is not dict or strided:
             return None
-        found = 0
-        taken = 0
         for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array):
             if entry is not None:
                 _claim(<cnp.ndarray>entry, starts, ends, taken)
                 taken += 1
-        losses = _output(<dict>out, "losses", dims, typenum, starts, ends, taken, &found)
-        if losses is None:
-            return None
-        chosen_rewards = _output(<dict>out, "chosen_rewards", dims, typenum, starts, ends,
-                                 taken + 1, &found)
-        if chosen_rewards is None:
-            return None
-        rejected_rewards = _output(<dict>out, "rejected_rewards", dims, typenum, starts, ends,
-                                   taken + 2, &found)
-        if rejected_rewards is None:
-            return None
-        if want_grad:
-            grad_chosen = _output(<dict>out, "grad_chosen", dims, typenum, starts, ends,
-                                  taken + 3, &found)
-            if grad_chosen is None:
-                return None
-            grad_rejected = _output(<dict>out, "grad_rejected", dims, typenum, starts, ends,
-                                    taken + 4, &found)
-            if grad_rejected is None:
-                return None
-        # A key we did not take (unknown, or a gradient without compute_grad): the general
-        # path names it.
-        if found != len(<dict>out):
-            return None
+    losses = _output(out, "losses", dims, typenum, starts, ends, taken, &found)
+    chosen_rewards = _output(out, "chosen_rewards", dims, typenum, starts, ends, taken + 1,
+                             &found)
+    rejected_rewards = _output(out, "rejected_rewards", dims, typenum, starts, ends, taken + 2,
+                               &found)
+    if want_grad:
+        grad_chosen = _output(out, "grad_chosen", dims, typenum, starts, ends, taken + 3,
+                              &found)
+        grad_rejected = _output(out, "grad_rejected", dims, typenum, starts, ends, taken + 4,
+                                &found)
+    # An out= array we cannot write as it is, or a key we did not take (unknown, or a gradient
+    # without compute_grad): the general path stages it or names it.
+    if found < 0 or (out is not None and found != len(<dict>out)):
+        return None
 
     init_args(&args, beta_value, smoothing, tau)
     args.loss_type = kernel_id

@@ -196,7 +196,8 @@ cdef class LossConfig:
             if (not 0 <= term_type < DPO_N_LOSS_TYPES
                     or dpo_loss_registry[term_type].flags & DPO_LT_SORTED):
                 raise ValueError(f"loss type id {term_type} has no kernel case")
-            if args.term_normalized[t] and not dpo_loss_registry[term_type].flags & DPO_LT_NORMALIZED:
+            if (args.term_normalized[t]
+                    and not dpo_loss_registry[term_type].flags & DPO_LT_NORMALIZED):
                 raise ValueError(f"loss type id {term_type} has no normalised kernel case")
             args.term_types[t] = term_type
             self.needs_lengths |= args.term_normalized[t]
