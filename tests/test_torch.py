@@ -269,6 +269,29 @@ def test_preference_loss_matches_plain_torch_and_upstream_scaling():
 
 
 @needs_torch
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_preference_loss_gradient_is_not_shared_with_a_retained_graph(reduction):
+    # The backward hands out the kernel's derivatives without a multiply when the upstream
+    # gradient is 1: autograd must copy them into .grad, so that changing .grad in place
+    # (optimizer.zero_grad(set_to_none=False), clipping) cannot reach a second backward.
+    pc, pr, rc, rr = _pairs(torch.float64)
+    chosen, rejected = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    loss = dft.preference_loss(chosen, rejected, rc, rr, beta=0.1, reduction=reduction).loss
+    upstream = torch.ones_like(loss)
+    loss.backward(upstream, retain_graph=True)
+    first = chosen.grad.clone(), rejected.grad.clone()
+    chosen.grad.mul_(100.0)
+    rejected.grad.zero_()
+    chosen.grad = rejected.grad = None
+    loss.backward(upstream)
+    assert torch.equal(chosen.grad, first[0]) and torch.equal(rejected.grad, first[1])
+    loss2 = dft.preference_loss(chosen, rejected, rc, rr, beta=0.1, reduction=reduction).loss
+    chosen.grad = rejected.grad = None
+    loss2.backward(torch.full_like(loss2, 0.5))
+    assert torch.equal(chosen.grad, first[0] * 0.5) and torch.equal(rejected.grad, first[1] * 0.5)
+
+
+@needs_torch
 def test_preference_loss_half_precision_and_no_grad():
     pc, pr, rc, rr = _pairs(torch.bfloat16)
     chosen = pc.clone().requires_grad_()

@@ -44,6 +44,10 @@ torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
 __all__ = ["PreferenceLossResult", "SequenceLogpsResult", "preference_loss", "sequence_logps"]
 
 _NATIVE = (torch.float32, torch.float64)
+# Bound once: module attribute lookups on the hot path of every training step.
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+_np_preference_loss = _np_losses.preference_loss
 _UPCAST = (torch.float16, torch.bfloat16)
 # Keyword values that cannot hold a tensor (the constants check has nothing to look at).
 _SCALARS = frozenset({float, int, str, bool, type(None)})
@@ -360,53 +364,48 @@ class _PreferenceLoss(torch.autograd.Function):
     """(chosen, rejected) -> loss, with the kernel's forward-pass derivatives.
 
     The derivatives are kept on ctx as plain attributes (they are neither inputs nor outputs:
-    no saved-variable bookkeeping is needed), and the backward is one multiply per side."""
+    no saved-variable bookkeeping is needed), and the backward is at most one multiply per
+    side by the upstream gradient."""
 
     @staticmethod
     def forward(ctx, chosen, rejected, result):
         # `result`: the NumPy call's, made with compute_grad=True before apply (so that
         # nothing but the loss passes through autograd's argument handling).
-        grads = (torch.from_numpy(result.grad_chosen), torch.from_numpy(result.grad_rejected))
-        ctx.grads = grads
+        grads = ctx.grads = (torch.from_numpy(result.grad_chosen),
+                             torch.from_numpy(result.grad_rejected))
         # Half-precision inputs get their gradient in their own dtype.
-        ctx.dtypes = (None if chosen.dtype == grads[0].dtype and rejected.dtype == grads[1].dtype
+        ctx.dtypes = (None if chosen.dtype is grads[0].dtype and rejected.dtype is grads[1].dtype
                       else (chosen.dtype, rejected.dtype))
         return _loss_tensor(result)
 
     @staticmethod
     def backward(ctx, grad_loss):
         # (_first_order_only's check, inline: this is the hot path of every training step.)
-        if torch.is_grad_enabled():
+        if _grad_enabled():
             _refuse_double_backward("preference_loss")
-        # One multiply per side by the upstream gradient (0-d for mean / sum, per pair for
-        # "none"), in the kernel's dtype. (Both sides always: autograd ignores the gradient of
-        # an input that does not require grad, and asking which do costs more than a multiply.)
         grad_chosen, grad_rejected = ctx.grads
-        if grad_loss.dtype != grad_chosen.dtype:
-            grad_loss = grad_loss.to(grad_chosen.dtype)
-        chosen = grad_chosen * grad_loss
-        rejected = grad_rejected * grad_loss
+        # The upstream gradient: 0-d for mean / sum, per pair for "none". The usual
+        # `loss.backward()` passes 1: the derivatives are returned as they are (autograd copies
+        # a gradient it does not own before storing it in `.grad`, so the ones on ctx stay
+        # intact for a second backward with retain_graph=True).
+        if grad_loss.dim() != 0 or grad_loss.item() != 1.0:
+            if grad_loss.dtype != grad_chosen.dtype:
+                grad_loss = grad_loss.to(grad_chosen.dtype)
+            grad_chosen, grad_rejected = grad_chosen * grad_loss, grad_rejected * grad_loss
         if ctx.dtypes is not None:
-            chosen, rejected = chosen.to(ctx.dtypes[0]), rejected.to(ctx.dtypes[1])
-        return chosen, rejected, None
+            grad_chosen = grad_chosen.to(ctx.dtypes[0])
+            grad_rejected = grad_rejected.to(ctx.dtypes[1])
+        return grad_chosen, grad_rejected, None
 
 
-def _loss_arrays(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: Any,
-                 ref_rejected_logps: Any) -> list[np.ndarray | None]:
-    """The four inputs as NumPy views; the common case (CPU float32/float64 tensors without
-    the negative bit) without a Python helper per tensor."""
-    arrays: list[np.ndarray | None] = []
-    for value, name in ((chosen_logps, "chosen_logps"), (rejected_logps, "rejected_logps"),
-                        (ref_chosen_logps, "ref_chosen_logps"),
-                        (ref_rejected_logps, "ref_rejected_logps")):
-        if value is None and name.startswith("ref_"):
-            arrays.append(None)
-        elif (type(value) is torch.Tensor and value.is_cpu and value.dtype in _NATIVE
-                and not value.is_neg()):
-            arrays.append((value.detach() if value.requires_grad else value).numpy())
-        else:
-            arrays.append(_float_array(value, name))
-    return arrays
+def _loss_array(value: Any, name: str) -> np.ndarray | None:
+    """One input as a NumPy view: CPU float32/float64 tensors inline (``numpy(force=True)``:
+    detached, negative bit resolved, no copy otherwise); the rest through `_float_array`."""
+    if type(value) is _Tensor and value.is_cpu and value.dtype in _NATIVE:
+        return value.numpy(force=True)
+    if value is None and name.startswith("ref_"):
+        return None
+    return _float_array(value, name)
 
 
 def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
@@ -463,11 +462,14 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
     if walk:
         _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
                                              "ref_rejected_logps": ref_rejected_logps, **kwargs})
-    arrays = _loss_arrays(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    if torch.is_grad_enabled() and (chosen_logps.requires_grad or rejected_logps.requires_grad):
-        result = _np_losses.preference_loss(*arrays, compute_grad=True, **kwargs)
+    arrays = (_loss_array(chosen_logps, "chosen_logps"),
+              _loss_array(rejected_logps, "rejected_logps"),
+              _loss_array(ref_chosen_logps, "ref_chosen_logps"),
+              _loss_array(ref_rejected_logps, "ref_rejected_logps"))
+    if _grad_enabled() and (chosen_logps.requires_grad or rejected_logps.requires_grad):
+        result = _np_preference_loss(*arrays, compute_grad=True, **kwargs)
         loss = _PreferenceLoss.apply(chosen_logps, rejected_logps, result)
     else:
-        result = _np_losses.preference_loss(*arrays, **kwargs)
+        result = _np_preference_loss(*arrays, **kwargs)
         loss = _loss_tensor(result)
     return PreferenceLossResult(loss, result)
