@@ -282,7 +282,9 @@ def loss_kwargs(loss_type, n, rng, *, beta=None, fdiv="reverse_kl", weights=Fals
         kw["chosen_lengths"] = rng.integers(1, 400, n).astype(np.float64)
         kw["rejected_lengths"] = rng.integers(1, 400, n).astype(np.float64)
     smoothing_users = [t for t in types if t in SMOOTHED or t == "exo_pair"]
-    if smoothing_users and rng.random() < 0.5:
+    if "exo_pair" in types:  # must be set (> 0), as in TRL
+        kw["label_smoothing"] = float(rng.choice([1e-3, 0.1, 0.3]))
+    elif smoothing_users and rng.random() < 0.5:
         kw["label_smoothing"] = float(rng.choice([0.0, 0.1, 0.3]))
     if "discopop" in types:
         kw["discopop_tau"] = float(rng.choice([0.05, 0.5, 1.0, 3.0]))
@@ -1138,7 +1140,7 @@ def _expected_param_error(name, value, types):
     if not users:
         return None if x == 0.0 else ValueError
     for t in users:
-        if t == "exo_pair" and not 0.0 <= x < 1.0:
+        if t == "exo_pair" and not 0.0 < x < 1.0:
             return ValueError
         if t != "exo_pair" and not 0.0 <= x < 0.5:
             return ValueError
@@ -1166,7 +1168,9 @@ def test_fuzz_scalar_parameters_at_and_beyond_bounds(name, value, loss, fdiv, dt
     if name == "f_alpha_divergence_coef":
         kw["f_divergence_type"] = "alpha_divergence"
     expected = _expected_param_error(name, value, types)
-    if name == "f_alpha_divergence_coef" and expected is None and float(value) != 1.0 and \
+    # (within 1e-6 of 1 the alpha-divergence is reverse KL, TRL's rule: every type takes it)
+    if name == "f_alpha_divergence_coef" and expected is None and \
+            abs(float(value) - 1.0) >= 1e-6 and \
             not all(t in F_DIV_TYPES or t == "sft" for t in types):
         expected = ValueError
     result, error = call_checked(preference_loss, *arrays, **kw)

@@ -46,8 +46,7 @@ def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05):
         return max(0.0, 1.0 - z)
     if loss_type == "ipo":
         return ((c - r) - 1 / (2 * beta)) ** 2
-    if loss_type == "exo_pair":
-        eps = eps or 1e-3
+    if loss_type == "exo_pair":  # (eps > 0: the API refuses 0, as TRL does)
         return (sig(z) * (logsig(z) - math.log1p(-eps))
                 + sig(-z) * (logsig(-z) - math.log(eps)))
     if loss_type == "nca_pair":
@@ -217,11 +216,17 @@ def test_label_smoothing_range_per_loss_type(loss_type, eps, match):
         preference_loss(*one_pair(), loss_type=loss_type, label_smoothing=eps)
 
 
-def test_exo_pair_zero_smoothing_means_trl_default():
-    """TRL uses epsilon = 1e-3 for exo_pair when label_smoothing is 0."""
-    default = preference_loss(*one_pair(), loss_type="exo_pair").loss
-    explicit = preference_loss(*one_pair(), loss_type="exo_pair", label_smoothing=1e-3).loss
-    assert default == explicit
+@pytest.mark.parametrize("loss_type", ["exo_pair", ["sigmoid", "exo_pair"]])
+def test_exo_pair_needs_label_smoothing(loss_type):
+    """TRL 1.16 (and Liger) refuse exo_pair with label_smoothing 0 (it takes log(eps)); so do
+    we, naming the recommended value, rather than replacing the 0 silently."""
+    for smoothing in ({}, {"label_smoothing": 0.0}, {"label_smoothing": -0.0}):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \(0, 1\) for "
+                                             r"loss_type='exo_pair' \(the EXO paper "
+                                             r"recommends 1e-3\), got -?0\.0"):
+            preference_loss(*one_pair(), loss_type=loss_type, **smoothing)
+    assert math.isfinite(preference_loss(*one_pair(), loss_type=loss_type,
+                                         label_smoothing=1e-3).loss)
 
 
 @pytest.mark.parametrize("tau", [0.0, -1.0, math.inf, math.nan])

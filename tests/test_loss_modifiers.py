@@ -39,15 +39,40 @@ PARALLEL_N = 100_003  # above the parallel threshold (4 chunks of 8192 rows), no
 # ----------------------------------------------------------------- the plain reference
 
 
+def _alpha_limit(alpha):
+    """TRL 1.16 treats |alpha - 1| < 1e-6 as reverse KL."""
+    return abs(alpha - 1.0) < 1e-6
+
+
 def score(x, fdiv, alpha):
-    """The f-divergence score s(x)."""
+    """The f-divergence score s(x), with its constant (only differences s(c) - s(r) use it)."""
     if fdiv == "forward_kl":
         return -math.expm1(-x)  # 1 - exp(-x)
     if fdiv == "js_divergence":
         return LN2 + logsig(x)
-    if fdiv == "alpha_divergence" and alpha != 1.0:
+    if fdiv == "alpha_divergence" and not _alpha_limit(alpha):
         return math.expm1((alpha - 1.0) * x) / (alpha - 1.0)  # (exp((a-1) x) - 1) / (a-1)
     return x
+
+
+def trl_score(x, fdiv, alpha):
+    """TRL 1.16's score, constants dropped: what the length-normalised types divide by n
+    (TRL's `chosen_scores / chosen_mask.sum(1)`), so the constants do not cancel there."""
+    if fdiv == "forward_kl":
+        return -math.exp(-x)
+    if fdiv == "js_divergence":
+        return logsig(x)
+    if fdiv == "alpha_divergence" and not _alpha_limit(alpha):
+        return math.exp((alpha - 1.0) * x) / (alpha - 1.0)
+    return x
+
+
+def score_difference(c, r, nc, nr, fdiv, alpha):
+    """h of the f-divergence types: s(c) - s(r), or TRL's s(c)/nc - s(r)/nr when normalised
+    (nc, nr not None)."""
+    if nc is None:
+        return score(c, fdiv, alpha) - score(r, fdiv, alpha)
+    return trl_score(c, fdiv, alpha) / nc - trl_score(r, fdiv, alpha) / nr
 
 
 def score_slope(x, fdiv, alpha):
@@ -56,7 +81,7 @@ def score_slope(x, fdiv, alpha):
         return math.exp(-x)
     if fdiv == "js_divergence":
         return sig(-x)
-    if fdiv == "alpha_divergence" and alpha != 1.0:
+    if fdiv == "alpha_divergence" and not _alpha_limit(alpha):
         return math.exp((alpha - 1.0) * x)
     return 1.0
 
@@ -100,8 +125,8 @@ def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alph
         normalise = t == "sigmoid_norm" or (t == "ipo" and nc is not None and nr is not None)
         out = []
         for i in range(n):
-            xc, xr = (c[i] / nc[i], r[i] / nr[i]) if normalise else (c[i], r[i])
-            h = score(xc, fdiv, alpha) - score(xr, fdiv, alpha)
+            h = score_difference(c[i], r[i], nc[i] if normalise else None,
+                                 nr[i] if normalise else None, fdiv, alpha)
             # reference_pair(t, h, 0, ...) is the loss of t at log-ratio difference h
             out.append(reference_pair("sigmoid" if t == "sigmoid_norm" else t, h, 0.0, beta,
                                       eps, tau))
@@ -246,6 +271,9 @@ CASES = [
          lengths=""),
     Case("sigmoid_norm_alpha2", dict(loss_type="sigmoid_norm", beta=0.7,
                                      **fdiv("alpha_divergence", 2.0))),
+    Case("sigmoid_norm_js", dict(loss_type="sigmoid_norm", beta=0.7, **fdiv("js_divergence"))),
+    Case("ipo_lengths_alpha0.5", dict(loss_type="ipo", beta=0.3,
+                                      **fdiv("alpha_divergence", 0.5))),
     Case("rpo", dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], beta=0.5,
                      label_smoothing=0.1), lengths="chosen"),
     Case("rpo_forward_kl_weights", dict(loss_type=["sigmoid", "sft"], beta=0.5,
@@ -275,6 +303,8 @@ def build(case, n, seed, *, mean=-40.0, spread=3.0):
     rng = np.random.default_rng(seed)
     arrays = [rng.normal(mean, spread, n) for _ in range(4 if case.refs else 2)]
     kw = dict(case.kw)
+    if "exo_pair" in loss_types(case) if "loss_type" in case.kw else False:
+        kw.setdefault("label_smoothing", 1e-3)  # it must be set for exo_pair
     if case.lengths:
         kw["chosen_lengths"] = rng.integers(1, 60, n).astype(np.float64)
     if case.lengths == "both":
@@ -427,12 +457,14 @@ def test_sft_is_the_batch_nll_per_token():
 
 @pytest.mark.parametrize("loss_type", F_DIVERGENCE_TYPES)
 def test_alpha_one_and_explicit_reverse_kl_are_the_default(loss_type):
-    """alpha_divergence with coefficient 1 and an explicit reverse_kl give the default's
-    bits."""
+    """alpha_divergence with coefficient 1 (or within TRL's 1e-6 of it) and an explicit
+    reverse_kl give the default's bits."""
     arrays, kw = build(Case("", dict(loss_type=loss_type, beta=0.3)), 50, seed=1)
     kw["label_smoothing"] = 0.1 if loss_type in SMOOTHED else 0.0
     default = preference_loss(*arrays, compute_grad=True, **kw)
-    for extra in (fdiv("reverse_kl"), fdiv("reverse_kl", 3.0), fdiv("alpha_divergence", 1.0)):
+    # (within 1e-6 of 1 is the limit too: TRL 1.16's rule)
+    for extra in (fdiv("reverse_kl"), fdiv("reverse_kl", 3.0), fdiv("alpha_divergence", 1.0),
+                  fdiv("alpha_divergence", 1.0 + 9e-7), fdiv("alpha_divergence", 1.0 - 9e-7)):
         other = preference_loss(*arrays, compute_grad=True, **kw, **extra)
         assert other.loss == default.loss
         for name in ("losses", "grad_chosen", "grad_rejected", "chosen_rewards"):
@@ -445,6 +477,51 @@ def test_alpha_zero_is_forward_kl():
     a = preference_loss(*arrays, **kw, **fdiv("alpha_divergence", 0.0), reduction="none")
     b = preference_loss(*arrays, **kw, **fdiv("forward_kl"), reduction="none")
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-13)
+
+
+# The length-normalised types under an f-divergence, TRL 1.16's order (the score of the summed
+# log-ratio, then the division), against the plain formula evaluated in 60-digit arithmetic.
+# pc, pr, rc, rr, nc, nr chosen so that the order matters: c = -35, r = -25 give e^35 / 10
+# against e^25 / 20 for forward KL (TRL ~1.6e13; dividing first, then scoring, gave 3.0).
+TRL_ORDER_CASES = [
+    ("sigmoid_norm", "forward_kl", 1.0),
+    ("sigmoid_norm", "js_divergence", 1.0),
+    ("sigmoid_norm", "alpha_divergence", 0.5),
+    ("ipo", "forward_kl", 1.0),
+    ("ipo", "js_divergence", 1.0),
+    ("ipo", "alpha_divergence", 2.0),
+]
+
+
+@pytest.mark.parametrize(("loss_type", "fdiv_type", "alpha"), TRL_ORDER_CASES)
+def test_length_normalised_f_divergence_follows_trl_order(loss_type, fdiv_type, alpha):
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 60
+    pc, rc, pr, rr, nc, nr, beta = -40.0, -5.0, -30.0, -5.0, 10.0, 20.0, 0.1
+
+    def trl(x):  # TRL 1.16's scores, constants dropped
+        x = mp.mpf(x)
+        if fdiv_type == "forward_kl":
+            return -mp.exp(-x)
+        if fdiv_type == "js_divergence":
+            return -mp.log1p(mp.exp(-x))
+        return mp.exp((alpha - 1) * x) / (alpha - 1)
+
+    h = trl(pc - rc) / nc - trl(pr - rr) / nr
+    if loss_type == "ipo":
+        expected = (h - 1 / (2 * mp.mpf(beta))) ** 2
+    else:
+        expected = mp.log1p(mp.exp(-beta * h))
+    for dtype in (np.float64, np.float32):
+        result = preference_loss(np.array([pc], dtype), np.array([pr], dtype),
+                                 np.array([rc], dtype), np.array([rr], dtype), beta=beta,
+                                 loss_type=loss_type, chosen_lengths=[nc], rejected_lengths=[nr],
+                                 **fdiv(fdiv_type, alpha))
+        rel = 1e-13 if dtype is np.float64 else 2.5e-7
+        assert float(result.loss) == pytest.approx(float(expected), rel=rel), dtype
+    if fdiv_type == "forward_kl" and loss_type == "sigmoid_norm":
+        assert float(expected) > 1e13  # the order matters here
 
 
 @pytest.mark.parametrize(("fdiv_type", "alpha"), DIVERGENCES)
@@ -810,13 +887,16 @@ def test_property_f_divergence(loss_type, divergence, c, r, beta, lengths):
     assert not math.isnan(result.loss)
     assert not math.isnan(result.grad_chosen[0]) and not math.isnan(result.grad_rejected[0])
     normalise = lengths is not None and loss_type in ("ipo", "sigmoid_norm")
-    xc, xr = (c / lengths[0], r / lengths[1]) if normalise else (c, r)
+    nc, nr = lengths if normalise else (None, None)
     try:
         expected = ref_losses([c], [r], **kw)[0]
-        h = score(xc, fdiv_type, alpha) - score(xr, fdiv_type, alpha)
-        magnitude = (abs(score(xc, fdiv_type, alpha)) + abs(score(xr, fdiv_type, alpha))
-                     + score_slope(xc, fdiv_type, alpha) * abs(xc)
-                     + score_slope(xr, fdiv_type, alpha) * abs(xr) + 2.0
+        h = score_difference(c, r, nc, nr, fdiv_type, alpha)
+        # the size of the terms h is formed from, and of the rounding of their arguments
+        s_of = score if nc is None else trl_score
+        inv_c, inv_r = (1.0, 1.0) if nc is None else (1.0 / nc, 1.0 / nr)
+        magnitude = (abs(s_of(c, fdiv_type, alpha)) * inv_c + abs(s_of(r, fdiv_type, alpha)) * inv_r
+                     + score_slope(c, fdiv_type, alpha) * abs(c) * inv_c
+                     + score_slope(r, fdiv_type, alpha) * abs(r) * inv_r + 2.0
                      + (2.0 / abs(alpha - 1.0) if alpha != 1.0 else 0.0) + 1 / (2 * beta))
         tau = 0.05 if loss_type == "discopop" else 1.0
         base_type = "sigmoid" if loss_type == "sigmoid_norm" else loss_type
@@ -1062,8 +1142,9 @@ def test_integer_lengths_equal_float_lengths():
     ("forward_kl", 1.0, None, 2.0, -math.inf),
     # alpha 2, a = 1: h = e^{c} - e^{r}; d/dpr = -2 (h - q) e^{r} = -2.
     ("alpha_divergence", 2.0, None, math.inf, -2.0),
-    # normalised: x_c = 800/2; d/dpc = 2 h e^{-400} / 2 = e^{600} (h = e^{1000} - e^{-400}).
-    ("forward_kl", 1.0, (2.0, 1.0), math.exp(600.0), -math.inf),
+    # normalised (TRL's order): h = s(800)/2 - s(-1000) = e^{1000} - e^{-800}/2 with
+    # s(x) = -e^{-x}; d/dpc = 2 (h - q) e^{-800} / 2 = e^{200}.
+    ("forward_kl", 1.0, (2.0, 1.0), math.exp(200.0), -math.inf),
 ])
 def test_ipo_gradient_of_an_overflowed_score_is_exact(divergence, coef, lengths,
                                                       expected_chosen, expected_rejected):

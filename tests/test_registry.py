@@ -49,7 +49,7 @@ def test_registry_rows_have_the_expected_facts():
                entry.optional_lengths, entry.divergence, entry.batch_coupled,
                entry.reference_free, entry.smoothing_max)
         assert got == EXPECTED[name], name
-        assert entry.exo_default == (name == "exo_pair")
+        assert entry.smoothing_positive == (name == "exo_pair")
         assert entry.normalized_rewards == entry.reference_free  # simpo's reward form
     ids = [entry.kernel_id for entry in _registry.LOSS_REGISTRY.values()]
     assert ids == list(range(len(ids)))
@@ -100,6 +100,8 @@ def test_every_type_has_a_reference_formula(name):
     lengths = dict(chosen_lengths=rng.integers(1, 50, 9).astype(float),
                    rejected_lengths=rng.integers(1, 50, 9).astype(float))
     refs = (None, None) if _registry.LOSS_REGISTRY[name].reference_free else (rc, rr)
+    if _registry.LOSS_REGISTRY[name].smoothing_positive:
+        lengths["label_smoothing"] = 1e-3
     expected = ref_losses(pc, pr, *refs, beta=0.3, loss_type=name, **lengths)
     got = dpo_fast.preference_loss(pc, pr, *refs, beta=0.3, loss_type=name, reduction="none",
                                    **lengths).losses

@@ -39,7 +39,7 @@ RTOL = 1e-12
 ATOL_SHARE = 1e-13
 
 ALL_TYPES = list(_registry.LOSS_TYPES)
-# Types that use label_smoothing; exo_pair's 0 stands for TRL's 1e-3.
+# Types that use label_smoothing (exo_pair's must be > 0, as in TRL).
 SMOOTHED = set(_registry.SMOOTHING_LIMITS)
 NEEDS_LENGTHS = set(_registry.NEEDS_LENGTHS)
 F_DIVERGENCE_TYPES = [name for name in ALL_TYPES if name in _registry.F_DIVERGENCE_LOSS_TYPES]
@@ -56,7 +56,7 @@ CASES = {
     "hinge": dict(loss_type="hinge", beta=0.3),
     "ipo": dict(loss_type="ipo", beta=0.1),
     "ipo-lengths": dict(loss_type="ipo", beta=0.1, lengths=True),
-    "exo_pair": dict(loss_type="exo_pair", beta=0.1),
+    "exo_pair": dict(loss_type="exo_pair", beta=0.1, label_smoothing=1e-3),
     "exo_pair-eps0.1": dict(loss_type="exo_pair", beta=0.2, label_smoothing=0.1),
     "nca_pair": dict(loss_type="nca_pair", beta=0.1),
     "robust": dict(loss_type="robust", beta=0.1, label_smoothing=0.1),
@@ -121,16 +121,17 @@ def call_kwargs(case: dict, data: dict[str, np.ndarray]) -> tuple[list, dict]:
 
 
 def score(x, f_divergence_type: str, alpha: float):
-    """TRL's f-divergence score s(x) of a log-ratio (reverse KL: x itself)."""
+    """TRL 1.16's f-divergence score of a summed log-ratio (reverse KL: x itself), with the
+    constants TRL drops dropped: they cancel in s(c) - s(r), not in s(c)/nc - s(r)/nr."""
     if f_divergence_type == "reverse_kl" or (f_divergence_type == "alpha_divergence"
-                                             and alpha == 1.0):
+                                             and abs(alpha - 1.0) < 1e-6):
         return x
     if f_divergence_type == "forward_kl":
-        return 1.0 - torch.exp(-x)
+        return -torch.exp(-x)
     if f_divergence_type == "js_divergence":
-        return math.log(2.0) + F.logsigmoid(x)
+        return F.logsigmoid(x)
     if f_divergence_type == "alpha_divergence":
-        return (torch.exp((alpha - 1.0) * x) - 1.0) / (alpha - 1.0)
+        return torch.exp((alpha - 1.0) * x) / (alpha - 1.0)
     raise AssertionError(f_divergence_type)
 
 
@@ -150,12 +151,14 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
     rc = rr = 0 for reference-free; nc, nr may be None)."""
     c = pc - rc
     r = pr - rr
+    chosen_scores = score(c, f_divergence_type, alpha)
+    rejected_scores = score(r, f_divergence_type, alpha)
     if loss_type == "sigmoid_norm" or (loss_type == "ipo" and nc is not None
                                        and nr is not None):
-        xc, xr = c / nc, r / nr
+        # TRL: the score of the summed log-ratio, then the division by the length
+        h = chosen_scores / nc - rejected_scores / nr
     else:
-        xc, xr = c, r
-    h = score(xc, f_divergence_type, alpha) - score(xr, f_divergence_type, alpha)
+        h = chosen_scores - rejected_scores
     z = beta * h
     if loss_type == "sigmoid":
         return smoothed_sigmoid(z, eps)
@@ -164,7 +167,7 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
     if loss_type == "ipo":
         return (h - 1.0 / (2.0 * beta)) ** 2
     if loss_type == "exo_pair":
-        e = eps or 1e-3
+        e = eps
         return (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-e))
                 + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(e)))
     if loss_type == "nca_pair":

@@ -36,10 +36,12 @@ cnp.import_array()
 __all__ = ["PreferenceLossResult", "preference_loss", "dpo_loss_arrays"]
 
 # The loss types the fast path runs: one per-pair type on the plain kernel loop, with its
-# kernel id and label_smoothing's exclusive upper bound (0: the type does not use it). Read
+# kernel id, label_smoothing's exclusive upper bound (0: the type does not use it) and whether
+# label_smoothing must be > 0 (exo_pair). Read
 # from the registry, as the general path does, so that the two cannot disagree.
 cdef dict _FAST_TYPES = {
-    name: (_registry.KERNEL_IDS[name], _registry.SMOOTHING_LIMITS.get(name, 0.0))
+    name: (_registry.KERNEL_IDS[name], _registry.SMOOTHING_LIMITS.get(name, 0.0),
+           _registry.LOSS_REGISTRY[name].smoothing_positive)
     for name in _registry.PLAIN_TYPES}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 cdef tuple _OUTPUT_NAMES = _general.OUTPUT_NAMES
@@ -249,7 +251,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         return None
     smoothing = PyFloat_AS_DOUBLE(label_smoothing)
     if limit > 0.0:
-        if not 0.0 <= smoothing < limit:
+        # (0 for a type that needs > 0: the general path raises the error)
+        if not 0.0 <= smoothing < limit or (smoothing == 0.0 and (<tuple>entry)[2]):
             return None
     elif smoothing != 0.0:
         return None
@@ -421,23 +424,27 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         One finite weight per listed loss type; default all 1.
     label_smoothing : float, default 0.0
         ``eps``: for ``"sigmoid"``, ``"robust"``, ``"aot"``, ``"aot_unpaired"`` and
-        ``"simpo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``, with 0 meaning TRL's
-        default 1e-3. In a list it applies to the types that use it; a non-zero value with
-        no such type is refused.
+        ``"simpo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``: it must be set
+        (the EXO paper recommends 1e-3; 0 raises ValueError, as in TRL). In a list it
+        applies to the types that use it; a non-zero value with no such type is refused.
     discopop_tau : float, default 0.05
         DiscoPOP's temperature (TRL's default); in [1e-300, 1e300].
     simpo_gamma : float, default 0.5
         SimPO's target reward margin (TRL's ``CPOConfig`` default).
     f_divergence_type : {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
         TRL's f-divergence: the log-ratios ``x`` become scores ``s(x)`` (``x``;
-        ``1 - exp(-x)``; ``log 2 + log(sigmoid(x))``; ``(exp((alpha - 1) x) - 1) /
-        (alpha - 1)``) in ``"sigmoid"``, ``"hinge"``, ``"ipo"``, ``"exo_pair"``,
-        ``"robust"``, ``"discopop"`` and ``"sigmoid_norm"``; other types refuse a
-        non-default divergence (``"sft"`` in a list is unaffected).
+        ``-exp(-x)``; ``log(sigmoid(x))``; ``exp((alpha - 1) x) / (alpha - 1)``: TRL 1.16's
+        scores) in ``"sigmoid"``, ``"hinge"``, ``"ipo"``, ``"exo_pair"``, ``"robust"``,
+        ``"discopop"`` and ``"sigmoid_norm"``; other types refuse a non-default divergence
+        (``"sft"`` in a list is unaffected). Raw types use ``s(c) - s(r)``; the
+        length-normalised ones (``"sigmoid_norm"``, ``"ipo"`` with lengths) use
+        ``s(c)/nc - s(r)/nr`` as TRL does: the score of the summed log-ratio, then the
+        division.
     f_alpha_divergence_coef : float, default 1.0
-        ``alpha`` of ``"alpha_divergence"`` (1 is reverse KL), in ``[-1e300, 1e300]``.
-        The scores are taken as ``expm1((alpha - 1) x) / (alpha - 1)``, accurate for
-        ``alpha`` next to 1 too.
+        ``alpha`` of ``"alpha_divergence"``, in ``[-1e300, 1e300]``; within 1e-6 of 1 it is
+        reverse KL (TRL's limit rule). The raw difference is taken as
+        ``(expm1(a c) - expm1(a r)) / a`` with ``a = alpha - 1``, accurate for ``alpha``
+        next to 1 too.
     chosen_lengths, rejected_lengths : array_like, shape (n,), optional
         Completion lengths in tokens (finite, >= 1): needed by ``"sigmoid_norm"`` and
         ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both

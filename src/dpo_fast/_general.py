@@ -43,9 +43,10 @@ __all__ = ["run", "LOSS_TYPES", "REDUCTIONS", "BATCH_COUPLED_LOSS_TYPES",
            "F_DIVERGENCE_TYPES", "LENGTH_LOSS_TYPES", "OUTPUT_NAMES", "PREFERENCE_ARG_NAMES",
            "DPO_LOSS_ARG_NAMES", "PLAIN_TYPES", "SMOOTHING_LIMITS"]
 
-_EXO_DEFAULT_EPSILON = _pairwise.EXO_DEFAULT_LABEL_SMOOTHING
 # f-divergences (TRL's f_divergence_type); the loss types they apply to are in the registry.
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+# |f_alpha_divergence_coef - 1| below this is the reverse-KL limit (TRL 1.16's threshold).
+ALPHA_LIMIT_TOLERANCE = 1e-6
 REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 # Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
@@ -256,7 +257,7 @@ def _loss_types(loss_type: Any, loss_weights: Any) -> tuple[tuple[str, ...], tup
 
 def _smoothing_for(names: Sequence[str], label_smoothing: Any) -> float:
     """The epsilon the kernel gets, checked against the range of every listed loss type that
-    uses it (exo_pair: 0 stands for TRL's default, which the kernel applies)."""
+    uses it (exo_pair's must be > 0, as TRL 1.16 requires: it takes log(eps))."""
     epsilon = _real(label_smoothing, "label_smoothing")
     users = [name for name in names if name in SMOOTHING_LIMITS]
     if not users:
@@ -267,12 +268,14 @@ def _smoothing_for(names: Sequence[str], label_smoothing: Any) -> float:
         return 0.0
     for name in users:
         limit = SMOOTHING_LIMITS[name]
+        if LOSS_REGISTRY[name].smoothing_positive:
+            if 0.0 < epsilon < limit:
+                continue
+            raise ValueError(f"label_smoothing must be in (0, {limit:g}) for loss_type="
+                             f"{name!r} (the EXO paper recommends 1e-3), got "
+                             f"{label_smoothing!r}")
         if 0.0 <= epsilon < limit:
             continue
-        if LOSS_REGISTRY[name].exo_default:
-            raise ValueError(f"label_smoothing must be in (0, {limit:g}) for loss_type="
-                             f"{name!r} (0 means {_EXO_DEFAULT_EPSILON}), got "
-                             f"{label_smoothing!r}")
         raise ValueError(f"label_smoothing must be in [0, {limit:g}) for loss_type={name!r}, "
                          f"got {label_smoothing!r}")
     return epsilon
@@ -289,8 +292,10 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
         raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; expected one of "
                          f"{F_DIVERGENCE_TYPES}")
     ids = _pairwise.DIVERGENCE_IDS
-    if f_divergence_type == "alpha_divergence" and alpha == 1.0:
-        f_divergence_type = "reverse_kl"  # the alpha -> 1 limit, as TRL
+    if f_divergence_type == "alpha_divergence" and abs(alpha - 1.0) < ALPHA_LIMIT_TOLERANCE:
+        # The alpha -> 1 limit (reverse KL) within TRL 1.16's tolerance: its scores drop the
+        # constant -1/(alpha - 1), which after a length division would blow up as alpha -> 1.
+        f_divergence_type = "reverse_kl"
     if f_divergence_type == "reverse_kl":
         return ids["identity"], 0.0
     # (A batch constant in a list, sft, is not a function of the log-ratios: unaffected.)
@@ -302,7 +307,8 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
                          f"{sorted(F_DIVERGENCE_LOSS_TYPES)} (as in TRL)")
     if f_divergence_type == "js_divergence":
         return ids["js"], 0.0
-    # s(x) = (exp(a x) - 1)/a: forward KL is a = -1, the alpha-divergence a = alpha - 1.
+    # s(x) = (exp(a x) - 1)/a (TRL: e^{a x}/a, the same differences): forward KL is a = -1,
+    # the alpha-divergence a = alpha - 1.
     return ids["exp"], -1.0 if f_divergence_type == "forward_kl" else alpha - 1.0
 
 

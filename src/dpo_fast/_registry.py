@@ -53,8 +53,8 @@ class LossType:
         Rewards are ``beta * p / n`` (simpo), not ``beta * (p - ref)``.
     smoothing_max : float
         label_smoothing's exclusive upper bound (lower bound 0); 0 when the type ignores it.
-    exo_default : bool
-        label_smoothing 0 stands for EXO's default epsilon.
+    smoothing_positive : bool
+        label_smoothing must be > 0 (exo_pair takes its log; TRL 1.16 refuses 0 too).
     """
 
     name: str
@@ -70,7 +70,7 @@ class LossType:
     reference_free: bool
     normalized_rewards: bool
     smoothing_max: float
-    exo_default: bool
+    smoothing_positive: bool
 
     @property
     def uses_lengths(self) -> bool:
@@ -96,7 +96,7 @@ def _record(name: str, kernel_id: int, flags: int, smoothing_max: float) -> Loss
         optional_lengths=has("lengths_optional"), divergence=has("divergence"),
         batch_coupled=has("batch_coupled"), batch_constant=has("batch_constant"),
         reference_free=has("reference_free"), normalized_rewards=has("normalized_rewards"),
-        smoothing_max=smoothing_max, exo_default=has("exo_default"))
+        smoothing_max=smoothing_max, smoothing_positive=has("smoothing_positive"))
 
 
 LOSS_REGISTRY: Mapping[str, LossType] = {

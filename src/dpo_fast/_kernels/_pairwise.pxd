@@ -39,7 +39,7 @@ cdef extern from "dispatch.h" nogil:
         DPO_LT_REFERENCE_FREE
         DPO_LT_NORMALIZED_REWARDS
         DPO_LT_BATCH_CONSTANT
-        DPO_LT_EXO_DEFAULT
+        DPO_LT_SMOOTHING_POSITIVE
         DPO_LT_NORMALIZED
         DPO_LT_SORTED
         DPO_MAX_TERMS

@@ -10,7 +10,6 @@ def loss_registry() -> tuple[tuple[str, int, int, float], ...]: ...
 SUM_NAMES: tuple[str, ...]
 MAX_TERMS: int
 DIVERGENCE_IDS: dict[str, int]
-EXO_DEFAULT_LABEL_SMOOTHING: float
 
 class LossConfig:
     loop: str

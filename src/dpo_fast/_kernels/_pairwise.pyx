@@ -53,7 +53,7 @@ LOSS_FLAGS = {
     "lengths_both": DPO_LT_LENGTHS_BOTH, "lengths_chosen": DPO_LT_LENGTHS_CHOSEN,
     "lengths_optional": DPO_LT_LENGTHS_OPTIONAL, "batch_coupled": DPO_LT_BATCH_COUPLED,
     "reference_free": DPO_LT_REFERENCE_FREE, "normalized_rewards": DPO_LT_NORMALIZED_REWARDS,
-    "batch_constant": DPO_LT_BATCH_CONSTANT, "exo_default": DPO_LT_EXO_DEFAULT,
+    "batch_constant": DPO_LT_BATCH_CONSTANT, "smoothing_positive": DPO_LT_SMOOTHING_POSITIVE,
     "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED,
 }
 
@@ -67,11 +67,6 @@ def loss_registry():
 
 
 MAX_TERMS = DPO_MAX_TERMS
-# exo_pair's epsilon when label_smoothing is 0 (TRL's default for that loss).
-cdef double EXO_DEFAULT_EPSILON = 1e-3
-cdef double EXO_DEFAULT_LOG1M_EPSILON = log1p(-EXO_DEFAULT_EPSILON)
-cdef double EXO_DEFAULT_LOG_EPSILON = log(EXO_DEFAULT_EPSILON)
-EXO_DEFAULT_LABEL_SMOOTHING = EXO_DEFAULT_EPSILON
 DIVERGENCE_IDS = {"identity": DPO_DIV_IDENTITY, "exp": DPO_DIV_EXP, "js": DPO_DIV_JS}
 SUM_NAMES = ("loss", "chosen_rewards", "rejected_rewards", "margins", "accuracies",
              "chosen_logps", "rejected_logps")
@@ -89,15 +84,11 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     args.params.beta = beta
     args.params.label_smoothing = label_smoothing
     args.params.discopop_tau = discopop_tau
-    # exo_pair's constants; the caller keeps label_smoothing in [0, 1) for that loss, where 0
-    # stands for TRL's default epsilon (so that a list with sigmoid can keep sigmoid's 0).
-    # The default's logs are taken once (a small call should not pay two libm calls for them).
+    # exo_pair's constants (the callers keep label_smoothing in (0, 1) for that loss; with 0,
+    # exo_pair is not among the terms and they stay unused).
     if label_smoothing > 0.0:
         args.params.exo_log1m_eps = log1p(-label_smoothing)
         args.params.exo_log_eps = log(label_smoothing)
-    else:
-        args.params.exo_log1m_eps = EXO_DEFAULT_LOG1M_EPSILON
-        args.params.exo_log_eps = EXO_DEFAULT_LOG_EPSILON
     # DiscoPOP's exponent -z - softplus(-z/tau) tends to z*(1/tau - 1) as z -> -inf.
     args.params.discopop_neg_inf_arg = (
         -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))

@@ -9,8 +9,9 @@
  * type is still one function of pair_losses.h and no loop is written per combination:
  *   1. prepare: log-ratios, rewards and the pair arguments of each variant the terms use
  *      ("raw": c, r; "normalised": c/nc, r/nr), with the chain factors d(argument)/d(input).
- *      Under an f-divergence the arguments are (h, 0) with h = s(x_c) - s(x_r), since every
- *      loss type TRL allows it for depends on c - r only.
+ *      Under an f-divergence the arguments are (h, 0), since every loss type TRL allows it
+ *      for depends on c - r only: h = s(c) - s(r) raw, h = s(c)/nc - s(r)/nr normalised
+ *      (TRL 1.16's order: the score of the summed log-ratio, then the division).
  *   2. one loop per term, adding its weighted value and derivatives.
  *   3. finish: per-pair weights, outputs, the row terms of the sums.
  * Rows where something overflows (c - r near DBL_MAX, exp of a large score) are flagged in
@@ -37,36 +38,45 @@ typedef struct {
     double exp_r;
 } DpoScores;
 
-/* Scores of flagged rows, from quarter-scaled arguments xc4 = x_c/4, xr4 = x_r/4, with
- * overflow going to +-inf and never to NaN (scalar, libm; these rows are rare). */
-static DpoScores dpo_scores_careful(int divergence, double coef, double xc4, double xr4)
+/* Scores of flagged rows, from quarter-scaled log-ratios c4 = c/4, r4 = r/4 and the lengths
+ * n_c, n_r (1 for the raw variant), with overflow going to +-inf and never to NaN (scalar,
+ * libm; these rows are rare). The normalised variant follows TRL 1.16: the score of the summed
+ * log-ratio divided by the length, h = s(c)/n_c - s(r)/n_r, with TRL's scores (constants
+ * dropped: they cancel in s(c) - s(r) but not after the division). chain_c, chain_r are
+ * dh/dc, -dh/dr; exp_c, exp_r their logs (exp form). */
+static DpoScores dpo_scores_careful(int divergence, double coef, double c4, double r4,
+                                    double n_c, double n_r)
 {
     DpoScores out;
     if (divergence == DPO_DIV_EXP) {
-        /* h = (e^{A_c} - e^{A_r})/a with A = a x, as sign * e^{max A} (1 - e^{-|A_c - A_r|})/a,
-         * which is finite wherever h is, and +-inf (not inf - inf) where it is not. */
+        /* s(x) = e^{a x}/a, so h = (e^{A_c} - e^{A_r})/a with A = a x - log n, computed as
+         * sign * e^{max A} (1 - e^{-|A_c - A_r|})/a: finite wherever h is, and +-inf (not
+         * inf - inf) where it is not. */
         double a4 = 4.0 * coef;
-        double exp_c = a4 * xc4, exp_r = a4 * xr4;
+        double off_c = log(n_c), off_r = log(n_r); /* exactly 0 for the raw variant */
+        double exp_c = a4 * c4 - off_c, exp_r = a4 * r4 - off_r;
+        double gap_signed = a4 * (c4 - r4) - (off_c - off_r); /* A_c - A_r */
         out.exp_c = exp_c;
         out.exp_r = exp_r;
         out.chain_c = exp(exp_c);
         out.chain_r = exp(exp_r);
-        if (xc4 == xr4) {
-            out.h = 0.0;
+        if (gap_signed == 0.0 || isnan(gap_signed)) {
+            out.h = 0.0 * gap_signed;
             out.log_abs_h = -INFINITY;
         } else {
             double top = exp_c > exp_r ? exp_c : exp_r;
-            double gap = fabs(a4) * fabs(xc4 - xr4);
-            double sign = ((coef > 0.0) == (xc4 > xr4)) ? 1.0 : -1.0;
+            double gap = fabs(gap_signed);
+            double sign = gap_signed > 0.0 ? 1.0 : -1.0;
             double share = -expm1(-gap); /* in (0, 1] */
             out.h = sign * (exp(top) * share) / coef;
             out.log_abs_h = top + log(share) - log(fabs(coef));
         }
-    } else { /* DPO_DIV_JS: h = softplus(-x_r) - softplus(-x_c), its linear parts in quarters */
-        double lin = 4.0 * ((xr4 < 0.0 ? -xr4 : 0.0) - (xc4 < 0.0 ? -xc4 : 0.0));
-        out.h = lin + (log1p(exp(-4.0 * fabs(xr4))) - log1p(exp(-4.0 * fabs(xc4))));
-        out.chain_c = 1.0 / (1.0 + exp(4.0 * xc4)); /* sigmoid(-x) */
-        out.chain_r = 1.0 / (1.0 + exp(4.0 * xr4));
+    } else { /* DPO_DIV_JS: s(x) = logsigmoid(x); h = s(c)/n_c - s(r)/n_r, linear parts in
+              * quarters (so that 4x cannot overflow before the division) */
+        double lin = 4.0 * ((r4 < 0.0 ? -r4 : 0.0) / n_r - (c4 < 0.0 ? -c4 : 0.0) / n_c);
+        out.h = lin + (log1p(exp(-4.0 * fabs(r4))) / n_r - log1p(exp(-4.0 * fabs(c4))) / n_c);
+        out.chain_c = 1.0 / (1.0 + exp(4.0 * c4)) / n_c; /* sigmoid(-c)/n_c */
+        out.chain_r = 1.0 / (1.0 + exp(4.0 * r4)) / n_r;
         out.log_abs_h = log(fabs(out.h));
         out.exp_c = out.exp_r = 0.0;
     }
@@ -124,6 +134,35 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
         flag += h * 0.0;                                                                    \
     }
 
+/* Pass 1, normalised variant under an f-divergence (TRL 1.16's order): the score of the summed
+ * log-ratios C, R divided by the lengths (INV_C, INV_R = 1/n), h = s(C)/n_c - s(R)/n_r with
+ * TRL's scores: e^{a x}/a (exp form) and logsigmoid(x) (js). Evaluated as written, as TRL
+ * does; rows where exp would saturate or h overflows are flagged. */
+#define DPO_GEN_NORM_SCORES(DIV, C, R, INV_C, INV_R)                                        \
+    if ((DIV) == DPO_DIV_EXP) {                                                             \
+        double exp_c = coef * (C), exp_r = coef * (R);                                      \
+        double e_c, e_r;                                                                    \
+        dpo_expm1_exp(exp_c, &e_c);                                                         \
+        dpo_expm1_exp(exp_r, &e_r);                                                         \
+        double s_c = e_c * (INV_C), s_r = e_r * (INV_R);                                    \
+        double h = (s_c - s_r) / coef;                                                      \
+        arg_c[1][i] = h;                                                                    \
+        arg_r[1][i] = 0.0;                                                                  \
+        chain_c[1][i] = s_c;                                                                \
+        chain_r[1][i] = s_r;                                                                \
+        flag += h * 0.0 + ((exp_c > DPO_EXP_SAFE_MAX) ? 1.0 : 0.0)                          \
+                + ((exp_r > DPO_EXP_SAFE_MAX) ? 1.0 : 0.0);                                 \
+    } else {                                                                                \
+        DpoLogistic lc = dpo_logistic(C), lr = dpo_logistic(R);                             \
+        double h = (dpo_relu(-(R)) + lr.log1p_e) * (INV_R)                                  \
+                   - (dpo_relu(-(C)) + lc.log1p_e) * (INV_C);                               \
+        arg_c[1][i] = h;                                                                    \
+        arg_r[1][i] = 0.0;                                                                  \
+        chain_c[1][i] = lc.sig_neg * (INV_C);                                               \
+        chain_r[1][i] = lr.sig_neg * (INV_R);                                               \
+        flag += h * 0.0;                                                                    \
+    }
+
 #define DPO_GEN_PREPARE(RAW, NORM, DIV)                                                     \
     {                                                                                       \
         DPO_LOOP_HINT                                                                       \
@@ -143,7 +182,11 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
                  * divisions, the slowest instructions of this loop. */                     \
                 double inv_nc = 1.0 / nc[row], inv_nr = 1.0 / nr[row];                      \
                 double x_c = c * inv_nc, x_r = r * inv_nr;                                  \
-                DPO_GEN_VARIANT(1, DIV, x_c, x_r, inv_nc, inv_nr)                           \
+                if ((DIV) == DPO_DIV_IDENTITY) {                                            \
+                    DPO_GEN_VARIANT(1, DIV, x_c, x_r, inv_nc, inv_nr)                       \
+                } else {                                                                    \
+                    DPO_GEN_NORM_SCORES(DIV, c, r, inv_nc, inv_nr)                          \
+                }                                                                           \
                 reward_c = normalized_rewards ? x_c : c;                                    \
                 reward_r = normalized_rewards ? x_r : r;                                    \
             }                                                                               \
@@ -219,10 +262,10 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
     double acc_value[DPO_GEN_BLOCK], acc_chosen[DPO_GEN_BLOCK], acc_rejected[DPO_GEN_BLOCK];
     /* Flagged rows whose exp-form score difference h overflowed: ipo's derivative there is
      * (h - q) s'(x), an overflowed factor times a possibly underflowed one, taken from logs
-     * (log|h| + a x) instead. */
+     * (log|h| + log dh/dx) instead. */
     unsigned char h_overflow[2][DPO_GEN_BLOCK];
     double log_abs_h[2][DPO_GEN_BLOCK], log_chain_c[2][DPO_GEN_BLOCK];
-    double log_chain_r[2][DPO_GEN_BLOCK], inv_len_c[2][DPO_GEN_BLOCK], inv_len_r[2][DPO_GEN_BLOCK];
+    double log_chain_r[2][DPO_GEN_BLOCK];
     for (int q = 0; q < DPO_NSUMS; q++)
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;
@@ -276,19 +319,18 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                         chain_c[v][i] = 0.25 / n_c;
                         chain_r[v][i] = 0.25 / n_r;
                     } else {
-                        DpoScores sc = dpo_scores_careful(divergence, coef, x_c4, x_r4);
+                        /* (the lengths enter the scores: TRL's order, see above) */
+                        DpoScores sc = dpo_scores_careful(divergence, coef, c4, r4, n_c, n_r);
                         int overflowed = divergence == DPO_DIV_EXP && isinf(sc.h);
                         h_overflow[v][i] = (unsigned char)overflowed;
                         any_h_overflow |= overflowed;
                         log_abs_h[v][i] = sc.log_abs_h;
                         log_chain_c[v][i] = sc.exp_c;
                         log_chain_r[v][i] = sc.exp_r;
-                        inv_len_c[v][i] = 1.0 / n_c;
-                        inv_len_r[v][i] = 1.0 / n_r;
                         arg_c[v][i] = sc.h;
                         arg_r[v][i] = 0.0;
-                        chain_c[v][i] = sc.chain_c / n_c;
-                        chain_r[v][i] = sc.chain_r / n_r;
+                        chain_c[v][i] = sc.chain_c;
+                        chain_r[v][i] = sc.chain_r;
                     }
                 }
                 int quarter = divergence == DPO_DIV_IDENTITY;
@@ -354,8 +396,8 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                     if (type == DPO_LOSS_IPO && h_overflow[v][i]) {
                         /* 2 (h - q) s'(x) with |h| = inf >> q: 2 sign(h) exp(log|h| + a x) */
                         double sign = arg_c[v][i] > 0.0 ? 2.0 : -2.0;
-                        dc = sign * exp(log_abs_h[v][i] + log_chain_c[v][i]) * inv_len_c[v][i];
-                        dr = -sign * exp(log_abs_h[v][i] + log_chain_r[v][i]) * inv_len_r[v][i];
+                        dc = sign * exp(log_abs_h[v][i] + log_chain_c[v][i]);
+                        dr = -sign * exp(log_abs_h[v][i] + log_chain_r[v][i]);
                     } else {
                         dc = dpo_mul00(pl.d_chosen, chain_c[v][i]);
                         dr = dpo_mul00(pl.d_rejected, chain_r[v][i]);
@@ -391,6 +433,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
 }
 
 #undef DPO_GEN_VARIANT
+#undef DPO_GEN_NORM_SCORES
 #undef DPO_GEN_PREPARE
 #undef DPO_GEN_PREPARE_CASE
 #undef DPO_GEN_TERM_CASE

@@ -48,7 +48,7 @@ enum {
     DPO_LT_REFERENCE_FREE = 1 << 6, /* refuses reference log-probs */
     DPO_LT_NORMALIZED_REWARDS = 1 << 7, /* rewards beta * p / n instead of beta * (p - ref) */
     DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
-    DPO_LT_EXO_DEFAULT = 1 << 9,    /* label_smoothing 0 stands for EXO's default epsilon */
+    DPO_LT_SMOOTHING_POSITIVE = 1 << 9, /* label_smoothing must be > 0 (EXO takes log eps) */
     /* (From KIND, for the Python layer:) */
     DPO_LT_NORMALIZED = 1 << 10,    /* KIND PAIR_NORM */
     DPO_LT_SORTED = 1 << 11         /* KIND SORTED */
@@ -61,7 +61,7 @@ enum {
     X(PAIR_NORM, DPO_LOSS_IPO, dpo_pair_ipo, "ipo",                                            \
       DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_OPTIONAL, 0.0)                         \
     X(PAIR, DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair, "exo_pair",                                  \
-      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_EXO_DEFAULT, 1.0)                              \
+      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_SMOOTHING_POSITIVE, 1.0)                              \
     X(PAIR, DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair, "nca_pair", DPO_LT_PLAIN, 0.0)               \
     X(PAIR, DPO_LOSS_ROBUST, dpo_pair_robust, "robust", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.5) \
     X(PAIR, DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair, "bco_pair", DPO_LT_PLAIN, 0.0)               \

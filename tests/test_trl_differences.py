@@ -1,0 +1,120 @@
+"""The deliberate differences from TRL 1.16 that README.md's "Differences from TRL" lists: one
+test per difference, each showing our value and what TRL's arithmetic gives instead (written
+here plainly in float64, from TRL's formulas; TRL itself is not a test dependency).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpo_fast import preference_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def one(value: float, dtype=np.float64) -> np.ndarray:
+    return np.array([value], dtype=dtype)
+
+
+def test_readme_lists_exactly_these_tests():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Differences from TRL", 1)[1].split("\n### ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    here = {name for name in globals() if name.startswith("test_")} - {
+        "test_readme_lists_exactly_these_tests"}
+    assert named == here
+
+
+def test_sigmoid_label_smoothing_is_conservative_dpo():
+    pc, pr, rc, rr, beta, eps = -10.0, -12.0, -11.0, -11.5, 0.1, 0.1
+    z = beta * ((pc - rc) - (pr - rr))
+    got = preference_loss(one(pc), one(pr), one(rc), one(rr), beta=beta, label_smoothing=eps).loss
+    ours = -(1 - eps) * logsig(z) - eps * logsig(-z)
+    trl = -logsig(z)  # TRL 1.16's sigmoid ignores label_smoothing
+    assert got == pytest.approx(ours, rel=1e-15)
+    assert abs(got - trl) > 1e-3
+
+
+def test_ipo_without_lengths_sums():
+    pc, pr, rc, rr, beta, nc, nr = -10.0, -12.0, -11.0, -11.5, 0.1, 10.0, 12.0
+    c, r = pc - rc, pr - rr
+    summed = preference_loss(one(pc), one(pr), one(rc), one(rr), beta=beta, loss_type="ipo").loss
+    assert summed == pytest.approx((c - r - 1 / (2 * beta)) ** 2, rel=1e-15)
+    # TRL's numbers come with the lengths: chosen_scores / chosen_mask.sum(1)
+    trl = preference_loss(one(pc), one(pr), one(rc), one(rr), beta=beta, loss_type="ipo",
+                          chosen_lengths=[nc], rejected_lengths=[nr]).loss
+    assert trl == pytest.approx((c / nc - r / nr - 1 / (2 * beta)) ** 2, rel=1e-15)
+
+
+def test_exo_pair_epsilon_is_float64():
+    eps, beta = 1e-3, 0.5
+    pc, pr, rc, rr = -10.0, -10.0, -11.0, -11.0  # z = 0: both sides weigh 1/2
+
+    def exo(log_1m_eps: float, log_eps: float) -> float:
+        z = beta * ((pc - rc) - (pr - rr))
+        return sig(z) * (logsig(z) - log_1m_eps) + sig(-z) * (logsig(-z) - log_eps)
+
+    got = preference_loss(one(pc), one(pr), one(rc), one(rr), beta=beta, loss_type="exo_pair",
+                          label_smoothing=eps).loss
+    ours = exo(math.log1p(-eps), math.log(eps))
+    eps32 = float(np.float32(eps))  # TRL: torch.tensor(label_smoothing), float32
+    trl = exo(float(np.log1p(-np.float32(eps))), float(np.log(np.float32(eps))))
+    assert got == pytest.approx(ours, rel=1e-15)
+    assert eps32 != eps and abs(got - trl) > 1e-9 * abs(got)
+
+
+def test_alpha_divergence_is_not_clamped():
+    # alpha 2: s(x) = e^x (TRL: exp(clamp((alpha - 1) x, max=80)) in float32). c = 0, r = 100:
+    # h = 1 - e^100, and -logsigmoid(beta h) = beta (e^100 - 1) + log1p(e^{-beta |h|}).
+    beta = 0.1
+    for dtype in (np.float64, np.float32):
+        result = preference_loss(one(0.0, dtype), one(100.0, dtype), one(0.0, dtype),
+                                 one(0.0, dtype), beta=beta, f_divergence_type="alpha_divergence",
+                                 f_alpha_divergence_coef=2.0, reduction="none")
+        trl_clamped = beta * math.expm1(80.0)
+        if dtype is np.float64:
+            assert result.losses[0] == pytest.approx(beta * math.expm1(100.0), rel=1e-13)
+            assert result.losses[0] > 1e8 * trl_clamped  # e^20 times the clamped value
+        else:  # (float64 arithmetic rounded once) beyond float32's range: inf, not the
+            # clamp's finite 5.5e33, and not NaN
+            assert result.losses[0] == np.inf
+    # and where the score itself overflows, an inf loss (never NaN)
+    huge = preference_loss(one(0.0), one(1000.0), one(0.0), one(0.0), beta=beta,
+                           f_divergence_type="alpha_divergence", f_alpha_divergence_coef=2.0,
+                           compute_grad=True)
+    assert huge.loss == math.inf and not np.isnan(huge.grad_chosen).any()
+
+
+@pytest.mark.parametrize("length", [0.0, 0.5, -1.0])
+def test_lengths_below_one_are_refused(length):
+    arrays = [one(v) for v in (-10.0, -12.0, -11.0, -11.5)]
+    with pytest.raises(ValueError, match=r"chosen_lengths\[0\] is .*; chosen_lengths must be"):
+        preference_loss(*arrays, loss_type="sigmoid_norm", chosen_lengths=[length],
+                        rejected_lengths=[3.0])
+
+
+def test_aot_losses_are_reported_per_pair():
+    rng = np.random.default_rng(5)
+    pc, pr, rc, rr = (rng.normal(-20, 3, 7) for _ in range(4))
+    beta = 0.2
+    got = preference_loss(pc, pr, rc, rr, beta=beta, loss_type="aot", reduction="none").losses
+    # TRL: delta = sort(pc - pr) - sort(rc - rr); per-sequence losses in sorted order
+    delta = np.sort(pc - pr) - np.sort(rc - rr)
+    trl_sorted = np.array([-logsig(beta * d) for d in delta])
+    rank_of_pair = np.argsort(pc - pr, kind="stable")  # sorted position i -> its pair
+    np.testing.assert_allclose(got[rank_of_pair], trl_sorted, rtol=1e-13)
+    assert not np.allclose(got, trl_sorted)  # in input order they differ ...
+    assert got.mean() == pytest.approx(trl_sorted.mean(), rel=1e-13)  # ... the mean does not
