@@ -35,13 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from dpo_fast import ld_dpo as _np_ld_dpo
 from dpo_fast import logps as _np_logps
 from dpo_fast import losses as _np_losses
 from dpo_fast._optional import require
 
 torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
 
-__all__ = ["PreferenceLossResult", "SequenceLogpsResult", "preference_loss", "sequence_logps"]
+__all__ = ["PreferenceLossResult", "SequenceLogpsResult", "ld_dpo_logps", "preference_loss",
+           "sequence_logps"]
 
 _NATIVE = (torch.float32, torch.float64)
 # Bound once: module attribute lookups on the hot path of every training step.
@@ -473,3 +475,51 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
         result = _np_preference_loss(*arrays, **kwargs)
         loss = _loss_tensor(result)
     return PreferenceLossResult(loss, result)
+
+
+# ------------------------------------------------------------------ ld_dpo_logps
+
+
+def ld_dpo_logps(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.Tensor,
+                 chosen_mask: Any = None, rejected_mask: Any = None, *,
+                 ld_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dpo_fast.ld_dpo_logps` on tensors, differentiable w.r.t. the token log-probs.
+
+    TRL 1.16's arithmetic: ``(logps * shared).sum(-1) + ld_alpha * (logps * tail).sum(-1)``
+    with the shared / tail masks of :func:`dpo_fast.ld_dpo.ld_dpo_masks` (constants), values off
+    the completion ignored (a NaN there does not reach the sums or the gradient). Token
+    log-probs are CPU float tensors (float16/bfloat16 upcast to float32); masks are bool or
+    integer tensors (or arrays), None counting every token.
+
+    Returns
+    -------
+    (chosen_logps, rejected_logps) : tuple of torch.Tensor, shape (B,)
+        In the token log-probs' dtype (float32 for half precision), with autograd.
+    """
+    tokens = []
+    for value, name in ((chosen_token_logps, "chosen_token_logps"),
+                        (rejected_token_logps, "rejected_token_logps")):
+        _float_array(value, name)  # type, device and dtype checks
+        if value.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (batch, tokens), got shape "
+                             f"{tuple(value.shape)}")
+        tokens.append(value.to(_compute_dtype(value)))
+    alpha = _np_ld_dpo.check_ld_alpha(ld_alpha)
+    masks = _np_ld_dpo.ld_dpo_masks(
+        _index_array(chosen_mask, "chosen_mask", allow_bool=True),
+        _index_array(rejected_mask, "rejected_mask", allow_bool=True),
+        chosen_shape=tuple(tokens[0].shape), rejected_shape=tuple(tokens[1].shape))
+    results = []
+    for index, (values, name) in enumerate(((tokens[0], "chosen_token_logps"),
+                                            (tokens[1], "rejected_token_logps"))):
+        shared, tail = (torch.from_numpy(m) for m in masks[2 * index:2 * index + 2])
+        counted = shared | tail
+        bad = counted & ~torch.isfinite(values.detach())
+        if bool(bad.any()):
+            row, position = (int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"{name}[{row}, {position}] is {float(values[row, position])!r}: "
+                             "token log-probs on the completion must be finite")
+        zero = values.new_zeros(())
+        results.append(torch.where(shared, values, zero).sum(-1)
+                       + alpha * torch.where(tail, values, zero).sum(-1))
+    return results[0], results[1]
