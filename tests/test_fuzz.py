@@ -290,6 +290,10 @@ def loss_kwargs(loss_type, n, rng, *, beta=None, fdiv="reverse_kl", weights=Fals
         kw["discopop_tau"] = float(rng.choice([0.05, 0.5, 1.0, 3.0]))
     if "simpo" in types:
         kw["simpo_gamma"] = float(rng.choice([0.0, 0.5, -1.0]))
+    if "dpop" in types and rng.random() < 0.5:
+        kw["dpop_lambda"] = float(rng.choice([0.0, 5.0, 50.0, 1e4]))
+    if "bco_pair" in types and rng.random() < 0.5:
+        kw["bco_delta"] = float(rng.choice([-1.0, 0.37, 20.0]))
     if fdiv != "reverse_kl" and all(t in F_DIV_TYPES or t == "sft" for t in types):
         kw["f_divergence_type"] = fdiv
         kw["f_alpha_divergence_coef"] = float(rng.choice([0.5, 2.0, -1.0]))
@@ -313,7 +317,7 @@ def logps_arrays(loss_type, n, rng, *, spread=5.0):
 
 REF_KEYS = ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau",
             "simpo_gamma", "f_divergence_type", "f_alpha_divergence_coef", "chosen_lengths",
-            "rejected_lengths", "weights")
+            "rejected_lengths", "weights", "dpop_lambda", "bco_delta")
 
 
 def expected_losses(arrays, kw, rows=None):
@@ -1119,7 +1123,7 @@ BOUNDARY = [0.0, -0.0, 5e-324, DBL_MIN, 1e-300, 1e-8, 0.05, 0.1, 0.4999999999999
             -(10**400), 3, np.float32(0.25), np.int64(2), fractions.Fraction(1, 3), True,
             np.bool_(False), "0.1", None, 1j, decimal.Decimal("0.1")]
 SCALAR_PARAMS = ("beta", "label_smoothing", "discopop_tau", "simpo_gamma",
-                 "f_alpha_divergence_coef")
+                 "f_alpha_divergence_coef", "dpop_lambda", "bco_delta")
 
 
 def _expected_param_error(name, value, types):
@@ -1132,6 +1136,11 @@ def _expected_param_error(name, value, types):
         x = math.inf if value > 0 else -math.inf
     if name in ("beta", "discopop_tau"):
         return None if 1e-300 <= x <= 1e300 else ValueError
+    if name in ("dpop_lambda", "bco_delta"):  # their type's parameter; the default elsewhere
+        user, default = ("dpop", 50.0) if name == "dpop_lambda" else ("bco_pair", 0.0)
+        if not math.isfinite(x) or (name == "dpop_lambda" and x < 0):
+            return ValueError
+        return None if user in types or x == default else ValueError
     if name == "f_alpha_divergence_coef":
         return None if abs(x) <= 1e300 else ValueError
     if name == "simpo_gamma":
@@ -1150,7 +1159,8 @@ def _expected_param_error(name, value, types):
 @fuzz(1200)
 @given(name=st.sampled_from(SCALAR_PARAMS), value=st.sampled_from(BOUNDARY),
        loss=st.sampled_from(["sigmoid", "exo_pair", "robust", "discopop", "simpo", "aot",
-                             "ipo", "hinge", ["sigmoid", "exo_pair"], "apo_zero"]),
+                             "ipo", "hinge", ["sigmoid", "exo_pair"], "apo_zero", "dpop",
+                             "bco_pair", ["dpop", "sigmoid"]]),
        fdiv=st.sampled_from(["reverse_kl", "alpha_divergence"]),
        dtype=st.sampled_from([np.float32, np.float64]), n=st.sampled_from([1, 5, 17]),
        seed=st.integers(0, 2**32 - 1))

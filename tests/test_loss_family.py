@@ -37,8 +37,9 @@ def sig(x):
     return e / (1.0 + e)
 
 
-def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05):
-    """Per-pair loss from the log-ratios c = pc - rc, r = pr - rr."""
+def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05, *, lam=50.0, delta=0.0):
+    """Per-pair loss from the log-ratios c = pc - rc, r = pr - rr (lam: dpop_lambda, delta:
+    bco_delta)."""
     z = beta * (c - r)
     if loss_type == "sigmoid":
         return -(1 - eps) * logsig(z) - eps * logsig(-z)
@@ -54,7 +55,7 @@ def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05):
     if loss_type == "robust":
         return (-(1 - eps) * logsig(z) + eps * logsig(-z)) / (1 - 2 * eps)
     if loss_type == "bco_pair":
-        return -logsig(beta * c) - logsig(-beta * r)
+        return -logsig(beta * c - delta) - logsig(-(beta * r - delta))
     if loss_type == "sppo_hard":
         return (c - 1 / (2 * beta)) ** 2 + (r + 1 / (2 * beta)) ** 2
     if loss_type == "apo_zero":
@@ -64,6 +65,8 @@ def reference_pair(loss_type, c, r, beta, eps=0.0, tau=0.05):
     if loss_type == "discopop":
         m = sig(z / tau)
         return (1 - m) * -logsig(z) + m * math.exp(-z)
+    if loss_type == "dpop":  # Pal et al. 2024, Eq. 3: max(0, rc - pc) = max(0, -c)
+        return -logsig(beta * (c - r - lam * max(0.0, -c)))
     raise AssertionError(loss_type)
 
 
@@ -75,8 +78,19 @@ TABLE = {
     ("nca_pair", 0.0): 1.3508248141169994, ("robust", 0.1): 0.602207047789532,
     ("bco_pair", 0.0): 1.3128563080868572, ("sppo_hard", 0.0): 36.25,
     ("apo_zero", 0.0): 0.9625234160368497, ("apo_down", 0.0): 0.9875493421351904,
-    ("discopop", 0.0): 0.8493375792893855,
+    ("discopop", 0.0): 0.8493375792893855, ("dpop", 0.0): 0.6209570477895321,
 }
+
+
+def test_new_types_reference_values():
+    """loss-family.md's values for dpop (penalty active: pc = -12 below rc = -11) and bco_pair
+    with TRL BCO's reward shift delta = 0.37."""
+    pair = one_pair()
+    pair[0] = np.array([-12.0])
+    got = preference_loss(*pair, beta=0.1, loss_type="dpop").loss
+    assert abs(got - 5.056388881013103) <= 1e-14 * 5.06
+    got = preference_loss(*one_pair(), beta=0.1, loss_type="bco_pair", bco_delta=0.37).loss
+    assert abs(got - 1.342269128940073) <= 1e-14 * 1.35
 
 
 def one_pair():

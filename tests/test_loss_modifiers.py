@@ -115,7 +115,8 @@ def aot_positions(t, pc, pr, rc, rr):
     return [a - b for a, b in zip(sorted(c), sorted(r))], order_c, order_r
 
 
-def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alpha):
+def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alpha,
+                 lam=50.0, delta=0.0):
     """Per-pair losses of one loss type, unweighted."""
     n = len(pc)
     c = [a - b for a, b in zip(pc, rc)]
@@ -142,13 +143,15 @@ def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alph
         for i, pair in enumerate(order):
             out[pair] = smoothed_sigmoid(beta * diffs[i], eps)
         return out
-    return [reference_pair(t, c[i], r[i], beta, eps, tau) for i in range(n)]
+    return [reference_pair(t, c[i], r[i], beta, eps, tau, lam=lam, delta=delta)
+            for i in range(n)]
 
 
 def ref_losses(pc, pr, rc=None, rr=None, *, beta=0.1, loss_type="sigmoid", loss_weights=None,
                label_smoothing=0.0, discopop_tau=0.05, simpo_gamma=0.5,
                f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0,
-               chosen_lengths=None, rejected_lengths=None, weights=None):
+               chosen_lengths=None, rejected_lengths=None, weights=None, dpop_lambda=50.0,
+               bco_delta=0.0):
     """Per-pair losses w_i * sum_k lw_k * loss_k[i], plain float64 (same keywords as
     preference_loss)."""
     def floats(a):
@@ -164,7 +167,8 @@ def ref_losses(pc, pr, rc=None, rr=None, *, beta=0.1, loss_type="sigmoid", loss_
     for t, lw in zip(types, lws):
         per_pair = ref_one_type(t, pc, pr, rc, rr, nc, nr, beta=beta, eps=label_smoothing,
                                 tau=discopop_tau, gamma=simpo_gamma, fdiv=f_divergence_type,
-                                alpha=f_alpha_divergence_coef)
+                                alpha=f_alpha_divergence_coef, lam=dpop_lambda,
+                                delta=bco_delta)
         total = [acc + lw * v for acc, v in zip(total, per_pair)]
     ws = [1.0] * n if weights is None else floats(weights)
     return [w * v for w, v in zip(ws, total)]
@@ -288,6 +292,13 @@ CASES = [
                                   beta=0.5), lengths=""),
     Case("simpo+sft", dict(loss_type=["simpo", "sft"], loss_weights=[1.0, 0.1], beta=2.0),
          refs=False),
+    Case("dpop", dict(loss_type="dpop", beta=0.2), lengths=""),
+    Case("dpop_lambda5_weights", dict(loss_type="dpop", beta=0.3, dpop_lambda=5.0),
+         lengths="", weights=True),
+    Case("bco_delta", dict(loss_type="bco_pair", beta=0.5, bco_delta=0.37), lengths=""),
+    Case("dpop+bco+sft", dict(loss_type=["dpop", "bco_pair", "sft"], beta=0.5, bco_delta=-0.2,
+                              dpop_lambda=2.0, loss_weights=[1.0, 0.5, 0.25]),
+         lengths="chosen"),
 ]
 CASE_IDS = [case.name for case in CASES]
 

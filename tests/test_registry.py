@@ -38,6 +38,7 @@ EXPECTED = {
     "sft": (False, False, False, ("chosen_lengths",), False, False, True, False, 0.0),
     "sigmoid_norm": (False, False, True, BOTH, False, True, False, False, 0.0),
     "simpo": (False, False, True, BOTH, False, False, False, True, 0.5),
+    "dpop": (True, False, False, (), False, False, False, False, 0.0),
 }
 
 

@@ -62,6 +62,7 @@ CASES = {
     "robust": dict(loss_type="robust", beta=0.1, label_smoothing=0.1),
     "robust-eps0": dict(loss_type="robust", beta=0.5),
     "bco_pair": dict(loss_type="bco_pair", beta=0.1),
+    "bco_pair-delta": dict(loss_type="bco_pair", beta=0.1, bco_delta=0.37),
     "sppo_hard": dict(loss_type="sppo_hard", beta=0.1),
     "aot": dict(loss_type="aot", beta=0.1),
     "aot-eps0.1": dict(loss_type="aot", beta=0.5, label_smoothing=0.1),
@@ -78,6 +79,8 @@ CASES = {
     "simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=0.5, lengths=True, refs=False),
     "simpo-eps0.1": dict(loss_type="simpo", beta=2.5, simpo_gamma=1.0, label_smoothing=0.1,
                          lengths=True, refs=False),
+    "dpop": dict(loss_type="dpop", beta=0.1),
+    "dpop-lambda5": dict(loss_type="dpop", beta=0.5, dpop_lambda=5.0),
 }
 assert {case["loss_type"] for case in CASES.values()} == set(ALL_TYPES)
 
@@ -146,7 +149,8 @@ def to_pair_order(sorted_losses, index):
 
 
 def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, eps: float,
-                      tau: float, gamma: float, f_divergence_type: str, alpha: float):
+                      tau: float, gamma: float, f_divergence_type: str, alpha: float,
+                      lam: float = 50.0, delta: float = 0.0):
     """Per-pair losses of one loss type, in the original pair order (torch float64 tensors;
     rc = rr = 0 for reference-free; nc, nr may be None)."""
     c = pc - rc
@@ -177,7 +181,8 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
     if loss_type == "robust":
         return (-F.logsigmoid(z) * (1.0 - eps) + F.logsigmoid(-z) * eps) / (1.0 - 2.0 * eps)
     if loss_type == "bco_pair":
-        return -F.logsigmoid(beta * c) - F.logsigmoid(-beta * r)
+        # TRL's BCO: -logsigmoid(beta c - delta) - logsigmoid(-(beta r - delta))
+        return -F.logsigmoid(beta * c - delta) - F.logsigmoid(-(beta * r - delta))
     if loss_type == "sppo_hard":
         return (c - 0.5 / beta) ** 2 + (r + 0.5 / beta) ** 2
     if loss_type == "aot":
@@ -204,6 +209,8 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
     if loss_type == "simpo":
         u = beta * (pc / nc - pr / nr) - gamma
         return smoothed_sigmoid(u, eps)
+    if loss_type == "dpop":  # DPO-Positive (Pal et al. 2024, Eq. 3)
+        return -F.logsigmoid(beta * (c - r - lam * torch.clamp(rc - pc, min=0.0)))
     raise AssertionError(loss_type)
 
 
@@ -235,7 +242,8 @@ def torch_reference(args: list, kwargs: dict) -> dict:
                 eps=kwargs.get("label_smoothing", 0.0) if name in SMOOTHED else 0.0,
                 tau=kwargs.get("discopop_tau", 0.05), gamma=kwargs.get("simpo_gamma", 0.5),
                 f_divergence_type=kwargs.get("f_divergence_type", "reverse_kl"),
-                alpha=kwargs.get("f_alpha_divergence_coef", 1.0))
+                alpha=kwargs.get("f_alpha_divergence_coef", 1.0),
+                lam=kwargs.get("dpop_lambda", 50.0), delta=kwargs.get("bco_delta", 0.0))
         return total if weights is None else weights * total
 
     losses = per_pair(pc, pr)

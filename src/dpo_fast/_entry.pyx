@@ -44,6 +44,9 @@ cdef dict _FAST_TYPES = {
            _registry.LOSS_REGISTRY[name].smoothing_positive)
     for name in _registry.PLAIN_TYPES}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
+cdef int _DPOP_ID = _registry.KERNEL_IDS["dpop"]
+cdef int _BCO_ID = _registry.KERNEL_IDS["bco_pair"]
+cdef double _DPOP_LAMBDA_DEFAULT = _general.DPOP_LAMBDA_DEFAULT
 cdef tuple _OUTPUT_NAMES = _general.OUTPUT_NAMES
 cdef tuple _PREFERENCE_ARG_NAMES = _general.PREFERENCE_ARG_NAMES
 cdef tuple _DPO_LOSS_ARG_NAMES = _general.DPO_LOSS_ARG_NAMES
@@ -217,7 +220,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        object discopop_tau, object simpo_gamma, object f_divergence_type,
                        object f_alpha_divergence_coef, object reduction, object compute_grad,
                        object check_finite, object n_threads, object out,
-                       bint float64_only):
+                       bint float64_only, object dpop_lambda, object bco_delta):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
@@ -262,6 +265,19 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if not 1e-300 <= tau <= 1e300:
         return None
     if type(simpo_gamma) is not float or not isfinite(PyFloat_AS_DOUBLE(simpo_gamma)):
+        return None
+    # The parameters of one loss type: finite (lambda >= 0) for it, the default otherwise.
+    if type(dpop_lambda) is not float or type(bco_delta) is not float:
+        return None
+    if kernel_id == _DPOP_ID:
+        if not (isfinite(PyFloat_AS_DOUBLE(dpop_lambda)) and PyFloat_AS_DOUBLE(dpop_lambda) >= 0):
+            return None
+    elif PyFloat_AS_DOUBLE(dpop_lambda) != _DPOP_LAMBDA_DEFAULT:
+        return None
+    if kernel_id == _BCO_ID:
+        if not isfinite(PyFloat_AS_DOUBLE(bco_delta)):
+            return None
+    elif PyFloat_AS_DOUBLE(bco_delta) != 0.0:
         return None
     if (type(f_alpha_divergence_coef) is not float
             or not fabs(PyFloat_AS_DOUBLE(f_alpha_divergence_coef)) <= 1e300):
@@ -345,6 +361,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         return None
 
     init_args(&args, beta_value, smoothing, tau)
+    args.params.dpop_lambda = PyFloat_AS_DOUBLE(dpop_lambda)
+    args.params.bco_delta = PyFloat_AS_DOUBLE(bco_delta)
     args.loss_type = kernel_id
     args.grad_divisor = <double>n if reduce == MEAN else 1.0
     args.chosen = cnp.PyArray_DATA(chosen_array)
@@ -390,7 +408,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                     chosen_lengths: Any = None, rejected_lengths: Any = None,
                     weights: Any = None, reduction: str = "mean", compute_grad: bool = False,
                     check_finite: bool = True, n_threads: int | None = None,
-                    out: Mapping[str, np.ndarray] | None = None) -> PreferenceLossResult:
+                    out: Mapping[str, np.ndarray] | None = None,
+                    dpop_lambda: float = _general.DPOP_LAMBDA_DEFAULT,
+                    bco_delta: float = 0.0) -> PreferenceLossResult:
     """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
 
     With log-ratios ``c = chosen_logps - ref_chosen_logps`` and
@@ -417,7 +437,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``, ``"aot"``, ``"aot_unpaired"``
         (sorted across the batch), ``"apo_zero"``, ``"apo_down"``, ``"discopop"``, ``"sft"``
         (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
-        ``"simpo"``. A list of distinct names combines them: each pair's loss is the
+        ``"simpo"``, ``"dpop"`` (DPO-Positive). A list of distinct names combines them: each pair's loss is the
         ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
         ``["sigmoid", "sft"]``).
     loss_weights : sequence of float, optional
@@ -471,6 +491,19 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         ``"rejected_rewards"`` and, with ``compute_grad=True``, ``"grad_chosen"``,
         ``"grad_rejected"``: C-contiguous, writeable, of the result dtype and shape ``(n,)``,
         overlapping no input. Missing keys are allocated.
+    dpop_lambda : float, default 50.0
+        DPO-Positive's penalty weight ``lambda`` (the paper's value), finite and >= 0:
+        ``"dpop"`` is ``-log(sigmoid(beta * (c - r - lambda * max(0, -c))))`` (Pal et al.
+        2024, Eq. 3; ``-c`` is ``ref_chosen_logps - chosen_logps``). At ``c = 0`` its
+        gradient takes the one-sided value without the penalty. Another value with no
+        ``"dpop"`` in ``loss_type`` is refused.
+    bco_delta : float, default 0.0
+        BCO's reward shift ``delta`` for ``"bco_pair"``: ``-log(sigmoid(beta * c - delta))
+        - log(sigmoid(-(beta * r - delta)))``, finite; 0 is TRL's ``DPOTrainer`` form. TRL's
+        BCO keeps ``delta`` as the running mean of each step's mean reward, updated before
+        the step's loss: ``m = beta * mean(concat(c, r))``, ``k += 1``, ``delta += (m -
+        delta) / k`` (its ``RunningMoments``), then pass ``bco_delta=delta``. Another value
+        with no ``"bco_pair"`` in ``loss_type`` is refused.
 
     Returns
     -------
@@ -509,7 +542,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
-                            compute_grad, check_finite, n_threads, out, False)
+                            compute_grad, check_finite, n_threads, out, False, dpop_lambda,
+                            bco_delta)
         if result is not None:
             return result
     loss, outputs, means = _general.run(
@@ -519,7 +553,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         compute_grad=compute_grad, check_finite=check_finite, n_threads=n_threads, out=out,
         loss_weights=loss_weights, simpo_gamma=simpo_gamma,
         f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, weights=weights)
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, weights=weights,
+        dpop_lambda=dpop_lambda, bco_delta=bco_delta)
     return _pack(loss, outputs, means)
 
 
@@ -533,7 +568,7 @@ def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, be
             raise TypeError(f"{name} is required, got None")
     result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
                         "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
-                        None, None, True)
+                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0)
     if result is None:
         loss, outputs, means = _general.run(
             (chosen_policy, rejected_policy, chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES,

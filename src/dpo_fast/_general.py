@@ -45,6 +45,8 @@ __all__ = ["run", "LOSS_TYPES", "REDUCTIONS", "BATCH_COUPLED_LOSS_TYPES",
 
 # f-divergences (TRL's f_divergence_type); the loss types they apply to are in the registry.
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+# DPO-Positive's penalty weight lambda: the paper's value (Pal et al. 2024).
+DPOP_LAMBDA_DEFAULT = 50.0
 # |f_alpha_divergence_coef - 1| below this is the reverse-KL limit (TRL 1.16's threshold).
 ALPHA_LIMIT_TOLERANCE = 1e-6
 REDUCTIONS = ("mean", "sum", "none")
@@ -281,6 +283,21 @@ def _smoothing_for(names: Sequence[str], label_smoothing: Any) -> float:
     return epsilon
 
 
+def _type_parameter(value: Any, name: str, user: str, default: float, types: Sequence[str],
+                    minimum: float = -math.inf) -> float:
+    """A parameter of one loss type: a finite real (>= minimum); a value other than the
+    default with that type not in the call is refused rather than ignored."""
+    number = _real(value, name)
+    if not (math.isfinite(number) and number >= minimum):
+        rule = "finite" if minimum == -math.inf else f"finite and >= {minimum:g}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    if number != default and user not in types:
+        listed = types[0] if len(types) == 1 else list(types)
+        raise ValueError(f"{name} is only used by loss_type={user!r}, not by "
+                         f"loss_type={listed!r}; got {value!r}")
+    return number
+
+
 def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
                 names: Sequence[str]) -> tuple[int, float]:
     """The kernel's divergence id and coefficient for TRL's f_divergence_type."""
@@ -451,7 +468,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         check_finite: Any, n_threads: Any, out: Mapping[str, Any] | None,
         force_float64: bool = False, loss_weights: Any = None, simpo_gamma: Any = 0.5,
         f_divergence_type: Any = "reverse_kl", f_alpha_divergence_coef: Any = 1.0,
-        chosen_lengths: Any = None, rejected_lengths: Any = None, weights: Any = None
+        chosen_lengths: Any = None, rejected_lengths: Any = None, weights: Any = None,
+        dpop_lambda: Any = DPOP_LAMBDA_DEFAULT, bco_delta: Any = 0.0
         ) -> tuple[float | np.ndarray, dict[str, np.ndarray], list[float]]:
     """preference_loss, validated: ``(loss, outputs, means)``, with the output arrays by
     OUTPUT_NAMES key (the gradients only with compute_grad) and the means of the kernel's sums
@@ -466,6 +484,9 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     gamma = _real(simpo_gamma, "simpo_gamma")
     if not math.isfinite(gamma):
         raise ValueError(f"simpo_gamma must be finite, got {simpo_gamma!r}")
+    penalty = _type_parameter(dpop_lambda, "dpop_lambda", "dpop", DPOP_LAMBDA_DEFAULT, types,
+                              minimum=0.0)
+    delta = _type_parameter(bco_delta, "bco_delta", "bco_pair", 0.0, types)
     divergence, divergence_coef = _divergence(f_divergence_type, f_alpha_divergence_coef, types)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
@@ -500,7 +521,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
 
     sums = _run_kernel(arrays, dtype, per_pair, pair_weights, outputs, types, type_weights,
                        beta_value, smoothing, tau, gamma, divergence, divergence_coef,
-                       reduction, grad_divisor, resolved_threads, threads)
+                       reduction, grad_divisor, resolved_threads, threads,
+                       dpop_lambda=penalty, bco_delta=delta)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a false alarm from an overflowing sum of finite terms only costs the exact search.
     if want_finite and not math.isfinite(sum(sums)):
@@ -537,7 +559,8 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  outputs: dict[str, np.ndarray], types: Sequence[str],
                  type_weights: Sequence[float], beta: float, smoothing: float, tau: float,
                  gamma: float, divergence: int, divergence_coef: float, reduction: str,
-                 grad_divisor: float, resolved_threads: int, threads: int | None
+                 grad_divisor: float, resolved_threads: int, threads: int | None, *,
+                 dpop_lambda: float = DPOP_LAMBDA_DEFAULT, bco_delta: float = 0.0
                  ) -> tuple[float, ...]:
     """The kernel call for the validated arguments: one LossConfig (which picks the kernel
     loop) for every type but aot / aot_unpaired, whose sorted terms are added here. Returns
@@ -573,7 +596,8 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                      if staged else arrays)
     config = _pairwise.LossConfig(
         terms, beta=beta, label_smoothing=smoothing, discopop_tau=tau, simpo_gamma=gamma,
-        sft_value=sft_value, divergence=divergence, divergence_coef=divergence_coef,
+        sft_value=sft_value, dpop_lambda=dpop_lambda, bco_delta=bco_delta,
+        divergence=divergence, divergence_coef=divergence_coef,
         normalized_rewards=_normalized_rewards(types), grad_chosen_offset=sft_batch_offset,
         grad_chosen_pair_offset=sft_pair_offset, grad_divisor=grad_divisor,
         weighted=pair_weights is not None)

@@ -60,6 +60,8 @@ cdef extern from "dispatch.h" nogil:
         double discopop_neg_inf_arg
         double simpo_gamma
         double sft_value
+        double dpop_lambda
+        double bco_delta
 
     ctypedef struct DpoChunkArgs:
         const void *chosen

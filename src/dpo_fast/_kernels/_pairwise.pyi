@@ -24,6 +24,8 @@ class LossConfig:
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.0,
         sft_value: float = 0.0,
+        dpop_lambda: float = 0.0,
+        bco_delta: float = 0.0,
         divergence: int = 0,
         divergence_coef: float = 0.0,
         normalized_rewards: bool = False,

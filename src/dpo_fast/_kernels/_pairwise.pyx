@@ -164,6 +164,7 @@ cdef class LossConfig:
 
     def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
                  double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
+                 double dpop_lambda=0.0, double bco_delta=0.0,
                  int divergence=DPO_DIV_IDENTITY, double divergence_coef=0.0,
                  bint normalized_rewards=False, double grad_chosen_offset=0.0,
                  double grad_chosen_pair_offset=0.0, double grad_divisor=1.0,
@@ -179,6 +180,8 @@ cdef class LossConfig:
         init_args(args, beta, label_smoothing, discopop_tau)
         args.params.simpo_gamma = simpo_gamma
         args.params.sft_value = sft_value
+        args.params.dpop_lambda = dpop_lambda
+        args.params.bco_delta = bco_delta
         args.grad_divisor = grad_divisor
         args.n_terms = len(terms)
         self.needs_lengths = normalized_rewards

@@ -61,7 +61,7 @@ enum {
     X(PAIR_NORM, DPO_LOSS_IPO, dpo_pair_ipo, "ipo",                                            \
       DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_OPTIONAL, 0.0)                         \
     X(PAIR, DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair, "exo_pair",                                  \
-      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_SMOOTHING_POSITIVE, 1.0)                              \
+      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_SMOOTHING_POSITIVE, 1.0)                      \
     X(PAIR, DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair, "nca_pair", DPO_LT_PLAIN, 0.0)               \
     X(PAIR, DPO_LOSS_ROBUST, dpo_pair_robust, "robust", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.5) \
     X(PAIR, DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair, "bco_pair", DPO_LT_PLAIN, 0.0)               \
@@ -78,7 +78,8 @@ enum {
     X(PAIR_NORM, DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm, "sigmoid_norm",                 \
       DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_BOTH, 0.0)                                            \
     X(PAIR_NORM, DPO_LOSS_SIMPO, dpo_pair_simpo, "simpo",                                      \
-      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)             \
+    X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", DPO_LT_PLAIN, 0.0)
 
 /* Row filters for the kernels' switch cases: DPO_IF_KERNEL_##KIND(...) keeps its argument for
  * the loss types with a kernel case, DPO_IF_NORMALIZED_##KIND(...) for those of normalised
@@ -107,6 +108,8 @@ typedef struct {
     double discopop_neg_inf_arg; /* limit of -z - softplus(-z/tau) as z -> -inf (see discopop) */
     double simpo_gamma;     /* SimPO's target margin */
     double sft_value;       /* sft's batch constant -(sum pc)/(sum nc), from the Python layer */
+    double dpop_lambda;     /* DPO-Positive's penalty weight */
+    double bco_delta;       /* BCO's reward shift (TRL's running mean of the rewards) */
 } DpoLossParams;
 
 typedef struct {
@@ -315,15 +318,15 @@ DPO_INLINE DpoPairLoss dpo_pair_robust(const DpoLossParams *params, double beta,
     return out;
 }
 
-/* bco_pair (Jung et al. 2024; TRL's current form, no running mean):
- *   -logsigmoid(beta c) - logsigmoid(-beta r). */
+/* bco_pair (Jung et al. 2024; TRL's DPOTrainer form, with BCOTrainer's reward shift delta, a
+ * running mean of the rewards the caller keeps; 0 is TRL's DPOTrainer):
+ *   -logsigmoid(beta c - delta) - logsigmoid(-(beta r - delta)). */
 DPO_INLINE DpoPairLoss dpo_pair_bco_pair(const DpoLossParams *params, double beta,
                                          double inv_scale, double c, double r)
 {
     DpoPairLoss out;
-    (void)params;
     (void)inv_scale;
-    double x = beta * c, y = beta * r;
+    double x = beta * c - params->bco_delta, y = beta * r - params->bco_delta;
     DpoLogistic lx = dpo_logistic(x);
     DpoLogistic ly = dpo_logistic(y);
     out.value = dpo_softplus_of(-x, lx) + dpo_softplus_of(y, ly);
@@ -406,6 +409,24 @@ DPO_INLINE DpoPairLoss dpo_pair_discopop(const DpoLossParams *params, double bet
                  - one_minus_m * lz.sig_neg + dpo_mul0(one_minus_m / tau - 1.0, exp_part);
     out.d_chosen = beta * d_z;
     out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* dpop (DPO-Positive, Pal et al. 2024, Eq. 3): -logsigmoid(beta (c - r - lambda max(0, -c))),
+ * where max(0, -c) = max(0, log pi_ref(y_w) - log pi(y_w)) penalises a chosen log-prob that
+ * fell below the reference's. The margin is formed as c (1 + lambda [c < 0]) - r (no inf - inf
+ * when the penalty overflows); at the kink c = 0 the derivative is the one-sided value without
+ * the penalty, d/dc = beta * (-sigmoid(-u)). */
+DPO_INLINE DpoPairLoss dpo_pair_dpop(const DpoLossParams *params, double beta,
+                                     double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)inv_scale;
+    double slope_c = (c < 0.0) ? 1.0 + params->dpop_lambda : 1.0;
+    DpoMarginLoss ml = dpo_conservative_logistic(beta * (c * slope_c - r), 0.0);
+    out.value = ml.value;
+    out.d_chosen = beta * slope_c * ml.d_z;
+    out.d_rejected = -beta * ml.d_z;
     return out;
 }
 
