@@ -649,7 +649,7 @@ def test_quantiles_of_drifting_data_take_an_extra_pass_and_stay_exact(tmp_path, 
     assert summary.quantile_passes >= 1
     assert_summary_matches(summary, data)
     # A tiny memory budget forces the histogram refinements (20 more bits per pass).
-    monkeypatch.setattr(score, "QUANTILE_BUDGET", 3)
+    monkeypatch.setattr(score_summary, "QUANTILE_BUDGET", 3)
     summary = score_dataset(path, batch_rows=1000)
     assert summary.quantile_passes >= 2
     assert_summary_matches(summary, data)
