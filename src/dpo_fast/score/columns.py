@@ -129,10 +129,10 @@ def resolve_columns(available: Sequence[str],
     Raises
     ------
     ScoreUsageError
-        An unknown role, a role this version of preference_loss does not take (per-pair
-        lengths before they exist), reference columns mapped with ``reference_free``.
+        An unknown role, or reference columns mapped with ``reference_free``.
     ScoreDataError
-        A column that is required (or explicitly mapped) is not in the input.
+        A column that is required (or explicitly mapped) is not in the input; the message
+        suggests the input's closest column name when there is one.
     """
     mapping = parse_column_map(columns)
     names = list(available)

@@ -19,8 +19,9 @@ class ScoreUsageError(ValueError):
 
 
 class ScoreDataError(ValueError):
-    """The input data cannot be scored: a missing or non-numeric column, a null, NaN or inf,
-    a malformed file. ``dpo-fast score`` exits with status 1 on it.
+    """The input data cannot be scored: a missing input file, a missing or non-numeric
+    column, a null, NaN or inf, a malformed file, an output that cannot be written.
+    ``dpo-fast score`` exits with status 1 on it.
 
     Attributes
     ----------

@@ -96,7 +96,7 @@ def score_dataset(source: str, *, out: str | None = None,
         ``parquet``, ``ipc`` (``feather``, ``arrow``), ``csv`` or ``jsonl`` (``json``,
         ``ndjson``), when the extension does not tell.
     batch_rows : int, default 262144
-        Rows per record batch: the unit of memory (see the module docstring).
+        Rows per record batch: the unit of memory (see :mod:`dpo_fast.score`).
     on_invalid : {"error", "skip"}, default "error"
         A row with a null, non-numeric, NaN or infinite value in a column used (or a
         malformed CSV/JSON line): raise :class:`ScoreDataError` naming file, row and column,
@@ -123,7 +123,8 @@ def score_dataset(source: str, *, out: str | None = None,
     ScoreUsageError
         Bad options (before any data is read).
     ScoreDataError
-        Bad data: the first problem, naming file, row and column.
+        Bad or missing data: the first problem, naming file, row and column (a missing
+        ``source`` too).
     """
     started = time.perf_counter()
     _check_batch_rows(batch_rows)
