@@ -1,7 +1,7 @@
 """Score preference datasets of any size: ``dpo-fast score`` and :func:`score_dataset`.
 
 Teams store policy and reference log-probs next to their preference pairs (Parquet, Arrow
-IPC/Feather, CSV or JSON Lines). This module streams such a file, or a directory of them, in
+IPC/Feather, CSV or JSON Lines). This package streams such a file, or a directory of them, in
 record batches through :func:`dpo_fast.preference_loss`, optionally writes every input row with
 its implicit rewards, margin and loss added, and returns a summary: the loss, TRL's metrics and
 the margin distribution.
@@ -27,13 +27,14 @@ Modules, one job each
 
 Reading and memory
 ------------------
-A directory is listed with pyarrow.dataset (names starting with ``.`` or ``_`` are skipped);
-each file is then streamed by its format's own reader: ``ParquetFile.iter_batches`` (about
-one row group of the columns read in memory), Arrow IPC record batches (one batch as written
-in the file: pyarrow and pandas write 64Ki-row batches), pyarrow's streaming CSV reader, and
-JSON Lines in chunks of whole lines. (The pyarrow.dataset scanner itself reads ahead without a
-tight bound when the consumer is slower than the disk: measured, 277-347 MB of Arrow memory
-for a 374 MB Parquet file.) Without ``out`` only the columns scored are read.
+A directory is walked (links followed, each real file once; names starting with ``.`` or
+``_`` are skipped, as pyarrow.dataset does); each file is then streamed by its format's own
+reader: ``ParquetFile.iter_batches`` (about one row group of the columns read in memory),
+Arrow IPC record batches (one batch as written in the file: pyarrow and pandas write
+64Ki-row batches), pyarrow's streaming CSV reader, and JSON Lines in chunks of whole lines.
+(The pyarrow.dataset scanner itself reads ahead without a tight bound when the consumer is
+slower than the disk: measured, 277-347 MB of Arrow memory for a 374 MB Parquet file.)
+Without ``out`` only the columns scored are read.
 
 Peak memory does not grow with the input. It is about ``WRITE_QUEUE_DEPTH + 3`` batches of
 ``batch_rows`` rows (the batch being scored, those queued for the writer thread, the one
