@@ -114,7 +114,7 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "one finite weight per --loss-type listed (default: all 1)"),
     LossOption("label_smoothing", "--label-smoothing", "float", 0.0,
                "label smoothing (conservative DPO): in [0, 0.5) for sigmoid, robust and "
-               "simpo; in (0, 1) for exo_pair, where 0 means TRL's 1e-3"),
+               "simpo; in (0, 1) for exo_pair (the EXO paper uses 1e-3)"),
     LossOption("discopop_tau", "--discopop-tau", "float", 0.05,
                "temperature of discopop; in [1e-300, 1e300]"),
     LossOption("simpo_gamma", "--simpo-gamma", "float", 0.5,
