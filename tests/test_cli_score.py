@@ -89,8 +89,20 @@ def test_table_summary(parquet_file, capsys):
     for text in ("pairs", "5,000", "loss (mean)", "rewards/chosen", "rewards/rejected",
                  "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
                  "negative margins", "margin quantiles", "min", "50%", "max", "beta=0.1",
-                 "pairs/s"):
+                 "for 5,000 pairs"):
         assert text in out, text
+    assert "pairs/s" not in out  # a sub-second run: its rate would be mostly start-up
+
+
+def test_table_summary_gives_a_rate_only_for_a_run_of_a_second_or_more():
+    summary = score.ScoreSummary(pairs=3_000_000, loss=0.5, reduction="mean", metrics={},
+                                 margin_quantiles={}, negative_margin_share=0.1, seconds=2.0)
+    assert summary.format_table().splitlines()[-1].split() == [
+        "time", "2.000", "s", "for", "3,000,000", "pairs", "(1,500,000", "pairs/s)"]
+    short = score.ScoreSummary(pairs=300, loss=0.5, reduction="mean", metrics={},
+                               margin_quantiles={}, negative_margin_share=0.1, seconds=0.07)
+    assert short.format_table().splitlines()[-1].split() == [
+        "time", "0.070", "s", "for", "300", "pairs"]
 
 
 def test_python_m_is_the_dpo_fast_command(parquet_file):
@@ -133,6 +145,8 @@ def test_example():
     proc = _run("score", "--example")
     assert proc.returncode == 0, proc.stderr
     assert "synthetic" in proc.stdout and "300" in proc.stdout
+    # 300 rows take a fraction of a second, mostly start-up: rows and time, no rate.
+    assert "s for 300 pairs" in proc.stdout and "pairs/s" not in proc.stdout
     summary = _json(_run("score", "--example", "--format", "json"))
     assert summary["pairs"] == 300 and summary["input"].startswith("example (synthetic)")
 
@@ -172,19 +186,34 @@ def test_help_shows_every_loss_parameter():
         assert option.flag in proc.stdout
 
 
+def test_help_texts_are_written_for_the_command_line():
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["score"]
+                    .format_help().split())
+    assert "--reduction {mean,sum}" in text
+    assert "--f-divergence-type {reverse_kl,forward_kl,js_divergence,alpha_divergence}" in text
+    assert "one of sigmoid, hinge, ipo" in text
+    # No API docstring pasted in, no "Here: ...", no reST markup, no repeated sentence.
+    for bad in ("Here:", "``", "OpenMP threads. Threads", "Also return the derivatives",
+                "(default: None)"):
+        assert bad not in text, bad
+    assert "--threads INT threads of the loss kernel (default: the CPUs" in text
+    assert "--grad, --no-grad also write each pair's derivatives" in text
+
+
 # --------------------------------------------------------------------------------------------
 # Exit codes and messages
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--beta", "abc"], "not a float"),
-    (["--beta", "-1"], "beta must be finite and in"),
-    (["--label-smoothing", "0.6"], "label_smoothing"),
-    (["--loss-type", "nope"], "unknown loss_type"),
+    (["--beta", "abc"], "argument --beta: not a float: 'abc'"),
+    (["--beta", "-1"], "--beta must be finite and in"),
+    (["--beta", "0"], "--beta must be finite and in [1e-300, 1e300], got 0.0"),
+    (["--label-smoothing", "0.6"], "--label-smoothing must be in"),
+    (["--loss-type", "nope"], "unknown --loss-type 'nope'"),
     (["--loss-type", "aot"], "couples the pairs"),
-    (["--reduction", "none"], "'mean' or 'sum'"),
-    (["--threads", "0"], "n_threads"),
-    (["--batch-rows", "0"], "positive integer"),
+    (["--reduction", "none"], "--reduction must be 'mean' or 'sum'"),
+    (["--threads", "0"], "argument --threads: not a positive integer: '0'"),
+    (["--batch-rows", "0"], "argument --batch-rows: not a positive integer"),
     (["--on-invalid", "ignore"], "invalid choice"),
     (["--quantiles", "2"], "levels must be in [0, 1]"),
     (["--input-format", "xlsx"], "unknown format 'xlsx'"),
@@ -192,24 +221,53 @@ def test_help_shows_every_loss_parameter():
     (["--columns", "chosen"], "ROLE=COLUMN"),
     (["--out", "OUT.txt"], "--output-format"),
     (["--example"], "not both"),
-    (["--bogus"], "unrecognized arguments"),
 ])
-def test_usage_errors_exit_2(parquet_file, tmp_path, args, message):
+def test_bad_options_exit_2_with_one_line_naming_the_option(parquet_file, tmp_path, args,
+                                                            message):
     args = [str(tmp_path / "o.txt") if a == "OUT.txt" else a for a in args]
     proc = _run("score", parquet_file, *args)
     assert proc.returncode == 2, proc.stderr
-    assert "usage: dpo-fast" in proc.stderr and message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # no usage block before it
+    assert lines[0].startswith("dpo-fast score: error: ") and message in lines[0], lines[0]
+    assert "n_threads" not in lines[0] and "label_smoothing" not in lines[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "INPUT is required"), (["missing.parquet"], "no such file or directory"),
-    (["data.unknown"], "--input-format"),
+def test_an_unknown_option_is_argparses_usage_error():
+    proc = _run("score", "x.parquet", "--bogus")
+    assert proc.returncode == 2
+    assert "usage: dpo-fast" in proc.stderr and "unrecognized arguments: --bogus" in proc.stderr
+
+
+@pytest.mark.parametrize("args, status, message", [
+    ([], 2, "INPUT is required"),
+    (["missing.parquet"], 1, "missing.parquet: no such file or directory"),
+    (["data.unknown"], 2, "--input-format"),
 ])
-def test_usage_errors_about_the_input(tmp_path, args, message):
+def test_errors_about_the_input(tmp_path, args, status, message):
     (tmp_path / "data.unknown").write_text("x")
     proc = _run("score", *args, cwd=tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.returncode == status and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("columns, typo", [
+    ((), "ref_chosen_logp"),  # the file's column is misspelt
+    (("--columns", "ref_chosen=ref_chosen_lgps"), None),  # the mapping is misspelt
+])
+def test_a_mistyped_reference_column_suggests_the_closest_name(tmp_path, pairs, columns,
+                                                               typo):
+    data = dict(pairs)
+    if typo:
+        data[typo] = data.pop("ref_chosen_logps")
+    path = write(tmp_path / "typo.parquet", data)
+    proc = _run("score", path, *columns)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1
+    expected = typo or "ref_chosen_logps"
+    assert f"did you mean {expected!r}? Map it with --columns ref_chosen={expected}" in line
+    assert "--reference-free" not in line
 
 
 def _bad_files(tmp_path, pairs):

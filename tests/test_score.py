@@ -8,6 +8,7 @@ command line is tested in test_cli_score.py, the Dask path in test_dask.py.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import fractions
 import functools
@@ -31,6 +32,10 @@ import pytest
 import dpo_fast
 from dpo_fast import score
 from dpo_fast.score import ScoreDataError, ScoreUsageError, score_dataset
+from dpo_fast.score import batch as score_batch
+from dpo_fast.score import options as score_options
+from dpo_fast.score import summary as score_summary
+from dpo_fast.score import writers as score_writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOGPS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
@@ -390,8 +395,8 @@ def test_bad_options(tmp_path, options, match):
         score_dataset(path, **options)
 
 
-def test_missing_input_is_a_usage_error(tmp_path):
-    with pytest.raises(ScoreUsageError, match="no such file"):
+def test_missing_input_is_a_data_error(tmp_path):
+    with pytest.raises(ScoreDataError, match="no such file"):
         score_dataset(str(tmp_path / "nope.parquet"))
 
 
@@ -644,7 +649,7 @@ def test_quantiles_of_drifting_data_take_an_extra_pass_and_stay_exact(tmp_path, 
     assert summary.quantile_passes >= 1
     assert_summary_matches(summary, data)
     # A tiny memory budget forces the histogram refinements (20 more bits per pass).
-    monkeypatch.setattr(score, "QUANTILE_BUDGET", 3)
+    monkeypatch.setattr(score_summary, "QUANTILE_BUDGET", 3)
     summary = score_dataset(path, batch_rows=1000)
     assert summary.quantile_passes >= 2
     assert_summary_matches(summary, data)
@@ -664,14 +669,14 @@ def test_quantiles_with_ties_zeros_and_extremes():
     rng = np.random.default_rng(0)
     rng.shuffle(values)
     levels = (0.0, 0.1, 0.33, 0.5, 0.9, 0.999, 1.0)
-    sketch = score.MarginSketch(levels, budget=50)
+    sketch = score_summary.MarginSketch(levels, budget=50)
     for chunk in np.array_split(values, 13):
         sketch.add(chunk)
 
     def scan(fn, combine):
         result = None
         for chunk in np.array_split(values, 7):
-            part = fn(score._order_keys(chunk))
+            part = fn(score_summary.order_keys(chunk))
             result = part if result is None else combine(result, part)
         return result
 
@@ -702,7 +707,7 @@ def test_partial_summaries_merge_exactly_in_any_order():
     margins = np.concatenate(everything)
 
     def scan(fn, combine):  # the parts' distributions differ: an extra pass may be needed
-        return fn(score._order_keys(margins))
+        return fn(score_summary.order_keys(margins))
 
     a, b = forward.finish(scan=scan), backward.finish(scan=scan)
     assert a.loss == b.loss and a.metrics == b.metrics
@@ -715,18 +720,18 @@ def test_exact_sum_is_order_independent_and_correctly_rounded():
     rng = np.random.default_rng(2)
     values = rng.normal(0, 1, 2000) * 10.0 ** rng.integers(-300, 300, 2000)
     values = np.concatenate([values, -values[:1000], [5e-324, 1e308, 1e308, -1e308]])
-    forward, backward = score.ExactSum(), score.ExactSum()
+    forward, backward = score_summary.ExactSum(), score_summary.ExactSum()
     for v in values:
         forward.add(v)
     for v in values[::-1]:
         backward.add(v)
     exact = sum(map(fractions.Fraction, values))
     assert forward.value() == backward.value() == float(exact)
-    merged = score.ExactSum()
+    merged = score_summary.ExactSum()
     merged.merge(forward)
     merged.merge(pickle.loads(pickle.dumps(backward)))
     assert merged.value(3) == float(2 * exact / 3)  # rounded once
-    special = score.ExactSum()
+    special = score_summary.ExactSum()
     special.add(float("inf"))
     special.add(1.0)
     assert special.value() == float("inf")
@@ -744,7 +749,7 @@ def _listing(folder):
 def test_failure_mid_run_leaves_no_output_and_keeps_the_old_one(tmp_path, monkeypatch,
                                                                 tmpfile):
     if not tmpfile:
-        monkeypatch.setattr(score, "_tmpfile_supported", lambda: False)
+        monkeypatch.setattr(score_writers, "tmpfile_supported", lambda: False)
     data = make_pairs(5000, seed=14)
     data["rejected_logps"][4321] = np.inf  # found after several batches were written
     folder = tmp_path / "work"
@@ -765,10 +770,10 @@ def test_failure_mid_run_leaves_no_output_and_keeps_the_old_one(tmp_path, monkey
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "named-temp"])
 def test_interrupt_mid_run_leaves_no_output(tmp_path, monkeypatch, tmpfile):
     if not tmpfile:
-        monkeypatch.setattr(score, "_tmpfile_supported", lambda: False)
+        monkeypatch.setattr(score_writers, "tmpfile_supported", lambda: False)
     path = write(tmp_path / "pairs.parquet", make_pairs(5000, seed=15))
     calls = []
-    real = score.preference_loss
+    real = dpo_fast.preference_loss
 
     @functools.wraps(real)
     def interrupted(*args, **kwargs):
@@ -777,7 +782,9 @@ def test_interrupt_mid_run_leaves_no_output(tmp_path, monkeypatch, tmpfile):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(score, "preference_loss", interrupted)
+    # The dummy validation call (options) and the per-batch calls (batch).
+    monkeypatch.setattr(score_options, "preference_loss", interrupted)
+    monkeypatch.setattr(score_batch, "preference_loss", interrupted)
     before = _listing(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         score_dataset(path, out=str(tmp_path / "out.csv"), batch_rows=500)
@@ -787,7 +794,7 @@ def test_interrupt_mid_run_leaves_no_output(tmp_path, monkeypatch, tmpfile):
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "named-temp"])
 def test_successful_output_has_normal_permissions(tmp_path, pairs, monkeypatch, tmpfile):
     if not tmpfile:
-        monkeypatch.setattr(score, "_tmpfile_supported", lambda: False)
+        monkeypatch.setattr(score_writers, "tmpfile_supported", lambda: False)
     path = write(tmp_path / "pairs.parquet", pairs)
     out = tmp_path / "scored.parquet"
     score_dataset(path, out=str(out))
@@ -865,79 +872,45 @@ def test_csv_output_of_nested_columns_is_a_clear_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# preference_loss parameters, found by introspection
+# preference_loss parameters: the explicit table of options
 # --------------------------------------------------------------------------------------------
 
-def test_loss_options_follow_the_signature():
+def test_the_options_table_covers_every_keyword_of_preference_loss():
+    """Every parameter of preference_loss is an option of the table, a per-pair column or
+    deliberately not an option: a new core keyword fails here until the table has it."""
+    signature = inspect.signature(dpo_fast.preference_loss).parameters
     options = {o.parameter: o for o in score.loss_options()}
-    keyword_only = {p.name for p in inspect.signature(dpo_fast.preference_loss).parameters
-                    .values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert set(options) <= keyword_only - {"out", "check_finite"}
-    assert {"beta", "loss_type", "label_smoothing", "reduction", "compute_grad",
-            "n_threads"} <= set(options)
+    assert set(options).isdisjoint(score_options.PER_PAIR_PARAMETERS)
+    assert set(options).isdisjoint(score_options.NOT_OPTIONS)
+    assert set(signature) == (set(options) | set(score_options.PER_PAIR_PARAMETERS)
+                              | score_options.NOT_OPTIONS)
+    for name, option in options.items():
+        assert signature[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert option.default == signature[name].default, name
+        assert option.help and "``" not in option.help and "Here:" not in option.help, name
+    flags = [o.flag for o in options.values()]
+    assert len(set(flags)) == len(flags)
     assert options["compute_grad"].flag == "--grad" and options["compute_grad"].kind == "bool"
     assert options["n_threads"].flag == "--threads" and options["n_threads"].kind == "int"
     assert options["beta"].kind == "float" and options["beta"].default == 0.1
     assert options["label_smoothing"].flag == "--label-smoothing"
-    assert options["beta"].help.startswith("Inverse temperature")
+    assert options["reduction"].choices == ("mean", "sum")
+    assert set(options["loss_type"].choices) == set(dpo_fast.losses.LOSS_TYPES)
+    assert set(options["f_divergence_type"].choices) == set(
+        dpo_fast.losses.F_DIVERGENCE_TYPES)
 
 
-@pytest.mark.parametrize("annotation, default, kind", [
-    ("float", 0.1, "float"), ("int | None", None, "int"), ("str", "x", "str"),
-    ("bool", False, "bool"), ("Sequence[float] | None", None, "list[float]"),
-    ("str | Sequence[str]", "sigmoid", "str|list[str]"), ("float | Sequence[float]", 1.0,
-                                                          "float|list[float]"),
-    ("Optional[float]", None, "float"), ("Union[int, float]", 1, "float"),
-    ("ArrayLike | None", None, None), ("Mapping[str, np.ndarray] | None", None, None),
-    ("Any", None, None), ("Any", 0.5, "float"), (inspect.Parameter.empty, True, "bool"),
-])
-def test_annotation_kinds(annotation, default, kind):
-    assert score._annotation_kind(annotation, default) == kind
-
-
-def test_a_new_core_parameter_needs_no_scorer_change(tmp_path, monkeypatch, pairs):
-    """Simulate the next core version: a scalar option, a list option and per-pair lengths."""
-    real = dpo_fast.preference_loss
-    seen = {}
-
-    def preference_loss(chosen_logps, rejected_logps, ref_chosen_logps=None,
-                        ref_rejected_logps=None, *, beta: float = 0.1,
-                        loss_type: str | Sequence[str] = "sigmoid",  # noqa: F821
-                        loss_weights: Sequence[float] | None = None,  # noqa: F821
-                        gamma: float = 0.0, chosen_lengths: ArrayLike | None = None,  # noqa
-                        rejected_lengths: ArrayLike | None = None,  # noqa: F821
-                        label_smoothing: float = 0.0, reduction: str = "mean",
-                        compute_grad: bool = False, check_finite: bool = True,
-                        n_threads: int | None = None, out=None):
-        """Fake.
-
-        Parameters
-        ----------
-        gamma : float, default 0.0
-            Target margin. More text.
-        loss_weights : sequence of float, optional
-            Weights of the losses.
-        """
-        seen.update(gamma=gamma, loss_weights=loss_weights, chosen_lengths=chosen_lengths)
-        return real(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                    beta=beta, label_smoothing=label_smoothing, reduction=reduction,
-                    compute_grad=compute_grad, check_finite=check_finite,
-                    n_threads=n_threads, out=out)
-
-    monkeypatch.setattr(score, "preference_loss", preference_loss)
+def test_option_values_parse():
     options = {o.parameter: o for o in score.loss_options()}
-    assert options["gamma"].flag == "--gamma" and options["gamma"].help == "Target margin."
     assert options["loss_weights"].parse("1,0.5") == [1.0, 0.5]
     assert options["loss_type"].parse("sigmoid") == "sigmoid"
     assert options["loss_type"].parse("sigmoid,ipo") == ["sigmoid", "ipo"]
-    assert "chosen_lengths" not in options
-    data = dict(pairs, n_chosen=np.full(3000, 7), n_rejected=np.full(3000, 9))
-    path = write(tmp_path / "lengths.parquet", data)
-    summary = score_dataset(path, columns="chosen_length=n_chosen,rejected_length=n_rejected",
-                            gamma=0.25, loss_weights=[1.0])
-    assert summary.columns["chosen_length"] == "n_chosen"
-    assert seen["gamma"] == 0.25 and seen["loss_weights"] == [1.0]
-    assert seen["chosen_lengths"].tolist() == [7] * seen["chosen_lengths"].size
+    assert options["beta"].parse("0.25") == 0.25
+    assert options["n_threads"].parse("2") == 2
+    for option, text in (("beta", "abc"), ("n_threads", "0"), ("n_threads", "1.5"),
+                         ("loss_weights", ",")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            options[option].parse(text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ import pytest
 from test_score import LOGPS, make_pairs, read, write
 
 import dpo_fast
-from dpo_fast import score
 from dpo_fast.score import ScoreDataError, ScoreUsageError, score_dataset
+from dpo_fast.score import readers as score_readers
+from dpo_fast.score import writers as score_writers
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(dpo_fast.__file__)))
 
@@ -98,7 +99,7 @@ def test_a_link_back_to_the_directory_counts_every_file_once(tmp_path):
     (folder / "latest").symlink_to(".")
     summary = score_dataset(str(folder))
     assert summary.pairs == 1000
-    assert score._discover(str(folder), None).files == [
+    assert score_readers.discover(str(folder), None).files == [
         str(folder / "part-0.parquet"), str(folder / "part-1.parquet")]
 
 
@@ -377,8 +378,8 @@ def test_out_that_cannot_be_created_names_the_users_path(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(score.os, "open", refuse)
-    monkeypatch.setattr(score.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(score_writers.os, "open", refuse)
+    monkeypatch.setattr(score_writers.tempfile, "mkstemp", refuse)
     out = tmp_path / "o.parquet"
     with pytest.raises(ScoreUsageError) as info:
         score_dataset(source, out=str(out))
@@ -401,7 +402,7 @@ def test_a_failed_write_is_a_one_line_error_and_leaves_no_output(tmp_path, monke
         def close(self):
             pass
 
-    monkeypatch.setitem(score._SINKS, "parquet", FullDisk)
+    monkeypatch.setitem(score_writers.SINKS, "parquet", FullDisk)
     with pytest.raises(ScoreDataError) as info:
         score_dataset(source, out=str(out))
     assert str(info.value) == f"{out}: cannot write parquet: {error.strerror}"

@@ -2,8 +2,8 @@
 
 Each subcommand is a :class:`Command`: a name, a one-line help, a function that adds its
 options to its subparser and a function that runs it and returns the exit status. A new
-subcommand (e.g. a later ``dpo-fast score`` for datasets) is one more entry in
-:data:`COMMANDS`. This module imports the package; the package never imports this module.
+subcommand is one more entry in :data:`COMMANDS`. This module imports the package (and, for
+``dpo-fast score --scheduler``, :mod:`dpo_fast.dask`); neither imports this module.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
-from dpo_fast import __version__, benchmark, score
+from dpo_fast import __version__, benchmark
+from dpo_fast.score import cli as score_cli
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -124,6 +125,18 @@ def _run_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+# `dpo-fast score`: on this machine, or on a Dask cluster with --scheduler.
+def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    runner = None
+    if args.scheduler:
+        from dpo_fast import dask as dpo_dask
+
+        def runner(source, *, params, progress, **options):
+            return dpo_dask.run_cli(args.scheduler, source, params=params, **options)
+
+    return score_cli.run_from_args(args, parser, runner)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="bench",
@@ -146,11 +159,12 @@ COMMANDS: tuple[Command, ...] = (
             "dpo_fast.preference_loss: print the pairs scored, the loss, TRL's metrics and the "
             "exact margin quantiles; with --out, write the input rows with chosen_reward, "
             "rejected_reward, margin and loss added (atomically). Memory stays bounded "
-            "whatever the input size. Exit status 1 for bad data (the message names file, "
-            "row and column), 2 for bad options."
+            "whatever the input size. Errors are one line: exit status 1 for missing or bad "
+            "data (the message names file, row and column), 2 for bad options (the message "
+            "names the option)."
         ),
-        add_arguments=score.add_arguments,
-        run=score.run_from_args,
+        add_arguments=score_cli.add_arguments,
+        run=_run_score,
     ),
     Command(
         name="info",

@@ -1,7 +1,9 @@
 """Score preference datasets on a Dask cluster: :func:`score` and :func:`summarize`.
 
-Install with ``pip install "dpo_fast[dask]"``. This adapter imports the core and
-:mod:`dpo_fast.score` (validation, partial sums); the core never imports it.
+Install with ``pip install "dpo_fast[dask]"``. This adapter imports the core and the public
+names of :mod:`dpo_fast.score`'s modules (column roles and validation, batch scoring, the
+summary arithmetic); neither imports it. :mod:`dpo_fast.cli` calls :func:`run_cli` for
+``dpo-fast score --scheduler``.
 
 * :func:`score` maps :func:`dpo_fast.preference_loss` over the partitions of a Dask DataFrame
   and returns a Dask DataFrame with the columns ``chosen_reward``, ``rejected_reward``,
@@ -31,16 +33,35 @@ from typing import Any
 import numpy as np
 
 from dpo_fast import _optional
-from dpo_fast import score as _score
-from dpo_fast.score import (
+from dpo_fast.score.batch import (
     ADDED_COLUMNS,
-    DEFAULT_QUANTILES,
     GRAD_COLUMNS,
+    check_and_score,
+    check_on_invalid,
+)
+from dpo_fast.score.columns import (
+    ROLES,
+    ColumnRole,
     ColumnValues,
+    check_added_columns,
+    parse_column_map,
+    resolve_columns,
+)
+from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
+from dpo_fast.score.options import (
+    batch_parameters,
+    check_loss_params,
+    effective_parameters,
+    loss_type_of,
+)
+from dpo_fast.score.readers import discover, format_of
+from dpo_fast.score.summary import (
+    DEFAULT_QUANTILES,
     PartialSummary,
-    ScoreDataError,
     ScoreSummary,
-    ScoreUsageError,
+    combine_scans,
+    quantile_levels,
+    scan_margins,
 )
 
 __all__ = ["score", "summarize"]
@@ -52,7 +73,7 @@ def _require_dask():
     return dask
 
 
-def _pandas_values(series, role: _score.ColumnRole, column: str, where: str) -> ColumnValues:
+def _pandas_values(series, role: ColumnRole, column: str, where: str) -> ColumnValues:
     """A pandas column as ColumnValues: float64 for log-probs, text parsed as numbers, nulls
     (None/NA) and unparsable text masked. NaN in a NumPy float column is indistinguishable
     from a missing value there and is reported as non-finite."""
@@ -103,7 +124,7 @@ def _partition_scores(df, roles, params, compute_grad, on_invalid, where):
     def locate(i):
         return f"{where}, row {i} (index {index[i]!r})", None
 
-    return _score.check_and_score(values, params, compute_grad, on_invalid, locate)
+    return check_and_score(values, params, compute_grad, on_invalid, locate)
 
 
 def _score_partition(df, roles, params, compute_grad, on_invalid, added,
@@ -144,20 +165,13 @@ def _merge(*partials):
     return first
 
 
-def _margin_keys_apply(df, roles, params, on_invalid, fn):
+def _scan_partition(df, roles, params, on_invalid, fn):
+    """One partition's part of a quantile rescan (on the worker: only the result travels)."""
     if len(df) == 0:
         return None
     margin = _partition_scores(df, roles, params, False, on_invalid, "partition").outputs[
         "margin"]
-    return fn(_score._order_keys(margin)) if margin.size else None
-
-
-def _combine_all(parts, combine):
-    result = None
-    for part in parts:
-        if part is not None:
-            result = part if result is None else combine(result, part)
-    return result
+    return scan_margins(margin, fn)
 
 
 def _prepare(ddf, columns, reference_free, params, where):
@@ -167,13 +181,10 @@ def _prepare(ddf, columns, reference_free, params, where):
 
     if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"{where} takes a dask.dataframe.DataFrame, got {type(ddf).__name__}")
-    roles = _score.resolve_columns(list(ddf.columns), columns, reference_free,
-                                   source="the DataFrame",
-                                   loss_type=_score._loss_type_of(params))
-    reduction = _score._check_loss_params(params, [r for r, _ in roles], where)
-    batch_params = {k: v for k, v in params.items()
-                    if k not in _score._SUMMARY_PARAMETERS and k != "compute_grad"}
-    return roles, batch_params, reduction
+    roles = resolve_columns(list(ddf.columns), columns, reference_free,
+                            source="the DataFrame", loss_type=loss_type_of(params))
+    reduction = check_loss_params(params, [r for r, _ in roles], where)
+    return roles, batch_parameters(params), reduction
 
 
 def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free: bool = False,
@@ -213,15 +224,12 @@ def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free
         Bad parameters (:class:`dpo_fast.score.ScoreUsageError`), a batch-coupled loss type,
         or missing columns (:class:`dpo_fast.score.ScoreDataError`), before anything runs.
     """
-    if on_invalid not in ("error", "skip"):
-        raise ScoreUsageError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    check_on_invalid(on_invalid)
     roles, batch_params, _ = _prepare(ddf, columns, reference_free, loss_params, "score")
     compute_grad = bool(loss_params.get("compute_grad", False))
     added = ADDED_COLUMNS + (GRAD_COLUMNS if compute_grad else ())
-    clashes = [name for name in added if name in ddf.columns]
-    if clashes and not replace_columns:
-        raise ScoreDataError(f"the DataFrame already has column(s) {', '.join(clashes)}; pass "
-                             "replace_columns=True to overwrite them")
+    clashes = check_added_columns(list(ddf.columns), added, replace_columns, "the DataFrame",
+                                  "replace_columns=True")
     meta = ddf._meta.drop(columns=clashes).assign(
         **{name: np.empty(0, dtype=np.float64) for name in added})
     return ddf.map_partitions(_score_partition, roles, batch_params, compute_grad, on_invalid,
@@ -266,9 +274,8 @@ def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
         :class:`dpo_fast.score.ScoreDataError` for bad data, from the workers.
     """
     dask = _require_dask()
-    if on_invalid not in ("error", "skip"):
-        raise ScoreUsageError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
-    levels = _score._validate_options(1, on_invalid, quantiles)
+    check_on_invalid(on_invalid)
+    levels = quantile_levels(quantiles)
     roles, batch_params, reduction = _prepare(ddf, columns, reference_free, loss_params,
                                               "summarize")
     delayed = dask.delayed
@@ -280,12 +287,12 @@ def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
     (total,) = dask.compute(parts[0])
 
     def scan(fn, combine):
-        results = [delayed(_margin_keys_apply)(part, roles, batch_params, on_invalid, fn)
+        results = [delayed(_scan_partition)(part, roles, batch_params, on_invalid, fn)
                    for part in ddf.to_delayed()]
-        return _combine_all(dask.compute(*results), combine)
+        return combine_scans(dask.compute(*results), combine)
 
     return total.finish(reduction, scan=scan,
-                        parameters=_score.effective_parameters(loss_params),
+                        parameters=effective_parameters(loss_params),
                         columns={role.name: column for role, column in roles})
 
 
@@ -293,13 +300,13 @@ def _read(source: str, input_format: str | None, role_columns: Sequence[str]):
     """A Dask DataFrame of a file or directory, for ``dpo-fast score --scheduler``."""
     import dask.dataframe as dd
 
-    fmt = _score.format_of(source, input_format) if not os.path.isdir(source) else (
-        _score._discover(source, input_format).format)
+    fmt = format_of(source, input_format) if not os.path.isdir(source) else (
+        discover(source, input_format).format)
     if fmt == "parquet":
         return dd.read_parquet(source)
     path = source
     if os.path.isdir(source):
-        path = _score._discover(source, fmt).files
+        path = discover(source, fmt).files
     if fmt == "csv":
         # Role columns as text, parsed (and reported row by row) by dpo_fast.
         return dd.read_csv(path, dtype={c: "string" for c in role_columns})
@@ -323,10 +330,10 @@ def _write_directory(scored, out: str) -> None:
         raise
 
 
-def _run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str | None,
-             columns, reference_free: bool, input_format: str | None,
-             output_format: str | None, batch_rows: int, on_invalid: str, quantiles,
-             replace_columns: bool) -> ScoreSummary:
+def run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str | None,
+            columns, reference_free: bool, input_format: str | None,
+            output_format: str | None, batch_rows: int, on_invalid: str, quantiles,
+            replace_columns: bool) -> ScoreSummary:
     """``dpo-fast score --scheduler ADDRESS``: the same run through :func:`summarize` (and
     :func:`score` for ``--out``, written as a Parquet dataset directory) on a cluster."""
     import time
@@ -336,7 +343,7 @@ def _run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str |
                                     extra="dask")
     started = time.perf_counter()
     if out is not None:
-        fmt = _score.format_of(out, output_format or "parquet", output=True)
+        fmt = format_of(out, output_format or "parquet", output=True)
         if fmt != "parquet" or (output_format is None and not out.endswith(
                 (".parquet", os.sep)) and os.path.splitext(out)[1]):
             raise ScoreUsageError("with --scheduler, --out is written as a Parquet dataset "
@@ -344,8 +351,8 @@ def _run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str |
         if os.path.exists(out):
             raise ScoreUsageError(f"--out {out} exists; with --scheduler the output is a "
                                   "directory, written only where nothing exists yet")
-    mapping = _score._parse_column_map(columns)
-    names = [mapping.get(role.name, role.default_column) for role in _score.ROLES]
+    mapping = parse_column_map(columns)
+    names = [mapping.get(role.name, role.default_column) for role in ROLES]
     try:
         client = distributed.Client(address, timeout="30s", set_as_default=False)
     except OSError as exc:
