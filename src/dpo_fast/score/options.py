@@ -119,12 +119,16 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "temperature of discopop; in [1e-300, 1e300]"),
     LossOption("simpo_gamma", "--simpo-gamma", "float", 0.5,
                "target reward margin of simpo"),
+    LossOption("dpop_lambda", "--dpop-lambda", "float", 50.0,
+               "penalty weight of dpop (DPO-Positive); finite, >= 0"),
+    LossOption("bco_delta", "--bco-delta", "float", 0.0,
+               "reward shift of bco_pair (TRL BCO's running mean of the rewards); finite"),
     LossOption("f_divergence_type", "--f-divergence-type", "str", "reverse_kl",
                "f-divergence that turns the log-ratios into scores (TRL's), for sigmoid, "
                "hinge, ipo, exo_pair, robust, discopop and sigmoid_norm",
                choices=tuple(F_DIVERGENCE_TYPES)),
     LossOption("f_alpha_divergence_coef", "--f-alpha-divergence-coef", "float", 1.0,
-               "alpha of alpha_divergence (1 is reverse KL); finite"),
+               "alpha of alpha_divergence (within 1e-6 of 1 is reverse KL); finite"),
     LossOption("reduction", "--reduction", "str", "mean",
                "how the summary's loss reduces the per-pair losses (the per-pair losses are "
                "the loss column of --out)", choices=("mean", "sum")),
