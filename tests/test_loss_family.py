@@ -82,6 +82,18 @@ TABLE = {
 }
 
 
+def test_orpo_reference_value_and_refusal():
+    """loss-family.md's ORPO value (a_c = -1, a_r = -1.5); log-probs >= 0 are refused."""
+    got = preference_loss(np.array([-10.0]), np.array([-12.0]), beta=0.1, loss_type="orpo",
+                          chosen_lengths=[10.0], rejected_lengths=[8.0])
+    assert abs(got.loss - 0.040113548811200474) <= 1e-15
+    assert got.chosen_rewards.tolist() == [-0.1]  # beta * a
+    with pytest.raises(ValueError, match=r"rejected_logps\[1\] is 0.0: loss_type='orpo' "
+                                         r"needs log-probs below 0"):
+        preference_loss(np.array([-1.0, -2.0]), np.array([-1.0, 0.0]), loss_type="orpo",
+                        chosen_lengths=[1.0, 1.0], rejected_lengths=[1.0, 1.0])
+
+
 def test_new_types_reference_values():
     """loss-family.md's values for dpop (penalty active: pc = -12 below rc = -11) and bco_pair
     with TRL BCO's reward shift delta = 0.37."""

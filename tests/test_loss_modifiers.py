@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_loss_family import logsig, reference_pair, sig
 
-from dpo_fast import preference_loss
+from dpo_fast import _registry, preference_loss
 from dpo_fast._kernels import _pairwise
 
 LN2 = math.log(2.0)
@@ -86,6 +86,11 @@ def score_slope(x, fdiv, alpha):
     return 1.0
 
 
+def log1mexp(a):
+    """log(1 - exp(a)) for a < 0, without cancellation (Maechler 2012)."""
+    return math.log(-math.expm1(a)) if a > -LN2 else math.log1p(-math.exp(a))
+
+
 def smoothed_sigmoid(u, eps):
     """-(1-eps) logsig(u) - eps logsig(-u): sigmoid, simpo, aot."""
     return -(1.0 - eps) * logsig(u) - eps * logsig(-u)
@@ -137,6 +142,13 @@ def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alph
     if t == "simpo":
         return [smoothed_sigmoid(beta * (pc[i] / nc[i] - pr[i] / nr[i]) - gamma, eps)
                 for i in range(n)]
+    if t == "orpo":  # TRL's odds_ratio_loss term, of the average log-probs
+        out = []
+        for i in range(n):
+            a_c, a_r = pc[i] / nc[i], pr[i] / nr[i]
+            log_odds = (a_c - a_r) - (log1mexp(a_c) - log1mexp(a_r))
+            out.append(-beta * logsig(log_odds))
+        return out
     if t in ("aot", "aot_unpaired"):
         diffs, order, _ = aot_positions(t, pc, pr, rc, rr)
         out = [0.0] * n
@@ -293,6 +305,8 @@ CASES = [
     Case("simpo+sft", dict(loss_type=["simpo", "sft"], loss_weights=[1.0, 0.1], beta=2.0),
          refs=False),
     Case("dpop", dict(loss_type="dpop", beta=0.2), lengths=""),
+    Case("orpo", dict(loss_type="orpo", beta=0.1), refs=False),
+    Case("orpo+sft", dict(loss_type=["orpo", "sft"], beta=0.25), refs=False),
     Case("dpop_lambda5_weights", dict(loss_type="dpop", beta=0.3, dpop_lambda=5.0),
          lengths="", weights=True),
     Case("bco_delta", dict(loss_type="bco_pair", beta=0.5, bco_delta=0.37), lengths=""),
@@ -374,9 +388,12 @@ def test_matches_plain_reference(case, reduction):
         assert result.loss == pytest.approx(want, rel=1e-12, abs=1e-15)
 
     types = loss_types(case)
-    chosen, rejected = ref_rewards(*arrays, beta=kw.get("beta", 0.1), simpo=types == ["simpo"],
+    # simpo / orpo report beta * p / n; sft has no rewards of its own; a list mixing the two
+    # reward forms is not specified
+    forms = {_registry.LOSS_REGISTRY[t].normalized_rewards for t in types if t != "sft"}
+    chosen, rejected = ref_rewards(*arrays, beta=kw.get("beta", 0.1), simpo=True in forms,
                                    nc=kw.get("chosen_lengths"), nr=kw.get("rejected_lengths"))
-    if "simpo" not in types or types == ["simpo"]:  # rewards of a list with simpo: unsaid
+    if len(forms) == 1:
         np.testing.assert_allclose(result.chosen_rewards, chosen, rtol=1e-15, atol=0)
         np.testing.assert_allclose(result.rejected_rewards, rejected, rtol=1e-15, atol=0)
     assert_metrics_consistent(result, arrays)

@@ -39,6 +39,7 @@ EXPECTED = {
     "sigmoid_norm": (False, False, True, BOTH, False, True, False, False, 0.0),
     "simpo": (False, False, True, BOTH, False, False, False, True, 0.5),
     "dpop": (True, False, False, (), False, False, False, False, 0.0),
+    "orpo": (False, False, True, BOTH, False, False, False, True, 0.0),
 }
 
 

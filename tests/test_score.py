@@ -339,7 +339,7 @@ def test_every_loss_type_of_the_core(tmp_path, pairs, loss_type):
                 rejected_length=lengths["rejected_lengths"])
     path = write(tmp_path / "pairs.parquet", data, row_group_size=700)
     out = tmp_path / "scored.parquet"
-    free = loss_type == "simpo"
+    free = dpo_fast._registry.LOSS_REGISTRY[loss_type].reference_free  # simpo, orpo
     # exo_pair needs label_smoothing > 0; dpop / bco_pair get their parameter set too
     extra = {"exo_pair": {"label_smoothing": 1e-3}, "dpop": {"dpop_lambda": 5.0},
              "bco_pair": {"bco_delta": 0.37}}.get(loss_type, {})

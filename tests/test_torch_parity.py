@@ -80,6 +80,7 @@ CASES = {
     "simpo-eps0.1": dict(loss_type="simpo", beta=2.5, simpo_gamma=1.0, label_smoothing=0.1,
                          lengths=True, refs=False),
     "dpop": dict(loss_type="dpop", beta=0.1),
+    "orpo": dict(loss_type="orpo", beta=0.1, lengths=True, refs=False),
     "dpop-lambda5": dict(loss_type="dpop", beta=0.5, dpop_lambda=5.0),
 }
 assert {case["loss_type"] for case in CASES.values()} == set(ALL_TYPES)
@@ -209,6 +210,10 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
     if loss_type == "simpo":
         u = beta * (pc / nc - pr / nr) - gamma
         return smoothed_sigmoid(u, eps)
+    if loss_type == "orpo":  # TRL's ORPOTrainer.odds_ratio_loss, of average log-probs
+        a_c, a_r = pc / nc, pr / nr
+        log_odds = (a_c - a_r) - (torch.log1p(-torch.exp(a_c)) - torch.log1p(-torch.exp(a_r)))
+        return -beta * F.logsigmoid(log_odds)
     if loss_type == "dpop":  # DPO-Positive (Pal et al. 2024, Eq. 3)
         return -F.logsigmoid(beta * (c - r - lam * torch.clamp(rc - pc, min=0.0)))
     raise AssertionError(loss_type)
@@ -247,8 +252,8 @@ def torch_reference(args: list, kwargs: dict) -> dict:
         return total if weights is None else weights * total
 
     losses = per_pair(pc, pr)
-    if types == ["simpo"]:
-        chosen_rewards = beta * (pc / nc)
+    if any(_registry.LOSS_REGISTRY[name].normalized_rewards for name in types):
+        chosen_rewards = beta * (pc / nc)  # simpo, orpo: beta times the average log-prob
         rejected_rewards = beta * (pr / nr)
     else:
         chosen_rewards = beta * (pc - rc)
@@ -383,7 +388,10 @@ def test_alpha_divergence_coef_one_is_reverse_kl():
     (["ipo", "sigmoid_norm", "apo_zero"], [2.0, -0.5, 1.0], {}),
     (["sigmoid", "sft"], [1.0, 0.5], {"f_divergence_type": "js_divergence"}),
     (["aot", "aot_unpaired", "sft"], [1.0, 0.5, 0.2], {"label_smoothing": 0.1}),
-], ids=["rpo", "rpo-eps", "mpo", "sft-aot", "ipo-norm-apo", "rpo-js", "aot-both-sft"])
+    (["orpo", "sft"], [1.0, 1.0], {"refs": False}),                        # TRL's ORPO loss
+    (["dpop", "bco_pair"], [1.0, 0.5], {"dpop_lambda": 5.0, "bco_delta": 0.2}),
+], ids=["rpo", "rpo-eps", "mpo", "sft-aot", "ipo-norm-apo", "rpo-js", "aot-both-sft", "orpo",
+        "dpop-bco"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_combinations_match_torch(types, loss_weights, extra, reduction):
     case = {"loss_type": types, "beta": 0.1, "lengths": True, "reduction": reduction, **extra}

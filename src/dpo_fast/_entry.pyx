@@ -437,7 +437,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         ``"robust"`` (rDPO), ``"bco_pair"``, ``"sppo_hard"``, ``"aot"``, ``"aot_unpaired"``
         (sorted across the batch), ``"apo_zero"``, ``"apo_down"``, ``"discopop"``, ``"sft"``
         (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
-        ``"simpo"``, ``"dpop"`` (DPO-Positive). A list of distinct names combines them: each pair's loss is the
+        ``"simpo"``, ``"dpop"`` (DPO-Positive), ``"orpo"`` (ORPO's odds-ratio term:
+        reference-free, both lengths, log-probs below 0). A list of distinct names combines them: each pair's loss is the
         ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
         ``["sigmoid", "sft"]``).
     loss_weights : sequence of float, optional
@@ -513,7 +514,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
 
     Notes
     -----
-    Rewards are ``beta * c`` and ``beta * r`` for every loss type (``"simpo"``:
+    Rewards are ``beta * c`` and ``beta * r`` for every loss type (``"simpo"``, ``"orpo"``:
     ``beta * chosen_logps / chosen_lengths`` and the same for rejected), in the input order.
     ``"sft"`` and the sorted types couple the pairs of a batch, so ``dpo-fast score`` and
     ``dpo_fast.dask`` (which see data in pieces) refuse them.

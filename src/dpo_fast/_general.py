@@ -496,6 +496,14 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
 
     arrays, dtype, originals = _prepare_inputs(values, names, force_float64)
     length = arrays[0].shape[0]
+    if "orpo" in types:
+        # log(1 - p) of an average probability p = exp(logp / n) needs p < 1: logp < 0.
+        for array, name in zip(arrays[:2], names[:2]):
+            bad = np.flatnonzero(~(array < 0))
+            if bad.size and np.isfinite(array[bad[0]]):
+                raise ValueError(f"{name}[{bad[0]}] is {float(array[bad[0]])!r}: "
+                                 "loss_type='orpo' needs log-probs below 0 (an average "
+                                 "probability below 1)")
     for name in types:
         if LOSS_REGISTRY[name].reference_free and arrays[2] is not None:
             raise ValueError(f"loss_type={name!r} is reference-free: pass no "

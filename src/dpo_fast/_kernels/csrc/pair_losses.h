@@ -79,7 +79,9 @@ enum {
       DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_BOTH, 0.0)                                            \
     X(PAIR_NORM, DPO_LOSS_SIMPO, dpo_pair_simpo, "simpo",                                      \
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)             \
-    X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", DPO_LT_PLAIN, 0.0)
+    X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", DPO_LT_PLAIN, 0.0)                           \
+    X(PAIR_NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                         \
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)
 
 /* Row filters for the kernels' switch cases: DPO_IF_KERNEL_##KIND(...) keeps its argument for
  * the loss types with a kernel case, DPO_IF_NORMALIZED_##KIND(...) for those of normalised
@@ -427,6 +429,31 @@ DPO_INLINE DpoPairLoss dpo_pair_dpop(const DpoLossParams *params, double beta,
     out.value = ml.value;
     out.d_chosen = beta * slope_c * ml.d_z;
     out.d_rejected = -beta * ml.d_z;
+    return out;
+}
+
+/* orpo (Hong et al. 2024; TRL's ORPOTrainer.odds_ratio_loss), the odds-ratio term:
+ * reference-free, of the average log-probs a = p/n (the chunk loop passes them),
+ *   log_odds = (a_c - a_r) - (log(1 - e^{a_c}) - log(1 - e^{a_r})),
+ *   loss = -beta logsigmoid(log_odds),
+ * d log_odds / d a_c = 1/(1 - e^{a_c}), / d a_r = -1/(1 - e^{a_r}). The Python layer keeps
+ * a < 0. beta and a come unscaled (params->beta, c * inv_scale), as in ipo: the loss is not
+ * linear in a. ["orpo", "sft"] with weights [1, 1] is TRL's ORPO loss. */
+DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
+                                     double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)beta;
+    double a_c = c * inv_scale, a_r = r * inv_scale;
+    double one_minus_c, one_minus_r;
+    double log_c = dpo_log1mexp(a_c, &one_minus_c);
+    double log_r = dpo_log1mexp(a_r, &one_minus_r);
+    double log_odds = (a_c - a_r) - (log_c - log_r);
+    DpoLogistic lg = dpo_logistic(log_odds);
+    double slope = -params->beta * lg.sig_neg; /* d loss / d log_odds */
+    out.value = params->beta * dpo_softplus_of(-log_odds, lg);
+    out.d_chosen = slope / one_minus_c * inv_scale;
+    out.d_rejected = -slope / one_minus_r * inv_scale;
     return out;
 }
 

@@ -14,6 +14,7 @@
 #ifndef DPO_SIMD_MATH_H
 #define DPO_SIMD_MATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -153,15 +154,12 @@ DPO_INLINE double dpo_expm1_exp(double x, double *exp_out)
 }
 
 /*
- * log(u_true) where u_true = 1 + e, e in [0, 1], given u = fl(1 + e) and inv_u = 1/u (the
- * caller needs 1/u for the sigmoid anyway, so the division is shared).
- * fdlibm's log1p method: u = 2^j * (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)), and
- * log(1 + f) = f - hfsq + s*(hfsq + R(s^2)), s = f/(2 + f), with fdlibm's minimax
- * coefficients Lg1..Lg7 for R (e_log.c, Sun Microsystems, freely distributable). The
- * rounding error of u = fl(1 + e) is added back as c = (e - (u - 1))/u, exact numerator.
- * Here j is 0 or 1 and f is computed exactly (Sterbenz), which keeps it branch-free.
+ * fdlibm's log kernel (e_log.c, Sun Microsystems, freely distributable): for 1 + f in
+ * [sqrt(2)/2, sqrt(2)), log(2^k * (1 + f)) + c with c a small correction, as
+ * log(1 + f) = f - hfsq + s*(hfsq + R(s^2)), s = f/(2 + f), with fdlibm's minimax coefficients
+ * Lg1..Lg7 for R, and ln2 split in two so that k*ln2_hi is exact.
  */
-DPO_INLINE double dpo_log1p_unit(double e, double u, double inv_u)
+DPO_INLINE double dpo_log_kernel(double f, double k, double c)
 {
     const double ln2_hi = 6.93147180369123816490e-01;
     const double ln2_lo = 1.90821492927058770002e-10;
@@ -173,13 +171,6 @@ DPO_INLINE double dpo_log1p_unit(double e, double u, double inv_u)
     const double Lg6 = 1.531383769920937332e-01;
     const double Lg7 = 1.479819860511658591e-01;
 
-    double c = (e - (u - 1.0)) * inv_u;
-    int upper = u > 1.4142135623730951;
-    double j = upper ? 1.0 : 0.0;
-    double half_or_one = upper ? 0.5 : 1.0;
-    double f = u * half_or_one - 1.0;
-    c = c * half_or_one;
-
     double hfsq = 0.5 * f * f;
     double s = f / (2.0 + f);
     double z = s * s;
@@ -187,7 +178,72 @@ DPO_INLINE double dpo_log1p_unit(double e, double u, double inv_u)
     double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
     double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
     double R = t2 + t1;
-    return j * ln2_hi - ((hfsq - (s * (hfsq + R) + (j * ln2_lo + c))) - f);
+    return k * ln2_hi - ((hfsq - (s * (hfsq + R) + (k * ln2_lo + c))) - f);
+}
+
+/*
+ * log(u_true) where u_true = 1 + e, e in [0, 1], given u = fl(1 + e) and inv_u = 1/u (the
+ * caller needs 1/u for the sigmoid anyway, so the division is shared).
+ * fdlibm's log1p method: u = 2^j * (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)); the
+ * rounding error of u = fl(1 + e) is added back as c = (e - (u - 1))/u, exact numerator.
+ * Here j is 0 or 1 and f is computed exactly (Sterbenz), which keeps it branch-free.
+ */
+DPO_INLINE double dpo_log1p_unit(double e, double u, double inv_u)
+{
+    double c = (e - (u - 1.0)) * inv_u;
+    int upper = u > 1.4142135623730951;
+    double j = upper ? 1.0 : 0.0;
+    double half_or_one = upper ? 0.5 : 1.0;
+    double f = u * half_or_one - 1.0;
+    c = c * half_or_one;
+    return dpo_log_kernel(f, j, c);
+}
+
+/*
+ * log(x) for x > 0 (finite, normal or subnormal; 0 gives -inf, inf gives inf), within about
+ * an ulp: x = 2^k * m with m in [sqrt(2)/2, sqrt(2)) read from the bits (the exponent as a
+ * double through the 2^52 shifter: AVX2 has no int64 -> double conversion), f = m - 1 exact,
+ * then fdlibm's kernel. Subnormals are scaled by 2^54 first.
+ */
+DPO_INLINE double dpo_log_pos(double x)
+{
+    int subnormal = x < 2.2250738585072014e-308;
+    double scaled = subnormal ? x * 18014398509481984.0 : x; /* 2^54 */
+    int64_t bits = dpo_double_bits(scaled);
+    int64_t biased = (bits >> 52) & 0x7ff;
+    double m = dpo_bits_double((bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000));
+    double k = dpo_bits_double(INT64_C(0x4330000000000000) | biased) - 4503599627370496.0
+               - 1023.0 - (subnormal ? 54.0 : 0.0);
+    int upper = m > 1.4142135623730951;
+    m = upper ? 0.5 * m : m;
+    k = upper ? k + 1.0 : k;
+    double result = dpo_log_kernel(m - 1.0, k, 0.0);
+    /* the special values (0, inf, NaN) by selects, keeping the loop branch-free */
+    result = (x == 0.0) ? -INFINITY : result;
+    result = (x == INFINITY) ? INFINITY : result;
+    return (x != x) ? x : result;
+}
+
+/*
+ * log(1 - exp(a)) for a < 0 (Maechler's log1mexp): log(-expm1(a)) for a > -ln 2, where
+ * 1 - exp(a) would cancel, else log1p(-exp(a)) from the rounded 1 - exp(a) plus its exact
+ * rounding error (exp(a) <= 1/2 there). Also returns 1 - exp(a) in *one_minus_out.
+ */
+DPO_INLINE double dpo_log1mexp(double a, double *one_minus_out)
+{
+    double e;
+    double m1 = dpo_expm1_exp(a, &e);
+    double near = -m1;               /* 1 - exp(a), accurate for a > -ln 2 */
+    double u = 1.0 - e;              /* rounded; exact error below */
+    double c = ((1.0 - u) - e) / u;  /* u_true = u (1 + c) */
+    int close = a > -0.6931471805599453;
+    *one_minus_out = close ? near : u;
+    double log_near = dpo_log_pos(near);
+    /* log(u) + c for u in [1/2, 1): 2^j * (1 + f) with j = -1 below sqrt(2)/2 */
+    int lower = u < 0.7071067811865476;
+    double mant = lower ? 2.0 * u : u;
+    double log_far = dpo_log_kernel(mant - 1.0, lower ? -1.0 : 0.0, c);
+    return close ? log_near : log_far;
 }
 
 /*
