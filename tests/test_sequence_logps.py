@@ -17,11 +17,10 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import CSRC, ROOT, setup_constant
+from helpers import CSRC, setup_constant
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -607,27 +606,6 @@ def test_compiled_module_has_a_type_stub():
     origin = pathlib.Path(importlib.util.find_spec("dpo_fast._kernels._logps").origin)
     assert origin.suffix in {".so", ".pyd"}, f"not compiled: {origin}"
     assert (origin.parent / "_logps.pyi").is_file()
-
-
-BENCH = ROOT / "bench" / "bench_logps.py"
-
-
-@pytest.mark.skipif(not BENCH.exists(), reason="needs the source tree (bench/)")
-def test_benchmark_script_runs(capsys, monkeypatch):
-    """bench/bench_logps.py end to end on a tiny shape (numbers not checked, only that every
-    row is there and accurate)."""
-    spec = importlib.util.spec_from_file_location("bench_logps", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_logps", bench)  # dataclasses look it up there
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(bench, "SHAPES", {"tiny": (2, 8, 64)})
-    assert bench.main(["--shapes", "tiny", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
-    for name in ("dpo_fast ", "dpo_fast 1thr", "numpy"):
-        assert f"forward           {name}" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith("forward ")]
-    dpo_row = next(r for r in rows if r[1] == "dpo_fast" and r[2].replace(".", "").isdigit())
-    assert float(dpo_row[-2]) < 1e-10                    # seq err against float64
 
 
 # ------------------------------------------------------------------ vectoriser report
