@@ -20,6 +20,7 @@ JSON and report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import itertools
@@ -30,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +51,7 @@ __all__ = [
     "fmt_n",
     "fmt_ratio",
     "fmt_time",
+    "frozen_heap",
     "json_safe",
     "load_torch",
     "machine_info",
@@ -209,20 +211,34 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int
     for fn in fns.values():
         fn()  # warm-up: page-ins, OpenMP pool, THP compaction
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    # What exists now is not the calls' garbage: frozen, each collection below only walks the
-    # objects created since (with torch imported, a full collection takes ~0.1 s).
-    gc.collect()
-    gc.freeze()
-    try:
+    with frozen_heap():
         for _ in range(repeats):
             for name, fn in fns.items():
                 gc.collect()
                 start = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Collect, then freeze every object that exists (``gc.freeze``) until the block ends.
+
+    What exists before a measurement is not the garbage of the calls measured: frozen, the
+    collections the harness runs between samples walk only the objects created since (with
+    torch imported, a full collection takes ~0.1 s, which made runs slow, not timings
+    wrong). Nested use keeps the outer freeze.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
     finally:
         gc.unfreeze()
-    return samples
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,9 +72,18 @@ def run(config: core.BenchConfig) -> dict[str, Any]:
         (when run), ``targets`` and ``checks_passed``. Times are seconds per call (the
         loss-type and log-probs sections: milliseconds, as their keys say).
     """
-    sections = set(config.sections)
     cpu_start = harness.cpu_snapshot()
     torch, torch_reason = harness.load_torch(config.use_torch)
+    with harness.frozen_heap():
+        results = _run_sections(config, torch, torch_reason)
+    results["machine"]["cpu_usage_during_run"] = harness.cpu_usage(cpu_start,
+                                                                   harness.cpu_snapshot())
+    return results
+
+
+def _run_sections(config: core.BenchConfig, torch: Any, torch_reason: str | None
+                  ) -> dict[str, Any]:
+    sections = set(config.sections)
     others = section_configs(config)
     results: dict[str, Any] = {
         "schema": core.SCHEMA,
@@ -105,8 +114,6 @@ def run(config: core.BenchConfig) -> dict[str, Any]:
         results["score"] = ({"skipped": reason} if reason is not None
                             else score.run_score(others["score"]))
     results["targets"] = measured_targets(results)
-    results["machine"]["cpu_usage_during_run"] = harness.cpu_usage(cpu_start,
-                                                                   harness.cpu_snapshot())
     results["checks_passed"] = bool(
         core.core_checks_passed(results)
         and not results.get("losses", {}).get("failures"))
