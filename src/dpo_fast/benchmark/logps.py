@@ -358,6 +358,12 @@ def run_logps(config: LogpsConfig, torch: Any) -> dict[str, Any]:
     -------
     dict
         ``config``, ``glibc_malloc_thresholds_set`` and ``rows`` (dicts of :class:`Row`).
+
+    Notes
+    -----
+    On glibc this fixes the process's malloc thresholds (:func:`malloc_mode`) for good:
+    glibc has no call that gives it back its dynamic ones. Run it in a process of its own
+    when what follows measures memory.
     """
     fixed = malloc_mode("timing")
     torch = torch if config.with_torch else None
