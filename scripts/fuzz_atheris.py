@@ -38,8 +38,10 @@ call returns:
 
 Running
 -------
-atheris is optional (not a dependency of dpo_fast): ``pip install atheris``. Then, from the
-repository root, with dpo_fast importable (installed, or ``PYTHONPATH=src`` on a built tree)::
+atheris is optional (not a dependency of dpo_fast): ``pip install atheris`` (and mpmath, for
+the test suite's tests/reference.py, whose float64 ``softplus`` the dpo_loss check uses: both
+are in the ``test`` extra). Then, from the repository root, with dpo_fast importable
+(installed, or ``PYTHONPATH=src`` on a built tree)::
 
     mkdir -p /tmp/dpo_corpus
     python scripts/fuzz_atheris.py -max_total_time=600 /tmp/dpo_corpus
@@ -65,12 +67,19 @@ import decimal
 import fractions
 import math
 import numbers
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+# The float64 reference of the test suite (tests/reference.py: written independently of the
+# package), so that one softplus serves the tests and this harness.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+from reference import softplus  # noqa: E402
 
 try:
     import atheris
@@ -496,11 +505,6 @@ def invoke(function: Callable[..., Any], case: Case, *args: Any, counted: bool =
         if counted:
             STATS[name] += 1
     return False, None
-
-
-def softplus(x: float) -> float:
-    """log(1 + exp(x)), stable for every finite x."""
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def near_rounding_tie(value: float) -> bool:

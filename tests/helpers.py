@@ -1,12 +1,19 @@
-"""Comparison and data helpers shared by the tests (no dpo_fast internals)."""
+"""Comparison, data and process helpers shared by the tests (no dpo_fast internals)."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import math
+import os
 import pathlib
 import struct
-from collections.abc import Iterable, Sequence
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +109,95 @@ def random_logps(rng: np.random.Generator, n: int, *, scale: float = 30.0,
             idx = rng.integers(0, n, size=max(1, n // 10))
             a[idx] = rng.choice(specials, size=idx.size)
     return arrays
+
+
+# ---- results without NaN (the fuzzing's invariant, and its regression tests') ----
+_RESULT_ARRAYS = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
+                  "grad_rejected")
+
+
+def assert_no_nan(values, what):
+    """No NaN in values (an array or a scalar), with the first positions in the message."""
+    array = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(np.isnan(array))
+    assert bad.size == 0, f"{what}: NaN at {bad[:5].tolist()} (finite inputs)"
+
+
+def _both_infinities(values) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    return bool(np.any(values == math.inf) and np.any(values == -math.inf))
+
+
+def result_no_nan(result, what=""):
+    """No NaN anywhere in a PreferenceLossResult. The one documented exception: a mean (or
+    sum) over per-pair values holding both +inf and -inf (robust's loss can be -inf) has no
+    value and is NaN."""
+    for name in _RESULT_ARRAYS:
+        value = getattr(result, name)
+        if value is not None:
+            assert_no_nan(value, f"{what} {name}")
+    if not _both_infinities(result.losses):
+        assert_no_nan(np.asarray(result.loss, dtype=np.float64), f"{what} loss")
+    with np.errstate(invalid="ignore"):
+        per_pair = {"rewards/chosen": result.chosen_rewards,
+                    "rewards/rejected": result.rejected_rewards,
+                    "rewards/margins": np.asarray(result.chosen_rewards, np.float64)
+                    - np.asarray(result.rejected_rewards, np.float64)}
+    for key, value in result.metrics.items():
+        if key in per_pair and _both_infinities(per_pair[key]):
+            continue
+        assert not math.isnan(value), f"{what} metrics[{key}] is NaN"
+
+
+def no_nan_or_value_error(loss_fn: Callable[..., Any], *args, **kwargs) -> None:
+    """``loss_fn(*args, **kwargs)`` (preference_loss) raises ValueError or returns a result
+    without NaN (warnings silenced)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = loss_fn(*args, **kwargs)
+    except ValueError:
+        return
+    result_no_nan(result)
+
+
+class Guarded:
+    """A 1-D view of ``n`` items of ``dtype`` at byte ``offset`` inside a bytearray with
+    guard bytes before and after: after a call, the guards must be intact (no write out of
+    bounds) and, for an input, the whole buffer unchanged."""
+
+    PATTERN = 0xA5
+
+    def __init__(self, values, dtype, offset=0, guard=64):
+        values = np.asarray(values, dtype=dtype)
+        itemsize = np.dtype(dtype).itemsize
+        self.start = guard + offset
+        self.nbytes = values.size * itemsize
+        self.raw = bytearray([self.PATTERN]) * (self.start + self.nbytes + guard)
+        self.array = np.frombuffer(self.raw, dtype=dtype, count=values.size,
+                                   offset=self.start).reshape(values.shape)
+        self.array[...] = values
+
+    def guards_intact(self) -> bool:
+        head = self.raw[:self.start]
+        tail = self.raw[self.start + self.nbytes:]
+        return head.count(self.PATTERN) == len(head) and tail.count(self.PATTERN) == len(tail)
+
+
+# ---- a fresh interpreter (for crashes, and for what happens at import) ----
+def run_python(code: str, timeout: float = 300.0,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a new interpreter importing the dpo_fast the tests import.
+
+    ``env`` (default: this process's environment) gets the package's parent directory put
+    first on PYTHONPATH.
+    """
+    env = dict(os.environ if env is None else env)
+    origin = importlib.util.find_spec("dpo_fast").origin
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(origin)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
 
 
 # ---- the source tree (tests that read csrc/ or setup.py skip without it) ----

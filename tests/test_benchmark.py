@@ -1,4 +1,6 @@
-"""Smoke test of the benchmark (dpo_fast.benchmark) in --quick mode.
+"""Smoke test of the benchmark (the dpo_fast.benchmark package) in --quick mode: every section
+of ``dpo-fast bench`` in its quickest configuration, the JSON round trip, the options, the
+baselines and the scripts in bench/.
 
 Only the structure of the results and the accuracy checks are tested: timings are never
 asserted (they are the benchmark's output, and a noisy machine would make them flaky).
@@ -15,10 +17,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import NEEDS_MATPLOTLIB, NEEDS_TORCH
+from helpers import NEEDS_MATPLOTLIB, NEEDS_TORCH, ROOT, run_python
 
 import dpo_fast
-from dpo_fast import benchmark
+from dpo_fast import _registry, benchmark
+from dpo_fast.benchmark import baselines, command, harness, runner, small, targets
 
 SEED_EXAMPLE = ([-2.0, -1.5], [-3.0, -2.5], [-2.5, -2.0], [-2.5, -2.0], 0.5)
 SEED_RESULT = {"loss": 0.4741, "chosen_rewards": [0.25, 0.25],
@@ -150,7 +153,7 @@ def test_plot_from_results(quick_run, tmp_path):
 def test_plot_without_matplotlib_fails_fast(monkeypatch, capsys):
     # A None entry in sys.modules makes `import matplotlib` raise ImportError.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("ran without matplotlib"))
+    monkeypatch.setattr(runner, "run", lambda config: pytest.fail("ran without matplotlib"))
     with pytest.raises(SystemExit) as info:
         benchmark.main(["--quick", "--plot", "unused.png"])
     assert info.value.code == 2
@@ -175,8 +178,8 @@ def _unwritable_output_cases(tmp_path):
 def test_unwritable_output_path_fails_before_measuring(monkeypatch, capsys, tmp_path, option,
                                                        case):
     if option == "--plot":  # the matplotlib check comes first; the path is what is tested
-        monkeypatch.setattr(benchmark._optional, "require", lambda *a, **k: None)
-    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+        monkeypatch.setattr(command._optional, "require", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "run", lambda config: pytest.fail("measured before failing"))
     path, reason = _unwritable_output_cases(tmp_path)[case]
     with pytest.raises(SystemExit) as info:
         benchmark.main(["--quick", option, path])
@@ -191,7 +194,7 @@ def test_unwritable_output_path_fails_before_measuring(monkeypatch, capsys, tmp_
 def test_dpo_fast_bench_json_into_a_missing_directory_fails_fast(monkeypatch, capsys, tmp_path):
     from dpo_fast import cli
 
-    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+    monkeypatch.setattr(runner, "run", lambda config: pytest.fail("measured before failing"))
     path = str(tmp_path / "missing" / "dir" / "x.json")
     with pytest.raises(SystemExit) as info:
         cli.main(["bench", "--json", path])
@@ -205,14 +208,14 @@ def test_dpo_fast_bench_json_into_a_missing_directory_fails_fast(monkeypatch, ca
 @pytest.mark.parametrize("where", ["directory", "file"])
 def test_output_without_write_permission_fails_before_measuring(monkeypatch, capsys, tmp_path,
                                                                 where):
-    monkeypatch.setattr(benchmark, "run", lambda config: pytest.fail("measured before failing"))
+    monkeypatch.setattr(runner, "run", lambda config: pytest.fail("measured before failing"))
     if os.geteuid() == 0:
         # Permission bits do not bind root (CI runs as root): let os.access read them as they
         # would bind another user, so the check itself is still exercised.
         def access_by_mode(path, mode):
             bits = os.stat(path).st_mode
             return not (mode & os.W_OK and not bits & 0o222)
-        monkeypatch.setattr(benchmark.os, "access", access_by_mode)
+        monkeypatch.setattr(harness.os, "access", access_by_mode)
     locked = tmp_path / "locked"
     locked.mkdir()
     path = locked / "x.json"
@@ -235,7 +238,7 @@ def test_writable_outputs_pass_the_check(monkeypatch, tmp_path):
     # (and creates nothing before the run).
     (tmp_path / "old.json").write_text("{}")
     for path in (tmp_path / "new.json", tmp_path / "old.json"):
-        monkeypatch.setattr(benchmark, "run", lambda config: (_ for _ in ()).throw(
+        monkeypatch.setattr(runner, "run", lambda config: (_ for _ in ()).throw(
             RuntimeError("reached the run")))
         with pytest.raises(RuntimeError, match="reached the run"):
             benchmark.main(["--quick", "--json", str(path)])
@@ -313,24 +316,228 @@ def test_bad_options_exit_2(argv, capsys):
 def test_small_batch_section_measures_and_reports():
     """dpo-fast bench's small-batch section: one row per size with its ratios, in the report
     and in the targets (issue 13)."""
-    from dpo_fast import _bench_small
-
     torch = None
     if importlib.util.find_spec("torch") is not None:
         import torch
-    section = _bench_small.bench_small((2, 8), 1, 1e-4, 0, torch,
-                                       benchmark.numpy_array_solution)
+    section = small.bench_small((2, 8), 1, 1e-4, 0, torch)
     assert [row["n"] for row in section["rows"]] == [2, 8]
     for row in section["rows"]:
         assert row["ratios"]["x_numpy"] > 0
         assert ("torch_x_torch" in row["ratios"]) == (torch is not None)
     assert (section["logps"] is None) == (torch is None)
-    lines = _bench_small.format_small(section, benchmark._fmt_time, benchmark._fmt_ratio,
-                                      benchmark._table)
+    lines = small.format_small(section)
     assert lines[1].startswith("Small batches")
     assert any(line.startswith("2 ") for line in lines)
-    targets = benchmark._targets({"seed": [], "arrays": [], "small": section,
-                                  "config": {"threads": [1]}})
-    small = {t["key"]: t for t in targets if t["key"].startswith(("small", "torch", "logps"))}
-    assert small["small2_x_numpy"]["measured"] == section["rows"][0]["ratios"]["x_numpy"]
-    assert small["small64_x_numpy"]["measured"] is None  # not measured in this run
+    measured = targets.measured_targets({"seed": [], "arrays": [], "small": section,
+                                         "config": {"threads": [1]}})
+    found = {t["key"]: t for t in measured if t["key"].startswith(("small", "torch", "logps"))}
+    assert found["small2_x_numpy"]["measured"] == section["rows"][0]["ratios"]["x_numpy"]
+    assert found["small64_x_numpy"]["measured"] is None  # not measured in this run
+
+
+# ------------------------------------------------------------------ --section
+
+
+def _run_section(tmp_path, name, *extra):
+    path = tmp_path / f"{name}.json"
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        status = benchmark.main(["--quick", "--section", name, "--json", str(path), *extra])
+    with open(path) as fh:
+        return status, json.load(fh), report.getvalue()
+
+
+def test_default_sections_are_the_recorded_table():
+    assert _parse([]).sections == benchmark.DEFAULT_SECTIONS == ("core", "small")
+    assert _parse(["--section", "score,core"]).sections == ("core", "score")  # fixed order
+    assert set(benchmark.SECTIONS) == {"core", "small", "losses", "logps", "score"}
+
+
+def test_quick_run_has_the_default_sections(quick_run):
+    _, results, report = quick_run
+    assert tuple(results["config"]["sections"]) == benchmark.DEFAULT_SECTIONS
+    assert "small" in results and "Small batches" in report
+    for key in ("losses", "logps", "score"):
+        assert key not in results
+
+
+def test_section_small_alone(tmp_path):
+    status, results, report = _run_section(tmp_path, "small", "--no-torch")
+    assert status == 0 and results["checks_passed"] is True
+    assert results["seed"] == results["arrays"] == results["accuracy"] == []
+    assert results["simd"] is None
+    assert [row["n"] for row in results["small"]["rows"]] == list(small.SMALL_SIZES)
+    assert "Small batches" in report and "List call" not in report
+    assert {t["key"]: t for t in results["targets"]}["small2_x_numpy"]["measured"] > 0
+
+
+def test_section_losses_quick(tmp_path):
+    status, results, report = _run_section(tmp_path, "losses", "--no-torch")
+    assert status == 0 and results["checks_passed"] is True
+    section = results["losses"]
+    assert section["failures"] == []
+    assert section["config"]["n"] == 10_000
+    assert [row["type"] for row in section["rows"]] == list(_registry.LOSS_TYPES)
+    for row in section["rows"]:
+        for dtype in ("float64", "float32"):
+            cell = row[dtype]
+            assert cell["dpo_fast_ms"] > 0 and cell["numpy_ms"] > 0 and cell["vs_sigmoid"] > 0
+            assert len(cell["samples_ms"]["dpo_fast"]) == section["config"]["repeats"]
+    assert "| sigmoid |" in report and "Targets" not in report
+
+
+def test_section_losses_disagreement_fails_the_run(monkeypatch, tmp_path):
+    from dpo_fast.benchmark import losses
+
+    monkeypatch.setattr(losses, "check", lambda loss_type, dtype, ours, theirs: [
+        f"{loss_type} {dtype}: planted"])
+    status, results, report = _run_section(tmp_path, "losses", "--no-torch")
+    assert status == 1 and results["checks_passed"] is False
+    assert results["losses"]["rows"] == []
+    assert "nothing was timed" in report and "accuracy checks: FAILED" in report
+
+
+# The log-probs section sets glibc's malloc thresholds for its whole process (fixed ones, so
+# that its memory measurements are reproducible): it runs in a child process here, so that the
+# later tests of this process (tests/test_leaks.py's RSS bounds) see glibc's own settings.
+
+
+def _run_in_child(code, tmp_path):
+    proc = run_python(code, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_section_logps_quick(tmp_path):
+    path = tmp_path / "logps.json"
+    report = _run_in_child(f"""
+        import sys
+        from dpo_fast import benchmark
+        sys.exit(benchmark.main(["--quick", "--section", "logps", "--json", {str(path)!r}]))
+    """, tmp_path)
+    results = json.loads(path.read_text())
+    section = results["logps"]
+    names = [(row["pass_"], row["name"]) for row in section["rows"]]
+    assert names[:3] == [("forward", "dpo_fast"), ("forward", "dpo_fast 1thr"),
+                         ("forward", "numpy")]
+    if results["machine"]["torch"] is not None:
+        assert ("forward+backward", "dpo_fast.torch") in names
+    ours = section["rows"][0]
+    assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-10
+    assert "shape tiny" in report
+
+
+def test_section_score_quick(tmp_path):
+    if runner.score_unavailable() is not None:
+        pytest.skip(runner.score_unavailable())
+    status, results, report = _run_section(tmp_path, "score")
+    assert status == 0
+    section = results["score"]
+    assert section["rows"] == 20_000 and "memory_check" not in section
+    assert set(section["programs"]) == {"dpo-fast", "pandas", "io-bound"}
+    assert max(section["agreement"].values()) < 1e-9
+    assert "dpo-fast time / I/O bound time" in report
+
+
+def test_section_score_without_pyarrow_fails_fast(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setattr(runner, "run", lambda config: pytest.fail("ran without pyarrow"))
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(["--quick", "--section", "score"])
+    assert info.value.code == 2
+    assert "needs pyarrow" in capsys.readouterr().err
+
+
+def test_unknown_section_exits_2():
+    with pytest.raises(SystemExit) as info:
+        _parse(["--section", "core,bogus"])
+    assert info.value.code == 2
+
+
+def test_json_round_trip_reformats_the_same_report(quick_run):
+    _, results, report = quick_run
+    again = benchmark.format_report(json.loads(json.dumps(results)))
+    assert report.startswith(again)
+
+
+# ------------------------------------------------------------------ the scripts in bench/
+
+
+def _script(name):
+    path = ROOT / "bench" / name
+    if not path.is_file():
+        pytest.skip("needs the source tree (bench/)")
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_scripts_are_thin():
+    for name in ("run.py", "bench_losses.py", "bench_logps.py", "bench_score.py"):
+        path = ROOT / "bench" / name
+        if not path.is_file():
+            pytest.skip("needs the source tree (bench/)")
+        code = [line for line in path.read_text().split('"""')[-1].splitlines() if line.strip()]
+        assert len(code) <= 5, name
+
+
+def test_bench_losses_script(tmp_path, capsys):
+    path = tmp_path / "losses.json"
+    assert _script("bench_losses.py").main(["--n", "1e3", "--repeats", "1", "--types",
+                                            "sigmoid,aot", "--json", str(path)]) == 0
+    assert "| aot |" in capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"machine", "cpu_usage", "config", "rows"}
+    assert saved["config"]["n"] == 1000 and [r["type"] for r in saved["rows"]] == ["sigmoid",
+                                                                                   "aot"]
+
+
+def test_bench_logps_script(tmp_path):
+    """bench/bench_logps.py end to end on the tiny shape (numbers not checked, only that every
+    row is there and accurate)."""
+    path = tmp_path / "logps.json"
+    script = ROOT / "bench" / "bench_logps.py"
+    if not script.is_file():
+        pytest.skip("needs the source tree (bench/)")
+    out = _run_in_child(f"""
+        import runpy, sys
+        sys.argv = ["bench_logps.py", "--shapes", "tiny", "--repeats", "1",
+                    "--json", {str(path)!r}]
+        runpy.run_path({str(script)!r}, run_name="__main__")
+    """, tmp_path)
+    for name in ("dpo_fast ", "dpo_fast 1thr", "numpy"):
+        assert f"forward           {name}" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("forward ")]
+    dpo_row = next(r for r in rows if r[1] == "dpo_fast" and r[2].replace(".", "").isdigit())
+    assert float(dpo_row[-2]) < 1e-10                    # seq err against float64
+    assert set(json.loads(path.read_text())) == {"machine", "rows"}
+
+
+def test_bench_score_script(tmp_path, capsys):
+    if runner.score_unavailable() is not None:
+        pytest.skip(runner.score_unavailable())
+    path = tmp_path / "score.json"
+    assert _script("bench_score.py").main(["--rows", "3000", "--repeats", "1",
+                                           "--no-memory-check", "--json", str(path)]) == 0
+    assert "summary vs pandas" in capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == 3000 and set(saved["programs"]) == {"dpo-fast", "pandas",
+                                                                "io-bound"}
+
+
+def test_parse_count():
+    assert harness.parse_count("1e7") == harness.parse_count("10_000_000") == 10**7
+    for bad in ("0", "1.5", "x", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            harness.parse_count(bad)
+
+
+def test_loss_type_baselines_cover_every_type():
+    data = {key: np.abs(np.random.default_rng(0).normal(size=8)) + (8 if key[0] == "n" else 0)
+            for key in ("pc", "pr", "rc", "rr", "nc", "nr")}
+    for name in _registry.LOSS_TYPES:
+        result = baselines.numpy_loss_type_solution(name, data)
+        assert result["losses"].shape == (8,) and math.isfinite(result["loss"])
+    with pytest.raises(ValueError):
+        baselines.numpy_losses("bogus", *data.values())

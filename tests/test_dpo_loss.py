@@ -12,6 +12,7 @@ from helpers import (
     assert_same_float,
     assert_same_float_list,
     random_logps,
+    run_python,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -242,3 +243,35 @@ def test_fast_path_routing(monkeypatch, n, fast):
     assert calls == ([] if fast else [n])
     dpo_loss(*[np.array(c) for c in columns], 0.5)
     assert calls[-1] == n
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+
+def test_regression_dpo_loss_float_empties_another_list():
+    """Found by the fuzzing (and by the sanitizer run, tests/test_sanitizer_regressions.py):
+    dpo_loss's list fast path re-checked only the list it was reading after calling
+    __float__, so a __float__ that empties a later argument's list made it read freed memory
+    (segfault). Fixed in _seed.pyx: every list's length is checked again before it is read."""
+    proc = run_python("""
+        import numbers
+        from dpo_fast import dpo_loss
+
+        other = [-1.0] * 5
+
+        class Evil:
+            def __float__(self):
+                other.clear()
+                return -1.0
+
+        numbers.Real.register(Evil)
+        try:
+            print(dpo_loss([Evil()] + [-1.0] * 4, other, [-1.0] * 5, [-1.0] * 5, 0.1))
+        except ValueError as exc:
+            print("ValueError", exc)
+    """, timeout=60)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert "ValueError" in proc.stdout

@@ -6,6 +6,7 @@ must be exact; and the per-pair loss and gradient are measured in ulps on a dens
 
 from __future__ import annotations
 
+import fractions
 import math
 
 import mpmath
@@ -15,6 +16,8 @@ from helpers import assert_same_array, max_ulp_distance
 from reference import mp_pair_grad, mp_pair_loss, mp_sigmoid, mp_softplus, ulp_error, ulp_of
 
 from dpo_fast import preference_loss
+
+DBL_MAX = float(np.finfo(np.float64).max)
 
 EPS64 = 2.0**-52
 F32_MAX = float(np.finfo(np.float32).max)
@@ -285,3 +288,76 @@ def test_no_nan_for_random_extreme_inputs(dtype):
             for name in ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen"):
                 assert np.all(np.isfinite(getattr(result, name)[fits])), name
             assert np.all(result.losses >= 0)
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+
+@pytest.mark.parametrize("alpha", [1.0 - 2.0**-53, 1.0 - 2.0**-52, 1.0 - 1e-12])
+def test_regression_alpha_near_one_is_accurate(alpha):
+    """Found by the fuzzing: the alpha-divergence score difference was (exp(a c) - exp(a r))
+    / a, a = alpha - 1, which cancels for alpha just below 1 (alpha = 1 - 2**-53: 0.1269
+    instead of 0.04859). Now (expm1(a c) - expm1(a r)) / a (csrc/simd_math.h dpo_expm1_exp):
+    alpha -> 1 is reverse KL, so alpha = 1 - tiny gives the reverse-KL loss."""
+    args = [np.array([v]) for v in (-10.0, -12.0, -11.0, -11.5)]
+    near = preference_loss(*args, beta=2.0, f_divergence_type="alpha_divergence",
+                           f_alpha_divergence_coef=alpha)
+    limit = preference_loss(*args, beta=2.0)
+    assert near.loss == pytest.approx(limit.loss, rel=1e-6)
+    a, c, r = alpha - 1.0, 1.0, -0.5  # the log-ratios of args
+    z = 2.0 * (math.expm1(a * c) - math.expm1(a * r)) / a
+    assert near.loss == pytest.approx(math.log1p(math.exp(-z)), rel=1e-14)
+
+
+@pytest.mark.parametrize(("row", "beta"), [
+    ((DBL_MAX, DBL_MAX, -DBL_MAX, -DBL_MAX), 1.0), ((1e10, 1e10, 0.0, 0.0), 1e300)])
+def test_regression_margins_of_overflowing_rewards(row, beta):
+    """Found by the fuzzing: metrics['rewards/margins'] (mean of chosen - rejected reward) was
+    inf - inf = NaN when both rewards overflow to +inf, where the margin beta * (c - r) is 0.
+    Now those rows are redone from quarter-scaled log-ratios."""
+    result = preference_loss(*[np.array([v]) for v in row], beta=beta)
+    assert not math.isnan(result.metrics["rewards/margins"])
+
+
+@pytest.mark.parametrize(("rows", "beta"), [
+    (([0.0, 0.0], [1.7e308, -1.7e308], None, None), 2.0),
+    (([0.0, 0.0], [1.7e308, -1.7e308], [0.0, 0.0], [0.0, 0.0]), 2.0),
+    (([DBL_MAX, -DBL_MAX], [0.0, 0.0], [-DBL_MAX, DBL_MAX], [0.0, 0.0]), 1.0),
+    (([1e300, -1e300, 5.0], [-1e300, 1e300, 1.0], None, None), 1e10)])
+def test_regression_reward_means_of_rewards_overflowing_both_ways(rows, beta):
+    """Found by the atheris harness (scripts/fuzz_atheris.py): rewards overflowing to +inf in
+    one pair and -inf in another gave NaN means (rewards/chosen, rewards/rejected,
+    rewards/margins) where the mean has a value. Now those means are taken from quarter-scaled
+    log-ratios, 4 beta * sum((x/4) / n): checked against exact rational arithmetic."""
+    arrays = [None if r is None else np.array(r) for r in rows]
+    result = preference_loss(*arrays, beta=beta)
+    exact = fractions.Fraction
+    n = len(rows[0])
+    zeros = [0.0] * n
+    chosen = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[0], rows[2] or zeros)]
+    rejected = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[1], rows[3] or zeros)]
+    for key, terms in (("rewards/chosen", chosen), ("rewards/rejected", rejected),
+                       ("rewards/margins", [c - r for c, r in zip(chosen, rejected)])):
+        want = float(sum(terms) / n)
+        assert result.metrics[key] == pytest.approx(want, rel=1e-12, abs=1e-300), key
+
+
+@pytest.mark.parametrize("loss", ["aot", "aot_unpaired", ["aot", "aot_unpaired"],
+                                  ["sigmoid", "aot"]])
+@pytest.mark.parametrize("zero", ["weights", "loss_weights"])
+def test_regression_zero_weight_of_an_infinite_sorted_loss(loss, zero):
+    """Found by the atheris harness: aot / aot_unpaired terms are added in Python, as
+    weight * loss; a zero weight (per pair, or of the type) times an infinite loss (beta * (c -
+    r) overflowing) gave NaN, where the kernels drop the term (dpo_mul0). Now 0 there too."""
+    types = [loss] if isinstance(loss, str) else loss
+    kw = {"weights": [0.0, 1.0]} if zero == "weights" else \
+        {"loss_weights": [0.0 if t.startswith("aot") else 1.0 for t in types]}
+    result = preference_loss([671.875, -1.0], [DBL_MAX, -2.0], beta=645.0, loss_type=loss,
+                             reduction="none", compute_grad=True, **kw)
+    assert not np.isnan(result.losses).any() and not np.isnan(result.grad_chosen).any()
+    if zero == "weights":
+        assert result.losses[0] == 0.0 and result.grad_chosen[0] == 0.0
+    assert not math.isnan(result.metrics["rewards/margins"])

@@ -26,8 +26,11 @@ bit against the serial call) or ``ValueError`` / ``TypeError``; never a crash, a
 bytes around every buffer, are compared before and after). An exception raised by the
 caller's own ``__float__`` is passed through unchanged.
 
-Every failure class the fuzzing found is pinned at the end of the file by a regression test
-(crashes run in a subprocess); all of them are fixed, and docs/reliability.md lists them.
+Every failure class the fuzzing found is pinned by a regression test (``test_regression_*``,
+crashes in a subprocess) beside the code it guards: tests/test_validation.py,
+test_sequence_logps.py, test_threads_simd.py, test_extremes.py, test_dpo_loss.py,
+test_torch.py and test_sanitizer_regressions.py. All of them are fixed, and
+docs/reliability.md lists them.
 
 Every example is counted; the total is printed at the end of the module's tests (and written
 as JSON to ``$DPO_FAST_FUZZ_STATS`` when that is set). ``DPO_FAST_FUZZ_SCALE=10`` runs ten
@@ -44,14 +47,12 @@ import json
 import math
 import numbers
 import os
-import subprocess
 import sys
-import textwrap
 import warnings
 
 import numpy as np
 import pytest
-from helpers import NEEDS_TORCH
+from helpers import NEEDS_TORCH, Guarded, assert_no_nan, result_no_nan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_preference_loss
@@ -59,7 +60,6 @@ from test_loss_modifiers import ref_losses
 from test_sequence_logps import reference as logps_reference
 from test_threads_simd import fingerprint
 
-import dpo_fast
 from dpo_fast import (
     _registry,
     _threads,
@@ -184,27 +184,6 @@ def _snapshot(value, depth=0):
     return ("id", id(value))
 
 
-class Guarded:
-    """A 1-D view of ``n`` items of ``dtype`` at byte ``offset`` inside a bytearray with
-    guard bytes before and after: after a call, the guards must be intact (no write out of
-    bounds) and, for an input, the whole buffer unchanged."""
-
-    PATTERN = 0xA5
-
-    def __init__(self, values, dtype, offset=0, guard=64):
-        values = np.asarray(values, dtype=dtype)
-        itemsize = np.dtype(dtype).itemsize
-        self.start = guard + offset
-        self.nbytes = values.size * itemsize
-        self.raw = bytearray([self.PATTERN]) * (self.start + self.nbytes + guard)
-        self.array = np.frombuffer(self.raw, dtype=dtype, count=values.size,
-                                   offset=self.start).reshape(values.shape)
-        self.array[...] = values
-
-    def guards_intact(self) -> bool:
-        head = self.raw[:self.start]
-        tail = self.raw[self.start + self.nbytes:]
-        return head.count(self.PATTERN) == len(head) and tail.count(self.PATTERN) == len(tail)
 
 
 def call_checked(fn, *args, **kwargs):
@@ -227,10 +206,6 @@ def call_checked(fn, *args, **kwargs):
     return result, error
 
 
-def assert_no_nan(values, what):
-    array = np.asarray(values, dtype=np.float64)
-    bad = np.flatnonzero(np.isnan(array))
-    assert bad.size == 0, f"{what}: NaN at {bad[:5].tolist()} (finite inputs)"
 
 
 def assert_close(got, want, what, rtol=1e-9, atol=1e-12):
@@ -244,30 +219,8 @@ def assert_close(got, want, what, rtol=1e-9, atol=1e-12):
     np.testing.assert_allclose(got[~inf], want[~inf], rtol=rtol, atol=atol, err_msg=what)
 
 
-def _both_infinities(values) -> bool:
-    values = np.asarray(values, dtype=np.float64)
-    return bool(np.any(values == math.inf) and np.any(values == -math.inf))
 
 
-def result_no_nan(result, what=""):
-    """No NaN anywhere in a PreferenceLossResult. The one documented exception: a mean (or
-    sum) over per-pair values holding both +inf and -inf (robust's loss can be -inf) has no
-    value and is NaN."""
-    for name in OUTPUTS:
-        value = getattr(result, name)
-        if value is not None:
-            assert_no_nan(value, f"{what} {name}")
-    if not _both_infinities(result.losses):
-        assert_no_nan(np.asarray(result.loss, dtype=np.float64), f"{what} loss")
-    with np.errstate(invalid="ignore"):
-        per_pair = {"rewards/chosen": result.chosen_rewards,
-                    "rewards/rejected": result.rejected_rewards,
-                    "rewards/margins": np.asarray(result.chosen_rewards, np.float64)
-                    - np.asarray(result.rejected_rewards, np.float64)}
-    for key, value in result.metrics.items():
-        if key in per_pair and _both_infinities(per_pair[key]):
-            continue
-        assert not math.isnan(value), f"{what} metrics[{key}] is NaN"
 
 
 # ------------------------------------------------------------------ preference_loss data
@@ -1390,393 +1343,3 @@ def test_fuzz_torch_adapters(dtype, layout, requires_grad, n, seed, logps):
     if error is not None:
         assert isinstance(error, (ValueError, TypeError)), repr(error)
     assert torch.equal(tensor.detach(), before), "the input tensor was changed"
-
-
-# ======================================================================= 9. regressions
-#
-# Each failure class the fuzzing found (docs/reliability.md, section 6). A crash runs in a
-# subprocess; the others in-process.
-
-
-def run_python(code: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
-    """Run code in a fresh interpreter importing this dpo_fast (as the tests see it)."""
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(dpo_fast.__file__))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-@pytest.mark.parametrize("entry", ["preference_loss", "sequence_logps"])
-@pytest.mark.parametrize("n_threads", [40_000, 100_000, 2**31 - 1])
-def test_regression_huge_n_threads_does_not_kill_the_process(entry, n_threads):
-    """Found by the fuzzing: a huge n_threads (validated as 'a positive int') reached OpenMP
-    unchanged on parallel-sized inputs, and libgomp ended the process: 'Thread creation
-    failed' (40,000), a stack overflow in GOMP_parallel (100,000: a segfault; ASan: stack-
-    overflow), 'Out of memory allocating 481036338272 bytes' (2**31 - 1). Now capped
-    (_threads.cap_n_threads): the normal result, or ValueError."""
-    call = {"preference_loss": "r = preference_loss(np.full(40000, -1.0), np.full(40000, "
-                               f"-2.0), n_threads={n_threads}); print(r.loss)",
-            "sequence_logps": "r = sequence_logps(np.zeros((2, 300, 500)), np.zeros((2, 300), "
-                              f"int), n_threads={n_threads}); print(r.logps.sum())"}[entry]
-    proc = run_python(f"""
-        import numpy as np
-        from dpo_fast import preference_loss, sequence_logps
-        try:
-            {call}
-        except ValueError as exc:
-            print("ValueError", exc)
-    """)
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
-    assert proc.stdout.strip(), proc.stderr[-500:]
-
-
-@pytest.mark.parametrize("n_threads", [2**31, 2**63, 10**30])
-def test_regression_n_threads_beyond_c_int(n_threads):
-    """Found by the fuzzing: n_threads >= 2**31 raised OverflowError (the C int of the
-    kernels) on parallel-sized inputs. Now the normal result (capped), or ValueError."""
-    try:
-        result = preference_loss(np.full(TH, -1.0), np.full(TH, -2.0), n_threads=n_threads)
-    except ValueError:
-        return
-    assert result.loss == preference_loss(np.full(TH, -1.0), np.full(TH, -2.0)).loss
-
-
-def test_regression_dpo_loss_float_empties_another_list():
-    """Found by the fuzzing (and by the sanitizer run, tests/test_sanitizer_regressions.py):
-    dpo_loss's list fast path re-checked only the list it was reading after calling
-    __float__, so a __float__ that empties a later argument's list made it read freed memory
-    (segfault). Fixed in _seed.pyx: every list's length is checked again before it is read."""
-    proc = run_python("""
-        import numbers
-        from dpo_fast import dpo_loss
-
-        other = [-1.0] * 5
-
-        class Evil:
-            def __float__(self):
-                other.clear()
-                return -1.0
-
-        numbers.Real.register(Evil)
-        try:
-            print(dpo_loss([Evil()] + [-1.0] * 4, other, [-1.0] * 5, [-1.0] * 5, 0.1))
-        except ValueError as exc:
-            print("ValueError", exc)
-    """, timeout=60)
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
-    assert "ValueError" in proc.stdout
-
-
-@pytest.mark.parametrize(("slot", "key", "loss"), [
-    ("weights", "losses", "aot"), ("weights", "chosen_rewards", "sigmoid"),
-    ("chosen_lengths", "chosen_rewards", "sft"),
-    ("rejected_lengths", "grad_rejected", "sigmoid_norm")])
-def test_regression_out_overlapping_weights_or_lengths(slot, key, loss):
-    """Found by the fuzzing: out= arrays were checked for overlap with the log-prob inputs
-    only, not with weights / chosen_lengths / rejected_lengths, so the caller's array was
-    overwritten and the result wrong (aot: all-zero losses). Now ValueError."""
-    pc, pr = np.array([-1.0, -2.0, -3.0, -4.0]), np.array([-2.0, -1.0, -5.0, -3.0])
-    kw = {"loss_type": loss, "compute_grad": True, "reduction": "none"}
-    if loss in ("sft", "sigmoid_norm"):
-        kw["chosen_lengths"] = np.array([1.0, 2.0, 3.0, 4.0])
-        kw["rejected_lengths"] = np.array([2.0, 2.0, 5.0, 1.0])
-    if slot == "weights":
-        kw["weights"] = np.array([1.0, 2.0, 3.0, 0.5])
-    shared = kw[slot]
-    before = shared.copy()
-    with pytest.raises(ValueError, match="overlap"):
-        preference_loss(pc, pr, out={key: shared}, **kw)
-    assert shared.tobytes() == before.tobytes()
-
-
-def test_regression_grad_out_overlapping_logsumexp():
-    """Found by the fuzzing: sequence_logps_grad checked out= for overlap with the logits
-    only; an out sharing memory with logsumexp made the kernel overwrite normalisers it still
-    had to read (a wrong gradient). Now ValueError naming logsumexp."""
-    rng = np.random.default_rng(0)
-    logits, labels = rng.normal(size=(2, 3, 4)), rng.integers(0, 4, (2, 3))
-    lse_values = sequence_logps(logits, labels).logsumexp
-    buffer = np.zeros(logits.size)
-    out, lse = buffer.reshape(logits.shape), buffer[:6].reshape(2, 3)
-    lse[...] = lse_values
-    with pytest.raises(ValueError, match="overlap"):
-        sequence_logps_grad(logits, labels, 1.0, logsumexp=lse, out=out)
-
-
-@pytest.mark.parametrize("bad", [np.full((2, 3), None), np.full((2, 3), "1.5"),
-                                 np.zeros((2, 3), "M8[s]"), np.full((2, 3), 1.5 + 1j),
-                                 np.ones((2, 3), bool)],
-                         ids=["object-None", "str", "datetime64", "complex", "bool"])
-def test_regression_logsumexp_dtype_is_checked(bad):
-    """Found by the fuzzing: logsumexp was converted with np.ascontiguousarray(dtype=float64)
-    unchecked: None objects gave a silent NaN gradient, strings were parsed, datetimes and
-    complex numbers accepted. Now TypeError naming logsumexp."""
-    logits, labels = np.zeros((2, 3, 5)), np.zeros((2, 3), int)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(TypeError, match="logsumexp"):
-            sequence_logps_grad(logits, labels, 1.0, logsumexp=bad)
-
-
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_regression_non_finite_logsumexp_is_refused(value):
-    """Found with the fix above: a NaN / inf logsumexp at a counted position gave NaN
-    gradients silently. Now ValueError naming the position; uncounted positions are not
-    read, so anything may stand there."""
-    rng = np.random.default_rng(1)
-    logits, labels = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, (2, 3))
-    labels[1, 2] = -100
-    lse = sequence_logps(logits, labels).logsumexp
-    lse[1, 2] = value  # ignored position: accepted
-    want = sequence_logps_grad(logits, labels, 1.0)
-    assert np.array_equal(sequence_logps_grad(logits, labels, 1.0, logsumexp=lse), want)
-    lse[0, 1] = value
-    with pytest.raises(ValueError, match=r"logsumexp\[0, 1\]"):
-        sequence_logps_grad(logits, labels, 1.0, logsumexp=lse)
-
-
-@pytest.mark.parametrize("name", ["labels", "mask", "grad_logps", "grad_token_logps"])
-def test_regression_grad_out_overlapping_any_input(name):
-    """out= of sequence_logps_grad must not share memory with any array argument (the kernel
-    reads labels and mask while it writes; the upstream gradients are the caller's)."""
-    logits = np.random.default_rng(2).normal(size=(2, 3, 4))
-    buffer = np.zeros(logits.size)
-    out = buffer.reshape(logits.shape)
-    shared = {"labels": buffer.view(np.int64)[:6].reshape(2, 3),
-              "mask": buffer.view(np.uint8)[:6].reshape(2, 3).view(bool),
-              "grad_logps": buffer[:2], "grad_token_logps": buffer[:6].reshape(2, 3)}[name]
-    kwargs = {"labels": np.zeros((2, 3), np.int64), "mask": None, "grad_logps": np.ones(2),
-              "grad_token_logps": None, name: shared}
-    with pytest.raises(ValueError, match=f"out overlaps {name}"):
-        sequence_logps_grad(logits, kwargs.pop("labels"), kwargs.pop("grad_logps"), out=out,
-                            **kwargs)
-
-
-def _no_nan_or_value_error(*args, **kwargs):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = preference_loss(*args, **kwargs)
-    except ValueError:
-        return
-    result_no_nan(result)
-
-
-@pytest.mark.parametrize("loss", ["sigmoid_norm", "ipo", "simpo"])
-@pytest.mark.parametrize("length", [DBL_MIN, 5e-324, 1e-300, 0.5])
-def test_regression_tiny_lengths_give_nan(loss, length):
-    """Found by the fuzzing: lengths whose reciprocal (or log-ratio / length) overflows,
-    accepted as 'finite and > 0', gave NaN losses, gradients and simpo rewards (inf - inf,
-    0 * inf). Now lengths must be >= 1 (ValueError); no NaN either way."""
-    refs = () if loss == "simpo" else (np.array([0.0]), np.array([0.0]))
-    _no_nan_or_value_error(np.array([-50.0]), np.array([-60.0]), *refs, loss_type=loss,
-                           chosen_lengths=[length], rejected_lengths=[length],
-                           compute_grad=True)
-
-
-@pytest.mark.parametrize(("beta", "fdiv", "row"), [
-    (5e307, "reverse_kl", (DBL_MAX, DBL_MAX, -1e300, -1e300)),
-    (5e307, "reverse_kl", (1e6, -DBL_MAX, 0.0, DBL_MAX)),
-    (DBL_MAX, "forward_kl", (5e-324, -750.0, -0.0, -0.0)),
-])
-def test_regression_extreme_beta_large(beta, fdiv, row):
-    """Found by the fuzzing: beta > DBL_MAX / 4 overflowed the kernels' 4 * beta rescaling of
-    quartered log-ratios (NaN rewards, losses, gradients). Now beta must be in
-    [1e-300, 1e300]: ValueError, and no NaN either way."""
-    _no_nan_or_value_error(*[np.array([v]) for v in row], beta=beta, f_divergence_type=fdiv,
-                           compute_grad=True, reduction="none")
-
-
-@pytest.mark.parametrize("loss", ["ipo", "sppo_hard"])
-def test_regression_extreme_beta_subnormal(loss):
-    """Found by the fuzzing: a subnormal beta made 1 / (2 beta) overflow in ipo / sppo_hard
-    (NaN for large log-ratios). Now ValueError (beta in [1e-300, 1e300])."""
-    _no_nan_or_value_error(np.array([DBL_MAX]), np.array([-1e-310]), np.array([-1e300]),
-                           np.array([DBL_MAX]), beta=5e-324, loss_type=loss,
-                           compute_grad=True, reduction="none")
-
-
-def test_regression_numpy_bool_in_list_is_refused():
-    """Found by the fuzzing: NumPy bools inside a list were taken as 1.0 / 0.0 by
-    preference_loss (Python bools are refused, and dpo_loss refuses both). Now TypeError."""
-    with pytest.raises(TypeError, match=r"chosen_logps\[0\]"):
-        preference_loss([np.True_, -1.0, -2.0], [-1.0, -2.0, -3.0])
-
-
-@pytest.mark.parametrize("alpha", [1.0 - 2.0**-53, 1.0 - 2.0**-52, 1.0 - 1e-12])
-def test_regression_alpha_near_one_is_accurate(alpha):
-    """Found by the fuzzing: the alpha-divergence score difference was (exp(a c) - exp(a r))
-    / a, a = alpha - 1, which cancels for alpha just below 1 (alpha = 1 - 2**-53: 0.1269
-    instead of 0.04859). Now (expm1(a c) - expm1(a r)) / a (csrc/simd_math.h dpo_expm1_exp):
-    alpha -> 1 is reverse KL, so alpha = 1 - tiny gives the reverse-KL loss."""
-    args = [np.array([v]) for v in (-10.0, -12.0, -11.0, -11.5)]
-    near = preference_loss(*args, beta=2.0, f_divergence_type="alpha_divergence",
-                           f_alpha_divergence_coef=alpha)
-    limit = preference_loss(*args, beta=2.0)
-    assert near.loss == pytest.approx(limit.loss, rel=1e-6)
-    a, c, r = alpha - 1.0, 1.0, -0.5  # the log-ratios of args
-    z = 2.0 * (math.expm1(a * c) - math.expm1(a * r)) / a
-    assert near.loss == pytest.approx(math.log1p(math.exp(-z)), rel=1e-14)
-
-
-def test_regression_torch_two_dim_logits():
-    """Found by the fuzzing: dpo_fast.torch.sequence_logps on (N, V) logits returned logps of
-    shape (1,) instead of () (np.ascontiguousarray makes 0-d arrays 1-d), and the backward
-    then raised ValueError. Now the NumPy function's shape, and the backward works."""
-    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
-    import dpo_fast.torch as dtorch
-
-    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(0, 7, (5,))
-    result = dtorch.sequence_logps(logits, labels)
-    assert result.logps.shape == sequence_logps(logits.detach().numpy(), labels.numpy()).logps.shape
-    result.logps.sum().backward()
-    assert logits.grad.shape == logits.shape
-
-
-@pytest.mark.parametrize(("row", "beta"), [
-    ((DBL_MAX, DBL_MAX, -DBL_MAX, -DBL_MAX), 1.0), ((1e10, 1e10, 0.0, 0.0), 1e300)])
-def test_regression_margins_of_overflowing_rewards(row, beta):
-    """Found by the fuzzing: metrics['rewards/margins'] (mean of chosen - rejected reward) was
-    inf - inf = NaN when both rewards overflow to +inf, where the margin beta * (c - r) is 0.
-    Now those rows are redone from quarter-scaled log-ratios."""
-    result = preference_loss(*[np.array([v]) for v in row], beta=beta)
-    assert not math.isnan(result.metrics["rewards/margins"])
-
-
-@pytest.mark.parametrize(("rows", "beta"), [
-    (([0.0, 0.0], [1.7e308, -1.7e308], None, None), 2.0),
-    (([0.0, 0.0], [1.7e308, -1.7e308], [0.0, 0.0], [0.0, 0.0]), 2.0),
-    (([DBL_MAX, -DBL_MAX], [0.0, 0.0], [-DBL_MAX, DBL_MAX], [0.0, 0.0]), 1.0),
-    (([1e300, -1e300, 5.0], [-1e300, 1e300, 1.0], None, None), 1e10)])
-def test_regression_reward_means_of_rewards_overflowing_both_ways(rows, beta):
-    """Found by the atheris harness (scripts/fuzz_atheris.py): rewards overflowing to +inf in
-    one pair and -inf in another gave NaN means (rewards/chosen, rewards/rejected,
-    rewards/margins) where the mean has a value. Now those means are taken from quarter-scaled
-    log-ratios, 4 beta * sum((x/4) / n): checked against exact rational arithmetic."""
-    arrays = [None if r is None else np.array(r) for r in rows]
-    result = preference_loss(*arrays, beta=beta)
-    exact = fractions.Fraction
-    n = len(rows[0])
-    zeros = [0.0] * n
-    chosen = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[0], rows[2] or zeros)]
-    rejected = [exact(beta) * (exact(p) - exact(q)) for p, q in zip(rows[1], rows[3] or zeros)]
-    for key, terms in (("rewards/chosen", chosen), ("rewards/rejected", rejected),
-                       ("rewards/margins", [c - r for c, r in zip(chosen, rejected)])):
-        want = float(sum(terms) / n)
-        assert result.metrics[key] == pytest.approx(want, rel=1e-12, abs=1e-300), key
-
-
-@pytest.mark.parametrize("loss", ["aot", "aot_unpaired", ["aot", "aot_unpaired"],
-                                  ["sigmoid", "aot"]])
-@pytest.mark.parametrize("zero", ["weights", "loss_weights"])
-def test_regression_zero_weight_of_an_infinite_sorted_loss(loss, zero):
-    """Found by the atheris harness: aot / aot_unpaired terms are added in Python, as
-    weight * loss; a zero weight (per pair, or of the type) times an infinite loss (beta * (c -
-    r) overflowing) gave NaN, where the kernels drop the term (dpo_mul0). Now 0 there too."""
-    types = [loss] if isinstance(loss, str) else loss
-    kw = {"weights": [0.0, 1.0]} if zero == "weights" else \
-        {"loss_weights": [0.0 if t.startswith("aot") else 1.0 for t in types]}
-    result = preference_loss([671.875, -1.0], [DBL_MAX, -2.0], beta=645.0, loss_type=loss,
-                             reduction="none", compute_grad=True, **kw)
-    assert not np.isnan(result.losses).any() and not np.isnan(result.grad_chosen).any()
-    if zero == "weights":
-        assert result.losses[0] == 0.0 and result.grad_chosen[0] == 0.0
-    assert not math.isnan(result.metrics["rewards/margins"])
-
-
-@pytest.mark.parametrize(("grad_logps", "grad_token_logps", "temperature", "message"), [
-    (1e308, None, 0.5, "overflows"), (1e308, 1e308, 1.0, "overflows"),
-    (math.inf, None, 1.0, "grad_logps"), (math.nan, None, 1.0, "grad_logps"),
-    (1.0, math.inf, 1.0, r"grad_token_logps\[0\]")])
-def test_regression_upstream_gradient_overflowing(grad_logps, grad_token_logps, temperature,
-                                                  message):
-    """Found by the atheris harness: an upstream weight whose value divided by the temperature
-    overflows (grad_logps = 1e308 at temperature 0.5, or grad_logps + grad_token_logps
-    overflowing) gave inf * 0 = NaN where the softmax is 0. Now ValueError naming the cause."""
-    logits, labels = np.array([[0.0, -1000.0, 1.0]]), np.array([0])
-    token = None if grad_token_logps is None else np.array([grad_token_logps])
-    with pytest.raises(ValueError, match=message):
-        sequence_logps_grad(logits, labels, grad_logps, grad_token_logps=token,
-                            temperature=temperature)
-    # The largest weight that does not overflow still gives no NaN.
-    grad = sequence_logps_grad(logits, labels, 1e308, temperature=1.0)
-    assert not np.isnan(grad).any() and grad[0, 1] == 0.0
-
-
-@pytest.mark.parametrize("tau", [5e-324, 1e-310])
-@pytest.mark.parametrize("z", [-1.0, 0.0])
-def test_regression_subnormal_discopop_tau(tau, z):
-    """Found by the fuzzing: a subnormal discopop_tau (1 / tau overflows) gave NaN gradients
-    for every z <= 0. Now ValueError (discopop_tau in [1e-300, 1e300])."""
-    _no_nan_or_value_error(np.array([z]), np.array([0.0]), beta=1.0, loss_type="discopop",
-                           discopop_tau=tau, compute_grad=True)
-
-
-def test_regression_unaligned_views_are_read_as_aligned_copies():
-    """Views that are not aligned (np.frombuffer at byte offsets 1..7) as every array argument
-    and as out=: the results equal those of aligned copies, bit for bit.
-
-    Under scripts/sanitize.sh this is the regression test of a finding of the fuzzing: the
-    kernels dereferenced such pointers directly (float32 / float64 inputs, int64 labels, out=
-    arrays), which UBSan reports as 'load of misaligned address ... for type 'const float''
-    (undefined behaviour in C: a compiler may use aligned vector loads on them). A normal
-    build on x86-64 gives the right numbers either way, so this test only fails there under
-    the sanitizers."""
-    rng = np.random.default_rng(5)
-    keep: list[Guarded] = []
-
-    def unaligned(values, dtype, offset):
-        guarded = Guarded(values, dtype, offset)
-        keep.append(guarded)
-        return guarded.array
-
-    for dtype in (np.float32, np.float64):
-        for offset in range(1, 8):
-            arrays = [rng.uniform(-50.0, -1.0, 37).astype(dtype) for _ in range(4)]
-            lengths = rng.integers(1, 40, 37).astype(np.float64)
-            weights = rng.uniform(0.0, 2.0, 37)
-            kw = {"loss_type": ["sigmoid", "sft"], "chosen_lengths": lengths,
-                  "weights": weights, "compute_grad": True}
-            want = preference_loss(*arrays, **kw)
-            out = {name: unaligned(np.zeros(37), dtype, offset) for name in OUTPUTS}
-            got = preference_loss(*[unaligned(a, dtype, offset) for a in arrays],
-                                  **dict(kw, chosen_lengths=unaligned(lengths, np.float64,
-                                                                      offset),
-                                         weights=unaligned(weights, np.float64, offset)),
-                                  out=out)
-            assert fingerprint(got) == fingerprint(want)
-            plain = preference_loss(*[unaligned(a, dtype, offset) for a in arrays])
-            assert fingerprint(plain) == fingerprint(preference_loss(*arrays))
-            logits = rng.normal(size=(2, 3, 9)).astype(dtype)
-            labels = rng.integers(0, 9, (2, 3))
-            mask = rng.random((2, 3)) < 0.8
-            want_fwd = sequence_logps(logits, labels, mask=mask, return_entropy=True)
-            got_fwd = sequence_logps(unaligned(logits, dtype, offset),
-                                     unaligned(labels, np.int64, offset), mask=mask,
-                                     return_entropy=True)
-            assert got_fwd.logps.tobytes() == want_fwd.logps.tobytes()
-            assert got_fwd.entropy.tobytes() == want_fwd.entropy.tobytes()
-            want_grad = sequence_logps_grad(logits, labels, 1.0, mask=mask,
-                                            logsumexp=want_fwd.logsumexp)
-            grad_out = unaligned(np.zeros(logits.shape), dtype, offset)
-            got_grad = sequence_logps_grad(
-                unaligned(logits, dtype, offset), unaligned(labels, np.int64, offset), 1.0,
-                mask=mask, logsumexp=unaligned(want_fwd.logsumexp, np.float64, offset),
-                out=grad_out)
-            assert got_grad.tobytes() == want_grad.tobytes()
-    assert all(g.guards_intact() for g in keep)
-
-
-@pytest.mark.parametrize("alpha", [1e308, DBL_MAX, -1e308])
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "exo_pair"])
-def test_regression_huge_alpha_gives_nan(alpha, loss):
-    """Found by the fuzzing: f_alpha_divergence_coef above about DBL_MAX / 4 (accepted as
-    finite) gave NaN losses and gradients (the kernels' rescaling of the exp-form scores
-    overflowed). Now |alpha| <= 1e300 (ValueError), and no NaN either way."""
-    for chosen, rejected in ((0.0, 0.5), (0.5, 0.0), (-3.0, 0.0), (0.0, 3.0)):
-        _no_nan_or_value_error(np.array([chosen]), np.array([rejected]), np.zeros(1),
-                               np.zeros(1), beta=0.5, loss_type=loss,
-                               f_divergence_type="alpha_divergence",
-                               f_alpha_divergence_coef=alpha, compute_grad=True)

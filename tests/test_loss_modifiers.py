@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_loss_family import logsig, reference_pair, sig
+from reference import log_sigmoid as logsig
+from reference import sigmoid as sig
+from test_loss_family import reference_pair
 
 from dpo_fast import _registry, preference_loss
 from dpo_fast._kernels import _pairwise

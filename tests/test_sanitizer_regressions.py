@@ -17,10 +17,13 @@ import numbers
 
 import numpy as np
 import pytest
+from helpers import Guarded
+from test_threads_simd import fingerprint
 
-from dpo_fast import dpo_loss, preference_loss
+from dpo_fast import dpo_loss, preference_loss, sequence_logps, sequence_logps_grad
 
 N = 8  # dpo_loss's fast path (lists of at most CHUNK_ROWS pairs)
+OUTPUTS = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy", "log_probs_chosen_ref",
          "log_probs_rejected_ref")
 
@@ -161,3 +164,64 @@ def test_nan_inputs_without_the_finite_check_propagate(simd_levels, kwargs, dtyp
                                 compute_grad=True, **clean_kwargs)
         np.testing.assert_array_equal(out.losses[keep], clean.losses, err_msg=level)
         np.testing.assert_array_equal(out.grad_chosen[keep], clean.grad_chosen, err_msg=level)
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+
+def test_regression_unaligned_views_are_read_as_aligned_copies():
+    """Views that are not aligned (np.frombuffer at byte offsets 1..7) as every array argument
+    and as out=: the results equal those of aligned copies, bit for bit.
+
+    Under scripts/sanitize.sh this is the regression test of a finding of the fuzzing: the
+    kernels dereferenced such pointers directly (float32 / float64 inputs, int64 labels, out=
+    arrays), which UBSan reports as 'load of misaligned address ... for type 'const float''
+    (undefined behaviour in C: a compiler may use aligned vector loads on them). A normal
+    build on x86-64 gives the right numbers either way, so this test only fails there under
+    the sanitizers."""
+    rng = np.random.default_rng(5)
+    keep: list[Guarded] = []
+
+    def unaligned(values, dtype, offset):
+        guarded = Guarded(values, dtype, offset)
+        keep.append(guarded)
+        return guarded.array
+
+    for dtype in (np.float32, np.float64):
+        for offset in range(1, 8):
+            arrays = [rng.uniform(-50.0, -1.0, 37).astype(dtype) for _ in range(4)]
+            lengths = rng.integers(1, 40, 37).astype(np.float64)
+            weights = rng.uniform(0.0, 2.0, 37)
+            kw = {"loss_type": ["sigmoid", "sft"], "chosen_lengths": lengths,
+                  "weights": weights, "compute_grad": True}
+            want = preference_loss(*arrays, **kw)
+            out = {name: unaligned(np.zeros(37), dtype, offset) for name in OUTPUTS}
+            got = preference_loss(*[unaligned(a, dtype, offset) for a in arrays],
+                                  **dict(kw, chosen_lengths=unaligned(lengths, np.float64,
+                                                                      offset),
+                                         weights=unaligned(weights, np.float64, offset)),
+                                  out=out)
+            assert fingerprint(got) == fingerprint(want)
+            plain = preference_loss(*[unaligned(a, dtype, offset) for a in arrays])
+            assert fingerprint(plain) == fingerprint(preference_loss(*arrays))
+            logits = rng.normal(size=(2, 3, 9)).astype(dtype)
+            labels = rng.integers(0, 9, (2, 3))
+            mask = rng.random((2, 3)) < 0.8
+            want_fwd = sequence_logps(logits, labels, mask=mask, return_entropy=True)
+            got_fwd = sequence_logps(unaligned(logits, dtype, offset),
+                                     unaligned(labels, np.int64, offset), mask=mask,
+                                     return_entropy=True)
+            assert got_fwd.logps.tobytes() == want_fwd.logps.tobytes()
+            assert got_fwd.entropy.tobytes() == want_fwd.entropy.tobytes()
+            want_grad = sequence_logps_grad(logits, labels, 1.0, mask=mask,
+                                            logsumexp=want_fwd.logsumexp)
+            grad_out = unaligned(np.zeros(logits.shape), dtype, offset)
+            got_grad = sequence_logps_grad(
+                unaligned(logits, dtype, offset), unaligned(labels, np.int64, offset), 1.0,
+                mask=mask, logsumexp=unaligned(want_fwd.logsumexp, np.float64, offset),
+                out=grad_out)
+            assert got_grad.tobytes() == want_grad.tobytes()
+    assert all(g.guards_intact() for g in keep)

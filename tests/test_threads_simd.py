@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from helpers import as_lists, assert_same_array, assert_same_float, random_logps
+from helpers import (
+    as_lists,
+    assert_same_array,
+    assert_same_float,
+    random_logps,
+    run_python,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -281,14 +285,12 @@ def test_dpo_loss_fast_path_same_on_every_level(simd_levels, n):
 
 
 def run_fresh_python(code: str, **env_vars: str) -> subprocess.CompletedProcess:
-    """Run `code` in a new interpreter importing this same dpo_fast build."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dpo_fast.__file__)))
+    """Run `code` in a new interpreter importing this same dpo_fast build, DPO_FAST_SIMD unset
+    unless given."""
     env = dict(os.environ)
     env.pop("DPO_FAST_SIMD", None)
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_vars)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_python(code, timeout=120, env=env)
 
 
 ENV_PROBE = """
@@ -351,3 +353,46 @@ def test_env_scalar_gives_same_bits():
     forced_fields, best_fields = forced.stdout.split(), best.stdout.split()
     assert forced_fields[0] == "scalar"
     assert forced_fields[1:] == best_fields[1:]
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+TH = _threads.PARALLEL_MIN_ROWS
+
+
+@pytest.mark.parametrize("entry", ["preference_loss", "sequence_logps"])
+@pytest.mark.parametrize("n_threads", [40_000, 100_000, 2**31 - 1])
+def test_regression_huge_n_threads_does_not_kill_the_process(entry, n_threads):
+    """Found by the fuzzing: a huge n_threads (validated as 'a positive int') reached OpenMP
+    unchanged on parallel-sized inputs, and libgomp ended the process: 'Thread creation
+    failed' (40,000), a stack overflow in GOMP_parallel (100,000: a segfault; ASan: stack-
+    overflow), 'Out of memory allocating 481036338272 bytes' (2**31 - 1). Now capped
+    (_threads.cap_n_threads): the normal result, or ValueError."""
+    call = {"preference_loss": "r = preference_loss(np.full(40000, -1.0), np.full(40000, "
+                               f"-2.0), n_threads={n_threads}); print(r.loss)",
+            "sequence_logps": "r = sequence_logps(np.zeros((2, 300, 500)), np.zeros((2, 300), "
+                              f"int), n_threads={n_threads}); print(r.logps.sum())"}[entry]
+    proc = run_python(f"""
+        import numpy as np
+        from dpo_fast import preference_loss, sequence_logps
+        try:
+            {call}
+        except ValueError as exc:
+            print("ValueError", exc)
+    """)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert proc.stdout.strip(), proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("n_threads", [2**31, 2**63, 10**30])
+def test_regression_n_threads_beyond_c_int(n_threads):
+    """Found by the fuzzing: n_threads >= 2**31 raised OverflowError (the C int of the
+    kernels) on parallel-sized inputs. Now the normal result (capped), or ValueError."""
+    try:
+        result = preference_loss(np.full(TH, -1.0), np.full(TH, -2.0), n_threads=n_threads)
+    except ValueError:
+        return
+    assert result.loss == preference_loss(np.full(TH, -1.0), np.full(TH, -2.0)).loss

@@ -22,6 +22,7 @@ import pytest
 from helpers import NEEDS_TORCH
 
 import dpo_fast
+from dpo_fast import sequence_logps
 
 try:
     import torch
@@ -461,3 +462,24 @@ def test_regression_create_graph_raises(which, how):
     (g,) = torch.autograd.grad(f(x), x)
     assert torch.autograd.gradcheck(f, (x,))
     assert g.grad_fn is None and torch.isfinite(g).all()
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+
+def test_regression_torch_two_dim_logits():
+    """Found by the fuzzing: dpo_fast.torch.sequence_logps on (N, V) logits returned logps of
+    shape (1,) instead of () (np.ascontiguousarray makes 0-d arrays 1-d), and the backward
+    then raised ValueError. Now the NumPy function's shape, and the backward works."""
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
+    import dpo_fast.torch as dtorch
+
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 7, (5,))
+    result = dtorch.sequence_logps(logits, labels)
+    assert result.logps.shape == sequence_logps(logits.detach().numpy(), labels.numpy()).logps.shape
+    result.logps.sum().backward()
+    assert logits.grad.shape == logits.shape

@@ -7,12 +7,15 @@ import re
 
 import numpy as np
 import pytest
+from helpers import no_nan_or_value_error
 
 from dpo_fast import dpo_loss, preference_loss
 
 SEED_NAMES = ["log_probs_chosen_policy", "log_probs_rejected_policy", "log_probs_chosen_ref",
               "log_probs_rejected_ref"]
 PREF_NAMES = ["chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
+DBL_MAX = float(np.finfo(np.float64).max)
+DBL_MIN = float(np.finfo(np.float64).tiny)
 LONG = 8193  # past dpo_loss's list fast path
 
 
@@ -480,3 +483,98 @@ def test_dpo_loss_list_resized_by_float_conversion_is_an_error_not_a_crash():
     chosen[0] = Shrinking(chosen)
     with pytest.raises(ValueError, match="log_probs_chosen_policy changed size"):
         dpo_loss(chosen, [0.0] * 3, [0.0] * 3, [0.0] * 3, 0.1)
+
+
+# ------------------------------------------------------------------ regressions
+#
+# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# section 6), pinned beside the code they guard. A crash runs in a subprocess.
+
+
+def _no_nan_or_value_error(*args, **kwargs):
+    no_nan_or_value_error(preference_loss, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("slot", "key", "loss"), [
+    ("weights", "losses", "aot"), ("weights", "chosen_rewards", "sigmoid"),
+    ("chosen_lengths", "chosen_rewards", "sft"),
+    ("rejected_lengths", "grad_rejected", "sigmoid_norm")])
+def test_regression_out_overlapping_weights_or_lengths(slot, key, loss):
+    """Found by the fuzzing: out= arrays were checked for overlap with the log-prob inputs
+    only, not with weights / chosen_lengths / rejected_lengths, so the caller's array was
+    overwritten and the result wrong (aot: all-zero losses). Now ValueError."""
+    pc, pr = np.array([-1.0, -2.0, -3.0, -4.0]), np.array([-2.0, -1.0, -5.0, -3.0])
+    kw = {"loss_type": loss, "compute_grad": True, "reduction": "none"}
+    if loss in ("sft", "sigmoid_norm"):
+        kw["chosen_lengths"] = np.array([1.0, 2.0, 3.0, 4.0])
+        kw["rejected_lengths"] = np.array([2.0, 2.0, 5.0, 1.0])
+    if slot == "weights":
+        kw["weights"] = np.array([1.0, 2.0, 3.0, 0.5])
+    shared = kw[slot]
+    before = shared.copy()
+    with pytest.raises(ValueError, match="overlap"):
+        preference_loss(pc, pr, out={key: shared}, **kw)
+    assert shared.tobytes() == before.tobytes()
+
+
+def test_regression_numpy_bool_in_list_is_refused():
+    """Found by the fuzzing: NumPy bools inside a list were taken as 1.0 / 0.0 by
+    preference_loss (Python bools are refused, and dpo_loss refuses both). Now TypeError."""
+    with pytest.raises(TypeError, match=r"chosen_logps\[0\]"):
+        preference_loss([np.True_, -1.0, -2.0], [-1.0, -2.0, -3.0])
+
+
+@pytest.mark.parametrize("loss", ["sigmoid_norm", "ipo", "simpo"])
+@pytest.mark.parametrize("length", [DBL_MIN, 5e-324, 1e-300, 0.5])
+def test_regression_tiny_lengths_give_nan(loss, length):
+    """Found by the fuzzing: lengths whose reciprocal (or log-ratio / length) overflows,
+    accepted as 'finite and > 0', gave NaN losses, gradients and simpo rewards (inf - inf,
+    0 * inf). Now lengths must be >= 1 (ValueError); no NaN either way."""
+    refs = () if loss == "simpo" else (np.array([0.0]), np.array([0.0]))
+    _no_nan_or_value_error(np.array([-50.0]), np.array([-60.0]), *refs, loss_type=loss,
+                           chosen_lengths=[length], rejected_lengths=[length],
+                           compute_grad=True)
+
+
+@pytest.mark.parametrize(("beta", "fdiv", "row"), [
+    (5e307, "reverse_kl", (DBL_MAX, DBL_MAX, -1e300, -1e300)),
+    (5e307, "reverse_kl", (1e6, -DBL_MAX, 0.0, DBL_MAX)),
+    (DBL_MAX, "forward_kl", (5e-324, -750.0, -0.0, -0.0)),
+])
+def test_regression_extreme_beta_large(beta, fdiv, row):
+    """Found by the fuzzing: beta > DBL_MAX / 4 overflowed the kernels' 4 * beta rescaling of
+    quartered log-ratios (NaN rewards, losses, gradients). Now beta must be in
+    [1e-300, 1e300]: ValueError, and no NaN either way."""
+    _no_nan_or_value_error(*[np.array([v]) for v in row], beta=beta, f_divergence_type=fdiv,
+                           compute_grad=True, reduction="none")
+
+
+@pytest.mark.parametrize("loss", ["ipo", "sppo_hard"])
+def test_regression_extreme_beta_subnormal(loss):
+    """Found by the fuzzing: a subnormal beta made 1 / (2 beta) overflow in ipo / sppo_hard
+    (NaN for large log-ratios). Now ValueError (beta in [1e-300, 1e300])."""
+    _no_nan_or_value_error(np.array([DBL_MAX]), np.array([-1e-310]), np.array([-1e300]),
+                           np.array([DBL_MAX]), beta=5e-324, loss_type=loss,
+                           compute_grad=True, reduction="none")
+
+
+@pytest.mark.parametrize("tau", [5e-324, 1e-310])
+@pytest.mark.parametrize("z", [-1.0, 0.0])
+def test_regression_subnormal_discopop_tau(tau, z):
+    """Found by the fuzzing: a subnormal discopop_tau (1 / tau overflows) gave NaN gradients
+    for every z <= 0. Now ValueError (discopop_tau in [1e-300, 1e300])."""
+    _no_nan_or_value_error(np.array([z]), np.array([0.0]), beta=1.0, loss_type="discopop",
+                           discopop_tau=tau, compute_grad=True)
+
+
+@pytest.mark.parametrize("alpha", [1e308, DBL_MAX, -1e308])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "exo_pair"])
+def test_regression_huge_alpha_gives_nan(alpha, loss):
+    """Found by the fuzzing: f_alpha_divergence_coef above about DBL_MAX / 4 (accepted as
+    finite) gave NaN losses and gradients (the kernels' rescaling of the exp-form scores
+    overflowed). Now |alpha| <= 1e300 (ValueError), and no NaN either way."""
+    for chosen, rejected in ((0.0, 0.5), (0.5, 0.0), (-3.0, 0.0), (0.0, 3.0)):
+        _no_nan_or_value_error(np.array([chosen]), np.array([rejected]), np.zeros(1),
+                               np.zeros(1), beta=0.5, loss_type=loss,
+                               f_divergence_type="alpha_divergence",
+                               f_alpha_divergence_coef=alpha, compute_grad=True)

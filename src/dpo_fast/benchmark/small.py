@@ -2,7 +2,7 @@
 evaluation code uses (8-512 pairs), where a per-call overhead, not the kernel, decides.
 
 Baselines are what a user would write by hand, timed interleaved with dpo_fast in the same
-run (dpo_fast._timing): the three-line NumPy formula, and the same formula in plain torch
+run (:mod:`.harness`): the three-line NumPy formula, and the same formula in plain torch
 autograd (forward and backward) against ``dpo_fast.torch.preference_loss``; for the log-probs,
 torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch.
 """
@@ -10,28 +10,21 @@ torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 import dpo_fast
-from dpo_fast import _timing
 
-__all__ = ["SMALL_SIZES", "LOGPS_SHAPE", "bench_small", "format_small"]
+from . import harness
+from .baselines import numpy_array_solution, torch_formula_step, torch_logps_sum
+from .harness import fmt_ratio, fmt_time, table
+
+__all__ = ["LOGPS_SHAPE", "SMALL_SIZES", "bench_small", "format_small"]
 
 SMALL_SIZES = (2, 8, 64, 512, 4096)
 LOGPS_SHAPE = (2, 16, 64)
 BETA = 0.1
-
-
-def _torch_formula_step(torch: Any, tensors: list[Any], beta: float) -> None:
-    """Plain torch autograd: rewards, ``-logsigmoid``, mean, backward (grads reset first)."""
-    import torch.nn.functional as F  # noqa: N812 - the name everyone writes
-
-    chosen, rejected, ref_chosen, ref_rejected = tensors
-    chosen.grad = rejected.grad = None
-    margin = beta * (chosen - ref_chosen) - beta * (rejected - ref_rejected)
-    (-F.logsigmoid(margin)).mean().backward()
 
 
 def _dpo_fast_torch_step(tensors: list[Any], beta: float) -> None:
@@ -42,16 +35,28 @@ def _dpo_fast_torch_step(tensors: list[Any], beta: float) -> None:
     dft.preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta).loss.backward()
 
 
-def _torch_logps(torch: Any, logits: Any, labels: Any) -> Any:
-    return torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
-
-
 def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: int,
-                torch: Any, numpy_formula: Callable[..., Any]) -> dict[str, Any]:
+                torch: Any) -> dict[str, Any]:
     """Time the small-batch section: one row per size, and the log-probs row.
 
-    Returns a JSON-serialisable dict: ``rows`` (``n``, ``times`` by implementation,
-    ``ratios``) and ``logps`` (or None without torch).
+    Parameters
+    ----------
+    sizes : tuple of int
+        Numbers of pairs (:data:`SMALL_SIZES` in ``dpo-fast bench``).
+    repeats : int
+        Samples per implementation.
+    min_seconds : float
+        Minimum duration of one sample.
+    seed : int
+        Seed of the random data.
+    torch : module or None
+        torch, or None to skip the torch rows.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``rows`` (``n``, ``times`` by implementation, ``ratios``) and
+        ``logps`` (or None without torch).
     """
     rng = np.random.default_rng(seed)
     # One thread for torch, as dpo_fast runs these sizes: its intra-op pool only adds
@@ -61,21 +66,21 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
     for n in sizes:
         arrays = [rng.standard_normal(n) * 5.0 - 50.0 for _ in range(4)]
         entries = {
-            "dpo_fast": _timing.Entry(functools.partial(
+            "dpo_fast": harness.Entry(functools.partial(
                 dpo_fast.preference_loss, *arrays, beta=BETA)),
-            "dpo_fast_grad": _timing.Entry(functools.partial(
+            "dpo_fast_grad": harness.Entry(functools.partial(
                 dpo_fast.preference_loss, *arrays, beta=BETA, compute_grad=True)),
-            "numpy": _timing.Entry(functools.partial(numpy_formula, *arrays, BETA)),
+            "numpy": harness.Entry(functools.partial(numpy_array_solution, *arrays, BETA)),
         }
         if torch is not None:
             tensors = [torch.from_numpy(a.copy()) for a in arrays]
             for tensor in tensors[:2]:
                 tensor.requires_grad_(True)
-            entries["dpo_fast_torch"] = _timing.Entry(
+            entries["dpo_fast_torch"] = harness.Entry(
                 functools.partial(_dpo_fast_torch_step, tensors, BETA), single)
-            entries["torch"] = _timing.Entry(
-                functools.partial(_torch_formula_step, torch, tensors, BETA), single)
-        times = _timing.measure_group(entries, repeats, min_seconds)
+            entries["torch"] = harness.Entry(
+                functools.partial(torch_formula_step, torch, tensors, BETA), single)
+        times = harness.measure_group(entries, repeats, min_seconds)
         median = {name: timing.median for name, timing in times.items()}
         ratios = {"x_numpy": median["numpy"] / median["dpo_fast"]}
         if torch is not None:
@@ -88,10 +93,10 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
         logits = rng.standard_normal(LOGPS_SHAPE).astype(np.float32)
         labels = rng.integers(0, vocab, (batch, length))
         logits_tensor, labels_tensor = torch.from_numpy(logits), torch.from_numpy(labels)
-        times = _timing.measure_group({
-            "dpo_fast": _timing.Entry(functools.partial(dpo_fast.sequence_logps, logits,
+        times = harness.measure_group({
+            "dpo_fast": harness.Entry(functools.partial(dpo_fast.sequence_logps, logits,
                                                         labels)),
-            "torch": _timing.Entry(functools.partial(_torch_logps, torch, logits_tensor,
+            "torch": harness.Entry(functools.partial(torch_logps_sum, torch, logits_tensor,
                                                      labels_tensor), single),
         }, repeats, min_seconds)
         logps = {"shape": list(LOGPS_SHAPE), "dtype": "float32",
@@ -100,10 +105,19 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
     return {"rows": rows, "logps": logps}
 
 
-def format_small(section: dict[str, Any], fmt_time: Callable[[float | None], str],
-                 fmt_ratio: Callable[[float | None], str],
-                 table: Callable[..., list[str]]) -> list[str]:
-    """The report lines of the section (the report's own formatters passed in)."""
+def format_small(section: dict[str, Any]) -> list[str]:
+    """The report lines of the section.
+
+    Parameters
+    ----------
+    section : dict
+        What :func:`bench_small` returned.
+
+    Returns
+    -------
+    list of str
+        A blank line, the title, the table and the log-probs line.
+    """
     headers = ["N", "preference_loss", "+ grad", "NumPy formula", "x NumPy",
                "dpo_fast.torch f+b", "torch f+b", "x torch"]
     lines = ["", "Small batches (float64, 1 thread; torch: forward + backward)"]
