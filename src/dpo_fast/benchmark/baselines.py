@@ -215,10 +215,11 @@ def float64_reference(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
 # --------------------------------------------------------------------------------------------
 
 # beta 0.1 (simpo: beta 2.0, simpo_gamma 0.5, TRL's CPOTrainer defaults for SimPO);
-# label_smoothing 0 except robust (0.1: with 0 it is the sigmoid loss); exo_pair's default
-# epsilon 1e-3 (what label_smoothing=0 means for it); discopop_tau 0.05.
+# label_smoothing 0 except robust (0.1: with 0 it is the sigmoid loss) and exo_pair (1e-3,
+# the EXO paper's; it must be set); discopop_tau 0.05; dpop_lambda 50 (the DPOP paper's).
 LOSS_PARAMS = {"beta": 0.1, "simpo_beta": 2.0, "simpo_gamma": 0.5,
-               "robust_label_smoothing": 0.1, "exo_epsilon": 1e-3, "discopop_tau": 0.05}
+               "robust_label_smoothing": 0.1, "exo_epsilon": 1e-3, "discopop_tau": 0.05,
+               "dpop_lambda": 50.0}
 
 
 def softplus(x):
@@ -243,7 +244,7 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
     pc, pr, rc, rr : numpy.ndarray
         Policy and reference log-probs of the chosen and rejected responses.
     nc, nr : numpy.ndarray
-        Token counts (used by sft, sigmoid_norm and simpo).
+        Token counts (used by sft, sigmoid_norm, simpo and orpo).
 
     Returns
     -------
@@ -256,6 +257,16 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         u = p["simpo_beta"] * (chosen_avg - rejected_avg) - p["simpo_gamma"]
         return softplus(-u), p["simpo_beta"] * chosen_avg, p["simpo_beta"] * rejected_avg
     beta = p["beta"]
+    if loss_type == "orpo":  # reference-free, of the average log-probs a < 0
+        chosen_avg, rejected_avg = pc / nc, pr / nr
+
+        def log1mexp(a):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(a > -math.log(2.0), np.log(-np.expm1(a)),
+                                np.log1p(-np.exp(a)))
+
+        log_odds = (chosen_avg - rejected_avg) - (log1mexp(chosen_avg) - log1mexp(rejected_avg))
+        return beta * softplus(-log_odds), beta * chosen_avg, beta * rejected_avg
     c = pc - rc
     r = pr - rr
     chosen_rewards = beta * c
@@ -303,6 +314,8 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         losses = np.full_like(pc, -pc.sum() / nc.sum())
     elif loss_type == "sigmoid_norm":
         losses = softplus(-beta * (c / nc - r / nr))
+    elif loss_type == "dpop":
+        losses = softplus(-beta * (c - r - p["dpop_lambda"] * np.maximum(0.0, -c)))
     else:
         raise ValueError(loss_type)
     return losses, chosen_rewards, rejected_rewards

@@ -16,7 +16,8 @@ What is compared, per loss type and dtype (float64, and float32 = the float64 da
     metrics. NumPy runs in the input dtype on one thread.
 
 Parameters: :data:`.baselines.LOSS_PARAMS` (beta 0.1; simpo beta 2.0, simpo_gamma 0.5;
-label_smoothing 0 except robust 0.1; exo_pair's default epsilon 1e-3; discopop_tau 0.05).
+label_smoothing 0 except robust 0.1 and exo_pair 1e-3 (the EXO paper's); discopop_tau 0.05;
+dpop_lambda 50; bco_delta 0).
 
 Columns: median wall time of ``repeats`` calls of each (after one warm-up call; dpo_fast and
 NumPy alternate call by call, :func:`.harness.time_interleaved`); ``x NumPy`` = NumPy time /
@@ -64,9 +65,9 @@ __all__ = [
 LOSS_TYPES = _registry.LOSS_TYPES  # every registered loss type
 DTYPES = ("float64", "float32")
 # Which lengths a type needs: both, chosen only, none.
-LENGTHS = {"sft": ("chosen",), "sigmoid_norm": ("chosen", "rejected"),
-           "simpo": ("chosen", "rejected")}
-REFERENCE_FREE = {"simpo"}
+LENGTHS = {name: tuple(key.removesuffix("_lengths") for key in needed)
+           for name, needed in _registry.NEEDS_LENGTHS.items()}
+REFERENCE_FREE = _registry.REFERENCE_FREE_TYPES
 # Accuracy check: dpo_fast (double arithmetic, rounded once) against NumPy in the input dtype.
 TOLERANCES = {"float64": {"rtol": 1e-9, "atol_share": 1e-12, "metric_atol": 1e-12},
               "float32": {"rtol": 2e-5, "atol_share": 1e-6, "metric_atol": 1e-5}}
@@ -140,6 +141,8 @@ def _dpo_fast_kwargs(loss_type: str) -> dict[str, Any]:
         kwargs["label_smoothing"] = LOSS_PARAMS["robust_label_smoothing"]
     elif loss_type == "discopop":
         kwargs["discopop_tau"] = LOSS_PARAMS["discopop_tau"]
+    elif loss_type == "exo_pair":
+        kwargs["label_smoothing"] = LOSS_PARAMS["exo_epsilon"]
     return kwargs
 
 
