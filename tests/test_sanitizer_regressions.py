@@ -124,8 +124,9 @@ def _nan_inputs(dtype):
 PER_PAIR_CASES = [
     {"loss_type": "sigmoid"},
     {"loss_type": "robust", "label_smoothing": 0.1},
-    {"loss_type": "exo_pair"},
-    {"loss_type": "bco_pair"},
+    {"loss_type": "exo_pair", "label_smoothing": 1e-3},
+    {"loss_type": "bco_pair", "bco_delta": 0.3},
+    {"loss_type": "dpop"},
     {"loss_type": "nca_pair"},
     {"loss_type": "discopop"},
     {"loss_type": "apo_zero"},
