@@ -12,11 +12,26 @@ the number of threads. It also exports the loss-type registry (loss_registry).
 
 cimport cython
 cimport numpy as cnp
+import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, log, log1p
+from libc.math cimport INFINITY
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+
+# The kernels' own math (not the C library's, which differs between platforms): exo_pair's
+# constants come out the same bits everywhere; math_values exposes them to the tests.
+cdef extern from "simd_math.h" nogil:
+    ctypedef struct DpoLogistic:
+        double log1p_e
+        double sig_pos
+        double sig_neg
+    double dpo_exp(double x)
+    double dpo_expm1_exp(double x, double *exp_out)
+    double dpo_log_pos(double x)
+    double dpo_log1m(double y)
+    double dpo_log1mexp(double a, double *one_minus_out)
+    DpoLogistic dpo_logistic(double z)
 
 cdef extern from "dispatch.h" nogil:
     void dpo_chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
@@ -87,8 +102,8 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     # exo_pair's constants (the callers keep label_smoothing in (0, 1) for that loss; with 0,
     # exo_pair is not among the terms and they stay unused).
     if label_smoothing > 0.0:
-        args.params.exo_log1m_eps = log1p(-label_smoothing)
-        args.params.exo_log_eps = log(label_smoothing)
+        args.params.exo_log1m_eps = dpo_log1m(label_smoothing)
+        args.params.exo_log_eps = dpo_log_pos(label_smoothing)
     # DiscoPOP's exponent -z - softplus(-z/tau) tends to z*(1/tau - 1) as z -> -inf.
     args.params.discopop_neg_inf_arg = (
         -INFINITY if discopop_tau < 1.0 else (INFINITY if discopop_tau > 1.0 else 0.0))
@@ -334,6 +349,39 @@ def set_simd_level(str name):
         raise ValueError(
             f"unknown SIMD level {name!r}; expected one of {sorted(set(names))}")
     return dpo_simd_name(dpo_simd_set(names[name])).decode()
+
+
+MATH_FUNCTIONS = ("exp", "expm1", "log", "log1m", "log1mexp", "log1p_exp_neg_abs", "sigmoid")
+
+
+def math_values(str name, double[::1] x):
+    """The kernels' own scalar functions (csrc/simd_math.h) at each ``x``, for the accuracy
+    tests: ``"exp"``, ``"expm1"``, ``"log"`` (x > 0), ``"log1m"`` (log(1 - x), x in [0, 1)),
+    ``"log1mexp"`` (log(1 - exp(x)), x < 0), ``"log1p_exp_neg_abs"`` (log(1 + exp(-|x|)), the
+    softplus core) and ``"sigmoid"``. Returns a new float64 array."""
+    if name not in MATH_FUNCTIONS:
+        raise ValueError(f"unknown function {name!r}; expected one of {MATH_FUNCTIONS}")
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef double scratch
+    cdef int which = MATH_FUNCTIONS.index(name)
+    result = np.empty(n)
+    cdef double[::1] out = result
+    for i in range(n):
+        if which == 0:
+            out[i] = dpo_exp(x[i])
+        elif which == 1:
+            out[i] = dpo_expm1_exp(x[i], &scratch)
+        elif which == 2:
+            out[i] = dpo_log_pos(x[i])
+        elif which == 3:
+            out[i] = dpo_log1m(x[i])
+        elif which == 4:
+            out[i] = dpo_log1mexp(x[i], &scratch)
+        elif which == 5:
+            out[i] = dpo_logistic(x[i]).log1p_e
+        else:
+            out[i] = dpo_logistic(x[i]).sig_pos
+    return result
 
 
 # Start on the best code path this CPU supports; dpo_fast/__init__.py applies DPO_FAST_SIMD.

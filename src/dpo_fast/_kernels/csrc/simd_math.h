@@ -225,24 +225,35 @@ DPO_INLINE double dpo_log_pos(double x)
 }
 
 /*
+ * log(1 - y) for y in [0, 1): for y > 1/2, 1 - y is exact (Sterbenz) and its log is
+ * dpo_log_pos's; else the rounded u = 1 - y in [1/2, 1] plus its exact rounding error
+ * c = ((1 - u) - y)/u, through fdlibm's kernel (u = 2^j (1 + f), j = -1 below sqrt(2)/2).
+ */
+DPO_INLINE double dpo_log1m(double y)
+{
+    double u = 1.0 - y;
+    double c = ((1.0 - u) - y) / u;
+    int lower = u < 0.7071067811865476;
+    double mant = lower ? 2.0 * u : u;
+    double near_one = dpo_log_kernel(mant - 1.0, lower ? -1.0 : 0.0, c);
+    return (y > 0.5) ? dpo_log_pos(u) : near_one;
+}
+
+/*
  * log(1 - exp(a)) for a < 0 (Maechler's log1mexp): log(-expm1(a)) for a > -ln 2, where
- * 1 - exp(a) would cancel, else log1p(-exp(a)) from the rounded 1 - exp(a) plus its exact
- * rounding error (exp(a) <= 1/2 there). Also returns 1 - exp(a) in *one_minus_out.
+ * 1 - exp(a) would cancel, else dpo_log1m(exp(a)) (exp(a) <= 1/2 there). Also returns
+ * 1 - exp(a) in *one_minus_out.
  */
 DPO_INLINE double dpo_log1mexp(double a, double *one_minus_out)
 {
     double e;
     double m1 = dpo_expm1_exp(a, &e);
-    double near = -m1;               /* 1 - exp(a), accurate for a > -ln 2 */
-    double u = 1.0 - e;              /* rounded; exact error below */
-    double c = ((1.0 - u) - e) / u;  /* u_true = u (1 + c) */
+    double near = -m1; /* 1 - exp(a), accurate for a > -ln 2 */
+    double u = 1.0 - e; /* 1 - exp(a) rounded, for a <= -ln 2 (error below half an ulp) */
     int close = a > -0.6931471805599453;
     *one_minus_out = close ? near : u;
     double log_near = dpo_log_pos(near);
-    /* log(u) + c for u in [1/2, 1): 2^j * (1 + f) with j = -1 below sqrt(2)/2 */
-    int lower = u < 0.7071067811865476;
-    double mant = lower ? 2.0 * u : u;
-    double log_far = dpo_log_kernel(mant - 1.0, lower ? -1.0 : 0.0, c);
+    double log_far = dpo_log1m(e); /* e = exp(a) <= 1/2 here */
     return close ? log_near : log_far;
 }
 
