@@ -1,9 +1,10 @@
 /*
  * The general chunk loop: a weighted sum of loss types (TRL's loss_type lists with
  * loss_weights), per-pair weights, length-normalised log-ratios (ipo with lengths,
- * sigmoid_norm, simpo) and f-divergences. Included by chunk_instances.h with the same macros as
- * chunk_body.h (DPO_T, DPO_ZEROS, DPO_TARGET, DPO_LOOP_HINT, DPO_LINKAGE) and DPO_GENERAL_FN,
- * the name to define; chunk_body.h's chunk function calls it when args->general is set.
+ * sigmoid_norm, simpo) and f-divergences. Included by chunk_body.h, so with its macros (DPO_T,
+ * DPO_ZEROS, DPO_GENERAL_FN: the name of the static function to define) and simd.h's
+ * DPO_TARGET / DPO_LOOP_HINT of the level; chunk_body.h's chunk function calls it when
+ * args->general is set.
  *
  * Each block of DPO_GEN_BLOCK rows takes three vectorised passes over local buffers, so a loss
  * type is still one function of pair_losses.h and no loop is written per combination:
@@ -82,7 +83,7 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
     case ID:                               \
         return PAIR_FN(params, beta, inv_scale, c, r);
 #define DPO_EACH_X DPO_PAIR_BY_TYPE_CASE
-        DPO_FOR_EACH_KERNEL_LOSS
+        DPO_FOR_EACH_TERM_LOSS
 #undef DPO_EACH_X
 #undef DPO_PAIR_BY_TYPE_CASE
     default: {
@@ -327,7 +328,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
             }
             switch (args->term_types[t]) {
 #define DPO_EACH_X DPO_GEN_TERM_CASE
-                DPO_FOR_EACH_KERNEL_LOSS
+                DPO_FOR_EACH_TERM_LOSS
 #undef DPO_EACH_X
             default:
                 break;
