@@ -45,11 +45,11 @@
  *                       sorted differences (no kernel case of its own)
  *   ID       the kernel identifier (the enum below is generated from these rows)
  *   NAME     TRL's name of the type
- *   FLAGS    DPO_LT_* below
+ *   FLAGS    DPO_LT_* below, except those KIND gives (marked "from KIND")
  *   SMOOTHING_MAX  label_smoothing's exclusive upper bound (lower bound 0), 0: not used
  */
 enum {
-    DPO_LT_PLAIN = 1 << 0,          /* KIND PAIR, PAIR_NORM: the plain fused loop */
+    DPO_LT_PLAIN = 1 << 0,          /* (from KIND) PAIR, PAIR_NORM: the plain fused loop */
     DPO_LT_DIVERGENCE = 1 << 1,     /* TRL's f_divergence_type applies */
     DPO_LT_LENGTHS_BOTH = 1 << 2,   /* needs chosen_lengths and rejected_lengths */
     DPO_LT_LENGTHS_CHOSEN = 1 << 3, /* needs chosen_lengths */
@@ -59,9 +59,8 @@ enum {
     DPO_LT_NORMALIZED_REWARDS = 1 << 7, /* rewards beta * p / n instead of beta * (p - ref) */
     DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
     DPO_LT_EXO_DEFAULT = 1 << 9,    /* label_smoothing 0 stands for EXO's default epsilon */
-    /* (These three from KIND, for the Python layer:) */
-    DPO_LT_NORMALIZED = 1 << 10,    /* KIND PAIR_NORM, NORM */
-    DPO_LT_SORTED = 1 << 11         /* KIND SORTED */
+    DPO_LT_NORMALIZED = 1 << 10,    /* (from KIND) PAIR_NORM, NORM */
+    DPO_LT_SORTED = 1 << 11         /* (from KIND) SORTED */
 };
 
 #define DPO_LOSS_REGISTRY(X)                                                                   \
