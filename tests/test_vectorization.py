@@ -40,8 +40,8 @@ def _normalized():  # its normalised cases, likewise
     return 4 * (_kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0))
 
 
-def _terms():  # the general loop's per-term loops, float64 and float32
-    return 2 * (_kinds().get("PAIR", 0) + _kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0))
+def _terms():  # the general loop's per-term loops (one function serves float64 and float32)
+    return _kinds().get("PAIR", 0) + _kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0)
 
 
 # The loops that must vectorise: (header, a text on the line GCC reports them at, lines after

@@ -138,15 +138,6 @@
  * NaN). One function for every loss type (dpo_pair_by_type, general_body.h, calls the type's
  * function) and both variants, with the row body of the vectorised loops, so it computes what
  * a case of its own would: the scalar redo costs no code per case. */
-#ifndef DPO_NOINLINE
-#if defined(__GNUC__) || defined(__clang__)
-#define DPO_NOINLINE __attribute__((noinline))
-#elif defined(_MSC_VER)
-#define DPO_NOINLINE __declspec(noinline)
-#else
-#define DPO_NOINLINE
-#endif
-#endif
 #define DPO_FIXUP_FN DPO_CONCAT(DPO_CHUNK_FN, _fixup)
 #define DPO_PAIR_OF_LOSS_TYPE(...) dpo_pair_by_type(loss_type, __VA_ARGS__)
 DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdiff_t start,

@@ -62,6 +62,15 @@ const char *dpo_simd_name(int level);
 #define DPO_PREFETCH(address) ((void)(address))
 #endif
 
+/* A helper kept out of line: one copy serves every caller of the translation unit. */
+#if defined(__GNUC__) || defined(__clang__)
+#define DPO_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define DPO_NOINLINE __declspec(noinline)
+#else
+#define DPO_NOINLINE
+#endif
+
 /* Kernel instances are called across translation units of one module, never from outside. */
 #if defined(__GNUC__) || defined(__clang__)
 #define DPO_HIDDEN __attribute__((visibility("hidden")))
