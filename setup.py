@@ -16,9 +16,10 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
-
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -37,16 +38,20 @@ GCC_FLAGS = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trappin
              "-fvisibility=hidden"]
 # /fp:precise keeps IEEE semantics (no contraction into FMA in VS 2022+ defaults).
 MSVC_FLAGS = ["/O2", "/fp:precise"]
-# The extra x86-64 SIMD clones: csrc/simd_clone.c compiled once per instruction set with the
-# compiler's switch for it (tests/test_vectorization.py reads this table too).
-X86_CLONE_FLAGS = {
+# The SIMD levels of csrc/simd.h: each kernel source (KERNEL_SOURCES) is compiled once per level
+# with -DDPO_ISA=<level> and the compiler's switch for it; the extra x86-64 levels only when
+# building for x86-64 (tests/test_vectorization.py reads this table too).
+SIMD_LEVEL_FLAGS = {
+    "scalar": {"unix": [], "msvc": []},  # vectorisation off by simd.h's DPO_NOVEC_* hints
+    "baseline": {"unix": [], "msvc": []},
     "avx2": {"unix": ["-mavx2"], "msvc": ["/arch:AVX2"]},
     "avx512": {"unix": ["-mavx512f", "-mavx512dq", "-mavx512vl"], "msvc": ["/arch:AVX512"]},
 }
-# Extensions that get those clones, and the csrc/ file compiled once per instruction set.
-X86_CLONE_SOURCES = {
-    "dpo_fast._kernels._pairwise": "simd_clone.c",
-    "dpo_fast._kernels._logps": "logps_clone.c",
+X86_LEVELS = ("avx2", "avx512")
+# Extensions with kernels, and the csrc/ file compiled once per SIMD level for each.
+KERNEL_SOURCES = {
+    "dpo_fast._kernels._pairwise": "pairwise_simd.c",
+    "dpo_fast._kernels._logps": "logps_simd.c",
 }
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 # DPO_FAST_SANITIZE=<checks> (GCC/Clang only; unset or empty: the normal build, unchanged):
@@ -149,6 +154,14 @@ class BuildExt(build_ext):
         print("dpo_fast: no working OpenMP: building the serial kernels")
         return None
 
+    def _jobs(self):
+        """Parallel compile jobs: -j N (--parallel) if given, else every CPU (the default,
+        also under pip, which passes no -j)."""
+        if isinstance(self.parallel, int) and not isinstance(self.parallel, bool) \
+                and self.parallel > 0:
+            return self.parallel
+        return os.cpu_count() or 1
+
     def build_extensions(self):
         compiler_type = self.compiler.compiler_type
         openmp = self._probe_openmp()
@@ -156,7 +169,9 @@ class BuildExt(build_ext):
         if compiler_type != "msvc" and _env_flag("DPO_FAST_VEC_REPORT"):
             base_compile.append("-fopt-info-vec-optimized")
         sanitize = _sanitize_flags(compiler_type)
-        base_compile += sanitize  # the clone objects below get base_compile too
+        base_compile += sanitize  # the kernel objects below get base_compile too
+        x86 = _targets_x86_64()
+        levels = [level for level in SIMD_LEVEL_FLAGS if x86 or level not in X86_LEVELS]
         for ext in self.extensions:
             ext.extra_compile_args = base_compile + list(ext.extra_compile_args)
             if sanitize:
@@ -164,24 +179,51 @@ class BuildExt(build_ext):
             if openmp is not None:
                 ext.extra_compile_args += openmp[0]
                 ext.extra_link_args = list(ext.extra_link_args) + openmp[1]
-            if ext.name in X86_CLONE_SOURCES and _targets_x86_64():
-                ext.extra_objects = list(ext.extra_objects) + self._x86_clones(
-                    ext, base_compile, X86_CLONE_SOURCES[ext.name])
+            if ext.name in KERNEL_SOURCES and x86:
                 ext.define_macros = list(ext.define_macros) + [("DPO_X86_CLONES", "1")]
-        super().build_extensions()
+        self.check_extensions_list(self.extensions)
+        # One pool for everything, the kernel objects first (the longest compiles) and the
+        # extensions that wait for them last, with a line per compile: a 2-core machine
+        # builds in about 45 s (README), and `pip install -v .` shows the progress.
+        jobs = [(ext, level) for ext in self.extensions if ext.name in KERNEL_SOURCES
+                for level in levels]
+        total = len(jobs) + len(self.extensions)
+        counter = iter(range(1, total + 1))
+        lock = threading.Lock()
 
-    def _x86_clones(self, ext, base_compile, source):
-        """Object files of csrc/<source>, one per extra instruction set."""
+        def progress(what):
+            with lock:
+                print(f"dpo_fast: [{next(counter)}/{total}] {what}", flush=True)
+
+        with ThreadPoolExecutor(max_workers=self._jobs()) as pool:
+            objects = {ext.name: [] for ext in self.extensions}
+            for ext, level in jobs:
+                objects[ext.name].append(pool.submit(
+                    self._compile_level, ext, base_compile, level, progress))
+            ordered = sorted(self.extensions, key=lambda ext: ext.name in KERNEL_SOURCES)
+            builds = [pool.submit(self._build_with_objects, ext, objects[ext.name], progress)
+                      for ext in ordered]
+            for build in builds:
+                build.result()
+
+    def _compile_level(self, ext, base_compile, level, progress):
+        """The object file of ext's kernel source compiled for one SIMD level."""
         family = "msvc" if self.compiler.compiler_type == "msvc" else "unix"
-        objects = []
-        for isa, flags in X86_CLONE_FLAGS.items():
-            objects += self.compiler.compile(
-                [os.path.join(CSRC_DIR, source)],
-                output_dir=os.path.join(self.build_temp, f"clone_{isa}"),
-                macros=[("DPO_ISA", isa)], include_dirs=ext.include_dirs,
-                extra_postargs=base_compile + flags[family], depends=ext.depends,
-            )
-        return objects
+        source = KERNEL_SOURCES[ext.name]
+        progress(f"compiling csrc/{source} for {level}")
+        return self.compiler.compile(
+            [os.path.join(CSRC_DIR, source)],
+            output_dir=os.path.join(self.build_temp, f"simd_{level}"),
+            macros=[("DPO_ISA", level)], include_dirs=ext.include_dirs,
+            extra_postargs=base_compile + SIMD_LEVEL_FLAGS[level][family], depends=ext.depends,
+        )
+
+    def _build_with_objects(self, ext, level_objects, progress):
+        objects = [obj for future in level_objects for obj in future.result()]
+        ext.extra_objects = list(ext.extra_objects) + objects
+        progress(f"building {ext.name}")
+        with self._filter_build_errors(ext):
+            self.build_extension(ext)
 
 
 def _extensions():
@@ -198,13 +240,13 @@ def _extensions():
         Extension(
             "dpo_fast._kernels._pairwise",
             sources=[os.path.join(KERNEL_DIR, "_pairwise.pyx"),
-                     os.path.join(CSRC_DIR, "dispatch.c")],
+                     os.path.join(CSRC_DIR, "pairwise.c"), os.path.join(CSRC_DIR, "simd.c")],
             **numpy_api,
         ),
         Extension(
             "dpo_fast._kernels._logps",
             sources=[os.path.join(KERNEL_DIR, "_logps.pyx"),
-                     os.path.join(CSRC_DIR, "logps_dispatch.c")],
+                     os.path.join(CSRC_DIR, "logps.c")],
             **numpy_api,
         ),
         Extension(

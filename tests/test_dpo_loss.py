@@ -226,9 +226,10 @@ def test_results_are_independent_objects():
 
 @pytest.mark.parametrize(("n", "fast"), [(1, True), (32, True), (33, True), (8192, True),
                                          (8193, False)])
-def test_fast_path_routing(monkeypatch, n, fast):
+def test_fast_path_routing(n, fast):
     """Lists of up to 8192 pairs never reach the NumPy path; longer ones and arrays do."""
     import dpo_fast._entry
+    import dpo_fast._seed
 
     calls = []
     general = dpo_fast._entry.dpo_loss_arrays
@@ -237,12 +238,15 @@ def test_fast_path_routing(monkeypatch, n, fast):
         calls.append(len(args[0]))
         return general(*args)
 
-    monkeypatch.setattr(dpo_fast._entry, "dpo_loss_arrays", spy)
-    columns = as_lists(*random_logps(np.random.default_rng(n), n))
-    dpo_loss(*columns, 0.5)
-    assert calls == ([] if fast else [n])
-    dpo_loss(*[np.array(c) for c in columns], 0.5)
-    assert calls[-1] == n
+    dpo_fast._seed.set_array_path(spy)  # what dpo_fast/__init__.py installs, spied on
+    try:
+        columns = as_lists(*random_logps(np.random.default_rng(n), n))
+        dpo_loss(*columns, 0.5)
+        assert calls == ([] if fast else [n])
+        dpo_loss(*[np.array(c) for c in columns], 0.5)
+        assert calls[-1] == n
+    finally:
+        dpo_fast._seed.set_array_path(general)
 
 
 # ------------------------------------------------------------------ regressions

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import dpo_fast
 from dpo_fast import logps as logps_module
 from dpo_fast import sequence_logps, sequence_logps_grad
-from dpo_fast._kernels import _pairwise
+from dpo_fast._kernels import _logps, _pairwise
 
 # ------------------------------------------------------------------ float64 reference
 
@@ -601,7 +601,7 @@ def test_simd_level_follows_the_pairwise_kernels(simd_levels):
     ids = {"scalar": 0, "avx2": 2, "avx512": 3}
     for level in simd_levels:
         _pairwise.set_simd_level(level)
-        assert logps_module._simd_level_id() == ids.get(level, 1)
+        assert _logps.simd_level_id() == ids.get(level, 1)
 
 
 def test_compiled_module_has_a_type_stub():
@@ -671,9 +671,10 @@ def test_row_exp_is_bitwise_dpo_exp(tmp_path):
     """The row loops' exp (no upper clamp, one 2^k factor) is dpo_exp wherever the result is
     a normal number, compiled with the build's flags for the baseline and every clone."""
     (tmp_path / "check.c").write_text(EXP_CHECK)
-    clone_flags = setup_constant("X86_CLONE_FLAGS") if platform.machine() in (
-        "x86_64", "AMD64") else {}
-    flag_sets = [[]] + [f["unix"] for f in clone_flags.values()]
+    level_flags = setup_constant("SIMD_LEVEL_FLAGS")
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    flag_sets = [level_flags[level]["unix"] for level in level_flags
+                 if x86 or level not in setup_constant("X86_LEVELS")]
     for flags in flag_sets:
         exe = tmp_path / "check"
         subprocess.run(["gcc", *setup_constant("GCC_FLAGS"), *flags, "-I", str(CSRC),
@@ -698,10 +699,9 @@ def _cpu_runs(flags):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones only")
 def test_row_loops_vectorised_in_every_clone(tmp_path):
-    clone_flags = setup_constant("X86_CLONE_FLAGS")
-    cases = [("logps_dispatch.c", [], "16"),
-             ("logps_clone.c", ["-DDPO_ISA=avx2", *clone_flags["avx2"]["unix"]], "32"),
-             ("logps_clone.c", ["-DDPO_ISA=avx512", *clone_flags["avx512"]["unix"]], "64")]
+    level_flags = setup_constant("SIMD_LEVEL_FLAGS")
+    cases = [("logps_simd.c", [f"-DDPO_ISA={level}", *level_flags[level]["unix"]], width)
+             for level, width in (("baseline", "16"), ("avx2", "32"), ("avx512", "64"))]
     loops = _loop_lines()
     for source, flags, width in cases:
         report = subprocess.run(

@@ -1,12 +1,16 @@
-"""The vectoriser really vectorised the row loop of every SIMD clone.
+"""The vectoriser really vectorised every row loop of every SIMD level.
 
 GCC's vectoriser is fragile: a harmless-looking change to csrc/ (a literal clamp, a select
-written another way, one pointer too many for its alias checks) can silently leave a clone
-scalar; the results stay right, only 3-8x slower. This test compiles csrc/dispatch.c (baseline
-path) and csrc/simd_clone.c once per extra instruction set with the build's own flags (read from
-setup.py) and GCC's vectoriser report, and checks that every row loop (LOOPS) is vectorised
-with 16-, 32- and 64-byte vectors in the SSE2, AVX2 and AVX-512 paths.
+written another way, one pointer too many for its alias checks) can silently leave a loop
+scalar; the results stay right, only 3-8x slower. This test compiles csrc/pairwise_simd.c once
+per vectorised SIMD level (baseline, avx2, avx512) with the build's own flags (read from
+setup.py) and GCC's vectoriser report, and checks that each row loop (LOOPS) is vectorised
+with 16-, 32- and 64-byte vectors in the SSE2, AVX2 and AVX-512 instances. The loops are
+macro-expanded once per loss type, so GCC reports many at one source line: the count of
+vectorised loops there must reach the count of loops (from the registry in pair_losses.h),
+so that no single loss type's loop can stay scalar unnoticed. Those lines host row loops only.
 It needs the source tree, GCC and x86-64; elsewhere it is skipped.
+(tests/test_sequence_logps.py checks the log-softmax rows of logps_simd.c the same way.)
 """
 
 import functools
@@ -20,15 +24,39 @@ import tempfile
 import pytest
 from helpers import CSRC, setup_constant
 
-# The loops that must vectorise: (header, a text on the line GCC reports them at, lines
-# after it). The plain and length-normalised row loops of chunk_body.h; the
-# prepare, per-term and finish passes of general_body.h.
+
+@functools.cache
+def _kinds():
+    """{KIND: number of loss types} of pair_losses.h's DPO_LOSS_REGISTRY."""
+    kinds = re.findall(r"X\((\w+), DPO_LOSS_\w+,", (CSRC / "pair_losses.h").read_text())
+    return {kind: kinds.count(kind) for kind in set(kinds)}
+
+
+def _plain():  # the fused loop's raw cases: float64 and float32, with and without gradients
+    return 4 * (_kinds().get("PAIR", 0) + _kinds().get("PAIR_NORM", 0))
+
+
+def _normalized():  # its normalised cases, likewise
+    return 4 * (_kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0))
+
+
+def _terms():  # the general loop's per-term loops (one function serves float64 and float32)
+    return _kinds().get("PAIR", 0) + _kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0)
+
+
+# The loops that must vectorise: (header, a text on the line GCC reports them at, lines after
+# it, how many loops are reported there). The plain and length-normalised row loops of
+# chunk_body.h; the prepare (3 divergences x 2 types per variant pair), per-term and finish
+# passes of general_body.h.
 LOOPS = [
-    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE\n", 1),
-    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_NORMALIZED", 1),
-    ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 1)", 0),
-    ("general_body.h", "#define DPO_EACH_X DPO_GEN_TERM_CASE", 1),
-    ("general_body.h", "/* 3. finish */", 2),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE\n", 1, _plain),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_NORMALIZED", 1, _normalized),
+    ("general_body.h", "DPO_GEN_PREPARE_CASE(0, 0)", 0, lambda: 6),
+    ("general_body.h", "DPO_GEN_PREPARE_CASE(0, 1)", 0, lambda: 6),
+    ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 0)", 0, lambda: 6),
+    ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 1)", 0, lambda: 6),
+    ("general_body.h", "#define DPO_EACH_X DPO_GEN_TERM_CASE", 1, _terms),
+    ("general_body.h", "/* 3. finish */", 2, lambda: 2),
 ]
 
 
@@ -40,36 +68,38 @@ def _line_of(header, text, offset):
                 if (line.strip() == text.strip() if whole else text in line)) + offset
 
 
-CLONES = [("dispatch.c", "baseline", "16"), ("simd_clone.c", "avx2", "32"),
-          ("simd_clone.c", "avx512", "64")]
+LEVELS = [("baseline", "16"), ("avx2", "32"), ("avx512", "64")]
 
 
 @functools.cache
-def _report(source, isa):
-    """GCC's vectoriser report for one translation unit (compiled once per test session)."""
-    flags = [] if isa == "baseline" else [f"-DDPO_ISA={isa}",
-                                          *setup_constant("X86_CLONE_FLAGS")[isa]["unix"]]
+def _report(level):
+    """GCC's vectoriser report for one level's instance (compiled once per test session)."""
+    flags = [f"-DDPO_ISA={level}", *setup_constant("SIMD_LEVEL_FLAGS")[level]["unix"]]
     with tempfile.TemporaryDirectory() as tmp:
         return subprocess.run(
             ["gcc", *setup_constant("GCC_FLAGS"), *flags, "-fopt-info-vec-optimized", "-I",
-             str(CSRC), "-c", str(CSRC / source), "-o", os.path.join(tmp, "out.o")],
+             str(CSRC), "-c", str(CSRC / "pairwise_simd.c"), "-o", os.path.join(tmp, "out.o")],
             capture_output=True, text=True, check=True,
         ).stderr
 
 
-@pytest.mark.skipif(not (CSRC / "dispatch.c").exists(), reason="needs the source tree")
+@pytest.mark.skipif(not (CSRC / "pairwise_simd.c").exists(), reason="needs the source tree")
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones only")
-@pytest.mark.parametrize("source, isa, width", CLONES)
-@pytest.mark.parametrize("header, text, offset", LOOPS)
-def test_row_loop_vectorised_in_every_clone(header, text, offset, source, isa, width):
+@pytest.mark.parametrize("level, width", LEVELS)
+@pytest.mark.parametrize("header, text, offset, count", LOOPS)
+def test_each_row_loop_vectorised_at_every_level(header, text, offset, count, level, width):
     line = _line_of(header, text, offset)
-    report = _report(source, isa)
+    report = _report(level)
     widths = re.findall(
         rf"{re.escape(header)}:{line}:\d+: optimized: loop vectorized using (\d+) byte",
         report,
     )
-    # float64 and float32 at least (the row loops: each with and without gradients).
-    assert widths.count(width) >= 2, (
-        f"loop at {header}:{line} of {source} ({isa}) not vectorised with {width}-byte "
-        f"vectors; report:\n{report}")
+    assert widths.count(width) >= count(), (
+        f"{count()} loops at {header}:{line} ({level}), {widths.count(width)} vectorised with "
+        f"{width}-byte vectors; report:\n{report}")
+
+
+def test_the_registry_has_every_kind_of_case():
+    """The counts above come from the registry: make sure it parsed."""
+    assert _plain() > 0 and _normalized() > 0 and _terms() > 0

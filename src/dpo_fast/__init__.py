@@ -25,6 +25,7 @@ DPO_FAST_SIMD
 import os as _os
 import warnings as _warnings
 
+from dpo_fast import _entry, _seed
 from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import dpo_loss
 from dpo_fast._version import __version__
@@ -82,3 +83,6 @@ def _apply_simd_env() -> None:
 
 
 _apply_simd_env()
+# dpo_loss runs everything but short lists through the NumPy entry point; _seed sits below
+# _entry (which imports from it), so the public layer hands it the callable.
+_seed.set_array_path(_entry.dpo_loss_arrays)

@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -9,6 +9,7 @@ _Values = Sequence[float] | npt.NDArray[np.floating[Any]] | npt.NDArray[np.integ
 def round4(x: float) -> float: ...
 def round4_list(values: npt.NDArray[np.float64]) -> list[float]: ...
 def validate_beta(beta: object) -> float: ...
+def set_array_path(path: Callable[..., dict[str, Any]]) -> None: ...
 def dpo_loss(
     log_probs_chosen_policy: _Values,
     log_probs_rejected_policy: _Values,

@@ -86,6 +86,20 @@ cdef inline double _read_number(object item, Py_ssize_t index, int arg) except? 
             f"{_ARG_NAMES[arg]}[{index}] = {item!r} is not representable as a finite float")
 
 
+# What dpo_loss hands anything but short lists and tuples to: dpo_fast._entry.dpo_loss_arrays,
+# passed in by the package's public layer (dpo_fast/__init__.py). _entry sits above this module
+# (it imports round4 from here), so this module never imports it.
+cdef object _array_path = None
+
+
+def set_array_path(path):
+    """Install the callable that dpo_loss runs for NumPy arrays and sequences longer than
+    CHUNK_ROWS, with dpo_loss's five arguments (dpo_fast/__init__.py installs
+    dpo_fast._entry.dpo_loss_arrays)."""
+    global _array_path
+    _array_path = path
+
+
 BETA_MIN = 1e-300
 BETA_MAX = 1e300
 
@@ -173,9 +187,10 @@ def dpo_loss(log_probs_chosen_policy, log_probs_rejected_policy, log_probs_chose
         if arg == 0:
             n = size
     if n < 0:
-        from dpo_fast._entry import dpo_loss_arrays
-        return dpo_loss_arrays(log_probs_chosen_policy, log_probs_rejected_policy,
-                                 log_probs_chosen_ref, log_probs_rejected_ref, beta)
+        if _array_path is None:
+            raise RuntimeError("dpo_fast._seed.dpo_loss needs the array path: import dpo_fast")
+        return _array_path(log_probs_chosen_policy, log_probs_rejected_policy,
+                           log_probs_chosen_ref, log_probs_rejected_ref, beta)
 
     for arg in range(4):
         size = len(seqs[arg])

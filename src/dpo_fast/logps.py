@@ -27,7 +27,7 @@ from dpo_fast._arrays import (
     kernel_output,
     tensor_as_array,
 )
-from dpo_fast._kernels import _logps, _pairwise
+from dpo_fast._kernels import _logps
 
 __all__ = ["SequenceLogpsResult", "sequence_logps", "sequence_logps_grad"]
 
@@ -37,11 +37,6 @@ __all__ = ["SequenceLogpsResult", "sequence_logps", "sequence_logps_grad"]
 # The margin is for busier machines, where waking an OpenMP pool that has gone to sleep
 # costs far more than on an idle one.
 PARALLEL_MIN_ELEMENTS = 1 << 16
-
-# dpo_fast._kernels._pairwise names the SIMD level in use; the row loops take it as a number
-# (csrc/dispatch.h numbering). sse2 / neon / baseline are all the build's baseline.
-_SIMD_LEVEL_IDS = {"scalar": 0, "avx2": 2, "avx512": 3}
-
 
 @dataclass(frozen=True)
 class SequenceLogpsResult:
@@ -190,14 +185,6 @@ def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     return np.ascontiguousarray(counted).reshape(-1).view(np.uint8)
 
 
-def _resolve_threads(n_threads: int | None, n_elements: int) -> int:
-    return _threads.resolve_n_threads(n_threads, n_elements, PARALLEL_MIN_ELEMENTS)
-
-
-def _simd_level_id() -> int:
-    return _SIMD_LEVEL_IDS.get(_pairwise.simd_level(), 1)
-
-
 def _prepare(logits: Any, labels: Any, ignore_index: Any, mask: Any, temperature: Any
              ) -> _Prepared:
     ignore = _check_ignore_index(ignore_index)
@@ -344,7 +331,7 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     # in one compiled step; anything else, or anything wrong, is validated below.
     common = _logps.common_call(logits, labels, ignore_index, mask, average, temperature,
                                 return_token_logps, return_entropy, n_threads,
-                                PARALLEL_MIN_ELEMENTS, _simd_level_id())
+                                PARALLEL_MIN_ELEMENTS)
     if common is not None:
         return SequenceLogpsResult(*common)
     want_average = check_flag(average, "average")
@@ -362,8 +349,8 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     status = np.zeros(n_b * n_t, dtype=np.uint8)
     n_bad = _logps.forward(
         prep.logits, prep.labels, rows, prep.inv_temperature, token_logps, logsumexp,
-        entropy, status, simd_level=_simd_level_id(),
-        n_threads=_resolve_threads(threads, rows.size * vocab))
+        entropy, status,
+        n_threads=_threads.resolve_n_threads(threads, rows.size * vocab, PARALLEL_MIN_ELEMENTS))
     if n_bad:
         _raise_non_finite(prep, status, rows)
 
@@ -555,8 +542,8 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     status = np.zeros(n_b * n_t, dtype=np.uint8)
     n_bad = _logps.backward(
         prep.logits, prep.labels, weight, lse, prep.inv_temperature,
-        grad.reshape(n_b * n_t, vocab), status, simd_level=_simd_level_id(),
-        n_threads=_resolve_threads(threads, n_b * n_t * vocab))
+        grad.reshape(n_b * n_t, vocab), status,
+        n_threads=_threads.resolve_n_threads(threads, n_b * n_t * vocab, PARALLEL_MIN_ELEMENTS))
     if n_bad:
         counted = rows[weight[rows] != 0.0]
         _raise_non_finite(prep, status, counted)

@@ -10,6 +10,8 @@ NOT_ARGMAX: int
 ARGMAX: int
 NONFINITE: int
 
+def simd_level_id() -> int: ...
+
 def select_rows(
     labels: _I64,
     mask: _U8 | None,
@@ -28,7 +30,6 @@ def forward(
     entropy: _F64 | None,
     status: _U8,
     *,
-    simd_level: int,
     n_threads: int,
 ) -> int: ...
 def sequence_sums(
@@ -48,6 +49,5 @@ def backward(
     grad: _Float,
     status: _U8,
     *,
-    simd_level: int,
     n_threads: int,
 ) -> int: ...

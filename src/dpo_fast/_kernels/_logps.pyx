@@ -13,6 +13,8 @@ cimport numpy as cnp
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint8_t
 
+from dpo_fast._kernels._pairwise cimport simd_level_id as chosen_simd_level
+
 cdef extern from "logps_api.h" nogil:
     enum:
         DPO_LOGPS_NOT_ARGMAX
@@ -42,7 +44,6 @@ cdef extern from "logps_api.h" nogil:
                                Py_ssize_t k1)
     void dpo_logps_backward_f32(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
     void dpo_logps_backward_f64(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
-    int dpo_logps_simd_level(int requested)
 
 ctypedef fused floating:
     float
@@ -53,6 +54,12 @@ cnp.import_array()
 NOT_ARGMAX = DPO_LOGPS_NOT_ARGMAX
 ARGMAX = DPO_LOGPS_ARGMAX
 NONFINITE = DPO_LOGPS_NONFINITE
+
+
+def simd_level_id():
+    """The SIMD level (csrc/simd.h numbering) the row loops run now: the package's one chosen
+    level (dpo_fast._kernels._pairwise), read on every call."""
+    return chosen_simd_level()
 
 # A parallel task is a run of consecutive rows: the row loops prefetch the next row of their
 # task while they compute, so longer tasks keep memory busy. At most TASK_MAX_ELEMENTS logits
@@ -117,7 +124,7 @@ def select_rows(const int64_t[:, ::1] labels, const uint8_t[:, ::1] mask, int64_
 def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
             const int64_t[::1] rows, double inv_temperature, double[::1] token_logps,
             double[::1] logsumexp, double[::1] entropy, uint8_t[::1] status, *,
-            int simd_level, int n_threads):
+            int n_threads):
     """Per-row log-softmax at the label (and entropy, if `entropy` is not None) for the rows
     listed in `rows` (flat indices b * T + t). Other positions of the outputs are left alone.
     Returns the number of rows holding a NaN or an infinity (status NONFINITE)."""
@@ -141,7 +148,7 @@ def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.vocab = logits.shape[2]
     args.labels = &labels[0]
     args.inv_temperature = inv_temperature
-    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.simd_level = chosen_simd_level()
     args.token_logps = &token_logps[0]
     args.logsumexp = &logsumexp[0]
     args.entropy = NULL
@@ -191,7 +198,7 @@ def sequence_sums(const int64_t[::1] rows, Py_ssize_t n_t, const double[::1] tok
 def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
              const double[::1] row_weight, const double[::1] logsumexp,
              double inv_temperature, floating[:, ::1] grad, uint8_t[::1] status, *,
-             int simd_level, int n_threads):
+             int n_threads):
     """grad[r] = row_weight[r] * (onehot(labels[r]) - softmax(logits[r] * inv_temperature))
     * inv_temperature for every row r (zeros where row_weight[r] == 0), one pass per row.
 
@@ -219,7 +226,7 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.vocab = logits.shape[2]
     args.labels = &labels[0]
     args.inv_temperature = inv_temperature
-    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.simd_level = chosen_simd_level()
     args.token_logps = NULL
     args.logsumexp = NULL
     args.entropy = NULL
@@ -275,8 +282,7 @@ cdef inline int _float_type(object value) noexcept:
 
 def common_call(object logits, object labels, object ignore_index, object mask,
                 object average, object temperature, object return_token_logps,
-                object return_entropy, object n_threads, Py_ssize_t max_elements,
-                int simd_level):
+                object return_entropy, object n_threads, Py_ssize_t max_elements):
     """dpo_fast.sequence_logps's common call in one compiled step: the fields of its result
     as a tuple (logps, counts, token_accuracy, logsumexp, token_logps, entropy, mean_entropy),
     or None for anything else, which dpo_fast.logps then validates and runs (and raises for).
@@ -386,7 +392,7 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     args.vocab = vocab
     args.labels = label_data
     args.inv_temperature = inv_temperature
-    args.simd_level = dpo_logps_simd_level(simd_level)
+    args.simd_level = chosen_simd_level()
     args.token_logps = <double *>cnp.PyArray_DATA(token_logps)
     args.logsumexp = <double *>cnp.PyArray_DATA(logsumexp)
     args.entropy = entropy_data

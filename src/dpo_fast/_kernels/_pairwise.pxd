@@ -1,8 +1,17 @@
-# Declarations shared by the compiled modules: the C dispatch layer (csrc/dispatch.h) and the
-# one cdef entry point that other Cython modules (dpo_fast._seed) call through this module,
-# so the whole package shares one SIMD dispatch state.
+# Declarations shared by the compiled modules: the C side of the pairwise kernels
+# (csrc/pairwise.h), the SIMD dispatch layer (csrc/simd.h), and the cdef functions that other
+# Cython modules (dpo_fast._seed, dpo_fast._entry, dpo_fast._kernels._logps) call through this
+# module. The chosen SIMD level lives in this module's C (csrc/simd.c) only: the whole package
+# shares one dispatch state.
 
-cdef extern from "dispatch.h" nogil:
+cdef extern from "simd.h" nogil:
+    enum:
+        DPO_SIMD_SCALAR
+        DPO_SIMD_BASELINE
+        DPO_SIMD_AVX2
+        DPO_SIMD_AVX512
+
+cdef extern from "pairwise.h" nogil:
     enum:
         DPO_CHUNK
         DPO_NSUMS
@@ -46,10 +55,6 @@ cdef extern from "dispatch.h" nogil:
         DPO_DIV_IDENTITY
         DPO_DIV_EXP
         DPO_DIV_JS
-        DPO_SIMD_SCALAR
-        DPO_SIMD_BASELINE
-        DPO_SIMD_AVX2
-        DPO_SIMD_AVX512
 
     ctypedef struct DpoLossParams:
         double beta
@@ -98,3 +103,5 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1
 
+# The SIMD level (DPO_SIMD_*) the kernels run now: what _logps stores in its C arguments.
+cdef int simd_level_id() noexcept nogil

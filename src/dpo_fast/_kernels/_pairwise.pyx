@@ -33,7 +33,13 @@ cdef extern from "simd_math.h" nogil:
     double dpo_log1mexp(double a, double *one_minus_out)
     DpoLogistic dpo_logistic(double z)
 
-cdef extern from "dispatch.h" nogil:
+cdef extern from "simd.h" nogil:
+    int dpo_simd_detect()
+    int dpo_simd_get()
+    int dpo_simd_set(int level)
+    const char *dpo_simd_name(int level)
+
+cdef extern from "pairwise.h" nogil:
     void dpo_chunk_f64(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
     void dpo_chunk_f32(const DpoChunkArgs *args, Py_ssize_t start, Py_ssize_t n, double *sums)
     void dpo_combine_sums(const double *partials, Py_ssize_t n_chunks, double *total)
@@ -41,10 +47,6 @@ cdef extern from "dispatch.h" nogil:
                          double *x, double *y, double *z, Py_ssize_t start, Py_ssize_t n)
     void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
                          float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
-    int dpo_simd_detect()
-    int dpo_simd_get()
-    int dpo_simd_set(int level)
-    const char *dpo_simd_name(int level)
     int dpo_openmp_enabled()
     ctypedef struct DpoLossInfo:
         int id
@@ -327,6 +329,10 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
 def openmp_enabled():
     """True when this build runs the kernels with OpenMP threads."""
     return bool(dpo_openmp_enabled())
+
+
+cdef int simd_level_id() noexcept nogil:
+    return dpo_simd_get()
 
 
 def simd_level():

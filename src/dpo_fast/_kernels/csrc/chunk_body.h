@@ -1,12 +1,11 @@
 /*
- * The chunk loop, written once. dispatch.c includes this file once per (instruction set,
- * element type) with these macros defined:
- *   DPO_T          element type of inputs and outputs (float or double)
- *   DPO_ZEROS      DPO_CHUNK zeros of DPO_T, read in place of a missing reference
- *   DPO_CHUNK_FN   name of the function to define
- *   DPO_TARGET     function attribute selecting the instruction set (may be empty)
- *   DPO_LOOP_HINT  loop pragma (empty, or one that disables vectorisation for "scalar")
- *   DPO_LINKAGE    static (dispatch.c) or empty (simd_clone.c, called from dispatch.c)
+ * The chunk loop, written once. pairwise_simd.c (compiled once per SIMD level, see simd.h)
+ * includes this file once per element type with these macros defined:
+ *   DPO_T           element type of inputs and outputs (float or double)
+ *   DPO_ZEROS       DPO_CHUNK zeros of DPO_T, read in place of a missing reference
+ *   DPO_CHUNK_FN    name of the function to define (hidden visibility: pairwise.c calls it)
+ *   DPO_GENERAL_FN  name of the general loop's static function (general_body.h)
+ * and simd.h's DPO_TARGET (function attribute) and DPO_LOOP_HINT (loop pragma) of the level.
  * All arithmetic is double; outputs are rounded to DPO_T once.
  */
 
@@ -81,7 +80,7 @@
  * for the chain rule. The vectorised loop runs every row with HUGE = 0 and only flags the
  * rows that overflowed; a scalar fix-up loop then redoes those (a NaN row, possible with
  * check_finite=False, is flagged too and stays NaN). */
-#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE, MODS)                                        \
+#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE, NORM)                                        \
     ptrdiff_t row = block + i;                                                              \
     double chosen = (double)pc[row];                                                        \
     double rejected = (double)pr[row];                                                      \
@@ -92,25 +91,25 @@
     double row_beta = huge ? beta4 : beta;                                                  \
     double c = scale * chosen - scale * ref_chosen;                                         \
     double r = scale * rejected - scale * ref_rejected;                                     \
-    /* MODS 2: length-normalised log-ratios (the reciprocal is the chain factor). */        \
-    double inv_c = ((MODS) == 2) ? 1.0 / nc[row] : 1.0;                                     \
-    double inv_r = ((MODS) == 2) ? 1.0 / nr[row] : 1.0;                                     \
-    double x_c = ((MODS) == 2) ? c * inv_c : c;                                             \
-    double x_r = ((MODS) == 2) ? r * inv_r : r;                                             \
+    /* NORM: length-normalised log-ratios (the reciprocal is the chain factor) and per-pair \
+     * weights (ones when none are given). */                                               \
+    double inv_c = (NORM) ? 1.0 / nc[row] : 1.0;                                            \
+    double inv_r = (NORM) ? 1.0 / nr[row] : 1.0;                                            \
+    double x_c = (NORM) ? c * inv_c : c;                                                    \
+    double x_r = (NORM) ? r * inv_r : r;                                                    \
     DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, x_c, x_r);                    \
-    double chosen_reward = row_beta * (((MODS) == 2 && normalized_rewards) ? x_c : c);      \
-    double rejected_reward = row_beta * (((MODS) == 2 && normalized_rewards) ? x_r : r);    \
-    /* MODS >= 1: the per-pair weight. */                                                   \
-    double weight = ((MODS) >= 1) ? pw[row] : 1.0;                                          \
-    double value = ((MODS) >= 1) ? dpo_mul0(weight, pl.value) : pl.value;                   \
+    double chosen_reward = row_beta * (((NORM) && normalized_rewards) ? x_c : c);           \
+    double rejected_reward = row_beta * (((NORM) && normalized_rewards) ? x_r : r);         \
+    double weight = (NORM) ? pw[row] : 1.0;                                                 \
+    double value = (NORM) ? dpo_mul0(weight, pl.value) : pl.value;                          \
     out_loss[row] = (DPO_T)value;                                                           \
     out_chosen_reward[row] = (DPO_T)chosen_reward;                                          \
     out_rejected_reward[row] = (DPO_T)rejected_reward;                                      \
     if (WITH_GRAD) {                                                                        \
-        double d_c = ((MODS) == 2) ? pl.d_chosen * inv_c : pl.d_chosen;                     \
-        double d_r = ((MODS) == 2) ? pl.d_rejected * inv_r : pl.d_rejected;                 \
-        d_c = ((MODS) >= 1) ? dpo_mul0(weight, d_c) : d_c;                                  \
-        d_r = ((MODS) >= 1) ? dpo_mul0(weight, d_r) : d_r;                                  \
+        double d_c = (NORM) ? pl.d_chosen * inv_c : pl.d_chosen;                            \
+        double d_r = (NORM) ? pl.d_rejected * inv_r : pl.d_rejected;                        \
+        d_c = (NORM) ? dpo_mul0(weight, d_c) : d_c;                                         \
+        d_r = (NORM) ? dpo_mul0(weight, d_r) : d_r;                                         \
         out_grad_chosen[row] = (DPO_T)(d_c * scale / grad_divisor);                         \
         out_grad_rejected[row] = (DPO_T)(d_r * scale / grad_divisor);                       \
     }                                                                                       \
@@ -122,64 +121,67 @@
     buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                                   \
     buf[DPO_SUM_REJECTED_LOGP][i] = rejected;
 
-#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, MODS)                                                  \
+#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, NORM)                                              \
     {                                                                                       \
         DPO_LOOP_HINT                                                                       \
         for (ptrdiff_t i = 0; i < m; i++) {                                                 \
-            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, MODS)                                       \
+            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, NORM)                                       \
             /* (c - r) * 0 is 0 on ordinary rows and NaN where c - r overflowed (or a      \
-             * NaN came in): summed in lanes below, it flags the block without a scalar     \
-             * scan (GCC vectorises neither an OR-reduction of a compare nor the unordered  \
-             * compare itself). */                                                          \
+             * NaN came in): summed in lanes after the loop, it flags the block without a   \
+             * scalar scan (GCC vectorises neither an OR-reduction of a compare nor the     \
+             * unordered compare itself). */                                                \
             buf[DPO_NSUMS][i] = (x_c - x_r) * 0.0;                                          \
-        }                                                                                   \
-        double flag_lanes[DPO_LANES] = {0.0};                                               \
-        ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;                                        \
-        for (ptrdiff_t i = 0; i < i_end; i += DPO_LANES)                                    \
-            for (int j = 0; j < DPO_LANES; j++)                                             \
-                flag_lanes[j] += buf[DPO_NSUMS][i + j];                                     \
-        for (ptrdiff_t i = i_end; i < m; i++)                                               \
-            flag_lanes[0] += buf[DPO_NSUMS][i];                                             \
-        double flag = 0.0;                                                                  \
-        for (int j = 0; j < DPO_LANES; j++)                                                 \
-            flag += flag_lanes[j];                                                          \
-        /* Fix up only if needed, row by row: GCC would otherwise if-convert the fix-up     \
-         * loop and run the whole row body again, masked, for every row. */                 \
-        if (flag != 0.0) {                                                                  \
-            for (ptrdiff_t i = 0; i < m; i++) {                                             \
-                if (buf[DPO_NSUMS][i] != 0.0) {                                             \
-                    DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 1, MODS)                               \
-                }                                                                           \
-            }                                                                               \
         }                                                                                   \
     }
 
-/* MODS: 0 plain; 2 length-normalised, with per-pair weights (ones if none). (The body also
- * supports 1, weights alone; not instantiated: each variant costs compile time and code for
- * every loss type, and weights alone take the general loop at a moderate cost.) */
-#define DPO_LOSS_CASE_MODS(ID, PAIR_FN, MODS)                                               \
+/* The flagged rows of a block again, one by one with HUGE = 1 (rare: rows near DBL_MAX, or
+ * NaN). One function for every loss type (dpo_pair_by_type, general_body.h, calls the type's
+ * function) and both variants, with the row body of the vectorised loops, so it computes what
+ * a case of its own would: the scalar redo costs no code per case. */
+#define DPO_FIXUP_FN DPO_CONCAT(DPO_CHUNK_FN, _fixup)
+#define DPO_PAIR_OF_LOSS_TYPE(...) dpo_pair_by_type(loss_type, __VA_ARGS__)
+DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdiff_t start,
+                                                 ptrdiff_t block, ptrdiff_t m, int norm,
+                                                 double (*buf)[DPO_BLOCK])
+{
+    DPO_CHUNK_LOCALS
+    const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const int loss_type = args->loss_type;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        if (buf[DPO_NSUMS][i] != 0.0) {
+            DPO_ROW_BODY(DPO_PAIR_OF_LOSS_TYPE, with_grad, 1, norm)
+        }
+    }
+}
+#undef DPO_PAIR_OF_LOSS_TYPE
+
+/* One switch case of the fused loop: NORM 0 over the raw log-ratios, 1 over the length-
+ * normalised ones with per-pair weights. (Weights alone take the general loop: a variant of
+ * their own would cost compile time and code for every loss type and instruction set.) */
+#define DPO_LOSS_CASE_NORM(ID, PAIR_FN, NORM)                                               \
     case ID:                                                                                \
         if (with_grad) {                                                                    \
-            DPO_ROW_LOOP(PAIR_FN, 1, MODS)                                                  \
+            DPO_ROW_LOOP(PAIR_FN, 1, NORM)                                                  \
         } else {                                                                            \
-            DPO_ROW_LOOP(PAIR_FN, 0, MODS)                                                  \
+            DPO_ROW_LOOP(PAIR_FN, 0, NORM)                                                  \
         }                                                                                   \
         break;
-#define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 0)
-#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_MODS(ID, PAIR_FN, 2)
+#define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 0)
+#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 1)
 
-DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
-                                    double *sums)
+DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
+                                   double *sums)
 {
     if (args->general) {
         DPO_GENERAL_FN(args, start, n, sums);
         return;
     }
     DPO_CHUNK_LOCALS
-    /* One loss type of length-normalised log-ratios (ipo, sigmoid_norm, simpo), with or
-     * without per-pair weights (ones stand in), runs fused here too; lists, f-divergences,
-     * sft and weights alone take the general loop. */
-    const int mods = args->chosen_lengths ? 2 : 0;
+    /* One loss type of raw log-ratios (DPO_LT_PLAIN), or of length-normalised ones (ipo,
+     * sigmoid_norm, simpo) with or without per-pair weights (ones stand in), runs fused here;
+     * lists, f-divergences, sft and weights alone take the general loop (_pairwise.pyx's
+     * LossConfig picks). */
+    const int normalized = args->chosen_lengths != NULL;
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
 
     double lanes[DPO_NSUMS][DPO_LANES];
@@ -191,10 +193,10 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
 
     for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
         ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
-        if (mods == 0) {
+        if (!normalized) {
             switch (args->loss_type) {
 #define DPO_EACH_X DPO_LOSS_CASE
-                DPO_FOR_EACH_KERNEL_LOSS
+                DPO_FOR_EACH_PLAIN_LOSS
 #undef DPO_EACH_X
             default:
                 break;
@@ -208,12 +210,27 @@ DPO_TARGET DPO_LINKAGE void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t sta
                 break;
             }
         }
+        /* Any row flagged? Then fix the block up (only then: GCC would otherwise if-convert
+         * the fix-up loop and run the whole row body again, masked, for every row). */
+        double flag_lanes[DPO_LANES] = {0.0};
+        ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;
+        for (ptrdiff_t i = 0; i < i_end; i += DPO_LANES)
+            for (int j = 0; j < DPO_LANES; j++)
+                flag_lanes[j] += buf[DPO_NSUMS][i + j];
+        for (ptrdiff_t i = i_end; i < m; i++)
+            flag_lanes[0] += buf[DPO_NSUMS][i];
+        double flag = 0.0;
+        for (int j = 0; j < DPO_LANES; j++)
+            flag += flag_lanes[j];
+        if (flag != 0.0)
+            DPO_FIXUP_FN(args, start, block, m, normalized, buf);
         DPO_ADD_BLOCK_TO_LANES
     }
     DPO_LANES_TO_SUMS
 }
 
+#undef DPO_FIXUP_FN
 #undef DPO_LOSS_CASE
-#undef DPO_LOSS_CASE_MODS
+#undef DPO_LOSS_CASE_NORM
 #undef DPO_LOSS_CASE_NORMALIZED
 #undef DPO_ROW_LOOP

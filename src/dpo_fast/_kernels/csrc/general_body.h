@@ -1,9 +1,10 @@
 /*
  * The general chunk loop: a weighted sum of loss types (TRL's loss_type lists with
  * loss_weights), per-pair weights, length-normalised log-ratios (ipo with lengths,
- * sigmoid_norm, simpo) and f-divergences. Included by chunk_instances.h with the same macros as
- * chunk_body.h (DPO_T, DPO_ZEROS, DPO_TARGET, DPO_LOOP_HINT, DPO_LINKAGE) and DPO_GENERAL_FN,
- * the name to define; chunk_body.h's chunk function calls it when args->general is set.
+ * sigmoid_norm, simpo) and f-divergences. Included by chunk_body.h, so with its macros (DPO_T,
+ * DPO_ZEROS, DPO_GENERAL_FN: the name of the static function to define) and simd.h's
+ * DPO_TARGET / DPO_LOOP_HINT of the level; chunk_body.h's chunk function calls it when
+ * args->general is set.
  *
  * Each block of DPO_GEN_BLOCK rows takes three vectorised passes over local buffers, so a loss
  * type is still one function of pair_losses.h and no loop is written per combination:
@@ -92,7 +93,7 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
     case ID:                               \
         return PAIR_FN(params, beta, inv_scale, c, r);
 #define DPO_EACH_X DPO_PAIR_BY_TYPE_CASE
-        DPO_FOR_EACH_KERNEL_LOSS
+        DPO_FOR_EACH_TERM_LOSS
 #undef DPO_EACH_X
 #undef DPO_PAIR_BY_TYPE_CASE
     default: {
@@ -101,6 +102,38 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
     }
     }
 }
+
+/* Pass 2 for one term over a block: its weighted value and chain-ruled derivatives, added up.
+ * Nothing here depends on the element type (the passes around it convert), so one function
+ * of each SIMD level serves the float and the double loop. */
+#define DPO_GEN_TERM_CASE(ID, PAIR_FN)                                                      \
+    case ID:                                                                                \
+        DPO_LOOP_HINT                                                                       \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            DpoPairLoss pl = PAIR_FN(&params, row_beta[i], row_inv_scale[i], a_c[i], a_r[i]); \
+            acc_value[i] += term_weight * pl.value;                                         \
+            acc_chosen[i] += term_weight * dpo_mul00(pl.d_chosen, k_c[i]);                  \
+            acc_rejected[i] += term_weight * dpo_mul00(pl.d_rejected, k_r[i]);              \
+        }                                                                                   \
+        break;
+DPO_TARGET DPO_NOINLINE static void dpo_general_term(
+    int type, const DpoLossParams *params_in, double term_weight, ptrdiff_t m,
+    const double *DPO_RESTRICT a_c, const double *DPO_RESTRICT a_r,
+    const double *DPO_RESTRICT k_c, const double *DPO_RESTRICT k_r,
+    const double *DPO_RESTRICT row_beta, const double *DPO_RESTRICT row_inv_scale,
+    double *DPO_RESTRICT acc_value, double *DPO_RESTRICT acc_chosen,
+    double *DPO_RESTRICT acc_rejected)
+{
+    const DpoLossParams params = *params_in; /* a local copy: no alias with the outputs */
+    switch (type) {
+#define DPO_EACH_X DPO_GEN_TERM_CASE
+        DPO_FOR_EACH_TERM_LOSS
+#undef DPO_EACH_X
+    default:
+        break;
+    }
+}
+#undef DPO_GEN_TERM_CASE
 #endif /* DPO_GENERAL_HELPERS_H */
 
 /* Pass 1 for one row: variant V (0 raw, 1 normalised) of the pair arguments from the log-ratios
@@ -215,20 +248,6 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
         else                                                                                \
             DPO_GEN_PREPARE(RAW, NORM, DPO_DIV_JS)                                          \
         break;
-
-/* Pass 2 for one term: its weighted value and chain-ruled derivatives, added up. */
-#define DPO_GEN_TERM_CASE(ID, PAIR_FN)                                                      \
-    case ID: {                                                                              \
-        const double *a_c = arg_c[variant], *a_r = arg_r[variant];                          \
-        const double *k_c = chain_c[variant], *k_r = chain_r[variant];                      \
-        DPO_LOOP_HINT                                                                       \
-        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
-            DpoPairLoss pl = PAIR_FN(&params, row_beta[i], row_inv_scale[i], a_c[i], a_r[i]); \
-            acc_value[i] += term_weight * pl.value;                                         \
-            acc_chosen[i] += term_weight * dpo_mul00(pl.d_chosen, k_c[i]);                  \
-            acc_rejected[i] += term_weight * dpo_mul00(pl.d_rejected, k_r[i]);              \
-        }                                                                                   \
-    } break;
 
 DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                       double *sums)
@@ -367,13 +386,9 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                     acc_value[i] += value;
                 continue;
             }
-            switch (args->term_types[t]) {
-#define DPO_EACH_X DPO_GEN_TERM_CASE
-                DPO_FOR_EACH_KERNEL_LOSS
-#undef DPO_EACH_X
-            default:
-                break;
-            }
+            dpo_general_term(args->term_types[t], &params, term_weight, m, arg_c[variant],
+                             arg_r[variant], chain_c[variant], chain_r[variant], row_beta,
+                             row_inv_scale, acc_value, acc_chosen, acc_rejected);
         }
 
         if (any_h_overflow) {
@@ -436,4 +451,3 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
 #undef DPO_GEN_NORM_SCORES
 #undef DPO_GEN_PREPARE
 #undef DPO_GEN_PREPARE_CASE
-#undef DPO_GEN_TERM_CASE

@@ -35,7 +35,7 @@ typedef struct {
     ptrdiff_t vocab;        /* V >= 1 */
     const int64_t *labels;  /* n_b * n_t labels, already checked to lie in [0, V) where used */
     double inv_temperature; /* 1 / temperature */
-    int simd_level;         /* from dpo_logps_simd_level() */
+    int simd_level;         /* DPO_SIMD_* of simd.h: the package's chosen level */
 
     /* Forward outputs, indexed by r (rows not processed are left alone). */
     double *token_logps;
@@ -50,9 +50,7 @@ typedef struct {
     void *grad;             /* n_b * n_t * V elements, C order, same type as logits */
 } DpoLogpsArgs;
 
-/* The SIMD level (DPO_SIMD_* numbering of dispatch.h) to store in DpoLogpsArgs.simd_level for
- * a requested one: clamped to what this CPU and build can run. Call it once per kernel call. */
-int dpo_logps_simd_level(int requested);
+/* The entry points run the instance of SIMD level args->simd_level (simd.h). */
 
 /* Forward over rows[k] for k in [k0, k1). */
 void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, ptrdiff_t k0,

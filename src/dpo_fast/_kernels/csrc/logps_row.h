@@ -1,6 +1,6 @@
 /*
- * The log-softmax row loops, written once. logps_instances.h includes this file once per
- * (instruction set, element type) with these macros defined:
+ * The log-softmax row loops, written once. logps_simd.c (compiled once per SIMD level, see
+ * simd.h) includes this file once per element type with these macros defined:
  *   LOGPS_T            element type of the logits and of the gradient (float or double)
  *   LOGPS_BITS         signed integer of the same width (int32_t / int64_t)
  *   LOGPS_SIGN_SHIFT   bit width - 1
@@ -8,9 +8,7 @@
  *   LOGPS_MAG_MASK     all bits but the sign
  *   LOGPS_EXP_MASK     the exponent field (all ones: NaN or infinity)
  *   LOGPS_STATS_FN, LOGPS_FWD_FN, LOGPS_BWD_FN   names of the functions to define
- *   DPO_TARGET         function attribute (empty, or no-tree-vectorize for "scalar")
- *   LOGPS_LINKAGE      static (logps_dispatch.c) or hidden (logps_clone.c)
- *   LOGPS_LOOP_HINT    loop pragma (ivdep, or one that disables vectorisation for "scalar")
+ * and simd.h's DPO_TARGET (function attribute) and DPO_LOOP_HINT (loop pragma) of the level.
  */
 
 /*
@@ -30,7 +28,7 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
     DpoLogpsRowStats st;
     LOGPS_BITS key_max = LOGPS_KEY_MIN;
     LOGPS_BITS bad = 0;
-    LOGPS_LOOP_HINT
+    DPO_LOOP_HINT
     for (ptrdiff_t i = 0; i < vocab; i++) {
         LOGPS_BITS bits;
         memcpy(&bits, &x[i], sizeof bits);
@@ -59,10 +57,10 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
         const LOGPS_T *DPO_RESTRICT xb = x + start;
         if (next != NULL)
             for (ptrdiff_t i = 0; i < n; i += 64 / (ptrdiff_t)sizeof(LOGPS_T))
-                LOGPS_PREFETCH(next + start + i);
+                DPO_PREFETCH(next + start + i);
         /* z - m <= 0 (rounding is monotone), so exp never overflows and the largest term is 1 */
         if (want_entropy) {
-            LOGPS_LOOP_HINT
+            DPO_LOOP_HINT
             for (ptrdiff_t i = 0; i < n; i++) {
                 double d = (double)xb[i] * inv_t - m;
                 /* exp is exactly 0 below -708; the clamp keeps e * d at 0 (not NaN) when
@@ -73,7 +71,7 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
                 wbuf[i] = e * d;
             }
         } else {
-            LOGPS_LOOP_HINT
+            DPO_LOOP_HINT
             for (ptrdiff_t i = 0; i < n; i++)
                 ebuf[i] = dpo_logps_exp((double)xb[i] * inv_t - m);
         }
@@ -102,7 +100,7 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
      + ((r) % (args)->n_t) * (args)->stride_t)
 #endif
 
-DPO_TARGET LOGPS_LINKAGE void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t *rows,
+DPO_TARGET DPO_HIDDEN void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t *rows,
                                            ptrdiff_t k0, ptrdiff_t k1)
 {
     const ptrdiff_t vocab = args->vocab;
@@ -134,7 +132,7 @@ DPO_TARGET LOGPS_LINKAGE void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64
         if (argmax) {
             const LOGPS_T xmax = (LOGPS_T)st.xmax;
             int earlier = 0;
-            LOGPS_LOOP_HINT
+            DPO_LOOP_HINT
             for (ptrdiff_t j = 0; j < label; j++)
                 earlier |= x[j] == xmax;
             argmax = !earlier;
@@ -143,7 +141,7 @@ DPO_TARGET LOGPS_LINKAGE void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64
     }
 }
 
-DPO_TARGET LOGPS_LINKAGE void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1)
+DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1)
 {
     const ptrdiff_t vocab = args->vocab;
     const double inv_t = args->inv_temperature;
@@ -175,7 +173,7 @@ DPO_TARGET LOGPS_LINKAGE void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r
         /* d(z[label] - lse)/dx_i = (onehot_i - softmax_i) / temperature. z - lse <= 0 for
          * the forward's lse; the clamp keeps softmax <= 1 if a caller passes another. */
         const double c = weight * inv_t;
-        LOGPS_LOOP_HINT
+        DPO_LOOP_HINT
         for (ptrdiff_t i = 0; i < vocab; i++) {
             double d = (double)x[i] * inv_t - lse;
             g[i] = (LOGPS_T)(-(c * dpo_logps_exp((d > 0.0) ? 0.0 : d)));

@@ -1,9 +1,11 @@
 /*
  * One small function per pairwise preference loss: given the pair's log-ratios c = pc - rc
  * (chosen) and r = pr - rr (rejected), it returns the per-pair loss and its derivatives with
- * respect to c and r, all in double precision. The chunk loop (chunk_body.h) is written once
- * and calls one of these, so a new loss type is a new function here plus a row of
- * DPO_LOSS_REGISTRY, never a new loop.
+ * respect to c and r, all in double precision. The chunk loops (chunk_body.h, general_body.h)
+ * are written once and call these through the registry below, so a new loss type is a new
+ * function here plus a row of DPO_LOSS_REGISTRY (and its reference formula in the tests),
+ * never a new loop: the row's KIND gives the loops' cases, its FLAGS the Python layer's
+ * checks.
  *
  * Arguments: `beta` and `inv_scale` come from the chunk loop, not from params: for rows near
  * DBL_MAX it passes c/4 and r/4 with inv_scale = 4 and beta = 4*params->beta, so that
@@ -29,17 +31,25 @@
  * here (and its reference formula in the tests).
  *
  * X(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX):
- *   KIND     PAIR: a per-pair function of the raw log-ratios; PAIR_NORM: also of the
- *            length-normalised ones (the chunk loop instantiates both); SORTED: sorted across
- *            the batch by the Python layer, then PAIR_FN on the sorted differences (no kernel
- *            case of its own)
+ *   KIND     which loop cases the type has (DPO_KIND_FLAGS_##KIND: what that tells the
+ *            Python layer):
+ *            PAIR       a per-pair function of the raw log-ratios: a case of the fused loop
+ *                       (chunk_body.h) and of the general loop's terms (general_body.h)
+ *            PAIR_NORM  also of the length-normalised ones: the fused loop's raw and
+ *                       normalised cases, and the general loop's terms
+ *            NORM       of the length-normalised log-ratios only: the fused loop's normalised
+ *                       case, and the general loop's terms
+ *            CONST      the same value for every pair (params->sft_value, computed by the
+ *                       Python layer): no case; the general loop adds the constant
+ *            SORTED     sorted across the batch by the Python layer, then PAIR_FN on the
+ *                       sorted differences (no kernel case of its own)
  *   ID       the kernel identifier (the enum below is generated from these rows)
  *   NAME     TRL's name of the type
- *   FLAGS    DPO_LT_* below
+ *   FLAGS    DPO_LT_* below, except those KIND gives (marked "from KIND")
  *   SMOOTHING_MAX  label_smoothing's exclusive upper bound (lower bound 0), 0: not used
  */
 enum {
-    DPO_LT_PLAIN = 1 << 0,          /* raw log-ratios, no lengths: the plain fused loop */
+    DPO_LT_PLAIN = 1 << 0,          /* (from KIND) PAIR, PAIR_NORM: the plain fused loop */
     DPO_LT_DIVERGENCE = 1 << 1,     /* TRL's f_divergence_type applies */
     DPO_LT_LENGTHS_BOTH = 1 << 2,   /* needs chosen_lengths and rejected_lengths */
     DPO_LT_LENGTHS_CHOSEN = 1 << 3, /* needs chosen_lengths */
@@ -49,51 +59,61 @@ enum {
     DPO_LT_NORMALIZED_REWARDS = 1 << 7, /* rewards beta * p / n instead of beta * (p - ref) */
     DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
     DPO_LT_SMOOTHING_POSITIVE = 1 << 9, /* label_smoothing must be > 0 (EXO takes log eps) */
-    /* (From KIND, for the Python layer:) */
-    DPO_LT_NORMALIZED = 1 << 10,    /* KIND PAIR_NORM */
-    DPO_LT_SORTED = 1 << 11         /* KIND SORTED */
+    DPO_LT_NORMALIZED = 1 << 10,    /* (from KIND) PAIR_NORM, NORM */
+    DPO_LT_SORTED = 1 << 11         /* (from KIND) SORTED */
 };
 
 #define DPO_LOSS_REGISTRY(X)                                                                   \
-    X(PAIR, DPO_LOSS_SIGMOID, dpo_pair_sigmoid, "sigmoid", DPO_LT_PLAIN | DPO_LT_DIVERGENCE,  \
-      0.5)                                                                                     \
-    X(PAIR, DPO_LOSS_HINGE, dpo_pair_hinge, "hinge", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.0)    \
-    X(PAIR_NORM, DPO_LOSS_IPO, dpo_pair_ipo, "ipo",                                            \
-      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_OPTIONAL, 0.0)                         \
+    X(PAIR, DPO_LOSS_SIGMOID, dpo_pair_sigmoid, "sigmoid", DPO_LT_DIVERGENCE, 0.5)             \
+    X(PAIR, DPO_LOSS_HINGE, dpo_pair_hinge, "hinge", DPO_LT_DIVERGENCE, 0.0)                   \
+    X(PAIR_NORM, DPO_LOSS_IPO, dpo_pair_ipo, "ipo", DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_OPTIONAL, \
+      0.0)                                                                                     \
     X(PAIR, DPO_LOSS_EXO_PAIR, dpo_pair_exo_pair, "exo_pair",                                  \
-      DPO_LT_PLAIN | DPO_LT_DIVERGENCE | DPO_LT_SMOOTHING_POSITIVE, 1.0)                      \
-    X(PAIR, DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair, "nca_pair", DPO_LT_PLAIN, 0.0)               \
-    X(PAIR, DPO_LOSS_ROBUST, dpo_pair_robust, "robust", DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.5) \
-    X(PAIR, DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair, "bco_pair", DPO_LT_PLAIN, 0.0)               \
-    X(PAIR, DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard, "sppo_hard", DPO_LT_PLAIN, 0.0)            \
+      DPO_LT_DIVERGENCE | DPO_LT_SMOOTHING_POSITIVE, 1.0)                                      \
+    X(PAIR, DPO_LOSS_NCA_PAIR, dpo_pair_nca_pair, "nca_pair", 0, 0.0)                          \
+    X(PAIR, DPO_LOSS_ROBUST, dpo_pair_robust, "robust", DPO_LT_DIVERGENCE, 0.5)                \
+    X(PAIR, DPO_LOSS_BCO_PAIR, dpo_pair_bco_pair, "bco_pair", 0, 0.0)                          \
+    X(PAIR, DPO_LOSS_SPPO_HARD, dpo_pair_sppo_hard, "sppo_hard", 0, 0.0)                       \
     X(SORTED, DPO_LOSS_AOT, dpo_pair_sigmoid, "aot", DPO_LT_BATCH_COUPLED, 0.5)                \
     X(SORTED, DPO_LOSS_AOT_UNPAIRED, dpo_pair_sigmoid, "aot_unpaired", DPO_LT_BATCH_COUPLED,   \
       0.5)                                                                                     \
-    X(PAIR, DPO_LOSS_APO_ZERO, dpo_pair_apo_zero, "apo_zero", DPO_LT_PLAIN, 0.0)               \
-    X(PAIR, DPO_LOSS_APO_DOWN, dpo_pair_apo_down, "apo_down", DPO_LT_PLAIN, 0.0)               \
-    X(PAIR, DPO_LOSS_DISCOPOP, dpo_pair_discopop, "discopop",                                  \
-      DPO_LT_PLAIN | DPO_LT_DIVERGENCE, 0.0)                                                   \
-    X(PAIR, DPO_LOSS_SFT, dpo_pair_sft, "sft",                                                 \
+    X(PAIR, DPO_LOSS_APO_ZERO, dpo_pair_apo_zero, "apo_zero", 0, 0.0)                          \
+    X(PAIR, DPO_LOSS_APO_DOWN, dpo_pair_apo_down, "apo_down", 0, 0.0)                          \
+    X(PAIR, DPO_LOSS_DISCOPOP, dpo_pair_discopop, "discopop", DPO_LT_DIVERGENCE, 0.0)          \
+    X(CONST, DPO_LOSS_SFT, dpo_pair_sft, "sft",                                                \
       DPO_LT_LENGTHS_CHOSEN | DPO_LT_BATCH_COUPLED | DPO_LT_BATCH_CONSTANT, 0.0)                \
-    X(PAIR_NORM, DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm, "sigmoid_norm",                 \
+    X(NORM, DPO_LOSS_SIGMOID_NORM, dpo_pair_sigmoid_norm, "sigmoid_norm",                      \
       DPO_LT_DIVERGENCE | DPO_LT_LENGTHS_BOTH, 0.0)                                            \
-    X(PAIR_NORM, DPO_LOSS_SIMPO, dpo_pair_simpo, "simpo",                                      \
+    X(NORM, DPO_LOSS_SIMPO, dpo_pair_simpo, "simpo",                                           \
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)             \
-    X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", DPO_LT_PLAIN, 0.0)                           \
-    X(PAIR_NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                         \
+    X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", 0, 0.0)                                      \
+    X(NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                              \
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)
 
-/* Row filters for the kernels' switch cases: DPO_IF_KERNEL_##KIND(...) keeps its argument for
- * the loss types with a kernel case, DPO_IF_NORMALIZED_##KIND(...) for those of normalised
- * log-ratios; DPO_KIND_FLAGS_##KIND is what KIND tells the Python layer. */
-#define DPO_IF_KERNEL_PAIR(...) __VA_ARGS__
-#define DPO_IF_KERNEL_PAIR_NORM(...) __VA_ARGS__
-#define DPO_IF_KERNEL_SORTED(...)
+/* Row filters for the loops' switch cases: DPO_IF_PLAIN_##KIND(...) keeps its argument for the
+ * loss types with a case in the fused loop over raw log-ratios, DPO_IF_NORMALIZED_##KIND(...)
+ * for those with one over normalised log-ratios, DPO_IF_TERM_##KIND(...) for those with a
+ * per-pair term in the general loop; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
+ * layer. */
+#define DPO_IF_PLAIN_PAIR(...) __VA_ARGS__
+#define DPO_IF_PLAIN_PAIR_NORM(...) __VA_ARGS__
+#define DPO_IF_PLAIN_NORM(...)
+#define DPO_IF_PLAIN_CONST(...)
+#define DPO_IF_PLAIN_SORTED(...)
 #define DPO_IF_NORMALIZED_PAIR(...)
 #define DPO_IF_NORMALIZED_PAIR_NORM(...) __VA_ARGS__
+#define DPO_IF_NORMALIZED_NORM(...) __VA_ARGS__
+#define DPO_IF_NORMALIZED_CONST(...)
 #define DPO_IF_NORMALIZED_SORTED(...)
-#define DPO_KIND_FLAGS_PAIR 0
-#define DPO_KIND_FLAGS_PAIR_NORM DPO_LT_NORMALIZED
+#define DPO_IF_TERM_PAIR(...) __VA_ARGS__
+#define DPO_IF_TERM_PAIR_NORM(...) __VA_ARGS__
+#define DPO_IF_TERM_NORM(...) __VA_ARGS__
+#define DPO_IF_TERM_CONST(...)
+#define DPO_IF_TERM_SORTED(...)
+#define DPO_KIND_FLAGS_PAIR DPO_LT_PLAIN
+#define DPO_KIND_FLAGS_PAIR_NORM (DPO_LT_PLAIN | DPO_LT_NORMALIZED)
+#define DPO_KIND_FLAGS_NORM DPO_LT_NORMALIZED
+#define DPO_KIND_FLAGS_CONST 0
 #define DPO_KIND_FLAGS_SORTED DPO_LT_SORTED
 
 /* Loss identifiers: the registry's rows in order. */
@@ -457,14 +477,17 @@ DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
     return out;
 }
 
-/* The loss types with a kernel case, as X(ID, PAIR_FN): X is called for every row whose KIND
- * has one (the chunk loop expands one case per entry); and those of normalised log-ratios. The
+/* The loss types with a case in a loop, as X(ID, PAIR_FN), one list per kind of case (the
+ * filters above): the fused loop's raw and normalised cases, the general loop's terms. The
  * rows' X is named by the caller: define DPO_EACH_X(ID, PAIR_FN), expand, undefine. */
-#define DPO_KERNEL_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
-    DPO_IF_KERNEL_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_PLAIN_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_PLAIN_##KIND(DPO_EACH_X(ID, PAIR_FN))
 #define DPO_NORMALIZED_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
     DPO_IF_NORMALIZED_##KIND(DPO_EACH_X(ID, PAIR_FN))
-#define DPO_FOR_EACH_KERNEL_LOSS DPO_LOSS_REGISTRY(DPO_KERNEL_ROW)
+#define DPO_TERM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_TERM_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_PLAIN_LOSS DPO_LOSS_REGISTRY(DPO_PLAIN_ROW)
 #define DPO_FOR_EACH_NORMALIZED_LOSS DPO_LOSS_REGISTRY(DPO_NORMALIZED_ROW)
+#define DPO_FOR_EACH_TERM_LOSS DPO_LOSS_REGISTRY(DPO_TERM_ROW)
 
 #endif /* DPO_PAIR_LOSSES_H */

@@ -2,7 +2,7 @@
  * Branch-free double-precision exp / log1p / softplus written so that GCC and Clang
  * auto-vectorise them: no calls into libm, no data-dependent branches (only selects), no
  * lookup tables (they would need gathers). Every function is always_inline so that the
- * loop it is inlined into is compiled for that loop's target (see dispatch.c), and the
+ * loop it is inlined into is compiled for that loop's SIMD level (see simd.h), and the
  * result is the same bits for the scalar, SSE2, AVX2 and AVX-512 code paths because the
  * operations are plain IEEE-754 double adds/multiplies/divides (built with
  * -ffp-contract=off: no fused multiply-add).

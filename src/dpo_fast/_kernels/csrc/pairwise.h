@@ -1,13 +1,15 @@
 /*
- * The C side of the kernels: chunked per-pair loops compiled once per instruction set, and the
- * runtime dispatch that picks one. Cython (_pairwise.pyx, _seed.pyx) sees only this header.
+ * The C side of the pairwise kernels: the chunk loop (chunk_body.h, compiled once per SIMD
+ * level from pairwise_simd.c) and what surrounds it (pairwise.c). Cython (_pairwise.pyx, and
+ * _seed.pyx / _entry.pyx through _pairwise.pxd) sees only this header and simd.h.
  */
-#ifndef DPO_DISPATCH_H
-#define DPO_DISPATCH_H
+#ifndef DPO_PAIRWISE_H
+#define DPO_PAIRWISE_H
 
 #include <float.h>
 #include <stddef.h>
 #include "pair_losses.h"
+#include "simd.h"
 
 /* Rows per chunk: the unit of parallel work and of the fixed-order reduction, so results do
  * not depend on the thread count. 8192 rows keep a chunk's 7 streams in L2. */
@@ -23,14 +25,6 @@ enum {
     DPO_SUM_CHOSEN_LOGP,
     DPO_SUM_REJECTED_LOGP,
     DPO_NSUMS
-};
-
-/* SIMD levels, lowest first. */
-enum {
-    DPO_SIMD_SCALAR = 0,
-    DPO_SIMD_BASELINE = 1, /* sse2 on x86_64, neon on aarch64, the compiler default elsewhere */
-    DPO_SIMD_AVX2 = 2,
-    DPO_SIMD_AVX512 = 3
 };
 
 /* The general path (general_body.h): at most this many loss types combined in one call. */
@@ -74,9 +68,17 @@ typedef struct {
     double grad_chosen_pair_offset;
 } DpoChunkArgs;
 
-/* Process rows [start, start + n) (n <= DPO_CHUNK) and write the chunk's DPO_NSUMS sums. */
+/* Process rows [start, start + n) (n <= DPO_CHUNK) and write the chunk's DPO_NSUMS sums, with
+ * the instance of the chosen SIMD level (simd.h). */
 void dpo_chunk_f64(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums);
 void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums);
+/* Their instances (pairwise_simd.c) and the constant rows those read (pairwise.c): zeros in
+ * place of a missing reference, ones in place of missing per-pair weights. */
+DPO_SIMD_DECLARE(void, dpo_chunk_f64, (const DpoChunkArgs *, ptrdiff_t, ptrdiff_t, double *))
+DPO_SIMD_DECLARE(void, dpo_chunk_f32, (const DpoChunkArgs *, ptrdiff_t, ptrdiff_t, double *))
+extern const double dpo_zeros_f64[DPO_CHUNK];
+extern const float dpo_zeros_f32[DPO_CHUNK];
+extern const double dpo_ones_f64[DPO_CHUNK];
 
 /* Sum n_chunks rows of DPO_NSUMS partial sums pairwise, in a fixed order. */
 void dpo_combine_sums(const double *partials, ptrdiff_t n_chunks, double *total);
@@ -87,10 +89,6 @@ void dpo_traffic_f64(const double *a, const double *b, const double *c, const do
 void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
                      float *x, float *y, float *z, ptrdiff_t start, ptrdiff_t n);
 
-int dpo_simd_detect(void);          /* best level this CPU and build support */
-int dpo_simd_get(void);             /* level in use */
-int dpo_simd_set(int level);        /* clamp to the supported level, install it, return it */
-const char *dpo_simd_name(int level);
 int dpo_openmp_enabled(void);
 
 /* The loss-type registry (pair_losses.h) as data: one entry per loss type, by id. */
@@ -102,4 +100,4 @@ typedef struct {
 } DpoLossInfo;
 extern const DpoLossInfo dpo_loss_registry[DPO_N_LOSS_TYPES];
 
-#endif /* DPO_DISPATCH_H */
+#endif /* DPO_PAIRWISE_H */

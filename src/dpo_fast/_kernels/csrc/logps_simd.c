@@ -1,10 +1,18 @@
 /*
- * Defines the forward and backward log-softmax row functions of logps_row.h for float and
- * double, for the instruction set DPO_ISA, with DPO_TARGET / LOGPS_LOOP_HINT / LOGPS_LINKAGE
- * as set by the includer (logps_dispatch.c or logps_clone.c), then clears those macros.
+ * The log-softmax rows' instances for one SIMD level: dpo_logps_forward_f64/f32_<DPO_ISA> and
+ * dpo_logps_backward_f64/f32_<DPO_ISA>, from logps_row.h for double and float. setup.py
+ * compiles this file once per level (simd.h); logps.c calls the instance of the chosen one.
  */
-#define LOGPS_PASTE_(a, b) a##_##b
-#define LOGPS_PASTE(a, b) LOGPS_PASTE_(a, b)
+#include <stdint.h>
+#include <string.h>
+
+#include "logps_api.h"
+#include "logps_math.h"
+#include "simd.h"
+
+#ifndef DPO_ISA
+#error "compile logps_simd.c with -DDPO_ISA=scalar, baseline, avx2 or avx512"
+#endif
 
 #define LOGPS_T double
 #define LOGPS_BITS int64_t
@@ -12,9 +20,9 @@
 #define LOGPS_KEY_MIN INT64_MIN
 #define LOGPS_MAG_MASK INT64_C(0x7fffffffffffffff)
 #define LOGPS_EXP_MASK INT64_C(0x7ff0000000000000)
-#define LOGPS_STATS_FN LOGPS_PASTE(dpo_logps_stats_f64, DPO_ISA)
-#define LOGPS_FWD_FN LOGPS_PASTE(dpo_logps_forward_f64, DPO_ISA)
-#define LOGPS_BWD_FN LOGPS_PASTE(dpo_logps_backward_f64, DPO_ISA)
+#define LOGPS_STATS_FN DPO_SIMD_FN(dpo_logps_stats_f64)
+#define LOGPS_FWD_FN DPO_SIMD_FN(dpo_logps_forward_f64)
+#define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f64)
 #include "logps_row.h"
 #undef LOGPS_T
 #undef LOGPS_BITS
@@ -32,9 +40,9 @@
 #define LOGPS_KEY_MIN INT32_MIN
 #define LOGPS_MAG_MASK INT32_C(0x7fffffff)
 #define LOGPS_EXP_MASK INT32_C(0x7f800000)
-#define LOGPS_STATS_FN LOGPS_PASTE(dpo_logps_stats_f32, DPO_ISA)
-#define LOGPS_FWD_FN LOGPS_PASTE(dpo_logps_forward_f32, DPO_ISA)
-#define LOGPS_BWD_FN LOGPS_PASTE(dpo_logps_backward_f32, DPO_ISA)
+#define LOGPS_STATS_FN DPO_SIMD_FN(dpo_logps_stats_f32)
+#define LOGPS_FWD_FN DPO_SIMD_FN(dpo_logps_forward_f32)
+#define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f32)
 #include "logps_row.h"
 #undef LOGPS_T
 #undef LOGPS_BITS
@@ -45,8 +53,3 @@
 #undef LOGPS_STATS_FN
 #undef LOGPS_FWD_FN
 #undef LOGPS_BWD_FN
-
-#undef DPO_ISA
-#undef DPO_TARGET
-#undef LOGPS_LOOP_HINT
-#undef LOGPS_LINKAGE
