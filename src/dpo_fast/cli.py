@@ -142,11 +142,14 @@ COMMANDS: tuple[Command, ...] = (
         name="bench",
         help="benchmark dpo_fast against NumPy, pure Python, PyTorch and memory bandwidth",
         description=(
-            "Time dpo_fast.dpo_loss (Python lists) and dpo_fast.preference_loss (arrays) "
-            "against the plain NumPy and pure-Python solutions, PyTorch CPU (when installed) "
-            "and a kernel with the same memory traffic (the bandwidth bound); check accuracy "
-            "as it goes. Prints a table of medians and ratios; --json and --plot save them. "
-            "Exit status 1 if an accuracy check fails (speed targets are only reported)."
+            "Time dpo_fast against the plain NumPy and pure-Python solutions, PyTorch CPU "
+            "(when installed) and a kernel with the same memory traffic (the bandwidth "
+            "bound), checking accuracy as it goes. Sections (--section): core (dpo_loss on "
+            "lists, preference_loss on arrays, SIMD paths) and small (batches of 2 to 4096, "
+            "torch forward + backward) by default; losses (every loss type), logps "
+            "(sequence_logps) and score (dpo-fast score) on request. Prints a table of "
+            "medians and ratios; --json and --plot save them. Exit status 1 if an accuracy "
+            "check fails (speed targets are only reported)."
         ),
         add_arguments=benchmark.add_arguments,
         run=benchmark.run_from_args,
