@@ -9,6 +9,8 @@ preference_loss
 sequence_logps, sequence_logps_grad
     Per-sequence log-probabilities from a language model's logits (B, T, V) in one fused pass
     with no B*T*V temporary, and their gradient written straight into one output buffer.
+kto_loss
+    The KTO losses of unpaired completions (TRL's KTOTrainer), with their gradient.
 ld_dpo_logps
     LD-DPO's sequence log-probs (TRL's ``ld_alpha``) from token log-probs.
 openmp_enabled, simd_level
@@ -29,6 +31,7 @@ from dpo_fast import _entry, _seed
 from dpo_fast._kernels import _pairwise
 from dpo_fast._seed import dpo_loss
 from dpo_fast._version import __version__
+from dpo_fast.kto import KTOLossResult, kto_loss
 from dpo_fast.ld_dpo import ld_dpo_logps
 from dpo_fast.logps import SequenceLogpsResult, sequence_logps, sequence_logps_grad
 from dpo_fast.losses import PreferenceLossResult, preference_loss
@@ -38,6 +41,8 @@ __all__ = [
     "SequenceLogpsResult",
     "__version__",
     "dpo_loss",
+    "KTOLossResult",
+    "kto_loss",
     "ld_dpo_logps",
     "openmp_enabled",
     "preference_loss",

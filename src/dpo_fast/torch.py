@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from dpo_fast import kto as _np_kto
 from dpo_fast import ld_dpo as _np_ld_dpo
 from dpo_fast import logps as _np_logps
 from dpo_fast import losses as _np_losses
@@ -42,8 +43,8 @@ from dpo_fast._optional import require
 
 torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
 
-__all__ = ["PreferenceLossResult", "SequenceLogpsResult", "ld_dpo_logps", "preference_loss",
-           "sequence_logps"]
+__all__ = ["KTOLossResult", "PreferenceLossResult", "SequenceLogpsResult", "kto_loss",
+           "ld_dpo_logps", "preference_loss", "sequence_logps"]
 
 _NATIVE = (torch.float32, torch.float64)
 # Bound once: module attribute lookups on the hot path of every training step.
@@ -523,3 +524,70 @@ def ld_dpo_logps(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.T
         results.append(torch.where(shared, values, zero).sum(-1)
                        + alpha * torch.where(tail, values, zero).sum(-1))
     return results[0], results[1]
+
+
+# ------------------------------------------------------------------ kto_loss
+
+
+@dataclass(frozen=True)
+class KTOLossResult:
+    """What :func:`kto_loss` returns: :class:`dpo_fast.KTOLossResult` as tensors.
+
+    ``loss`` carries autograd (to ``logps``); ``losses`` and ``rewards`` are detached
+    float64 tensors; ``kl`` and ``metrics`` as in the NumPy result.
+    """
+
+    loss: torch.Tensor
+    losses: torch.Tensor
+    rewards: torch.Tensor
+    kl: float
+    metrics: dict[str, float]
+
+
+class _KTOLoss(torch.autograd.Function):
+    """(logps) -> loss, with the derivatives the NumPy call computed."""
+
+    @staticmethod
+    def forward(ctx, logps, result):
+        ctx.grad = torch.from_numpy(result.grad)
+        ctx.dtype = logps.dtype
+        loss = result.loss
+        return torch.from_numpy(loss if isinstance(loss, np.ndarray) else np.array(loss))
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if _grad_enabled():
+            _refuse_double_backward("kto_loss")
+        grad = ctx.grad * grad_loss.to(ctx.grad.dtype)
+        return grad.to(ctx.dtype), None
+
+
+def kto_loss(logps: torch.Tensor, ref_logps: Any, desirable: Any,
+             **kwargs: Any) -> KTOLossResult:
+    """:func:`dpo_fast.kto_loss` on tensors; ``loss`` has autograd to ``logps``.
+
+    Every keyword of :func:`dpo_fast.kto_loss` is passed on except ``compute_grad`` (set
+    here). ``ref_logps``, the KL completions' log-probs and the other keywords are constants:
+    one that requires grad raises ValueError naming it. ``desirable`` is a bool tensor (or
+    array). The computation is float64; the gradient comes back in ``logps``' dtype.
+    """
+    if "compute_grad" in kwargs:
+        raise TypeError("dpo_fast.torch.kto_loss does not take compute_grad= (gradients "
+                        "come from autograd)")
+    _check_constants("kto_loss", {"ref_logps": ref_logps, **kwargs})
+    arrays = {key: (_float_array(value, key) if isinstance(value, torch.Tensor) else value)
+              for key, value in kwargs.items() if key in ("kl_logps", "ref_kl_logps")}
+    labels = _index_array(desirable, "desirable", allow_bool=True)
+    policy = _float_array(logps, "logps")
+    reference = _float_array(ref_logps, "ref_logps") if isinstance(ref_logps, torch.Tensor) \
+        else ref_logps
+    call = {**kwargs, **arrays}
+    if _grad_enabled() and logps.requires_grad:
+        result = _np_kto.kto_loss(policy, reference, labels, compute_grad=True, **call)
+        loss = _KTOLoss.apply(logps, result)
+    else:
+        result = _np_kto.kto_loss(policy, reference, labels, **call)
+        loss = torch.from_numpy(np.asarray(result.loss, dtype=np.float64))
+    return KTOLossResult(loss=loss, losses=torch.from_numpy(result.losses),
+                         rewards=torch.from_numpy(result.rewards), kl=result.kl,
+                         metrics=dict(result.metrics))

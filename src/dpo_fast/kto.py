@@ -1,0 +1,250 @@
+"""kto_loss: the KTO loss on unpaired data (TRL's KTOTrainer), with its exact gradient.
+
+KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization") scores
+single completions labelled desirable or undesirable. With the log-ratio ``x = logp - ref_logp``
+of each completion and a reference point ``z`` (TRL: the mean log-ratio of mismatched
+completions, clamped at 0, a constant for the gradient), TRL 1.16's ``KTOTrainer.kto_loss``
+takes, per completion,
+
+- ``loss_type="kto"``: desirable ``wd * (1 - sigmoid(beta * (x - z)))``, undesirable
+  ``wu * (1 - sigmoid(beta * (z - x)))``;
+- ``loss_type="apo_zero_unpaired"`` (APO-zero, D'Oosterlinck et al. 2024): desirable
+  ``wd * (1 - sigmoid(beta * x))``, undesirable ``wu * sigmoid(beta * x)``,
+
+and the mean over all completions. Rewards are ``beta * x``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dpo_fast._arrays import check_flag, tensor_as_array
+from dpo_fast._seed import validate_beta
+
+__all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "kto_loss"]
+
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+_REDUCTIONS = ("mean", "sum", "none")
+_ADAPTER = "dpo_fast.torch.kto_loss"
+
+
+@dataclass(frozen=True)
+class KTOLossResult:
+    """What :func:`kto_loss` returns.
+
+    Attributes
+    ----------
+    loss : float or numpy.ndarray
+        The reduced loss (``"none"``: the per-completion losses).
+    losses : numpy.ndarray
+        Per completion, weighted by ``desirable_weight`` / ``undesirable_weight``.
+    rewards : numpy.ndarray
+        ``beta * (logps - ref_logps)``.
+    grad : numpy.ndarray or None
+        With ``compute_grad=True``: the derivative of ``loss`` with respect to each ``logps``
+        (for ``"none"``, of each completion's own loss).
+    kl : float
+        The reference point ``z`` used (0 for ``"apo_zero_unpaired"``).
+    metrics : dict of str to float
+        TRL's KTO names: ``"kl"``, ``"rewards/chosen_sum"``, ``"rewards/rejected_sum"``,
+        ``"logps/chosen_sum"``, ``"logps/rejected_sum"``, ``"count/chosen"``,
+        ``"count/rejected"``; and the means TRL logs from them, ``"rewards/chosen"``,
+        ``"rewards/rejected"``, ``"rewards/margins"`` (where both sides have completions).
+    """
+
+    loss: float | np.ndarray
+    losses: np.ndarray
+    rewards: np.ndarray
+    grad: np.ndarray | None
+    kl: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def _float_array(value: Any, name: str) -> np.ndarray:
+    array = tensor_as_array(value, name, _ADAPTER)
+    array = np.asarray(value) if array is None else array
+    if array.dtype == np.bool_ or array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    return array
+
+
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    values = np.asarray(array, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] is {float(values[bad[0]])!r}; {name} must be "
+                         "finite")
+    return values
+
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _sigmoid(u: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-u)) without overflow or cancellation, elementwise."""
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
+             kl: float | None = None, kl_logps: Any = None, ref_kl_logps: Any = None,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             loss_type: str = "kto", reduction: str = "mean",
+             compute_grad: bool = False) -> KTOLossResult:
+    """KTO loss of unpaired completions (TRL 1.16's ``KTOTrainer``), in float64.
+
+    Parameters
+    ----------
+    logps, ref_logps : array_like, shape (n,)
+        Summed log-probs of each completion under the policy and the reference model.
+    desirable : array_like of bool, shape (n,)
+        True for a desirable completion, False for an undesirable one (TRL's ``label``).
+    beta : float, default 0.1
+        Finite, in [1e-300, 1e300].
+    kl : float, optional
+        The reference point ``z``; finite. Default: from ``kl_logps`` / ``ref_kl_logps``.
+    kl_logps, ref_kl_logps : array_like, shape (m,), optional
+        Log-probs of mismatched completions (TRL's KL dataset) under both models: ``z =
+        max(0, mean(kl_logps - ref_kl_logps))``. Without them and without ``kl``, ``z = 0``
+        (TRL's ``calculate_KL=False``).
+    desirable_weight, undesirable_weight : float, default 1.0
+        TRL's ``desirable_weight`` / ``undesirable_weight``; finite, >= 0.
+    loss_type : {"kto", "apo_zero_unpaired"}
+        ``"apo_zero_unpaired"`` takes no reference point: ``kl`` / ``kl_logps`` are refused.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` is TRL's: over all completions.
+    compute_grad : bool, default False
+        Also return ``grad``, the derivative with respect to ``logps`` (``z`` is a constant,
+        as in TRL).
+
+    Returns
+    -------
+    KTOLossResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument (and the index of a non-finite value), for wrong types, lengths,
+        shapes, values, or an option the loss type does not use.
+
+    Examples
+    --------
+    >>> from dpo_fast import kto_loss
+    >>> result = kto_loss([-10.0, -10.0], [-11.0, -11.0], [True, False], beta=0.1, kl=0.8)
+    >>> [round(float(v), 12) for v in result.losses]
+    [0.49500016666, 0.50499983334]
+    """
+    beta_value = validate_beta(beta)
+    if not isinstance(loss_type, str) or loss_type not in KTO_LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {KTO_LOSS_TYPES}")
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_REDUCTIONS}")
+    want_grad = check_flag(compute_grad, "compute_grad")
+    weights = []
+    for value, name in ((desirable_weight, "desirable_weight"),
+                        (undesirable_weight, "undesirable_weight")):
+        number = _real(value, name)
+        if number < 0.0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        weights.append(number)
+
+    policy = _finite(_float_array(logps, "logps"), "logps")
+    reference = _finite(_float_array(ref_logps, "ref_logps"), "ref_logps")
+    labels = tensor_as_array(desirable, "desirable", _ADAPTER)
+    labels = np.asarray(desirable) if labels is None else labels
+    if labels.dtype != np.bool_:
+        raise TypeError(f"desirable must be booleans (True: desirable), got dtype "
+                        f"{labels.dtype}")
+    for array, name in ((reference, "ref_logps"), (labels, "desirable")):
+        if array.shape != policy.shape:
+            raise ValueError(f"length mismatch: logps has {policy.shape[0]} elements but "
+                             f"{name} has shape {array.shape}")
+    if policy.shape[0] == 0:
+        raise ValueError("logps is empty: the loss of no completions is undefined")
+
+    point = _reference_point(loss_type, kl, kl_logps, ref_kl_logps)
+    x = policy - reference
+    u = beta_value * (x - point)
+    sig_pos = _sigmoid(u)
+    sig_neg = _sigmoid(-u)
+    # desirable: wd * sigmoid(-u); undesirable: wu * sigmoid(u) (both forms of the TRL rows)
+    losses = np.where(labels, weights[0] * sig_neg, weights[1] * sig_pos)
+    n = losses.shape[0]
+    if reduction == "mean":
+        loss: float | np.ndarray = math.fsum(losses.tolist()) / n
+    elif reduction == "sum":
+        loss = math.fsum(losses.tolist())
+    else:
+        loss = losses
+    grad = None
+    if want_grad:
+        slope = beta_value * sig_pos * sig_neg
+        grad = np.where(labels, -weights[0] * slope, weights[1] * slope)
+        if reduction == "mean":
+            grad = grad / n
+    rewards = beta_value * x
+    return KTOLossResult(loss=loss, losses=losses, rewards=rewards, grad=grad, kl=point,
+                         metrics=_metrics(point, rewards, policy, labels))
+
+
+def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) -> float:
+    """z: ``kl`` as given, else TRL's estimate from the mismatched completions, else 0."""
+    given = [name for name, value in (("kl", kl), ("kl_logps", kl_logps),
+                                      ("ref_kl_logps", ref_kl_logps)) if value is not None]
+    if loss_type == "apo_zero_unpaired":
+        if given:
+            raise ValueError(f"{given[0]} is not used by loss_type='apo_zero_unpaired' (it "
+                             "has no reference point); drop it")
+        return 0.0
+    if kl is not None:
+        if kl_logps is not None or ref_kl_logps is not None:
+            raise ValueError("pass either kl or kl_logps / ref_kl_logps, not both")
+        return _real(kl, "kl")
+    if (kl_logps is None) != (ref_kl_logps is None):
+        missing = "ref_kl_logps" if ref_kl_logps is None else "kl_logps"
+        raise ValueError(f"kl_logps and ref_kl_logps come together: {missing} is missing")
+    if kl_logps is None:
+        return 0.0
+    policy = _finite(_float_array(kl_logps, "kl_logps"), "kl_logps")
+    reference = _finite(_float_array(ref_kl_logps, "ref_kl_logps"), "ref_kl_logps")
+    if policy.shape != reference.shape or policy.shape[0] == 0:
+        raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
+                         f"{policy.shape[0]} and {reference.shape[0]}")
+    # TRL: (policy_KL_logps - reference_KL_logps).mean().clamp(min=0)
+    return max(0.0, math.fsum((policy - reference).tolist()) / policy.shape[0])
+
+
+def _metrics(point: float, rewards: np.ndarray, policy: np.ndarray,
+             labels: np.ndarray) -> dict[str, float]:
+    chosen, rejected = labels, ~labels
+    metrics = {
+        "kl": point,
+        "rewards/chosen_sum": math.fsum(rewards[chosen].tolist()),
+        "rewards/rejected_sum": math.fsum(rewards[rejected].tolist()),
+        "logps/chosen_sum": math.fsum(policy[chosen].tolist()),
+        "logps/rejected_sum": math.fsum(policy[rejected].tolist()),
+        "count/chosen": float(np.count_nonzero(chosen)),
+        "count/rejected": float(np.count_nonzero(rejected)),
+    }
+    if metrics["count/chosen"]:
+        metrics["rewards/chosen"] = metrics["rewards/chosen_sum"] / metrics["count/chosen"]
+    if metrics["count/rejected"]:
+        metrics["rewards/rejected"] = (metrics["rewards/rejected_sum"]
+                                       / metrics["count/rejected"])
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics
