@@ -32,8 +32,7 @@ t_start=$(date +%s.%N)
 # error paths). About 4 minutes for the build plus 1-2 for the tests on 2 cores.
 QUICK_TESTS=(tests/test_loss_family.py tests/test_loss_modifiers.py tests/test_validation.py
              tests/test_dpo_loss.py tests/test_sequence_logps.py
-             tests/test_sanitizer_regressions.py
-             tests/test_fuzz.py::test_regression_unaligned_views_are_read_as_aligned_copies)
+             tests/test_sanitizer_regressions.py)
 
 # Left out of every run, each with its reason:
 # - test_memory_does_not_grow_with_the_input asserts that a CLI run's peak RSS grows by less
