@@ -9,6 +9,7 @@ behaviour (UBSan: "load of misaligned address"; a compiler may use aligned vecto
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,17 @@ def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_finite_real(value: Any, name: str) -> float:
+    """A finite real scalar parameter as a float (TypeError / ValueError naming it)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
 
 
 def tensor_as_array(value: Any, name: str, adapter: str) -> np.ndarray | None:

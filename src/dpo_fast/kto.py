@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dpo_fast._arrays import check_flag, tensor_as_array
+from dpo_fast._arrays import check_finite_real, check_flag, tensor_as_array
 from dpo_fast._seed import validate_beta
 
 __all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "kto_loss"]
@@ -82,16 +82,6 @@ def _finite(array: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name}[{bad[0]}] is {float(values[bad[0]])!r}; {name} must be "
                          "finite")
     return values
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return number
 
 
 def _sigmoid(u: np.ndarray) -> np.ndarray:
@@ -157,7 +147,7 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
     weights = []
     for value, name in ((desirable_weight, "desirable_weight"),
                         (undesirable_weight, "undesirable_weight")):
-        number = _real(value, name)
+        number = check_finite_real(value, name)
         if number < 0.0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
         weights.append(number)
@@ -213,7 +203,7 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
     if kl is not None:
         if kl_logps is not None or ref_kl_logps is not None:
             raise ValueError("pass either kl or kl_logps / ref_kl_logps, not both")
-        return _real(kl, "kl")
+        return check_finite_real(kl, "kl")
     if (kl_logps is None) != (ref_kl_logps is None):
         missing = "ref_kl_logps" if ref_kl_logps is None else "kl_logps"
         raise ValueError(f"kl_logps and ref_kl_logps come together: {missing} is missing")

@@ -12,14 +12,13 @@ log-probs do.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from dpo_fast._arrays import tensor_as_array
+from dpo_fast._arrays import check_finite_real, tensor_as_array
 
-__all__ = ["check_ld_alpha", "ld_dpo_logps", "ld_dpo_masks"]
+__all__ = ["ld_dpo_logps", "ld_dpo_masks"]
 
 _ADAPTER = "dpo_fast.torch.ld_dpo_logps"
 
@@ -90,17 +89,6 @@ def _shape_of(mask: Any, shape: tuple[int, ...] | None) -> tuple[int, ...]:
                      "for each side")
 
 
-def check_ld_alpha(ld_alpha: Any) -> float:
-    """``ld_alpha`` as a float: a finite real (TypeError / ValueError naming it otherwise)."""
-    if isinstance(ld_alpha, (bool, np.bool_)) or not isinstance(
-            ld_alpha, (int, float, np.integer, np.floating)):
-        raise TypeError(f"ld_alpha must be a real number, got {type(ld_alpha).__name__}")
-    alpha = float(ld_alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"ld_alpha must be finite, got {ld_alpha!r}")
-    return alpha
-
-
 def ld_dpo_logps(chosen_token_logps: Any, rejected_token_logps: Any, chosen_mask: Any = None,
                  rejected_mask: Any = None, *, ld_alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """LD-DPO sequence log-probs of a batch of pairs, as TRL 1.16's ``ld_alpha`` forms them.
@@ -141,7 +129,7 @@ def ld_dpo_logps(chosen_token_logps: Any, rejected_token_logps: Any, chosen_mask
     """
     chosen = _token_logps(chosen_token_logps, "chosen_token_logps")
     rejected = _token_logps(rejected_token_logps, "rejected_token_logps")
-    alpha = check_ld_alpha(ld_alpha)
+    alpha = check_finite_real(ld_alpha, "ld_alpha")
     shared_c, tail_c, shared_r, tail_r = ld_dpo_masks(
         chosen_mask, rejected_mask, chosen_shape=chosen.shape, rejected_shape=rejected.shape)
     out_dtype = np.float32 if chosen.dtype == rejected.dtype == np.float32 else np.float64

@@ -39,6 +39,7 @@ from dpo_fast import kto as _np_kto
 from dpo_fast import ld_dpo as _np_ld_dpo
 from dpo_fast import logps as _np_logps
 from dpo_fast import losses as _np_losses
+from dpo_fast._arrays import check_finite_real
 from dpo_fast._optional import require
 
 torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
@@ -505,7 +506,7 @@ def ld_dpo_logps(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.T
             raise ValueError(f"{name} must be 2-D (batch, tokens), got shape "
                              f"{tuple(value.shape)}")
         tokens.append(value.to(_compute_dtype(value)))
-    alpha = _np_ld_dpo.check_ld_alpha(ld_alpha)
+    alpha = check_finite_real(ld_alpha, "ld_alpha")
     masks = _np_ld_dpo.ld_dpo_masks(
         _index_array(chosen_mask, "chosen_mask", allow_bool=True),
         _index_array(rejected_mask, "rejected_mask", allow_bool=True),
