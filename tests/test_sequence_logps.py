@@ -64,11 +64,20 @@ def reference(logits, labels, *, ignore_index=-100, mask=None, average=False, te
     entropy = np.where(counted, -(probs * log_softmax).sum(axis=-1), 0.0)
     hits = (np.argmax(x, axis=-1) == labels) & counted
     n = counted.sum()
+    # WPO (TRL's use_weighting): logsumexp(2 * log_softmax) per position, the adjusted token
+    # log-probs averaged over counted positions (a count of 0 taken as 1), exponentiated.
+    top2 = (2 * log_softmax).max(axis=-1, keepdims=True)
+    log_sum_p2 = (top2 + np.log(np.exp(2 * log_softmax - top2).sum(axis=-1, keepdims=True)))
+    adjusted = np.where(counted, token - log_sum_p2[..., 0], 0.0).sum(axis=-1)
+    logit_sums = np.where(counted[..., None], x, 0.0).sum(axis=(-1, -2))
     result = {
         "logps": sums, "counts": counts, "token_logps": token, "entropy": entropy,
         "logsumexp": np.where(counted, lse[..., 0], 0.0),
         "token_accuracy": hits.sum() / n if n else 0.0,
         "mean_entropy": entropy[counted].mean() if n else 0.0,
+        "wpo_weights": np.exp(adjusted / np.maximum(counts, 1)),
+        "logit_sums": logit_sums,
+        "mean_logit": x[counted].mean() if n else 0.0,
     }
     if grad_logps is not None:
         weight = np.broadcast_to(np.asarray(grad_logps, np.float64), sums.shape)[..., None]
@@ -103,16 +112,25 @@ def assert_matches(result, ref, rtol=1e-12, atol=1e-12):
     if result.entropy is not None:
         np.testing.assert_allclose(result.entropy, ref["entropy"], rtol=rtol, atol=atol)
         assert result.mean_entropy == pytest.approx(ref["mean_entropy"], rel=rtol, abs=atol)
+    if result.wpo_weights is not None:
+        np.testing.assert_allclose(result.wpo_weights, ref["wpo_weights"], rtol=rtol, atol=0)
+    if result.logit_sums is not None:
+        scale = np.abs(ref["logit_sums"]).max(initial=1.0)
+        np.testing.assert_allclose(result.logit_sums, ref["logit_sums"], rtol=rtol,
+                                   atol=atol * scale)
+        assert result.mean_logit == pytest.approx(ref["mean_logit"], rel=rtol,
+                                                  abs=atol * scale)
 
 
 def full(logits, labels, **kwargs):
     return sequence_logps(logits, labels, return_token_logps=True, return_entropy=True,
-                          **kwargs)
+                          return_wpo_weights=True, return_logit_sums=True, **kwargs)
 
 
 def assert_same_result(a, b):
     """Two SequenceLogpsResults are equal bit for bit."""
-    for name in ("logps", "counts", "logsumexp", "token_logps", "entropy"):
+    for name in ("logps", "counts", "logsumexp", "token_logps", "entropy", "wpo_weights",
+                 "logit_sums"):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -120,6 +138,7 @@ def assert_same_result(a, b):
             assert x.tobytes() == y.tobytes(), name
     assert a.token_accuracy == b.token_accuracy
     assert a.mean_entropy == b.mean_entropy
+    assert a.mean_logit == b.mean_logit
 
 
 # ------------------------------------------------------------------ values
@@ -146,6 +165,101 @@ def test_defaults_leave_optional_outputs_out():
     assert result.token_logps is None and result.entropy is None and result.mean_entropy is None
     assert_matches(result, reference(logits, labels))
     assert isinstance(result, dpo_fast.SequenceLogpsResult)
+
+
+def test_wpo_weights_and_logit_sums_only_when_asked():
+    rng = np.random.default_rng(3)
+    logits, labels, _ = make_batch(rng)
+    plain = sequence_logps(logits, labels)
+    assert plain.wpo_weights is None and plain.logit_sums is None and plain.mean_logit is None
+    for flags in ({"return_wpo_weights": True}, {"return_logit_sums": True}):
+        one = sequence_logps(logits, labels, **flags)
+        # Asking for an extra changes nothing else, bit for bit.
+        assert one.logps.tobytes() == plain.logps.tobytes()
+        assert one.logsumexp.tobytes() == plain.logsumexp.tobytes()
+        assert (one.wpo_weights is None) != (one.logit_sums is None)
+        assert_matches(one, reference(logits, labels))
+    both = full(logits, labels)
+    entropy_only = sequence_logps(logits, labels, return_entropy=True)
+    assert both.entropy.tobytes() == entropy_only.entropy.tobytes()
+
+
+def test_wpo_weights_as_trl_combines_them():
+    """TRL 1.16 (DPOTrainer, use_weighting): per pair
+    clamp(exp(mean_c(logp - logsumexp(2 logp)) + mean_r(...)), max=1), written here on the
+    whole log_softmax in float64 the way TRL writes it in torch."""
+    rng = np.random.default_rng(4)
+    n = 3
+    logits, labels, mask = make_batch(rng, b=2 * n, t=9, v=40, scale=2.0)
+    out = sequence_logps(logits, labels, mask=mask, return_wpo_weights=True)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    log_softmax = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    counted = (labels != -100) & mask
+    token = np.take_along_axis(log_softmax, np.where(counted, labels, 0)[..., None], -1)[..., 0]
+    two = 2 * log_softmax
+    top = two.max(axis=-1)
+    adjustment = top + np.log(np.exp(two - top[..., None]).sum(axis=-1))
+    per_sequence = ((token - adjustment) * counted).sum(-1) / np.maximum(counted.sum(-1), 1)
+    trl = np.minimum(np.exp(per_sequence[:n] + per_sequence[n:]), 1.0)
+    ours = np.minimum(out.wpo_weights[:n] * out.wpo_weights[n:], 1.0)
+    np.testing.assert_allclose(ours, trl, rtol=1e-13)
+    assert (ours <= 1.0).all() and (ours > 0.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wpo_weights_at_extremes(dtype):
+    """A peaked row (sum p^2 -> 1), a flat row (sum p^2 = 1/V), huge logits and a tiny
+    temperature: finite, positive, and as the float64 reference."""
+    v = 300
+    big = 1e30 if dtype == np.float32 else 1e300
+    logits = np.zeros((4, 2, v), dtype=dtype)
+    logits[0, :, 7] = 200.0                       # one token takes all the mass
+    logits[2] = np.linspace(-big, big, v, dtype=dtype)
+    logits[3] = np.linspace(-1, 1, v, dtype=dtype)
+    labels = np.array([[7, 7], [0, 299], [299, 0], [5, -100]])
+    for temperature in (1.0, 1e-3):
+        if temperature != 1.0:
+            logits[2] = np.linspace(-1e30, 1e30, v).astype(dtype)
+        out = full(logits, labels, temperature=temperature)
+        ref = reference(logits, labels, temperature=temperature)
+        assert np.isfinite(out.wpo_weights).all() and (out.wpo_weights >= 0).all()
+        assert np.isfinite(out.logit_sums).all() and math.isfinite(out.mean_logit)
+        np.testing.assert_allclose(out.wpo_weights, ref["wpo_weights"], rtol=1e-12)
+        # A sum of terms of both signs: its error bound is relative to the sum of |x|.
+        magnitude = np.abs(logits.astype(np.float64)).sum(axis=(-1, -2))
+        assert (np.abs(out.logit_sums - ref["logit_sums"]) <= 1e-13 * magnitude).all()
+    # peaked: p_label ~ 1 and sum p^2 ~ 1, so the weight is ~1; flat: log(1/V) - log(1/V) = 0
+    assert out.wpo_weights[1] == pytest.approx(1.0, abs=1e-14)
+
+
+def test_logit_sums_overflowing_double_is_an_error_not_nan():
+    """Only float64 logits near the largest double can overflow a sum of logits; the WPO
+    weights of the same rows stay finite."""
+    big = np.finfo(np.float64).max / 4
+    logits = np.full((1, 2, 16), big)
+    labels = np.array([[1, 2]])
+    with pytest.raises(ValueError, match=r"return_logit_sums: the sum of logits\[0, 0, :\]"):
+        sequence_logps(logits, labels, return_logit_sums=True)
+    weights = sequence_logps(logits, labels, return_wpo_weights=True).wpo_weights
+    assert weights[0] == pytest.approx(1.0)  # flat rows: p = sum p^2 = 1/16
+
+
+def test_wpo_weight_of_a_sequence_without_counted_positions_is_one():
+    rng = np.random.default_rng(5)
+    logits, labels, mask = make_batch(rng, b=3)
+    mask[1] = False
+    out = full(logits, labels, mask=mask)
+    assert out.wpo_weights[1] == 1.0 and out.logit_sums[1] == 0.0
+    nothing = full(logits, np.full_like(labels, -100))
+    assert (nothing.wpo_weights == 1.0).all() and nothing.mean_logit == 0.0
+
+
+def test_rejects_bad_extra_flags():
+    rng = np.random.default_rng(6)
+    logits, labels, _ = make_batch(rng)
+    for name in ("return_wpo_weights", "return_logit_sums"):
+        with pytest.raises(TypeError, match=name):
+            sequence_logps(logits, labels, **{name: 1})
 
 
 def test_average_and_sequences_without_tokens():
@@ -620,7 +734,7 @@ def _loop_lines():
     markers = {
         "max and NaN check": "key_max = (key > key_max)",
         "exp map": "ebuf[i] = dpo_logps_exp((double)xb[i] * inv_t - m);",
-        "exp map with entropy": "double d = (double)xb[i] * inv_t - m;",
+        "exp map with the extras": "const double xd = (double)xb[i];",
         "gradient": "g[i] = (LOGPS_T)(-(c * dpo_logps_exp(",
     }
     found = {}

@@ -87,21 +87,52 @@ def test_docstring_examples():
 def test_sequence_logps_equals_numpy(dtype, average):
     logits, labels, mask = _batch(getattr(torch, dtype))
     kwargs = dict(mask=mask, average=average, temperature=0.8, return_token_logps=True,
-                  return_entropy=True)
+                  return_entropy=True, return_wpo_weights=True, return_logit_sums=True)
     out = dft.sequence_logps(logits.clone().requires_grad_(), labels, **kwargs)
     ref = dpo_fast.sequence_logps(logits.numpy(), labels.numpy(),
                                   **{**kwargs, "mask": mask.numpy()})
     assert isinstance(out, dft.SequenceLogpsResult)
-    for name in ("logps", "token_logps", "entropy", "logsumexp"):
+    for name in ("logps", "token_logps", "entropy", "logsumexp", "wpo_weights", "logit_sums"):
         tensor = getattr(out, name)
         assert tensor.dtype == logits.dtype
         expected = getattr(ref, name).astype(dtype)
         assert tensor.detach().numpy().tobytes() == expected.tobytes(), name
     assert out.logps.requires_grad and out.token_logps.requires_grad
     assert not out.entropy.requires_grad
+    assert not out.wpo_weights.requires_grad and not out.logit_sums.requires_grad
+    assert out.mean_logit == ref.mean_logit
     assert torch.equal(out.counts, torch.from_numpy(ref.counts))
     assert out.token_accuracy == ref.token_accuracy
     assert out.mean_entropy == ref.mean_entropy
+
+
+@needs_torch
+def test_wpo_weights_and_logit_metrics_as_trl_computes_them():
+    """TRL 1.16's DPOTrainer in torch: use_weighting's policy_weights and the logits/chosen,
+    logits/rejected metrics (mean logit over counted positions and the vocabulary)."""
+    n = 2
+    logits, labels, mask = _batch(torch.float64, b=2 * n)
+    leaf = logits.clone().requires_grad_()
+    out = dft.sequence_logps(leaf, labels, mask=mask, return_wpo_weights=True,
+                             return_logit_sums=True)
+    loss_mask = (labels != -100) & mask
+    with torch.no_grad():
+        logprobs = torch.log_softmax(logits, dim=-1)
+        per_token = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        adjusted = per_token - torch.logsumexp(2 * logprobs, dim=-1)
+        weights = (adjusted * loss_mask).sum(-1) / loss_mask.sum(-1).clamp_min(1)
+        trl_policy_weights = torch.clamp(torch.exp(weights[:n] + weights[n:]), max=1)
+        trl_logits_chosen = logits[:n][loss_mask[:n]].mean()
+    ours = torch.clamp(out.wpo_weights[:n] * out.wpo_weights[n:], max=1)
+    torch.testing.assert_close(ours, trl_policy_weights, rtol=1e-13, atol=0)
+    vocab = logits.shape[-1]
+    chosen_mean = out.logit_sums[:n].sum() / (out.counts[:n].sum() * vocab)
+    torch.testing.assert_close(chosen_mean, trl_logits_chosen, rtol=1e-13, atol=1e-15)
+    # The weights feed the loss without a gradient path (TRL: torch.no_grad()).
+    loss = dft.preference_loss(out.logps[:n], out.logps[n:], torch.zeros(n), torch.zeros(n),
+                               weights=ours).loss
+    loss.backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
 @needs_torch

@@ -119,3 +119,22 @@ def test_aot_losses_are_reported_per_pair():
     np.testing.assert_allclose(got[rank_of_pair], trl_sorted, rtol=1e-13)
     assert not np.allclose(got, trl_sorted)  # in input order they differ ...
     assert got.mean() == pytest.approx(trl_sorted.mean(), rel=1e-13)  # ... the mean does not
+
+
+def test_wpo_weights_are_per_sequence():
+    """sequence_logps returns one WPO weight per sequence; TRL 1.16's pair weight is
+    clamp(exp(mean_c + mean_r), max=1), ours the clamped product of the two weights."""
+    from dpo_fast import sequence_logps
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 9)) * 2.0    # one chosen and one rejected sequence
+    labels = rng.integers(0, 9, size=(2, 5))
+    weights = sequence_logps(logits, labels, return_wpo_weights=True).wpo_weights
+    z = logits - logits.max(axis=-1, keepdims=True)
+    log_softmax = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    token = np.take_along_axis(log_softmax, labels[..., None], -1)[..., 0]
+    means = (token - np.log((np.exp(log_softmax) ** 2).sum(axis=-1))).mean(axis=-1)
+    trl = min(math.exp(means[0] + means[1]), 1.0)
+    ours = min(weights[0] * weights[1], 1.0)
+    np.testing.assert_allclose(weights, np.exp(means), rtol=1e-14)
+    assert ours == pytest.approx(trl, rel=1e-14)

@@ -69,6 +69,19 @@ class SequenceLogpsResult:
     mean_entropy : float or None
         Mean of ``entropy`` over counted positions (TRL logs it as ``entropy``); ``0.0`` when
         nothing is counted; None unless ``return_entropy=True``.
+    wpo_weights : numpy.ndarray or None, float64, shape S
+        With ``return_wpo_weights=True``: per sequence, WPO's weight (Zhou et al. 2024, Eq. 2;
+        TRL's ``use_weighting``) ``exp(mean over counted positions of (token_logp -
+        log(sum_v p_v**2)))``, ``p = softmax(logits / temperature)``; ``1.0`` for a sequence
+        with no counted position. TRL's per-pair weight is ``min(1, w_chosen * w_rejected)``
+        (see :func:`sequence_logps`).
+    logit_sums : numpy.ndarray or None, float64, shape S
+        With ``return_logit_sums=True``: per sequence, the sum of the logits (as given, before
+        the temperature) over its counted positions and the whole vocabulary.
+    mean_logit : float or None
+        With ``return_logit_sums=True``: the mean logit over all counted positions and the
+        vocabulary (``logit_sums.sum() / (counts.sum() * V)``), TRL's ``logits/chosen`` when
+        the call holds the chosen sequences; ``0.0`` when nothing is counted.
     """
 
     logps: np.ndarray
@@ -78,6 +91,9 @@ class SequenceLogpsResult:
     token_logps: np.ndarray | None = None
     entropy: np.ndarray | None = None
     mean_entropy: float | None = None
+    wpo_weights: np.ndarray | None = None
+    logit_sums: np.ndarray | None = None
+    mean_logit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,9 +244,29 @@ def _raise_non_finite(prep: _Prepared, status: np.ndarray, rows: np.ndarray) -> 
                      f"logit {float(row.max())!r}, temperature {1 / prep.inv_temperature!r})")
 
 
+def _logit_sums(prep: _Prepared, row_sums: np.ndarray, sequence_of_row: np.ndarray
+                ) -> tuple[np.ndarray, float]:
+    """Per-sequence sums of the counted rows' logit sums, and the mean logit. Only float64
+    logits near the largest double can overflow a sum: that is an error, not a NaN."""
+    rows = prep.rows
+    n_b, _, vocab = prep.logits.shape
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.bincount(sequence_of_row, weights=row_sums[rows], minlength=n_b)
+        total = float(sums.sum())
+    if not math.isfinite(total):
+        bad = rows[~np.isfinite(row_sums[rows])]
+        where = (f"logits[{_format_position(prep.token_shape, int(bad[0]))}, :]" if bad.size
+                 else "the counted logits")
+        raise ValueError(f"return_logit_sums: the sum of {where} overflows double precision "
+                         "(logits near the largest double); call without return_logit_sums")
+    mean = total / (rows.size * vocab) if rows.size else 0.0
+    return sums.reshape(prep.seq_shape), mean
+
+
 def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: Any = None,
                    average: bool = False, temperature: float = 1.0,
                    return_token_logps: bool = False, return_entropy: bool = False,
+                   return_wpo_weights: bool = False, return_logit_sums: bool = False,
                    n_threads: int | None = None) -> SequenceLogpsResult:
     """Per-sequence log-probabilities of ``labels`` under ``logits``, in one fused pass.
 
@@ -266,6 +302,16 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
         Also return the per-position log-probabilities.
     return_entropy : bool, default False
         Also return the per-position entropy and its mean (about 20% more time).
+    return_wpo_weights : bool, default False
+        Also return ``wpo_weights``, WPO's per-sequence weights (TRL's ``use_weighting``),
+        from the same pass over each row (``log(sum p**2)`` is computed as
+        ``log(sum exp(z - m)**2) - 2 log(sum exp(z - m))``, never by squaring
+        probabilities). They carry no gradient (TRL computes them under ``no_grad``).
+    return_logit_sums : bool, default False
+        Also return ``logit_sums`` and ``mean_logit``, TRL's ``logits/chosen`` and
+        ``logits/rejected`` metrics, from the same pass. The extras of ``return_entropy``,
+        ``return_wpo_weights`` and ``return_logit_sums`` share one loop: asking for one or
+        all of them costs about the same.
     n_threads : int, optional
         OpenMP threads. None: the CPUs this process may use (affinity, cgroup quota,
         ``OMP_NUM_THREADS``). Calls with fewer than ``PARALLEL_MIN_ELEMENTS`` logits to read
@@ -275,7 +321,8 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     -------
     SequenceLogpsResult
         ``logps``, ``counts``, ``token_accuracy``, ``logsumexp`` and, if asked for,
-        ``token_logps``, ``entropy`` and ``mean_entropy``. All floating-point results are
+        ``token_logps``, ``entropy``, ``mean_entropy``, ``wpo_weights``, ``logit_sums`` and
+        ``mean_logit``. All floating-point results are
         float64 whatever the logits' dtype: a float32 sum of hundreds of token log-probs
         near -5000 would already be off by ~2e-4.
 
@@ -305,6 +352,17 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     (8, 512, 32000): per-sequence sums within 3.2e-12, per-token values within 3.6e-15
     (bench/README-logps.md).
 
+    TRL's WPO (``DPOConfig(use_weighting=True)``) from one call on the concatenated batch
+    (chosen sequences first, ``n`` pairs), then into the loss as TRL multiplies it::
+
+        out = sequence_logps(logits, labels, return_wpo_weights=True)
+        w = out.wpo_weights
+        pair_weights = np.minimum(w[:n] * w[n:], 1.0)    # TRL clamps at 1
+        preference_loss(out.logps[:n], out.logps[n:], ref_c, ref_r, weights=pair_weights)
+
+    TRL takes ``exp(mean_c + mean_r)`` where this takes ``exp(mean_c) * exp(mean_r)``: the
+    two differ by rounding only (a few ulp).
+
     Examples
     --------
     A causal LM's output at position ``t`` scores token ``t + 1``, so the labels are the
@@ -327,16 +385,20 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     ...                average=True).logps.round(4)
     array([-2.479 , -3.0906])
     """
-    # The common call (NumPy logits and int64 labels, no mask, below the parallel threshold)
-    # in one compiled step; anything else, or anything wrong, is validated below.
-    common = _logps.common_call(logits, labels, ignore_index, mask, average, temperature,
-                                return_token_logps, return_entropy, n_threads,
-                                PARALLEL_MIN_ELEMENTS)
-    if common is not None:
-        return SequenceLogpsResult(*common)
+    # The common call (NumPy logits and int64 labels, no mask, below the parallel threshold,
+    # none of the WPO / logit extras) in one compiled step; anything else, or anything wrong,
+    # is validated below.
+    if return_wpo_weights is False and return_logit_sums is False:
+        common = _logps.common_call(logits, labels, ignore_index, mask, average, temperature,
+                                    return_token_logps, return_entropy, n_threads,
+                                    PARALLEL_MIN_ELEMENTS)
+        if common is not None:
+            return SequenceLogpsResult(*common)
     want_average = check_flag(average, "average")
     want_tokens = check_flag(return_token_logps, "return_token_logps")
     want_entropy = check_flag(return_entropy, "return_entropy")
+    want_wpo = check_flag(return_wpo_weights, "return_wpo_weights")
+    want_logit_sums = check_flag(return_logit_sums, "return_logit_sums")
     threads = _threads.validate_n_threads(n_threads)
     prep = _prepare(logits, labels, ignore_index, mask, temperature)
     n_b, n_t, vocab = prep.logits.shape
@@ -346,11 +408,14 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     token_logps = np.zeros(n_b * n_t)
     logsumexp = np.zeros(n_b * n_t)
     entropy = np.zeros(n_b * n_t) if want_entropy else None
+    log_sum_p2 = np.zeros(n_b * n_t) if want_wpo else None
+    row_logit_sums = np.zeros(n_b * n_t) if want_logit_sums else None
     status = np.zeros(n_b * n_t, dtype=np.uint8)
     n_bad = _logps.forward(
         prep.logits, prep.labels, rows, prep.inv_temperature, token_logps, logsumexp,
         entropy, status,
-        n_threads=_threads.resolve_n_threads(threads, rows.size * vocab, PARALLEL_MIN_ELEMENTS))
+        n_threads=_threads.resolve_n_threads(threads, rows.size * vocab, PARALLEL_MIN_ELEMENTS),
+        log_sum_p2=log_sum_p2, logit_sum=row_logit_sums)
     if n_bad:
         _raise_non_finite(prep, status, rows)
 
@@ -361,6 +426,16 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     if want_average:
         sums = np.divide(sums, counts, out=np.zeros(n_b), where=counts > 0)
     n_rows = rows.size
+    wpo_weights = logit_sums = mean_logit = None
+    sequence_of_row = rows // n_t
+    if want_wpo:
+        # TRL: mean over counted positions of (token logp - log sum p^2), a count of 0 taken
+        # as 1 (so the weight is exp(0) = 1). bincount adds in row order: deterministic.
+        adjusted = np.bincount(sequence_of_row, weights=token_logps[rows] - log_sum_p2[rows],
+                               minlength=n_b)
+        wpo_weights = np.exp(adjusted / np.maximum(counts, 1)).reshape(prep.seq_shape)
+    if want_logit_sums:
+        logit_sums, mean_logit = _logit_sums(prep, row_logit_sums, sequence_of_row)
     return SequenceLogpsResult(
         logps=sums.reshape(prep.seq_shape),
         counts=counts.reshape(prep.seq_shape),
@@ -369,6 +444,9 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
         token_logps=token_logps.reshape(prep.token_shape) if want_tokens else None,
         entropy=None if entropy is None else entropy.reshape(prep.token_shape),
         mean_entropy=(entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None,
+        wpo_weights=wpo_weights,
+        logit_sums=logit_sums,
+        mean_logit=mean_logit,
     )
 
 

@@ -74,6 +74,9 @@ class SequenceLogpsResult:
     token_logps : torch.Tensor or None, shape labels.shape
     entropy : torch.Tensor or None, shape labels.shape (detached)
     mean_entropy : float or None
+    wpo_weights : torch.Tensor or None, shape labels.shape[:-1] (detached, like TRL's)
+    logit_sums : torch.Tensor or None, shape labels.shape[:-1] (detached)
+    mean_logit : float or None
     """
 
     logps: torch.Tensor
@@ -83,6 +86,9 @@ class SequenceLogpsResult:
     token_logps: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     mean_entropy: float | None = None
+    wpo_weights: torch.Tensor | None = None
+    logit_sums: torch.Tensor | None = None
+    mean_logit: float | None = None
 
 
 class PreferenceLossResult:
@@ -257,6 +263,10 @@ def _loss_tensor(result: Any) -> torch.Tensor:
 # ------------------------------------------------------------------ sequence_logps
 
 
+# sequence_logps options that only ask for more forward outputs (sequence_logps_grad has none).
+_FORWARD_ONLY = frozenset({"return_entropy", "return_wpo_weights", "return_logit_sums"})
+
+
 class _SequenceLogps(torch.autograd.Function):
     """(logits) -> (logps, token_logps); extras go through `sink` (no autograd)."""
 
@@ -280,7 +290,7 @@ class _SequenceLogps(torch.autograd.Function):
         (logits,) = ctx.saved_tensors
         # Half-precision logits are upcast again rather than keeping a float32 copy of the
         # whole batch alive between the forward and the backward.
-        options = {k: v for k, v in ctx.options.items() if k != "return_entropy"}
+        options = {k: v for k, v in ctx.options.items() if k not in _FORWARD_ONLY}
         logits_array = _float_array(logits, "logits")
         # NumPy's allocator asks for transparent huge pages on large arrays (torch's does not
         # by default), which makes first-touching a fresh gradient far cheaper: 52 ms instead
@@ -296,6 +306,7 @@ class _SequenceLogps(torch.autograd.Function):
 def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -100,
                    mask: Any = None, average: bool = False, temperature: float = 1.0,
                    return_token_logps: bool = False, return_entropy: bool = False,
+                   return_wpo_weights: bool = False, return_logit_sums: bool = False,
                    n_threads: int | None = None) -> SequenceLogpsResult:
     """:func:`dpo_fast.sequence_logps` on tensors, differentiable with respect to ``logits``.
 
@@ -307,7 +318,8 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     The backward is one fused pass per counted row that writes
     ``upstream * (onehot(label) - softmax(logits / T)) / T`` straight into the gradient (zeros
     elsewhere), using the log-sum-exp saved by the forward: no ``(B, T, V)`` temporary besides
-    the gradient itself. ``entropy`` is returned detached.
+    the gradient itself. ``entropy``, ``wpo_weights`` and ``logit_sums`` are returned
+    detached (TRL computes WPO's weights under ``no_grad`` too).
 
     Gradients flow to ``logits`` only: any other argument that requires grad (a float
     ``temperature`` tensor, say) raises ValueError naming it. The backward is not
@@ -333,7 +345,8 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     labels_array = _index_array(labels, "labels", allow_bool=False)
     mask_array = _index_array(mask, "mask", allow_bool=True)
     options = dict(ignore_index=ignore_index, average=average, temperature=temperature,
-                   return_entropy=return_entropy, n_threads=n_threads)
+                   return_entropy=return_entropy, return_wpo_weights=return_wpo_weights,
+                   return_logit_sums=return_logit_sums, n_threads=n_threads)
     # After the dtype checks: a labels / mask tensor that requires grad is a float one, and
     # "must be an integer tensor" is the better message for it.
     _check_constants("sequence_logps", {"labels": labels, "mask": mask,
@@ -358,6 +371,9 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
         token_logps=token_logps if return_token_logps else None,
         entropy=None if result.entropy is None else _tensor(result.entropy, dtype),
         mean_entropy=result.mean_entropy,
+        wpo_weights=None if result.wpo_weights is None else _tensor(result.wpo_weights, dtype),
+        logit_sums=None if result.logit_sums is None else _tensor(result.logit_sums, dtype),
+        mean_logit=result.mean_logit,
     )
 
 

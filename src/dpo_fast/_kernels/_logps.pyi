@@ -31,6 +31,8 @@ def forward(
     status: _U8,
     *,
     n_threads: int,
+    log_sum_p2: _F64 | None = None,
+    logit_sum: _F64 | None = None,
 ) -> int: ...
 def sequence_sums(
     rows: _I64,

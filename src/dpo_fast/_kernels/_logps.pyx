@@ -33,6 +33,8 @@ cdef extern from "logps_api.h" nogil:
         double *token_logps
         double *logsumexp
         double *entropy
+        double *log_sum_p2
+        double *logit_sum
         uint8_t *status
         const double *row_weight
         const double *lse_in
@@ -124,9 +126,10 @@ def select_rows(const int64_t[:, ::1] labels, const uint8_t[:, ::1] mask, int64_
 def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
             const int64_t[::1] rows, double inv_temperature, double[::1] token_logps,
             double[::1] logsumexp, double[::1] entropy, uint8_t[::1] status, *,
-            int n_threads):
-    """Per-row log-softmax at the label (and entropy, if `entropy` is not None) for the rows
-    listed in `rows` (flat indices b * T + t). Other positions of the outputs are left alone.
+            int n_threads, double[::1] log_sum_p2=None, double[::1] logit_sum=None):
+    """Per-row log-softmax at the label (and entropy, log(sum p^2), the sum of the logits, for
+    each of those outputs that is not None) for the rows listed in `rows` (flat indices
+    b * T + t). Other positions of the outputs are left alone.
     Returns the number of rows holding a NaN or an infinity (status NONFINITE)."""
     cdef Py_ssize_t n_rows = rows.shape[0]
     cdef Py_ssize_t per_task, n_tasks, task, k0, k1, k, n_bad = 0, n_positions
@@ -139,7 +142,9 @@ def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
     n_positions = logits.shape[0] * logits.shape[1]
     if (labels.shape[0] != n_positions or token_logps.shape[0] != n_positions
             or logsumexp.shape[0] != n_positions or status.shape[0] != n_positions
-            or (entropy is not None and entropy.shape[0] != n_positions)):
+            or (entropy is not None and entropy.shape[0] != n_positions)
+            or (log_sum_p2 is not None and log_sum_p2.shape[0] != n_positions)
+            or (logit_sum is not None and logit_sum.shape[0] != n_positions)):
         raise ValueError("labels and outputs must have B * T elements")
     args.logits = &logits[0, 0, 0]
     args.stride_b = _element_stride(logits.strides[0], sizeof(floating))
@@ -154,6 +159,12 @@ def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.entropy = NULL
     if entropy is not None:
         args.entropy = &entropy[0]
+    args.log_sum_p2 = NULL
+    if log_sum_p2 is not None:
+        args.log_sum_p2 = &log_sum_p2[0]
+    args.logit_sum = NULL
+    if logit_sum is not None:
+        args.logit_sum = &logit_sum[0]
     args.status = &status[0]
     args.row_weight = NULL
     args.lse_in = NULL
@@ -230,6 +241,8 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.token_logps = NULL
     args.logsumexp = NULL
     args.entropy = NULL
+    args.log_sum_p2 = NULL
+    args.logit_sum = NULL
     args.status = &status[0]
     args.row_weight = &row_weight[0]
     args.lse_in = NULL
@@ -396,6 +409,8 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     args.token_logps = <double *>cnp.PyArray_DATA(token_logps)
     args.logsumexp = <double *>cnp.PyArray_DATA(logsumexp)
     args.entropy = entropy_data
+    args.log_sum_p2 = NULL
+    args.logit_sum = NULL
     args.status = <uint8_t *>cnp.PyArray_DATA(status)
     args.row_weight = NULL
     args.lse_in = NULL

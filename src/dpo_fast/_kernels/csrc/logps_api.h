@@ -9,7 +9,8 @@
  *
  * Per row everything is double precision: z = x * inv_temperature, m = max z,
  * s = sum exp(z - m), lse = m + log(s), token logp = (z[label] - m) - log(s),
- * entropy = log(s) - sum exp(z - m) * (z - m) / s. Each row is computed the same way (same
+ * entropy = log(s) - sum exp(z - m) * (z - m) / s, log(sum p^2) = log(sum exp(z - m)^2) -
+ * 2 log(s), logit sum = sum x. Each row is computed the same way (same
  * operations in the same order) whatever the SIMD level or thread count, so the results are
  * bit-identical across both.
  */
@@ -41,6 +42,9 @@ typedef struct {
     double *token_logps;
     double *logsumexp;      /* lse of the row, what the backward needs */
     double *entropy;        /* NULL: not wanted */
+    double *log_sum_p2;     /* log(sum softmax(z)^2), WPO's adjustment; NULL: not wanted */
+    double *logit_sum;      /* sum of the row's logits (before the temperature); NULL: not
+                             * wanted */
     uint8_t *status;        /* DPO_LOGPS_* (backward: written only when it recomputes lse) */
 
     /* Backward: grad + r * V receives row_weight[r] * (onehot(label) - softmax(z)) *

@@ -7,6 +7,7 @@
 #define DPO_LOGPS_MATH_H
 
 #include <float.h>
+#include <stddef.h>
 
 #include "simd_math.h"
 
@@ -16,8 +17,8 @@
  * order (a plain `s += e` reduction would either stay scalar or, with reassociation, give
  * other bits per instruction set). */
 #define DPO_LOGPS_LANES 8
-/* Elements per block: exp values are staged in a block-sized buffer (2 x 4 KiB on the stack,
- * in L1) between the vectorised map and the lane sums. */
+/* Elements per block: exp values are staged in block-sized buffers (up to 4 x 4 KiB on the
+ * stack, in L1) between the vectorised map and the lane sums. */
 #define DPO_LOGPS_BLOCK 512
 
 typedef struct {
@@ -25,7 +26,9 @@ typedef struct {
     double m;     /* xmax * inv_temperature */
     double s;     /* sum exp(z - m) >= 1 */
     double log_s; /* log(s) */
-    double w;     /* sum exp(z - m) * (z - m) <= 0, when the entropy is wanted */
+    double w;     /* sum exp(z - m) * (z - m) <= 0, when the extras are wanted */
+    double q;     /* sum exp(z - m)^2 >= 1, when the extras are wanted */
+    double xsum;  /* sum of the logits (before the temperature), when the extras are wanted */
     int bad;      /* the row holds a NaN or an infinity */
 } DpoLogpsRowStats;
 
@@ -49,6 +52,15 @@ DPO_INLINE double dpo_logps_exp(double d)
     double p = dpo_exp_reduced(x, &k_real, &k);
     double e = p * dpo_bits_double((int64_t)((uint64_t)(k + 1023) << 52));
     return (d < -708.0) ? 0.0 : e;
+}
+
+/* lanes[j] += buf[i + j] over whole lanes of a block (n a multiple of DPO_LOGPS_LANES). */
+DPO_INLINE void dpo_logps_lane_add(double *DPO_RESTRICT lanes, const double *DPO_RESTRICT buf,
+                                   ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i += DPO_LOGPS_LANES)
+        for (int j = 0; j < DPO_LOGPS_LANES; j++)
+            lanes[j] += buf[i + j];
 }
 
 DPO_INLINE double dpo_logps_lane_total(const double *lanes)

@@ -23,7 +23,7 @@
  * time per row, AVX-512, V = 32000 float32).
  */
 DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdiff_t vocab,
-                                           double inv_t, int want_entropy, const LOGPS_T *next)
+                                           double inv_t, int want_extras, const LOGPS_T *next)
 {
     DpoLogpsRowStats st;
     LOGPS_BITS key_max = LOGPS_KEY_MIN;
@@ -43,15 +43,17 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
     st.m = st.xmax * inv_t;
     /* A tiny temperature can also overflow the scaled logits: reported like a NaN. */
     st.bad = bad != 0 || !(st.m <= DBL_MAX && st.m >= -DBL_MAX);
-    st.s = st.w = st.log_s = 0.0;
+    st.s = st.w = st.q = st.xsum = st.log_s = 0.0;
     if (st.bad)
         return st;
 
     const double m = st.m;
     double s_lanes[DPO_LOGPS_LANES], w_lanes[DPO_LOGPS_LANES];
-    double ebuf[DPO_LOGPS_BLOCK], wbuf[DPO_LOGPS_BLOCK];
+    double q_lanes[DPO_LOGPS_LANES], x_lanes[DPO_LOGPS_LANES];
+    double ebuf[DPO_LOGPS_BLOCK], wbuf[DPO_LOGPS_BLOCK], qbuf[DPO_LOGPS_BLOCK],
+        xbuf[DPO_LOGPS_BLOCK];
     for (int j = 0; j < DPO_LOGPS_LANES; j++)
-        s_lanes[j] = w_lanes[j] = 0.0;
+        s_lanes[j] = w_lanes[j] = q_lanes[j] = x_lanes[j] = 0.0;
     for (ptrdiff_t start = 0; start < vocab; start += DPO_LOGPS_BLOCK) {
         const ptrdiff_t n = (vocab - start < DPO_LOGPS_BLOCK) ? vocab - start : DPO_LOGPS_BLOCK;
         const LOGPS_T *DPO_RESTRICT xb = x + start;
@@ -59,16 +61,22 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
             for (ptrdiff_t i = 0; i < n; i += 64 / (ptrdiff_t)sizeof(LOGPS_T))
                 DPO_PREFETCH(next + start + i);
         /* z - m <= 0 (rounding is monotone), so exp never overflows and the largest term is 1 */
-        if (want_entropy) {
+        if (want_extras) {
+            /* Everything the optional outputs need, from the same exp: the entropy's
+             * e * (z - m), WPO's e^2 (sum p^2 = sum e^2 / s^2) and the raw logit. One loop
+             * for all of them keeps each value's arithmetic the same whichever are wanted. */
             DPO_LOOP_HINT
             for (ptrdiff_t i = 0; i < n; i++) {
-                double d = (double)xb[i] * inv_t - m;
+                const double xd = (double)xb[i];
+                double d = xd * inv_t - m;
                 /* exp is exactly 0 below -708; the clamp keeps e * d at 0 (not NaN) when
                  * z = -inf, possible when a tiny temperature overflows a large logit. */
                 d = (d < -800.0) ? -800.0 : d;
                 double e = dpo_logps_exp(d);
                 ebuf[i] = e;
                 wbuf[i] = e * d;
+                qbuf[i] = e * e;
+                xbuf[i] = xd;
             }
         } else {
             DPO_LOOP_HINT
@@ -78,17 +86,18 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
         /* Pad to whole lanes with +0.0, which leaves the (+0.0-started) sums unchanged. */
         const ptrdiff_t padded = (n + DPO_LOGPS_LANES - 1) / DPO_LOGPS_LANES * DPO_LOGPS_LANES;
         for (ptrdiff_t i = n; i < padded; i++)
-            ebuf[i] = wbuf[i] = 0.0;
-        for (ptrdiff_t i = 0; i < padded; i += DPO_LOGPS_LANES)
-            for (int j = 0; j < DPO_LOGPS_LANES; j++)
-                s_lanes[j] += ebuf[i + j];
-        if (want_entropy)
-            for (ptrdiff_t i = 0; i < padded; i += DPO_LOGPS_LANES)
-                for (int j = 0; j < DPO_LOGPS_LANES; j++)
-                    w_lanes[j] += wbuf[i + j];
+            ebuf[i] = wbuf[i] = qbuf[i] = xbuf[i] = 0.0;
+        dpo_logps_lane_add(s_lanes, ebuf, padded);
+        if (want_extras) {
+            dpo_logps_lane_add(w_lanes, wbuf, padded);
+            dpo_logps_lane_add(q_lanes, qbuf, padded);
+            dpo_logps_lane_add(x_lanes, xbuf, padded);
+        }
     }
     st.s = dpo_logps_lane_total(s_lanes);
     st.w = dpo_logps_lane_total(w_lanes);
+    st.q = dpo_logps_lane_total(q_lanes);
+    st.xsum = dpo_logps_lane_total(x_lanes);
     st.log_s = dpo_logps_log(st.s);
     return st;
 }
@@ -106,16 +115,21 @@ DPO_TARGET DPO_HIDDEN void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t 
     const ptrdiff_t vocab = args->vocab;
     const double inv_t = args->inv_temperature;
     const int want_entropy = args->entropy != NULL;
+    const int want_extras = want_entropy || args->log_sum_p2 != NULL || args->logit_sum != NULL;
     for (ptrdiff_t k = k0; k < k1; k++) {
         const ptrdiff_t r = (ptrdiff_t)rows[k];
         const LOGPS_T *DPO_RESTRICT x = LOGPS_ROW(args, r);
         const LOGPS_T *next = (k + 1 < k1) ? LOGPS_ROW(args, (ptrdiff_t)rows[k + 1]) : NULL;
-        const DpoLogpsRowStats st = LOGPS_STATS_FN(x, vocab, inv_t, want_entropy, next);
+        const DpoLogpsRowStats st = LOGPS_STATS_FN(x, vocab, inv_t, want_extras, next);
         if (st.bad) {
             const double nan = dpo_bits_double(INT64_C(0x7ff8000000000000));
             args->token_logps[r] = args->logsumexp[r] = nan;
             if (want_entropy)
                 args->entropy[r] = nan;
+            if (args->log_sum_p2 != NULL)
+                args->log_sum_p2[r] = nan;
+            if (args->logit_sum != NULL)
+                args->logit_sum[r] = nan;
             args->status[r] = DPO_LOGPS_NONFINITE;
             continue;
         }
@@ -125,6 +139,12 @@ DPO_TARGET DPO_HIDDEN void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t 
         args->logsumexp[r] = st.m + st.log_s;
         if (want_entropy)
             args->entropy[r] = st.log_s - st.w / st.s; /* -w/s >= 0: no cancellation */
+        /* log sum p^2 = log(sum e^2) - 2 log(s), e = exp(z - m): the sum holds the term 1,
+         * so 1 <= q <= V and both logs are of numbers >= 1 (WPO, Zhou et al. 2024, Eq. 2). */
+        if (args->log_sum_p2 != NULL)
+            args->log_sum_p2[r] = dpo_logps_log(st.q) - 2.0 * st.log_s;
+        if (args->logit_sum != NULL)
+            args->logit_sum[r] = st.xsum;
         /* TRL's token accuracy compares argmax(logits) with the label; argmax is the first
          * maximal index (NumPy, PyTorch), so an earlier tie makes the label wrong. Only rows
          * whose label hits the max pay for the scan. */
