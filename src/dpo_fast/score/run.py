@@ -144,7 +144,7 @@ def score_dataset(source: str, *, out: str | None = None,
     compute_grad = loss_params.get("compute_grad", False)
     unpaired = is_unpaired(loss_params)
     if unpaired and quantiles is not DEFAULT_QUANTILES and levels:
-        raise ScoreUsageError("quantiles are margin quantiles, of paired data: loss_type "
+        raise ScoreUsageError("--quantiles: margin quantiles are for paired data; loss_type "
                               f"{loss_params['loss_type']!r} has no margins; drop --quantiles")
     if not unpaired:
         check_paired_params(loss_params)
