@@ -36,10 +36,12 @@ from dpo_fast.score.columns import (
 )
 from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 from dpo_fast.score.options import LossOption, loss_type_of
+from dpo_fast.score.unpaired_summary import KLSum
 
 __all__ = ["KTO_OPTIONS", "UNPAIRED_ADDED_COLUMNS", "UNPAIRED_GRAD_COLUMNS", "UNPAIRED_ROLES",
            "UnpairedSettings", "check_paired_params", "check_unpaired_params", "is_unpaired",
-           "kl_roles", "resolve_unpaired_columns", "score_unpaired_batch", "validate_rows"]
+           "kl_roles", "reference_point", "resolve_unpaired_columns", "score_unpaired_batch",
+           "validate_rows"]
 
 UNPAIRED_ROLES = (
     ColumnRole("logps", "logps", "logps", True),
@@ -244,3 +246,15 @@ def score_unpaired_batch(columns: Sequence[ColumnValues], settings: UnpairedSett
     if settings.compute_grad:
         outputs["grad"] = rows.grad
     return outputs, policy, labels
+
+
+def reference_point(settings: UnpairedSettings, estimated: KLSum | None) -> tuple[float, str]:
+    """(z, where it came from): ``kl`` given, the whole-data estimate, or 0."""
+    if settings.loss_type != "kto":
+        return 0.0, f"not used ({settings.loss_type} has no reference point)"
+    if settings.kl is not None:
+        return settings.kl, "given (kl)"
+    if estimated is None:
+        return 0.0, "0 (no kl_logps / ref_kl_logps columns)"
+    return estimated.estimate(), (f"max(0, mean(kl_logps - ref_kl_logps)) over "
+                                  f"{estimated.count:,} rows")

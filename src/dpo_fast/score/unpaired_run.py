@@ -22,9 +22,9 @@ from dpo_fast.score.schema import conform, input_schema, output_schema, with_col
 from dpo_fast.score.unpaired import (
     UNPAIRED_ADDED_COLUMNS,
     UNPAIRED_GRAD_COLUMNS,
-    UnpairedSettings,
     check_unpaired_params,
     kl_roles,
+    reference_point,
     resolve_unpaired_columns,
     score_unpaired_batch,
     validate_rows,
@@ -37,7 +37,7 @@ from dpo_fast.score.writers import (
     WriteFailed,
 )
 
-__all__ = ["column_values", "reference_point", "score_unpaired"]
+__all__ = ["column_values", "score_unpaired"]
 
 
 def column_values(batch, roles, path):
@@ -45,18 +45,6 @@ def column_values(batch, roles, path):
     return [arrow_labels(batch.column(column), role, column, path) if role.name == "label"
             else arrow_values(batch.column(column), role, column, path)
             for role, column in roles]
-
-
-def reference_point(settings: UnpairedSettings, estimated: KLSum | None) -> tuple[float, str]:
-    """(z, where it came from): ``kl`` given, the whole-data estimate, or 0."""
-    if settings.loss_type != "kto":
-        return 0.0, f"not used ({settings.loss_type} has no reference point)"
-    if settings.kl is not None:
-        return settings.kl, "given (kl)"
-    if estimated is None:
-        return 0.0, "0 (no kl_logps / ref_kl_logps columns)"
-    return estimated.estimate(), (f"max(0, mean(kl_logps - ref_kl_logps)) over "
-                                  f"{estimated.count:,} rows")
 
 
 def score_unpaired(inp: InputFiles, *, out: str | None, out_format: str | None,
