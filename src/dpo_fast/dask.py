@@ -472,7 +472,8 @@ def _read(source: str, input_format: str | None, role_columns: Sequence[str]):
         # Role columns as text, parsed (and reported row by row) by dpo_fast.
         return dd.read_csv(path, dtype={c: "string" for c in role_columns})
     if fmt == "jsonl":
-        return dd.read_json(path, lines=True, blocksize=64 << 20)
+        # precise_float: pandas' default float parser is off by an ulp now and then.
+        return dd.read_json(path, lines=True, blocksize=64 << 20, precise_float=True)
     raise ScoreUsageError("--scheduler reads Parquet, CSV and JSON Lines (not Arrow IPC); "
                           "convert the input or run without --scheduler")
 

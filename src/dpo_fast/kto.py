@@ -207,8 +207,10 @@ def kto_rows(policy: np.ndarray, reference: np.ndarray, desirable: np.ndarray, *
     valid beta; ``kl`` the reference point ``z`` (0 for ``apo_zero_unpaired``, whose rows
     are the ``kto`` rows at ``z = 0``). Returns :class:`KTORows`.
     """
-    x = policy - reference
-    u = beta * (x - kl)
+    with np.errstate(over="ignore"):  # finite log-probs 1e308 apart: x = +-inf, rewards too
+        x = policy - reference
+        u = beta * (x - kl)
+        rewards = beta * x
     sig_pos = _sigmoid(u)
     sig_neg = _sigmoid(-u)
     # desirable: wd * sigmoid(-u); undesirable: wu * sigmoid(u) (both forms of the TRL rows)
@@ -217,7 +219,7 @@ def kto_rows(policy: np.ndarray, reference: np.ndarray, desirable: np.ndarray, *
     if compute_grad:
         slope = beta * sig_pos * sig_neg
         grad = np.where(desirable, -desirable_weight * slope, undesirable_weight * slope)
-    return KTORows(losses=losses, rewards=beta * x, grad=grad)
+    return KTORows(losses=losses, rewards=rewards, grad=grad)
 
 
 def kl_estimate(total: float, count: int) -> float:

@@ -256,5 +256,10 @@ def reference_point(settings: UnpairedSettings, estimated: KLSum | None) -> tupl
         return settings.kl, "given (kl)"
     if estimated is None:
         return 0.0, "0 (no kl_logps / ref_kl_logps columns)"
-    return estimated.estimate(), (f"max(0, mean(kl_logps - ref_kl_logps)) over "
-                                  f"{estimated.count:,} rows")
+    z = estimated.estimate()
+    if not np.isfinite(z):
+        # Finite log-probs whose differences overflow float64: every row's loss would be NaN.
+        raise ScoreDataError(f"the reference point mean(kl_logps - ref_kl_logps) is {z!r} "
+                             "(the differences overflow float64); check the KL columns, or "
+                             "give the reference point with kl (--kl)", column="kl_logps")
+    return z, f"max(0, mean(kl_logps - ref_kl_logps)) over {estimated.count:,} rows"
