@@ -402,3 +402,17 @@ def test_help_lists_the_unpaired_options():
     for flag in ("--desirable-weight", "--undesirable-weight", "--kl", "kto"):
         assert flag in proc.stdout
     assert dpo_fast.kto_loss is kto_loss
+
+
+def test_the_readme_example(tmp_path):
+    path = tmp_path / "unpaired.csv"
+    path.write_text("id,logps,ref_logps,label,kl_logps,ref_kl_logps\n"
+                    "0,-40.2,-41.0,true,-52.0,-52.5\n1,-38.9,-38.1,false,-47.3,-47.6\n"
+                    "2,-45.0,-46.3,true,-50.1,-50.2\n")
+    out = tmp_path / "scored.parquet"
+    summary = score_dataset(str(path), loss_type="kto", beta=0.1, out=str(out))
+    assert f"{summary.loss:.6g}" == "0.47835" and f"{summary.metrics['kl']:.6g}" == "0.3"
+    assert f"{summary.metrics['rewards/margins']:.6g}" == "0.185"
+    table = read(out)
+    assert round(table.column("reward")[0].as_py(), 12) == 0.08
+    assert round(table.column("loss")[0].as_py(), 4) == 0.4875
