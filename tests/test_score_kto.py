@@ -252,6 +252,14 @@ def test_a_label_that_is_not_a_boolean_is_a_bad_row(tmp_path, fmt):
     assert summary.skipped_by_reason == {"non-boolean": 1}
     keep = np.arange(300) != 42
     assert_matches(summary, {k: v[keep] for k, v in data.items()}, loss_type="kto")
+    # With --out too (the input is typed from all its values first): the row, not the file.
+    out = tmp_path / f"out{FORMATS[fmt]}"
+    with pytest.raises(ScoreDataError, match="row 42: column 'label'"):
+        score_dataset(path, loss_type="kto", out=str(out))
+    score_dataset(path, loss_type="kto", out=str(out), on_invalid="skip")
+    assert read(out).column("loss").to_pylist() == kto_loss(
+        data["logps"][keep], data["ref_logps"][keep], data["label"][keep],
+        reduction="none").losses.tolist()
 
 
 @pytest.mark.parametrize("values", [np.array([1, 0] * 50), np.array([1.0, 0.0] * 50)])

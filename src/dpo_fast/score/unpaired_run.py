@@ -69,7 +69,7 @@ def score_unpaired(inp: InputFiles, *, out: str | None, out_format: str | None,
     bool_columns = [label] if inp.format == "jsonl" else []
     full_schema = in_schema = out_schema = None
     if out is not None:
-        full_schema = input_schema(inp, numeric, batch_rows)
+        full_schema = input_schema(inp, numeric, batch_rows, bool_columns)
         in_schema, out_schema = output_schema(pa, full_schema, added)
         check_added_columns(full_schema.names, added, replace_columns, "the input",
                             "--replace-columns", file=inp.files[0])
