@@ -16,6 +16,13 @@ summary arithmetic); neither imports it. :mod:`dpo_fast.cli` calls :func:`run_cl
   :mod:`dpo_fast.score`), which recomputes them from the source unless the DataFrame is
   persisted.
 
+Unpaired data (``loss_type="kto"`` or ``"apo_zero_unpaired"``, TRL's unpaired format; see
+:mod:`dpo_fast.score.unpaired`) is scored the same way: ``reward`` and ``loss`` per row, an
+:class:`~dpo_fast.score.unpaired_summary.UnpairedSummary` whose sums are exact, so it equals
+the single-machine run bit for bit. The reference point estimated from the KL columns is the
+whole DataFrame's: a first pass over the partitions computes it (also for :func:`score`,
+which is otherwise lazy).
+
 Batch-coupled loss types (``aot``, ``aot_unpaired``, ``sft``: a pair's loss depends on the
 other pairs of the batch) are refused with a ValueError: partitions are scored independently,
 so they would not give the whole-data value. Per-pair loss types combine exactly.
@@ -371,7 +378,8 @@ def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free
     dask.dataframe.DataFrame
         ``ddf``'s columns followed by ``chosen_reward``, ``rejected_reward``, ``margin``,
         ``loss`` and, with ``compute_grad=True``, ``grad_chosen``, ``grad_rejected``
-        (float64; per-pair derivatives).
+        (float64; per-pair derivatives). Unpaired data (``loss_type="kto"``): ``reward``,
+        ``loss`` (and ``grad``).
 
     Raises
     ------
@@ -424,6 +432,8 @@ def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
     Returns
     -------
     dpo_fast.score.ScoreSummary
+        (An :class:`~dpo_fast.score.UnpairedSummary` for ``loss_type="kto"`` or
+        ``"apo_zero_unpaired"``.)
 
     Raises
     ------
