@@ -164,7 +164,9 @@ COMMANDS: tuple[Command, ...] = (
             "rejected_reward, margin and loss added (atomically). Memory stays bounded "
             "whatever the input size. Errors are one line: exit status 1 for missing or bad "
             "data (the message names file, row and column), 2 for bad options (the message "
-            "names the option)."
+            "names the option). --loss-type kto (or apo_zero_unpaired) scores unpaired files "
+            "instead (TRL's format: logps, ref_logps, a boolean label): reward and loss per "
+            "row, TRL's KTO metrics."
         ),
         add_arguments=score_cli.add_arguments,
         run=_run_score,

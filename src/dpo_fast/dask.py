@@ -16,6 +16,13 @@ summary arithmetic); neither imports it. :mod:`dpo_fast.cli` calls :func:`run_cl
   :mod:`dpo_fast.score`), which recomputes them from the source unless the DataFrame is
   persisted.
 
+Unpaired data (``loss_type="kto"`` or ``"apo_zero_unpaired"``, TRL's unpaired format; see
+:mod:`dpo_fast.score.unpaired`) is scored the same way: ``reward`` and ``loss`` per row, an
+:class:`~dpo_fast.score.unpaired_summary.UnpairedSummary` whose sums are exact, so it equals
+the single-machine run bit for bit. The reference point estimated from the KL columns is the
+whole DataFrame's: a first pass over the partitions computes it (also for :func:`score`,
+which is otherwise lazy).
+
 Batch-coupled loss types (``aot``, ``aot_unpaired``, ``sft``: a pair's loss depends on the
 other pairs of the batch) are refused with a ValueError: partitions are scored independently,
 so they would not give the whole-data value. Per-pair loss types combine exactly.
@@ -33,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from dpo_fast import _optional
+from dpo_fast.score.arrow import LABEL_TYPE_FIX, text_labels
 from dpo_fast.score.batch import (
     ADDED_COLUMNS,
     GRAD_COLUMNS,
@@ -63,6 +71,20 @@ from dpo_fast.score.summary import (
     quantile_levels,
     scan_margins,
 )
+from dpo_fast.score.unpaired import (
+    UNPAIRED_ADDED_COLUMNS,
+    UNPAIRED_GRAD_COLUMNS,
+    UNPAIRED_ROLES,
+    check_paired_params,
+    check_unpaired_params,
+    is_unpaired,
+    kl_roles,
+    reference_point,
+    resolve_unpaired_columns,
+    score_unpaired_batch,
+    validate_rows,
+)
+from dpo_fast.score.unpaired_summary import KLSum, UnpairedPartial, UnpairedSummary
 
 __all__ = ["score", "summarize"]
 
@@ -114,6 +136,145 @@ def _pandas_values(series, role: ColumnRole, column: str, where: str) -> ColumnV
         return out
     raise ScoreDataError(f"has type {dtype}, which holds no numbers (every row)", file=where,
                          column=column)
+
+
+def _pandas_labels(series, role: ColumnRole, column: str, where: str) -> ColumnValues:
+    """A pandas label column as ColumnValues of bool, by the scorer's rule: booleans (and
+    Python bools in an object column, JSON) as they are, text ``true``/``false`` in a string
+    column (CSV); nulls and anything else masked; numbers refused for the whole column."""
+    import pandas as pd
+
+    raw = series.to_numpy(dtype=object)
+    out = ColumnValues(role, column, np.zeros(len(series), dtype=bool), raw=lambda i: raw[i])
+    null = series.isna().to_numpy(dtype=bool)
+    if null.any():
+        out.null = null
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        out.values = series.to_numpy(dtype=bool, na_value=False)
+        return out
+    if pd.api.types.is_object_dtype(dtype):
+        is_bool = np.array([isinstance(v, (bool, np.bool_)) for v in raw], dtype=bool)
+        out.values = np.array([bool(v) if ok else False for v, ok in zip(raw, is_bool)],
+                              dtype=bool)
+        bad = ~is_bool & ~null
+    elif pd.api.types.is_string_dtype(dtype):
+        lowered = series.astype("string").str.strip().str.lower()
+        empty = (lowered == "").fillna(False).to_numpy(dtype=bool)
+        out.values, bad = text_labels(lowered.fillna("false").to_numpy(dtype=str))
+        bad &= ~null & ~empty
+        if empty.any():  # an empty CSV field is a missing value
+            out.null = empty if out.null is None else out.null | empty
+    else:
+        raise ScoreDataError(f"has type {dtype}, which {LABEL_TYPE_FIX}", file=where,
+                             column=column)
+    if bad.any():
+        out.non_boolean = bad
+    return out
+
+
+def _unpaired_rows(df, roles, on_invalid, where):
+    """Validate one pandas partition of unpaired data: validate_rows' tuple."""
+    values = [_pandas_labels(df[column], role, column, where) if role.name == "label"
+              else _pandas_values(df[column], role, column, where) for role, column in roles]
+    index = df.index
+
+    def locate(i):
+        return f"{where}, row {i} (index {index[i]!r})", None
+
+    return validate_rows(values, on_invalid, locate)
+
+
+def _kl_partial(df, roles, on_invalid, number):
+    """The exact sum of kl_logps - ref_kl_logps of one partition's valid rows."""
+    total = KLSum()
+    if len(df):
+        kept = {c.role.name: c.values
+                for c in _unpaired_rows(df, roles, on_invalid, f"partition {number}")[1]}
+        total.add(kept["kl_logps"], kept["ref_kl_logps"])
+    return total
+
+
+def _unpaired_partial(df, roles, settings, kl, on_invalid, number):
+    partial = UnpairedPartial()
+    if len(df) == 0:
+        return partial
+    keep, kept, counts, first = _unpaired_rows(df, roles, on_invalid, f"partition {number}")
+    if keep is not None:
+        partial.add_skipped(counts, (number, first[0]), first[1])
+    partial.add(*score_unpaired_batch(kept, settings, kl))
+    return partial
+
+
+def _score_unpaired_partition(df, roles, settings, kl, on_invalid, added,
+                              partition_info=None):
+    number = (partition_info or {}).get("number", "?")
+    if len(df) == 0:
+        return df.drop(columns=[c for c in added if c in df.columns]).assign(
+            **{name: np.empty(0) for name in added})
+    keep, kept, _, _ = _unpaired_rows(df, roles, on_invalid, f"partition {number}")
+    if keep is not None:
+        df = df[keep]
+    outputs = score_unpaired_batch(kept, settings, kl)[0]
+    out = df.drop(columns=[c for c in added if c in df.columns])
+    return out.assign(**{name: outputs[name] for name in added})
+
+
+def _tree(dask, parts, split_every):
+    delayed = dask.delayed
+    while len(parts) > 1:
+        parts = [delayed(_merge)(*parts[i:i + split_every])
+                 for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+def _prepare_unpaired(ddf, columns, reference_free, on_invalid, params, where, split_every=8):
+    """Validate an unpaired run on the client and find its reference point (a first pass
+    over the partitions when it is estimated from the KL columns): (roles, settings, z,
+    where z came from)."""
+    dask = _require_dask()
+    import dask.dataframe as dd
+
+    if not isinstance(ddf, dd.DataFrame):
+        raise TypeError(f"{where} takes a dask.dataframe.DataFrame, got {type(ddf).__name__}")
+    settings = check_unpaired_params(params)
+    roles = resolve_unpaired_columns(list(ddf.columns), columns, reference_free, settings,
+                                     "the DataFrame")
+    estimated = None
+    if kl_roles(roles):
+        parts = [dask.delayed(_kl_partial)(part, roles, on_invalid, number)
+                 for number, part in enumerate(ddf.to_delayed())]
+        (estimated,) = dask.compute(_tree(dask, parts, split_every))
+    return (roles, settings, *reference_point(settings, estimated))
+
+
+def _score_unpaired(ddf, columns, reference_free, on_invalid, replace_columns, params):
+    roles, settings, kl, _ = _prepare_unpaired(ddf, columns, reference_free, on_invalid,
+                                               params, "score")
+    added = UNPAIRED_ADDED_COLUMNS + (UNPAIRED_GRAD_COLUMNS if settings.compute_grad else ())
+    clashes = check_added_columns(list(ddf.columns), added, replace_columns, "the DataFrame",
+                                  "replace_columns=True")
+    meta = ddf._meta.drop(columns=clashes).assign(
+        **{name: np.empty(0, dtype=np.float64) for name in added})
+    return ddf.map_partitions(_score_unpaired_partition, roles, settings, kl, on_invalid,
+                              added, meta=meta)
+
+
+def _summarize_unpaired(ddf, columns, reference_free, on_invalid, quantiles, split_every,
+                        params) -> UnpairedSummary:
+    if quantiles is not DEFAULT_QUANTILES and quantile_levels(quantiles):
+        raise ScoreUsageError("--quantiles: margin quantiles are for paired data; loss_type "
+                              f"{params['loss_type']!r} has no margins; drop --quantiles")
+    dask = _require_dask()
+    roles, settings, kl, kl_source = _prepare_unpaired(ddf, columns, reference_free,
+                                                       on_invalid, params, "summarize",
+                                                       split_every)
+    parts = [dask.delayed(_unpaired_partial)(part, roles, settings, kl, on_invalid, number)
+             for number, part in enumerate(ddf.to_delayed())]
+    (total,) = dask.compute(_tree(dask, parts, split_every))
+    return total.finish(settings.reduction, kl, kl_source,
+                        parameters=settings.effective_parameters(),
+                        columns={role.name: column for role, column in roles})
 
 
 def _partition_scores(df, roles, params, compute_grad, on_invalid, where):
@@ -181,6 +342,7 @@ def _prepare(ddf, columns, reference_free, params, where):
 
     if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"{where} takes a dask.dataframe.DataFrame, got {type(ddf).__name__}")
+    check_paired_params(params)
     roles = resolve_columns(list(ddf.columns), columns, reference_free,
                             source="the DataFrame", loss_type=loss_type_of(params))
     reduction = check_loss_params(params, [r for r, _ in roles], where)
@@ -216,7 +378,8 @@ def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free
     dask.dataframe.DataFrame
         ``ddf``'s columns followed by ``chosen_reward``, ``rejected_reward``, ``margin``,
         ``loss`` and, with ``compute_grad=True``, ``grad_chosen``, ``grad_rejected``
-        (float64; per-pair derivatives).
+        (float64; per-pair derivatives). Unpaired data (``loss_type="kto"``): ``reward``,
+        ``loss`` (and ``grad``).
 
     Raises
     ------
@@ -225,6 +388,9 @@ def score(ddf, *, columns: Mapping[str, str] | str | None = None, reference_free
         or missing columns (:class:`dpo_fast.score.ScoreDataError`), before anything runs.
     """
     check_on_invalid(on_invalid)
+    if is_unpaired(loss_params):
+        return _score_unpaired(ddf, columns, reference_free, on_invalid, replace_columns,
+                               loss_params)
     roles, batch_params, _ = _prepare(ddf, columns, reference_free, loss_params, "score")
     compute_grad = bool(loss_params.get("compute_grad", False))
     added = ADDED_COLUMNS + (GRAD_COLUMNS if compute_grad else ())
@@ -266,6 +432,8 @@ def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
     Returns
     -------
     dpo_fast.score.ScoreSummary
+        (An :class:`~dpo_fast.score.UnpairedSummary` for ``loss_type="kto"`` or
+        ``"apo_zero_unpaired"``.)
 
     Raises
     ------
@@ -273,8 +441,11 @@ def summarize(ddf, *, columns: Mapping[str, str] | str | None = None,
         Bad parameters or a batch-coupled loss type (before anything runs); a
         :class:`dpo_fast.score.ScoreDataError` for bad data, from the workers.
     """
-    dask = _require_dask()
     check_on_invalid(on_invalid)
+    if is_unpaired(loss_params):
+        return _summarize_unpaired(ddf, columns, reference_free, on_invalid, quantiles,
+                                   split_every, loss_params)
+    dask = _require_dask()
     levels = quantile_levels(quantiles)
     roles, batch_params, reduction = _prepare(ddf, columns, reference_free, loss_params,
                                               "summarize")
@@ -311,7 +482,8 @@ def _read(source: str, input_format: str | None, role_columns: Sequence[str]):
         # Role columns as text, parsed (and reported row by row) by dpo_fast.
         return dd.read_csv(path, dtype={c: "string" for c in role_columns})
     if fmt == "jsonl":
-        return dd.read_json(path, lines=True, blocksize=64 << 20)
+        # precise_float: pandas' default float parser is off by an ulp now and then.
+        return dd.read_json(path, lines=True, blocksize=64 << 20, precise_float=True)
     raise ScoreUsageError("--scheduler reads Parquet, CSV and JSON Lines (not Arrow IPC); "
                           "convert the input or run without --scheduler")
 
@@ -352,7 +524,8 @@ def run_cli(address: str, source: str, *, params: Mapping[str, Any], out: str | 
             raise ScoreUsageError(f"--out {out} exists; with --scheduler the output is a "
                                   "directory, written only where nothing exists yet")
     mapping = parse_column_map(columns)
-    names = [mapping.get(role.name, role.default_column) for role in ROLES]
+    names = [mapping.get(role.name, role.default_column)
+             for role in (UNPAIRED_ROLES if is_unpaired(params) else ROLES)]
     try:
         client = distributed.Client(address, timeout="30s", set_as_default=False)
     except OSError as exc:

@@ -26,7 +26,8 @@ import numpy as np
 from dpo_fast._arrays import check_finite_real, check_flag, tensor_as_array
 from dpo_fast._seed import validate_beta
 
-__all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "kto_loss"]
+__all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "KTORows", "kl_estimate", "kto_loss", "kto_metrics",
+           "kto_rows"]
 
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 _REDUCTIONS = ("mean", "sum", "none")
@@ -167,12 +168,10 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
         raise ValueError("logps is empty: the loss of no completions is undefined")
 
     point = _reference_point(loss_type, kl, kl_logps, ref_kl_logps)
-    x = policy - reference
-    u = beta_value * (x - point)
-    sig_pos = _sigmoid(u)
-    sig_neg = _sigmoid(-u)
-    # desirable: wd * sigmoid(-u); undesirable: wu * sigmoid(u) (both forms of the TRL rows)
-    losses = np.where(labels, weights[0] * sig_neg, weights[1] * sig_pos)
+    rows = kto_rows(policy, reference, labels, beta=beta_value, kl=point,
+                    desirable_weight=weights[0], undesirable_weight=weights[1],
+                    compute_grad=want_grad)
+    losses, grad = rows.losses, rows.grad
     n = losses.shape[0]
     if reduction == "mean":
         loss: float | np.ndarray = math.fsum(losses.tolist()) / n
@@ -180,15 +179,54 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
         loss = math.fsum(losses.tolist())
     else:
         loss = losses
-    grad = None
-    if want_grad:
-        slope = beta_value * sig_pos * sig_neg
-        grad = np.where(labels, -weights[0] * slope, weights[1] * slope)
-        if reduction == "mean":
-            grad = grad / n
-    rewards = beta_value * x
+    if grad is not None and reduction == "mean":
+        grad = grad / n
+    rewards = rows.rewards
     return KTOLossResult(loss=loss, losses=losses, rewards=rewards, grad=grad, kl=point,
-                         metrics=_metrics(point, rewards, policy, labels))
+                         metrics=kto_metrics(point, *_side_sums(rewards, policy, labels)))
+
+
+@dataclass(frozen=True)
+class KTORows:
+    """What :func:`kto_rows` returns: per completion, ``losses``, ``rewards`` and (when
+    asked) ``grad``, the derivative of each completion's own loss with respect to its
+    ``logps``."""
+
+    losses: np.ndarray
+    rewards: np.ndarray
+    grad: np.ndarray | None = None
+
+
+def kto_rows(policy: np.ndarray, reference: np.ndarray, desirable: np.ndarray, *,
+             beta: float, kl: float, desirable_weight: float, undesirable_weight: float,
+             compute_grad: bool = False) -> KTORows:
+    """The per-completion KTO formula, in one place: :func:`kto_loss` and ``dpo-fast score
+    --loss-type kto`` both call it, on values they have already validated.
+
+    ``policy``, ``reference``: finite float64 log-probs; ``desirable``: bool; ``beta`` a
+    valid beta; ``kl`` the reference point ``z`` (0 for ``apo_zero_unpaired``, whose rows
+    are the ``kto`` rows at ``z = 0``). Returns :class:`KTORows`.
+    """
+    with np.errstate(over="ignore"):  # finite log-probs 1e308 apart: x = +-inf, rewards too
+        x = policy - reference
+        u = beta * (x - kl)
+        rewards = beta * x
+    sig_pos = _sigmoid(u)
+    sig_neg = _sigmoid(-u)
+    # desirable: wd * sigmoid(-u); undesirable: wu * sigmoid(u) (both forms of the TRL rows)
+    losses = np.where(desirable, desirable_weight * sig_neg, undesirable_weight * sig_pos)
+    grad = None
+    if compute_grad:
+        slope = beta * sig_pos * sig_neg
+        grad = np.where(desirable, -desirable_weight * slope, undesirable_weight * slope)
+    return KTORows(losses=losses, rewards=rewards, grad=grad)
+
+
+def kl_estimate(total: float, count: int) -> float:
+    """TRL's reference point from the mismatched completions: ``max(0, total / count)``,
+    ``total`` the (correctly rounded) sum of ``kl_logps - ref_kl_logps`` over ``count``
+    rows (TRL: ``(policy_KL_logps - reference_KL_logps).mean().clamp(min=0)``)."""
+    return max(0.0, total / count)
 
 
 def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) -> float:
@@ -214,27 +252,35 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
     if policy.shape != reference.shape or policy.shape[0] == 0:
         raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
                          f"{policy.shape[0]} and {reference.shape[0]}")
-    # TRL: (policy_KL_logps - reference_KL_logps).mean().clamp(min=0)
-    return max(0.0, math.fsum((policy - reference).tolist()) / policy.shape[0])
+    return kl_estimate(math.fsum((policy - reference).tolist()), policy.shape[0])
 
 
-def _metrics(point: float, rewards: np.ndarray, policy: np.ndarray,
-             labels: np.ndarray) -> dict[str, float]:
+def _side_sums(rewards: np.ndarray, policy: np.ndarray, labels: np.ndarray) -> tuple:
     chosen, rejected = labels, ~labels
+    return (math.fsum(rewards[chosen].tolist()), math.fsum(rewards[rejected].tolist()),
+            math.fsum(policy[chosen].tolist()), math.fsum(policy[rejected].tolist()),
+            int(np.count_nonzero(chosen)), int(np.count_nonzero(rejected)))
+
+
+def kto_metrics(kl: float, rewards_chosen_sum: float, rewards_rejected_sum: float,
+                logps_chosen_sum: float, logps_rejected_sum: float, count_chosen: int,
+                count_rejected: int) -> dict[str, float]:
+    """TRL's KTO metrics from the per-side sums and counts (the sums correctly rounded):
+    the sums and counts themselves, and the means TRL logs from them, ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins`` (where both sides have completions)."""
     metrics = {
-        "kl": point,
-        "rewards/chosen_sum": math.fsum(rewards[chosen].tolist()),
-        "rewards/rejected_sum": math.fsum(rewards[rejected].tolist()),
-        "logps/chosen_sum": math.fsum(policy[chosen].tolist()),
-        "logps/rejected_sum": math.fsum(policy[rejected].tolist()),
-        "count/chosen": float(np.count_nonzero(chosen)),
-        "count/rejected": float(np.count_nonzero(rejected)),
+        "kl": kl,
+        "rewards/chosen_sum": rewards_chosen_sum,
+        "rewards/rejected_sum": rewards_rejected_sum,
+        "logps/chosen_sum": logps_chosen_sum,
+        "logps/rejected_sum": logps_rejected_sum,
+        "count/chosen": float(count_chosen),
+        "count/rejected": float(count_rejected),
     }
-    if metrics["count/chosen"]:
-        metrics["rewards/chosen"] = metrics["rewards/chosen_sum"] / metrics["count/chosen"]
-    if metrics["count/rejected"]:
-        metrics["rewards/rejected"] = (metrics["rewards/rejected_sum"]
-                                       / metrics["count/rejected"])
-    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+    if count_chosen:
+        metrics["rewards/chosen"] = rewards_chosen_sum / count_chosen
+    if count_rejected:
+        metrics["rewards/rejected"] = rewards_rejected_sum / count_rejected
+    if count_chosen and count_rejected:
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return metrics

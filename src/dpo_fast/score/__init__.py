@@ -23,6 +23,10 @@ Modules, one job each
 * :mod:`~dpo_fast.score.readers`, :mod:`~dpo_fast.score.schema`,
   :mod:`~dpo_fast.score.writers`: files in, the output's schema, files out.
 * :mod:`~dpo_fast.score.run`: :func:`score_dataset`.
+* :mod:`~dpo_fast.score.unpaired`, :mod:`~dpo_fast.score.unpaired_summary`,
+  :mod:`~dpo_fast.score.unpaired_run`: unpaired data (``loss_type="kto"`` or
+  ``"apo_zero_unpaired"``, TRL's unpaired format): roles and options, the exact summary, the
+  run (the reference point over the whole input).
 * :mod:`~dpo_fast.score.cli`: the ``dpo-fast score`` options and their run.
 
 Reading and memory
@@ -79,6 +83,13 @@ from dpo_fast.score.summary import (
     PartialSummary,
     ScoreSummary,
 )
+from dpo_fast.score.unpaired import (
+    KTO_OPTIONS,
+    UNPAIRED_ADDED_COLUMNS,
+    UNPAIRED_GRAD_COLUMNS,
+    UNPAIRED_ROLES,
+)
+from dpo_fast.score.unpaired_summary import UnpairedSummary
 from dpo_fast.score.writers import WRITE_QUEUE_DEPTH
 
 __all__ = [
@@ -87,6 +98,7 @@ __all__ = [
     "DEFAULT_QUANTILES",
     "GRAD_COLUMNS",
     "INPUT_FORMATS",
+    "KTO_OPTIONS",
     "OUTPUT_FORMATS",
     "QUANTILE_BUDGET",
     "ROLES",
@@ -96,6 +108,10 @@ __all__ = [
     "ScoreDataError",
     "ScoreSummary",
     "ScoreUsageError",
+    "UNPAIRED_ADDED_COLUMNS",
+    "UNPAIRED_GRAD_COLUMNS",
+    "UNPAIRED_ROLES",
+    "UnpairedSummary",
     "WRITE_QUEUE_DEPTH",
     "add_arguments",
     "effective_parameters",

@@ -11,7 +11,7 @@ import numpy as np
 from dpo_fast.score.columns import ColumnRole, ColumnValues
 from dpo_fast.score.errors import ScoreDataError, require_pyarrow
 
-__all__ = ["arrow_values", "to_arrow"]
+__all__ = ["LABEL_TYPE_FIX", "arrow_labels", "arrow_values", "text_labels", "to_arrow"]
 
 _NUMBER_PATTERN = (r"^[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?"
                    r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])$")
@@ -148,3 +148,59 @@ def arrow_values(array, role: ColumnRole, column: str, source: str | None) -> Co
                          column=column)
 
 
+
+
+# The one message for a label column of a type that holds no booleans (also dpo_fast.dask's).
+LABEL_TYPE_FIX = ("is not boolean; the label column holds true (desirable) or false "
+                  "(undesirable), TRL's unpaired format: write it as booleans (0/1 and other "
+                  "numbers are refused, not guessed)")
+_TRUE, _FALSE = "true", "false"
+
+
+def text_labels(lowered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, not-a-boolean mask) of trimmed, lower-cased label texts: "true" / "false"
+    (CSV's booleans, as pyarrow, pandas and Python write them), every other text refused
+    (dpo_fast.dask's rule; the Arrow path below computes the same with pyarrow.compute)."""
+    values = lowered == _TRUE
+    return values, ~(values | (lowered == _FALSE))
+
+
+def arrow_labels(array, role: ColumnRole, column: str, source: str | None) -> ColumnValues:
+    """A label column as :class:`ColumnValues` of bool: Arrow booleans as they are, text
+    (CSV, or a string column) ``true``/``false`` in any case; nulls and other texts masked.
+    Any other type (integers, floats, ...) raises ScoreDataError for the whole column."""
+    pa = require_pyarrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    kind = array.type
+    out = ColumnValues(role, column, np.zeros(len(array), dtype=bool),
+                       raw=lambda i, a=array: a[i].as_py())
+    if array.null_count:
+        out.null = _numpy_bools(pa, array.is_null())
+    if pa.types.is_null(kind):
+        return out
+    if pa.types.is_boolean(kind):
+        out.values = _numpy_bools(pa, array.fill_null(False) if array.null_count else array)
+        return out
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
+            str(kind) == "string_view":
+        import pyarrow.compute as pc
+
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(array.cast(pa.string())))
+
+        def mask(text):
+            return _numpy_bools(pa, pc.equal(lowered, text).fill_null(False))
+
+        out.values, false, empty = mask(_TRUE), mask(_FALSE), mask("")
+        bad = ~(out.values | false | empty)
+        if out.null is not None:
+            bad &= ~out.null
+        if empty.any():  # an empty CSV field is a missing value
+            out.null = empty if out.null is None else out.null | empty
+        if bad.any():
+            out.non_boolean = bad
+        return out
+    raise ScoreDataError(f"has type {kind}, which {LABEL_TYPE_FIX}", file=source,
+                         column=column)

@@ -24,6 +24,7 @@ from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 from dpo_fast.score.options import LOSS_OPTIONS
 from dpo_fast.score.run import DEFAULT_BATCH_ROWS, score_dataset
 from dpo_fast.score.summary import DEFAULT_QUANTILES, ScoreSummary
+from dpo_fast.score.unpaired import KTO_OPTIONS
 
 __all__ = ["EXIT_DATA", "EXIT_USAGE", "Runner", "add_arguments", "example_path", "run_from_args"]
 
@@ -36,7 +37,7 @@ Runner = Callable[..., ScoreSummary]
 
 # The library's names for the command's options, as they appear in its messages.
 _LIBRARY_NAMES = {"batch_rows": "--batch-rows", "on_invalid": "--on-invalid",
-                  **{option.parameter: option.flag for option in LOSS_OPTIONS}}
+                  **{option.parameter: option.flag for option in LOSS_OPTIONS + KTO_OPTIONS}}
 _NAME_PATTERN = re.compile(r"(?<![\w.=/\\-])(" + "|".join(map(re.escape, _LIBRARY_NAMES))
                            + r")\b")
 
@@ -109,14 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "directory of them")
     parser.add_argument("--out", metavar="OUTPUT",
                         help="write the input rows with chosen_reward, rejected_reward, "
-                             "margin, loss (and gradients with --grad) added; format from the "
-                             "extension; written atomically, never over the input")
+                             "margin, loss (unpaired data: reward, loss; and gradients with "
+                             "--grad) added; format from the extension; written atomically, "
+                             "never over the input")
     parser.add_argument("--example", action="store_true",
                         help="score the small synthetic example shipped with dpo_fast")
     parser.add_argument("--columns", action="append", metavar="ROLE=COLUMN,...",
                         help="column names: chosen, rejected, ref_chosen, ref_rejected, "
                              "chosen_length, rejected_length (default: chosen_logps, "
-                             "rejected_logps, ref_chosen_logps, ref_rejected_logps, ...)")
+                             "rejected_logps, ref_chosen_logps, ref_rejected_logps, ...); "
+                             "unpaired (--loss-type kto): logps, ref_logps, label, kl_logps, "
+                             "ref_kl_logps (default: the same names)")
     parser.add_argument("--reference-free", action="store_true",
                         help="score against a zero reference (reference columns not read)")
     parser.add_argument("--input-format", metavar="FORMAT",
@@ -134,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantiles", type=_levels_argument, metavar="Q,Q,...|none",
                         default=DEFAULT_QUANTILES,
                         help="margin quantile levels, exact (default: 0,.01,.05,.25,.5,.75,"
-                             ".95,.99,1)")
+                             ".95,.99,1); paired data only")
     parser.add_argument("--replace-columns", action="store_true",
                         help="replace input columns named like the added ones (default: "
                              "error)")
@@ -147,6 +151,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "loss parameters", "keyword arguments of dpo_fast.preference_loss; an option not given "
                            "keeps preference_loss's default")
+    kto = parser.add_argument_group(
+        "unpaired data (--loss-type kto or apo_zero_unpaired)",
+        "TRL's unpaired format: one completion a row, columns logps, ref_logps and a boolean "
+        "label (true: desirable), optionally kl_logps and ref_kl_logps; --beta, --reduction "
+        "and --grad apply too, the other loss parameters are refused")
+    for option in KTO_OPTIONS:
+        kto.add_argument(option.flag, dest=option.dest, type=option.parse,
+                         default=argparse.SUPPRESS, metavar=_metavar(option),
+                         help=_help(option))
     for option in LOSS_OPTIONS:
         if option.kind == "bool":
             group.add_argument(option.flag, dest=option.dest,
@@ -227,8 +240,8 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if not args.example and not args.input:
         return _fail("INPUT is required (or --example for the shipped sample)", EXIT_USAGE)
     run = runner or _run_here
-    params = {option.parameter: getattr(args, option.dest) for option in LOSS_OPTIONS
-              if hasattr(args, option.dest)}
+    params = {option.parameter: getattr(args, option.dest)
+              for option in LOSS_OPTIONS + KTO_OPTIONS if hasattr(args, option.dest)}
     options = dict(out=args.out, columns=args.columns, reference_free=args.reference_free,
                    input_format=args.input_format, output_format=args.output_format,
                    batch_rows=args.batch_rows, on_invalid=args.on_invalid,

@@ -193,8 +193,8 @@ def check_added_columns(existing: Sequence[str], added: Sequence[str], replace: 
     return clashes
 
 
-_REASONS = ("null", "non-numeric", "non-finite", "invalid-length", "invalid-weight",
-            "malformed")
+_REASONS = ("null", "non-numeric", "non-boolean", "non-finite", "invalid-length",
+            "invalid-weight", "malformed")
 # preference_loss's lower bounds on per-pair values: a row below one is a bad row (reported
 # at its row, or skipped), not a refused batch.
 _LOWER_BOUNDS = {"chosen_lengths": (1, "invalid-length"), "rejected_lengths": (1, "invalid-length"),
@@ -204,8 +204,9 @@ _LOWER_BOUNDS = {"chosen_lengths": (1, "invalid-length"), "rejected_lengths": (1
 class ColumnValues:
     """One role's column as NumPy values, with what makes rows invalid.
 
-    ``values`` holds a placeholder (0) where ``null`` or ``non_numeric`` is set. ``raw(i)``
-    gives the original value of row ``i`` for messages.
+    ``values`` holds a placeholder (0, or False for a label) where ``null``, ``non_numeric``
+    or ``non_boolean`` (a label that is not true/false) is set. ``raw(i)`` gives the original
+    value of row ``i`` for messages.
     """
 
     role: ColumnRole
@@ -214,10 +215,12 @@ class ColumnValues:
     null: np.ndarray | None = None
     non_numeric: np.ndarray | None = None
     raw: Callable[[int], Any] = lambda i: None
+    non_boolean: np.ndarray | None = None
 
     def problems(self, check_finite: bool) -> list[tuple[str, np.ndarray]]:
         out = [(name, mask) for name, mask in (("null", self.null),
-                                                ("non-numeric", self.non_numeric))
+                                                ("non-numeric", self.non_numeric),
+                                                ("non-boolean", self.non_boolean))
                if mask is not None and mask.any()]
         if check_finite and self.values.dtype.kind == "f":
             bad = ~np.isfinite(self.values)
@@ -241,6 +244,9 @@ def describe_invalid(reason: str, value: Any) -> str:
         return f"{value!r} is not a number"
     if reason == "non-finite":
         return f"{value!r} is not finite"
+    if reason == "non-boolean":
+        return (f"{value!r} is not a boolean label (true: desirable, false: undesirable); "
+                "write the labels as booleans")
     if reason == "invalid-length":
         return f"{value!r} is not a token count (lengths must be >= 1)"
     if reason == "invalid-weight":

@@ -109,7 +109,8 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "the per-pair loss: one of {choices}, or several comma-separated (summed, "
                "weighted by --loss-weights); the README's loss table gives each formula. "
                "aot, aot_unpaired and sft are refused (they couple the pairs of a batch, and "
-               "batches are scored one at a time)", choices=tuple(LOSS_TYPES)),
+               "batches are scored one at a time). kto and apo_zero_unpaired score unpaired "
+               "data (see below)", choices=tuple(LOSS_TYPES)),
     LossOption("loss_weights", "--loss-weights", "list[float]", None,
                "one finite weight per --loss-type listed (default: all 1)"),
     LossOption("label_smoothing", "--label-smoothing", "float", 0.0,
@@ -134,7 +135,7 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "the loss column of --out)", choices=("mean", "sum")),
     LossOption("compute_grad", "--grad", "bool", False,
                "also write each pair's derivatives of its loss as the columns grad_chosen "
-               "and grad_rejected of --out"),
+               "and grad_rejected of --out (unpaired data: grad, of each row's loss)"),
     LossOption("n_threads", "--threads", "int", None,
                "threads of the loss kernel (default: the CPUs this process may use; one "
                "fewer with --out, whose writer thread keeps one busy)"),

@@ -307,7 +307,7 @@ def read_json_chunk(pa, chunk, schema, unexpected):
 
 
 def _read_jsonl(path, columns, batch_rows, role_columns, on_invalid, skips,
-                file_index=0, schema=None, **_):
+                file_index=0, schema=None, bool_columns=(), **_):
     """JSON Lines in chunks of whole lines parsed by pyarrow; a chunk pyarrow rejects is
     re-read line by line in Python to name (or skip) the exact bad line. pyarrow's own row
     numbers in JSON errors count from the start of an internal block, not of the file.
@@ -316,6 +316,7 @@ def _read_jsonl(path, columns, batch_rows, role_columns, on_invalid, skips,
     Otherwise only the role columns are, as float64; other keys are not parsed at all."""
     pa = require_pyarrow()
     role_types = {c: pa.float64() for c in role_columns}
+    role_types.update((c, pa.bool_()) for c in bool_columns)  # unpaired labels
     offset = 0
     for chunk in jsonl_chunks(pa, path, jsonl_chunk_bytes(batch_rows)):
         try:
@@ -371,10 +372,14 @@ def _jsonl_python(pa, chunk, schema, role_types, path, offset, on_invalid, skips
         except ValueError as exc:
             record, problem = None, ("malformed", None, f"invalid JSON ({exc})")
         if problem is None:
-            for column in role_types:
+            for column, kind in role_types.items():
                 value = record.get(column)
                 if value is None:
                     problem = ("null", column, describe_invalid("null", None))
+                elif kind == pa.bool_():
+                    if not isinstance(value, bool):
+                        problem = ("non-boolean", column,
+                                   describe_invalid("non-boolean", value))
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
                     problem = ("non-numeric", column, describe_invalid("non-numeric", value))
                 elif not math.isfinite(value):
@@ -424,14 +429,17 @@ class BatchReader:
     batch)``, small batches coalesced up to ``batch_rows``.
 
     ``text_columns`` are read as text (CSV) or float64 (JSON Lines) so that a bad value is a
-    row to report or skip rather than a failure of a whole block. Rows skipped while parsing
-    (malformed CSV/JSON lines, under ``on_invalid="skip"``) are recorded in ``skip_log``.
+    row to report or skip rather than a failure of a whole block; ``bool_columns`` (JSON
+    Lines: unpaired labels) as booleans, a line holding anything else reported or skipped.
+    Rows skipped while parsing (malformed CSV/JSON lines, under ``on_invalid="skip"``) are
+    recorded in ``skip_log``.
     """
 
     def __init__(self, inp: InputFiles, columns: list[str] | None, batch_rows: int,
                  text_columns: list[str], on_invalid: str, skip_log: PartialSummary,
-                 schema=None) -> None:
+                 schema=None, bool_columns: list[str] = ()) -> None:
         self.inp, self.columns, self.batch_rows = inp, columns, batch_rows
+        self.bool_columns = list(bool_columns)
         self.text_columns, self.on_invalid, self.skip_log = text_columns, on_invalid, skip_log
         self.schema = schema  # of every column (from input_schema) when all are read
         self.csv_skips: dict[str, _CsvSkips] = {}
@@ -458,7 +466,7 @@ class BatchReader:
                 path, columns=self.columns, batch_rows=self.batch_rows,
                 role_columns=self.text_columns, on_invalid=self.on_invalid,
                 skips=self.skip_log, csv_skips=csv_skips, file_index=index,
-                schema=self.schema)
+                schema=self.schema, bool_columns=self.bool_columns)
             pending, pending_rows, start, done = [], 0, 0, 0
             while True:
                 try:

@@ -36,6 +36,9 @@ from dpo_fast.score.summary import (
     quantile_levels,
     scan_margins,
 )
+from dpo_fast.score.unpaired import check_paired_params, is_unpaired
+from dpo_fast.score.unpaired_run import score_unpaired
+from dpo_fast.score.unpaired_summary import UnpairedSummary
 from dpo_fast.score.writers import (
     SINKS,
     WRITE_QUEUE_DEPTH,
@@ -71,8 +74,16 @@ def score_dataset(source: str, *, out: str | None = None,
                   batch_rows: int = DEFAULT_BATCH_ROWS, on_invalid: str = "error",
                   quantiles: Sequence[float] | None = DEFAULT_QUANTILES,
                   replace_columns: bool = False, progress: bool = False,
-                  **loss_params: Any) -> ScoreSummary:
+                  **loss_params: Any) -> ScoreSummary | UnpairedSummary:
     """Score a preference dataset file (or directory of files) in bounded memory.
+
+    With ``loss_type="kto"`` or ``"apo_zero_unpaired"`` the input is unpaired data (TRL's
+    unpaired preference format: ``logps``, ``ref_logps``, a boolean ``label``; see
+    :mod:`dpo_fast.score.unpaired`): the rows get ``reward`` and ``loss`` (and ``grad``) and
+    an :class:`~dpo_fast.score.unpaired_summary.UnpairedSummary` is returned. Its loss
+    parameters are ``beta``, ``desirable_weight``, ``undesirable_weight``, ``kl``,
+    ``reduction`` and ``compute_grad``; any other (and ``quantiles`` other than the default)
+    is refused.
 
     Parameters
     ----------
@@ -116,7 +127,7 @@ def score_dataset(source: str, *, out: str | None = None,
 
     Returns
     -------
-    ScoreSummary
+    ScoreSummary or UnpairedSummary
 
     Raises
     ------
@@ -131,10 +142,23 @@ def score_dataset(source: str, *, out: str | None = None,
     check_on_invalid(on_invalid)
     levels = quantile_levels(quantiles)
     compute_grad = loss_params.get("compute_grad", False)
+    unpaired = is_unpaired(loss_params)
+    if unpaired and quantiles is not DEFAULT_QUANTILES and levels:
+        raise ScoreUsageError("--quantiles: margin quantiles are for paired data; loss_type "
+                              f"{loss_params['loss_type']!r} has no margins; drop --quantiles")
+    if not unpaired:
+        check_paired_params(loss_params)
     inp = discover(os.fspath(source), input_format)
     out_format = format_of(out, output_format, output=True) if out is not None else None
     if out is not None:
         check_output_path(out, inp)
+    if unpaired:
+        return score_unpaired(inp, out=out, out_format=out_format, columns=columns,
+                              reference_free=reference_free, batch_rows=batch_rows,
+                              on_invalid=on_invalid, replace_columns=replace_columns,
+                              loss_params=loss_params,
+                              progress=(lambda total: _progress(True, total)) if progress
+                              else None)
     pa = require_pyarrow()
     schema_names = column_names(inp)
     roles = resolve_columns(schema_names, columns, reference_free, source=inp.files[0],

@@ -88,13 +88,15 @@ def _big_int_columns(pa, table) -> list[str]:
     return found
 
 
-def input_schema(inp: InputFiles, role_columns: list[str], batch_rows: int):
+def input_schema(inp: InputFiles, role_columns: list[str], batch_rows: int,
+                 bool_columns: Sequence[str] = ()):
     """The schema --out writes the input columns with: the same for every file and block.
 
     Parquet and Arrow IPC: the files' own schemas (metadata only), unified. CSV and JSON
     Lines carry no schema, and a type guessed from the first block would not hold later
     blocks (a key first seen after it dropped, a later ``1.5`` cut to ``1``, text in a column
-    empty so far refused): they are read once in full first (the role columns are float64).
+    empty so far refused): they are read once in full first (the role columns are float64;
+    ``bool_columns``, unpaired labels in JSON Lines, boolean: a bad value there is a row).
     """
     pa = require_pyarrow()
     builder = _SchemaBuilder(pa)
@@ -112,7 +114,7 @@ def input_schema(inp: InputFiles, role_columns: list[str], batch_rows: int):
             elif inp.format == "csv":
                 _csv_schema(pa, path, role_columns, batch_rows, builder)
             else:
-                _jsonl_schema(pa, path, role_columns, batch_rows, builder)
+                _jsonl_schema(pa, path, role_columns, batch_rows, builder, bool_columns)
         except ScoreDataError:
             raise
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -160,8 +162,10 @@ def _csv_schema(pa, path, role_columns, batch_rows, builder) -> None:
                                     ladder[rank[name]]) for name in rank]), path)
 
 
-def _jsonl_schema(pa, path, role_columns, batch_rows, builder) -> None:
-    role_schema = pa.schema([(c, pa.float64()) for c in role_columns])
+def _jsonl_schema(pa, path, role_columns, batch_rows, builder, bool_columns=()) -> None:
+    role_types = {**{c: pa.float64() for c in role_columns},
+                  **{c: pa.bool_() for c in bool_columns}}
+    role_schema = pa.schema(list(role_types.items()))
     offset = 0
     for chunk in jsonl_chunks(pa, path, jsonl_chunk_bytes(batch_rows)):
         where = f"{path} (the lines from row {offset} on)"
@@ -170,7 +174,7 @@ def _jsonl_schema(pa, path, role_columns, batch_rows, builder) -> None:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             # Malformed lines (reported or skipped by the scoring pass) or one key holding
             # different kinds of values: type what parses, key by key.
-            table = _json_records_table(pa, chunk, role_columns, where)
+            table = _json_records_table(pa, chunk, role_types, where)
         # pyarrow puts the explicitly typed columns first: keep the file's order.
         table = table.select(json_key_order(chunk, table.column_names))
         builder.add(table.schema, where, _big_int_columns(pa, table))
@@ -194,8 +198,8 @@ def _json_records_table(pa, chunk, role_columns, where):
         records += 1
     arrays = {}
     for key, values in columns.items():
-        if key in role_columns:
-            arrays[key] = pa.nulls(records, pa.float64())
+        if key in role_columns:  # a mapping of the role columns to their types
+            arrays[key] = pa.nulls(records, role_columns[key])
             continue
         try:
             arrays[key] = pa.array(values)

@@ -50,6 +50,11 @@ class ExactSum:
         else:
             self._special += value
 
+    def add_units(self, units: int) -> None:
+        """Add an exact integer number of ``2**-1074`` (from
+        :func:`dpo_fast.score.unpaired_summary.exact_units`)."""
+        self._total += units
+
     def merge(self, other: ExactSum) -> None:
         self._total += other._total
         self._special += other._special
