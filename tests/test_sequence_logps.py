@@ -102,7 +102,15 @@ def make_batch(rng, b=3, t=7, v=11, dtype=np.float64, scale=3.0, p_masked=0.3,
     return logits, labels, mask
 
 
-def assert_matches(result, ref, rtol=1e-12, atol=1e-12):
+# float32 logits: the row loops use a shorter exp (2.2e-10 relative, csrc/logps_math.h); the
+# documented contract is 1e-6 absolute on token log-probs, what they reach is ~1e-10 per token
+# and ~1e-8 on sums of a few thousand. float64 logits keep the full-precision exp.
+FLOAT32_TOL = 1e-8
+
+
+def assert_matches(result, ref, rtol=1e-12, atol=1e-12, dtype=np.float64):
+    if dtype == np.float32:
+        rtol, atol = max(rtol, FLOAT32_TOL), max(atol, FLOAT32_TOL)
     np.testing.assert_allclose(result.logps, ref["logps"], rtol=rtol, atol=atol)
     np.testing.assert_array_equal(result.counts, ref["counts"])
     np.testing.assert_allclose(result.logsumexp, ref["logsumexp"], rtol=rtol, atol=atol)
@@ -155,7 +163,7 @@ def test_matches_reference(dtype, v):
     assert result.token_logps.shape == result.entropy.shape == result.logsumexp.shape == (3, 7)
     # float32 logits are exact in float64, so the float64 reference on the same values
     # is the right yardstick for both dtypes.
-    assert_matches(result, reference(logits, labels, mask=mask))
+    assert_matches(result, reference(logits, labels, mask=mask), dtype=dtype)
 
 
 def test_defaults_leave_optional_outputs_out():
@@ -224,7 +232,8 @@ def test_wpo_weights_at_extremes(dtype):
         ref = reference(logits, labels, temperature=temperature)
         assert np.isfinite(out.wpo_weights).all() and (out.wpo_weights >= 0).all()
         assert np.isfinite(out.logit_sums).all() and math.isfinite(out.mean_logit)
-        np.testing.assert_allclose(out.wpo_weights, ref["wpo_weights"], rtol=1e-12)
+        tol = FLOAT32_TOL if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out.wpo_weights, ref["wpo_weights"], rtol=tol)
         # A sum of terms of both signs: its error bound is relative to the sum of |x|.
         magnitude = np.abs(logits.astype(np.float64)).sum(axis=(-1, -2))
         assert (np.abs(out.logit_sums - ref["logit_sums"]) <= 1e-13 * magnitude).all()
@@ -346,7 +355,8 @@ def test_large_float32_logits(magnitude):
     mask[0, 0] = True
     result = full(logits, labels, mask=mask)
     assert np.isfinite(result.logps).all() and np.isfinite(result.entropy).all()
-    assert_matches(result, reference(logits, labels, mask=mask), rtol=1e-12, atol=1e-9)
+    assert_matches(result, reference(logits, labels, mask=mask), rtol=1e-12, atol=1e-9,
+                   dtype=np.float32)
     assert result.token_logps[0, 0] == pytest.approx(-np.log(300), rel=1e-15)
     assert result.entropy[0, 0] == pytest.approx(np.log(300), rel=1e-14)
     grad = sequence_logps_grad(logits, labels, 1.0, mask=mask, logsumexp=result.logsumexp)
@@ -397,7 +407,7 @@ def test_strided_inputs_are_read_in_place_and_give_the_same_bits():
     for name, (logits, lab) in views.items():
         expected = full(np.ascontiguousarray(logits), np.ascontiguousarray(lab))
         assert_same_result(full(logits, lab), expected)
-        assert_matches(full(logits, lab), reference(logits, lab))
+        assert_matches(full(logits, lab), reference(logits, lab), dtype=np.float32)
         grad = sequence_logps_grad(logits, lab, 1.0)
         assert grad.flags.c_contiguous and grad.shape == logits.shape, name
         np.testing.assert_array_equal(
@@ -572,7 +582,7 @@ def test_property_matches_reference(b, t, v, dtype, scale, average, temperature,
     result = full(logits, labels, mask=mask, average=average, temperature=temperature)
     ref = reference(logits, labels, mask=mask, average=average, temperature=temperature,
                     grad_logps=1.0)
-    assert_matches(result, ref, rtol=1e-11, atol=1e-11 * scale)
+    assert_matches(result, ref, rtol=1e-11, atol=1e-11 * scale, dtype=dtype)
     grad = sequence_logps_grad(logits, labels, 1.0, mask=mask, average=average,
                                temperature=temperature)
     np.testing.assert_allclose(grad, ref["grad"], atol=1e-6 if dtype == np.float32 else 1e-14)
@@ -733,9 +743,9 @@ def _loop_lines():
     lines = (CSRC / "logps_row.h").read_text().splitlines()
     markers = {
         "max and NaN check": "key_max = (key > key_max)",
-        "exp map": "ebuf[i] = dpo_logps_exp((double)xb[i] * inv_t - m);",
+        "exp map": "ebuf[i] = LOGPS_EXP((double)xb[i] * inv_t - m);",
         "exp map with the extras": "const double xd = (double)xb[i];",
-        "gradient": "g[i] = (LOGPS_T)(-(c * dpo_logps_exp(",
+        "gradient": "g[i] = (LOGPS_T)(-(c * LOGPS_EXP(",
     }
     found = {}
     for name, marker in markers.items():

@@ -54,6 +54,37 @@ DPO_INLINE double dpo_logps_exp(double d)
     return (d < -708.0) ? 0.0 : e;
 }
 
+/*
+ * exp(d) for d <= 0 to 2.2e-10 relative, for float32 logits: the reduction and 2^k of
+ * dpo_logps_exp with exp(r) = 1 + r + r^2 q(r), q of degree 5 instead of 11. q interpolates
+ * (exp(r) - 1 - r) / r^2 at the 6 Chebyshev nodes of [-ln2/2, ln2/2] (coefficients computed
+ * with mpmath, 40 digits): the error oscillates in sign over the interval (a truncated
+ * Taylor series would always err low, and a sequence's sum of 2048 token log-probs would
+ * add the bias up) and exp(0) is exactly 1. Float32 rows then stay within 1e-8 of the float64
+ * reference, far inside the float32 contract (1e-6 absolute), for about half the arithmetic
+ * per logit (measured: -27% time of the forward pass, AVX-512, V = 32000, 1 thread).
+ */
+DPO_INLINE double dpo_logps_exp_short(double d)
+{
+    const double log2e = 1.4426950408889634;
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
+    const double shifter = DPO_ROUND_SHIFTER;
+    double x = (d < -708.0) ? -708.0 : d;
+    double t = x * log2e + shifter;
+    double k_real = t - shifter;
+    int64_t k = dpo_double_bits(t) - dpo_double_bits(shifter);
+    double r = (x - k_real * ln2_hi) - k_real * ln2_lo;
+    double r2 = r * r;
+    double a0 = 0.5000000013457727 + r * 0.16666666681614256;
+    double a1 = 0.04166646500604005 + r * 0.008333310934448869;
+    double a2 = 0.0013933641031986701 + r * 0.00019890980869750327;
+    double q = a0 + r2 * (a1 + r2 * a2);
+    double p = 1.0 + (r + r2 * q);
+    double e = p * dpo_bits_double((int64_t)((uint64_t)(k + 1023) << 52));
+    return (d < -708.0) ? 0.0 : e;
+}
+
 /* lanes[j] += buf[i + j] over whole lanes of a block (n a multiple of DPO_LOGPS_LANES). */
 DPO_INLINE void dpo_logps_lane_add(double *DPO_RESTRICT lanes, const double *DPO_RESTRICT buf,
                                    ptrdiff_t n)

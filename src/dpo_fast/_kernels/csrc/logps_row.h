@@ -7,6 +7,8 @@
  *   LOGPS_KEY_MIN      the smallest LOGPS_BITS (INT32_MIN / INT64_MIN)
  *   LOGPS_MAG_MASK     all bits but the sign
  *   LOGPS_EXP_MASK     the exponent field (all ones: NaN or infinity)
+ *   LOGPS_EXP          exp(d) for d <= 0 in double: dpo_logps_exp for double logits, the
+ *                      shorter dpo_logps_exp_short for float logits (logps_math.h)
  *   LOGPS_STATS_FN, LOGPS_FWD_FN, LOGPS_BWD_FN   names of the functions to define
  * and simd.h's DPO_TARGET (function attribute) and DPO_LOOP_HINT (loop pragma) of the level.
  */
@@ -72,7 +74,7 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
                 /* exp is exactly 0 below -708; the clamp keeps e * d at 0 (not NaN) when
                  * z = -inf, possible when a tiny temperature overflows a large logit. */
                 d = (d < -800.0) ? -800.0 : d;
-                double e = dpo_logps_exp(d);
+                double e = LOGPS_EXP(d);
                 ebuf[i] = e;
                 wbuf[i] = e * d;
                 qbuf[i] = e * e;
@@ -81,7 +83,7 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
         } else {
             DPO_LOOP_HINT
             for (ptrdiff_t i = 0; i < n; i++)
-                ebuf[i] = dpo_logps_exp((double)xb[i] * inv_t - m);
+                ebuf[i] = LOGPS_EXP((double)xb[i] * inv_t - m);
         }
         /* Pad to whole lanes with +0.0, which leaves the (+0.0-started) sums unchanged. */
         const ptrdiff_t padded = (n + DPO_LOGPS_LANES - 1) / DPO_LOGPS_LANES * DPO_LOGPS_LANES;
@@ -196,11 +198,11 @@ DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, 
         DPO_LOOP_HINT
         for (ptrdiff_t i = 0; i < vocab; i++) {
             double d = (double)x[i] * inv_t - lse;
-            g[i] = (LOGPS_T)(-(c * dpo_logps_exp((d > 0.0) ? 0.0 : d)));
+            g[i] = (LOGPS_T)(-(c * LOGPS_EXP((d > 0.0) ? 0.0 : d)));
         }
         const ptrdiff_t label = (ptrdiff_t)args->labels[r];
         const double d_label = (double)x[label] * inv_t - lse;
-        const double p_label = dpo_logps_exp((d_label > 0.0) ? 0.0 : d_label);
+        const double p_label = LOGPS_EXP((d_label > 0.0) ? 0.0 : d_label);
         g[label] = (LOGPS_T)(c * (1.0 - p_label));
     }
 }

@@ -15,6 +15,7 @@
 #endif
 
 #define LOGPS_T double
+#define LOGPS_EXP dpo_logps_exp
 #define LOGPS_BITS int64_t
 #define LOGPS_SIGN_SHIFT 63
 #define LOGPS_KEY_MIN INT64_MIN
@@ -25,6 +26,7 @@
 #define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f64)
 #include "logps_row.h"
 #undef LOGPS_T
+#undef LOGPS_EXP
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
 #undef LOGPS_KEY_MIN
@@ -35,6 +37,7 @@
 #undef LOGPS_BWD_FN
 
 #define LOGPS_T float
+#define LOGPS_EXP dpo_logps_exp_short
 #define LOGPS_BITS int32_t
 #define LOGPS_SIGN_SHIFT 31
 #define LOGPS_KEY_MIN INT32_MIN
@@ -45,6 +48,7 @@
 #define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f32)
 #include "logps_row.h"
 #undef LOGPS_T
+#undef LOGPS_EXP
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
 #undef LOGPS_KEY_MIN
