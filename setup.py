@@ -250,6 +250,11 @@ def _extensions():
             **numpy_api,
         ),
         Extension(
+            "dpo_fast._kernels._sort",
+            sources=[os.path.join(KERNEL_DIR, "_sort.pyx")],
+            **numpy_api,
+        ),
+        Extension(
             "dpo_fast._seed",
             sources=[os.path.join("src", "dpo_fast", "_seed.pyx")],
             **common,

@@ -24,7 +24,7 @@ from dpo_fast._arrays import (
     kernel_output,
     tensor_as_array,
 )
-from dpo_fast._kernels import _pairwise
+from dpo_fast._kernels import _pairwise, _sort
 from dpo_fast._registry import (
     BATCH_COUPLED_LOSS_TYPES,
     F_DIVERGENCE_LOSS_TYPES,
@@ -399,24 +399,15 @@ def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np
     return means
 
 
-def _stable_argsort(values: np.ndarray) -> np.ndarray:
-    """np.argsort(values, kind="stable"), faster: NumPy's default sort is ~5x quicker on 1e6
-    floats, and ties (which fixes which tied pair gets which sorted position) are put back in
-    index order by one integer sort of (tie group, index) keys."""
-    order = np.argsort(values)
-    ranked = values[order]
-    count = ranked.shape[0]
-    if count < 2:
-        return order
-    if np.isnan(ranked[-1]) or count > 2**31:  # NaN (check_finite=False); or keys overflow
-        return np.argsort(values, kind="stable")
-    tie = ranked[1:] == ranked[:-1]
-    if not tie.any():
-        return order
-    group = np.concatenate(([0], np.cumsum(~tie)))
-    keys = group * count + order
-    keys.sort()
-    return keys % count
+def _sorted(values: np.ndarray, want_order: bool, threads: int
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values sorted, the stable argsort or None): the compiled radix sort, which orders
+    exactly as np.argsort(kind="stable") (ties in index order), several times faster."""
+    if values.shape[0] > _sort.MAX_LENGTH:  # (positions are kept as uint32 in the sort)
+        order = np.argsort(values, kind="stable")
+        return values[order], order if want_order else None
+    return _sort.radix_sort(values, want_order,
+                            _threads.resolve_n_threads(threads, values.shape[0]))
 
 
 def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, epsilon: float,
@@ -445,14 +436,12 @@ def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, ep
         if not (np.isfinite(first).all() and np.isfinite(second).all()):
             scale = 0.25
             first, second = differences(scale)
-    chosen_order = _stable_argsort(first)
-    shifted = first[chosen_order]
+    shifted, chosen_order = _sorted(first, True, threads)
     if name == "aot":
         rejected_order = chosen_order
-        baseline = np.sort(second)  # values only: any sort gives the same ones
+        baseline, _ = _sorted(second, False, threads)  # values only
     else:
-        rejected_order = _stable_argsort(second)
-        baseline = second[rejected_order]
+        baseline, rejected_order = _sorted(second, True, threads)
     length = shifted.shape[0]
     outputs = {key: np.empty(length) for key in OUTPUT_NAMES}
     config = _pairwise.LossConfig(((KERNEL_IDS["sigmoid"], 0, 1.0),), beta=beta / scale,

@@ -1,0 +1,94 @@
+"""The radix sort behind aot / aot_unpaired (dpo_fast._kernels._sort) against
+numpy.argsort(kind="stable"): the same permutation on ties, signed zeros, NaN, infinities and
+subnormals, at lengths around the per-thread chunking, for every thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dpo_fast._kernels._sort import MAX_LENGTH, radix_sort
+
+
+def check(values: np.ndarray, n_threads: int) -> None:
+    expected = np.argsort(values, kind="stable")
+    sorted_values, order = radix_sort(values, True, n_threads)
+    np.testing.assert_array_equal(order, expected)
+    # -0.0 comes back as +0.0 and every NaN as the quiet NaN; equal as numbers otherwise.
+    np.testing.assert_array_equal(sorted_values, values[expected] + 0.0)
+    alone, none = radix_sort(values, False, n_threads)
+    assert none is None and alone.tobytes() == sorted_values.tobytes()
+    assert order.dtype == np.int64 and sorted_values.dtype == np.float64
+
+
+def make(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(0.0, 10.0, n)
+    if kind == "ties":
+        return np.round(rng.normal(0.0, 3.0, n))
+    if kind == "signed zeros":
+        return np.where(rng.random(n) < 0.5, -0.0, 0.0)
+    if kind == "specials":
+        pool = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, -5e-324,
+                         np.finfo(np.float64).max, -np.finfo(np.float64).max, 1.0, -1.0])
+        return pool[rng.integers(0, pool.size, n)]
+    if kind == "constant":
+        return np.full(n, -2.5)
+    if kind == "sorted":
+        return np.sort(rng.normal(size=n))
+    return -np.sort(rng.normal(size=n))   # reversed
+
+
+KINDS = ["normal", "ties", "signed zeros", "specials", "constant", "sorted", "reversed"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 255, 256, 257, 1000])
+def test_small_inputs_match_numpy(kind, n):
+    values = make(kind, n, np.random.default_rng(n))
+    for n_threads in (1, 2):
+        check(values, n_threads)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_threaded_sizes_match_numpy(kind):
+    """Lengths that split into 1, 2 and 3 chunks (32768 values per thread at least)."""
+    rng = np.random.default_rng(7)
+    for n in (65535, 65536, 65537, 98305, 200_003):
+        values = make(kind, n, rng)
+        for n_threads in (1, 2, 3, 8):
+            check(values, n_threads)
+
+
+def test_same_result_for_every_thread_count():
+    values = np.round(np.random.default_rng(3).normal(0, 50, 300_001), 1)
+    first = radix_sort(values, True, 1)
+    for n_threads in (2, 3, 4):
+        again = radix_sort(values, True, n_threads)
+        assert again[0].tobytes() == first[0].tobytes()
+        assert again[1].tobytes() == first[1].tobytes()
+
+
+def test_input_is_not_written_and_read_only_input_works():
+    values = np.random.default_rng(4).normal(size=70_000)
+    values.flags.writeable = False
+    copy = values.copy()
+    check(values, 2)
+    assert values.tobytes() == copy.tobytes()
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_threads"):
+        radix_sort(np.zeros(3), True, 0)
+    with pytest.raises(ValueError):
+        radix_sort(np.zeros(4)[::2], True, 1)   # not contiguous: the caller's job
+    assert MAX_LENGTH == 2**32 - 1
+
+
+@given(hnp.arrays(np.float64, st.integers(0, 300),
+                  elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
+def test_property_matches_numpy(values):
+    check(values, 1)
