@@ -93,8 +93,8 @@ def test_quick_run_array_section(quick_run):
     has_torch = results["machine"]["torch"] is not None
     rows = results["arrays"]
     assert len(rows) == len(config["sizes"]) * len(config["dtypes"]) * len(config["threads"])
-    expected = {"numpy", "dpo_fast", "dpo_fast_alloc", "bound"} | ({"torch"} if has_torch
-                                                                  else set())
+    expected = {"numpy", "dpo_fast", "dpo_fast_alloc", "bound", "bound_alloc"} | (
+        {"torch"} if has_torch else set())
     for row in rows:
         assert set(row["times"]) == expected
         for timing in row["times"].values():
@@ -102,6 +102,7 @@ def test_quick_run_array_section(quick_run):
         assert row["threads_used"] <= row["threads"]
         ratios = row["ratios"]
         assert ratios["x_numpy"] > 0 and ratios["x_numpy_alloc"] > 0 and ratios["pct_bound"] > 0
+        assert ratios["pct_bound_alloc"] > 0
         assert (ratios["x_torch"] is not None) == has_torch
 
 
@@ -423,7 +424,8 @@ def test_section_logps_quick(tmp_path):
     if results["machine"]["torch"] is not None:
         assert ("forward+backward", "dpo_fast.torch") in names
     ours = section["rows"][0]
-    assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-10
+    # float32 logits: the short row exp keeps sums within 1e-8 (test_sequence_logps.FLOAT32_TOL)
+    assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-8
     assert "shape tiny" in report
 
 
@@ -510,7 +512,7 @@ def test_bench_logps_script(tmp_path):
         assert f"forward           {name}" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("forward ")]
     dpo_row = next(r for r in rows if r[1] == "dpo_fast" and r[2].replace(".", "").isdigit())
-    assert float(dpo_row[-2]) < 1e-10                    # seq err against float64
+    assert float(dpo_row[-2]) < 1e-8                     # seq err against float64
     assert set(json.loads(path.read_text())) == {"machine", "rows"}
 
 

@@ -273,6 +273,12 @@ def _accuracy(arrays: list[np.ndarray], dtype: str, results: list[Any]) -> dict[
     }
 
 
+def _bound_allocating(arrays: list[np.ndarray], dtype: str, n_threads: int) -> None:
+    """The same-traffic kernel into 3 outputs allocated by the call, as dpo_fast's are."""
+    n = arrays[0].shape[0]
+    bandwidth_bound(*arrays, *(np.empty(n, dtype=dtype) for _ in range(3)), n_threads)
+
+
 def _bench_arrays_one(arrays64: list[np.ndarray], n: int, dtype: str, config: BenchConfig,
                       torch: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All implementations for one (N, dtype): rows per thread count, and the accuracy."""
@@ -301,6 +307,10 @@ def _bench_arrays_one(arrays64: list[np.ndarray], n: int, dtype: str, config: Be
         entries[f"bound/{k}"] = harness.Entry(functools.partial(
             bandwidth_bound, *arrays, *bound_outputs,
             _threads.resolve_n_threads(k, n)))
+        # The allocating call's bound: the same kernel into 3 fresh outputs (their page
+        # faults are every library's cost).
+        entries[f"bound_alloc/{k}"] = harness.Entry(functools.partial(
+            _bound_allocating, arrays, dtype, _threads.resolve_n_threads(k, n)))
         if torch is not None:
             entries[f"torch/{k}"] = harness.Entry(
                 functools.partial(torch_array_solution, *tensors, BETA),
@@ -311,7 +321,7 @@ def _bench_arrays_one(arrays64: list[np.ndarray], n: int, dtype: str, config: Be
     t_numpy = times["numpy"].median
     for k in config.threads:
         row_times = {"numpy": times["numpy"]}
-        for name in ("dpo_fast", "dpo_fast_alloc", "bound", "torch"):
+        for name in ("dpo_fast", "dpo_fast_alloc", "bound", "bound_alloc", "torch"):
             if f"{name}/{k}" in times:
                 row_times[name] = times[f"{name}/{k}"]
         t_fast = row_times["dpo_fast"].median
@@ -319,6 +329,8 @@ def _bench_arrays_one(arrays64: list[np.ndarray], n: int, dtype: str, config: Be
             "x_numpy": t_numpy / t_fast,
             "x_numpy_alloc": t_numpy / row_times["dpo_fast_alloc"].median,
             "pct_bound": 100.0 * row_times["bound"].median / t_fast,
+            "pct_bound_alloc": (100.0 * row_times["bound_alloc"].median
+                                / row_times["dpo_fast_alloc"].median),
             "x_torch": (row_times["torch"].median / t_fast) if "torch" in row_times else None,
         }
         rows.append({"dtype": dtype, "n": n, "threads": k,

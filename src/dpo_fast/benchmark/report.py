@@ -93,7 +93,8 @@ def format_report(results: dict[str, Any]) -> str:
                 "  torch = -F.logsigmoid(z) with torch.set_num_threads(thr); bound = "
                 "memory_traffic, the same 4-in/3-out streams",
                 "  with trivial math; x NumPy = NumPy / dpo_fast (x NumPy+a: with +alloc); "
-                "% bound = bound / dpo_fast.",
+                "% bound = bound / dpo_fast;",
+                "  % bound+a = the bound into 3 fresh outputs / dpo_fast +alloc.",
                 f"  Below {m['parallel_min_rows']:,} pairs dpo_fast (and the bound) run on 1 "
                 "thread whatever thr.", ""]
         rows = []
@@ -107,10 +108,10 @@ def format_report(results: dict[str, Any]) -> str:
                 fmt_time(t["torch"]["median"]) if "torch" in t else "-",
                 fmt_time(t["bound"]["median"]), fmt_ratio(r["x_numpy"]),
                 fmt_ratio(r["x_numpy_alloc"]), fmt_ratio(r["x_torch"]),
-                f"{r['pct_bound']:.0f}%",
+                f"{r['pct_bound']:.0f}%", f"{r['pct_bound_alloc']:.0f}%",
             ])
         out += table(["dtype", "N", "thr", "dpo_fast", "+alloc", "NumPy", "torch", "bound",
-                       "x NumPy", "x NumPy+a", "x torch", "% bound"], rows, left=1)
+                       "x NumPy", "x NumPy+a", "x torch", "% bound", "% bound+a"], rows, left=1)
 
     if results["accuracy"]:
         out += ["", "Accuracy: max ulp of dpo_fast's outputs from a float64 NumPy reference "
@@ -203,9 +204,11 @@ def write_plot(results: dict[str, Any], path: str) -> None:
     # fewer, so the thread counts of one implementation read as one family.
     looks = {"dpo_fast": ("tab:orange", "o"), "dpo_fast_alloc": ("tab:red", "x"),
              "numpy": ("tab:blue", "s"), "torch": ("tab:purple", "^"),
-             "bound": ("tab:gray", ""), "python": ("tab:green", "d")}
+             "bound": ("tab:gray", ""), "bound_alloc": ("tab:brown", ""),
+             "python": ("tab:green", "d")}
     names = {"dpo_fast": "dpo_fast out=", "dpo_fast_alloc": "dpo_fast +alloc",
-             "torch": "torch", "bound": "bandwidth bound"}
+             "torch": "torch", "bound": "bandwidth bound",
+             "bound_alloc": "bandwidth bound +alloc"}
     top_threads = max(results["config"]["threads"])
     for ax, (title, dtype) in zip(axes[0], panels):
         if dtype is None:
@@ -233,7 +236,7 @@ def write_plot(results: dict[str, Any], path: str) -> None:
                 else:
                     label = f"{names.get(name, name)} ({threads} thr)"
                     style = "-" if threads == top_threads else ":"
-                if name == "bound" and style == "-":
+                if name.startswith("bound") and style == "-":
                     style = "--"
                 ax.plot(xs, ys, linestyle=style, color=colour, marker=marker, markersize=4,
                         label=label)
