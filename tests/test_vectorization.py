@@ -95,8 +95,14 @@ def test_each_row_loop_vectorised_at_every_level(header, text, offset, count, le
         rf"{re.escape(header)}:{line}:\d+: optimized: loop vectorized using (\d+) byte",
         report,
     )
-    assert widths.count(width) >= count(), (
-        f"{count()} loops at {header}:{line} ({level}), {widths.count(width)} vectorised with "
+    vectorised = widths.count(width)
+    if header == "chunk_body.h" and width == "64":
+        # The fused loop's inner loop runs over the 8 lanes: one AVX-512 vector of doubles,
+        # whose float32 cases load 8 floats, a 32-byte vector (half the loops).
+        assert vectorised >= count() // 2, (vectorised, report)
+        vectorised += widths.count("32")
+    assert vectorised >= count(), (
+        f"{count()} loops at {header}:{line} ({level}), {vectorised} vectorised with "
         f"{width}-byte vectors; report:\n{report}")
 
 

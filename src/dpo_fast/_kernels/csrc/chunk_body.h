@@ -113,43 +113,75 @@
         out_grad_chosen[row] = (DPO_T)(d_c * scale / grad_divisor);                         \
         out_grad_rejected[row] = (DPO_T)(d_r * scale / grad_divisor);                       \
     }                                                                                       \
-    buf[DPO_SUM_LOSS][i] = value;                                                           \
-    buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                          \
-    buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                      \
-    buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                               \
-    buf[DPO_SUM_ACCURACY][i] = (chosen_reward > rejected_reward) ? 1.0 : 0.0;               \
-    buf[DPO_SUM_CHOSEN_LOGP][i] = chosen;                                                   \
-    buf[DPO_SUM_REJECTED_LOGP][i] = rejected;
+    (void)0;
 
+/* The row's terms of the chunk sums, added to lane J (= the row's index in the chunk modulo
+ * DPO_LANES: each lane adds the same rows in the same order on every instruction set). */
+#define DPO_ROW_TO_LANES(J)                                                                 \
+    lanes[DPO_SUM_LOSS][J] += value;                                                        \
+    lanes[DPO_SUM_CHOSEN_REWARD][J] += chosen_reward;                                       \
+    lanes[DPO_SUM_REJECTED_REWARD][J] += rejected_reward;                                   \
+    lanes[DPO_SUM_MARGIN][J] += chosen_reward - rejected_reward;                            \
+    lanes[DPO_SUM_ACCURACY][J] += (chosen_reward > rejected_reward) ? 1.0 : 0.0;            \
+    lanes[DPO_SUM_CHOSEN_LOGP][J] += chosen;                                                \
+    lanes[DPO_SUM_REJECTED_LOGP][J] += rejected;
+
+/* Rows in groups of DPO_LANES, the inner loop over the lanes: the vectoriser maps it onto
+ * whole vectors (one AVX-512 vector of doubles, two AVX2 ones, ...) and the row terms go
+ * straight into the lane sums, with no per-row buffer. (c - r) * 0 is 0 on ordinary rows and
+ * NaN where c - r overflowed (or a NaN came in): summed into flag lanes, it flags the block
+ * without a scalar scan (GCC vectorises neither an OR-reduction of a compare nor the
+ * unordered compare itself). */
 #define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, NORM)                                              \
     {                                                                                       \
-        DPO_LOOP_HINT                                                                       \
-        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+        const ptrdiff_t m_lanes = m / DPO_LANES * DPO_LANES;                                \
+        for (ptrdiff_t i0 = 0; i0 < m_lanes; i0 += DPO_LANES) {                             \
+            DPO_NO_UNROLL                                                                   \
+            DPO_LOOP_HINT                                                                   \
+            for (int j = 0; j < DPO_LANES; j++) {                                           \
+                const ptrdiff_t i = i0 + j;                                                 \
+                DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, NORM)                                   \
+                DPO_ROW_TO_LANES(j)                                                         \
+                flag_lanes[j] += (x_c - x_r) * 0.0;                                         \
+            }                                                                               \
+        }                                                                                   \
+        for (ptrdiff_t i = m_lanes; i < m; i++) {                                           \
+            const int j = (int)(i - m_lanes);                                               \
             DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, NORM)                                       \
-            /* (c - r) * 0 is 0 on ordinary rows and NaN where c - r overflowed (or a      \
-             * NaN came in): summed in lanes after the loop, it flags the block without a   \
-             * scalar scan (GCC vectorises neither an OR-reduction of a compare nor the     \
-             * unordered compare itself). */                                                \
-            buf[DPO_NSUMS][i] = (x_c - x_r) * 0.0;                                          \
+            DPO_ROW_TO_LANES(j)                                                             \
+            flag_lanes[j] += (x_c - x_r) * 0.0;                                             \
         }                                                                                   \
     }
 
-/* The flagged rows of a block again, one by one with HUGE = 1 (rare: rows near DBL_MAX, or
- * NaN). One function for every loss type (dpo_pair_by_type, general_body.h, calls the type's
- * function) and both variants, with the row body of the vectorised loops, so it computes what
- * a case of its own would: the scalar redo costs no code per case. */
+/* A flagged block again, row by row (rare: rows near DBL_MAX, or NaN), into the lane sums as
+ * they were before the block: a row whose plain log-ratio difference is finite gives what the
+ * vectorised loop gave, a flagged one is redone with HUGE = 1, and every row's terms go to
+ * the same lane in the same order as there. One function for every loss type
+ * (dpo_pair_by_type, general_body.h, calls the type's function) and both variants, with the
+ * row body of the vectorised loops, so it computes what a case of its own would: the scalar
+ * redo costs no code per case. */
 #define DPO_FIXUP_FN DPO_CONCAT(DPO_CHUNK_FN, _fixup)
 #define DPO_PAIR_OF_LOSS_TYPE(...) dpo_pair_by_type(loss_type, __VA_ARGS__)
 DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdiff_t start,
                                                  ptrdiff_t block, ptrdiff_t m, int norm,
-                                                 double (*buf)[DPO_BLOCK])
+                                                 double (*lanes)[DPO_LANES])
 {
     DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
     const int loss_type = args->loss_type;
     for (ptrdiff_t i = 0; i < m; i++) {
-        if (buf[DPO_NSUMS][i] != 0.0) {
-            DPO_ROW_BODY(DPO_PAIR_OF_LOSS_TYPE, with_grad, 1, norm)
+        /* The vectorised loop's flag, recomputed: the plain normalised log-ratios. */
+        const ptrdiff_t row = block + i;
+        double plain_c = (double)pc[row] - (double)rc[row];
+        double plain_r = (double)pr[row] - (double)rr[row];
+        if (norm) {
+            plain_c *= 1.0 / nc[row];
+            plain_r *= 1.0 / nr[row];
+        }
+        const int flagged = (plain_c - plain_r) * 0.0 != 0.0;
+        {
+            DPO_ROW_BODY(DPO_PAIR_OF_LOSS_TYPE, with_grad, flagged, norm)
+            DPO_ROW_TO_LANES(i % DPO_LANES)
         }
     }
 }
@@ -185,14 +217,19 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
 
     double lanes[DPO_NSUMS][DPO_LANES];
-    /* Row terms of the sums, and (last row) each row's overflow flag (0, or NaN). */
-    double buf[DPO_NSUMS + 1][DPO_BLOCK];
+    /* The lanes as they were before the block (for a fix-up), and the block's overflow flags
+     * (0, or NaN). */
+    double saved[DPO_NSUMS][DPO_LANES];
+    double flag_lanes[DPO_LANES];
     for (int q = 0; q < DPO_NSUMS; q++)
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;
 
     for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
         ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
+        memcpy(saved, lanes, sizeof lanes);
+        for (int j = 0; j < DPO_LANES; j++)
+            flag_lanes[j] = 0.0;
         if (!normalized) {
             switch (args->loss_type) {
 #define DPO_EACH_X DPO_LOSS_CASE
@@ -210,21 +247,16 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
                 break;
             }
         }
-        /* Any row flagged? Then fix the block up (only then: GCC would otherwise if-convert
-         * the fix-up loop and run the whole row body again, masked, for every row). */
-        double flag_lanes[DPO_LANES] = {0.0};
-        ptrdiff_t i_end = m / DPO_LANES * DPO_LANES;
-        for (ptrdiff_t i = 0; i < i_end; i += DPO_LANES)
-            for (int j = 0; j < DPO_LANES; j++)
-                flag_lanes[j] += buf[DPO_NSUMS][i + j];
-        for (ptrdiff_t i = i_end; i < m; i++)
-            flag_lanes[0] += buf[DPO_NSUMS][i];
+        /* Any row flagged? Then redo the block from the saved lanes (only then: GCC would
+         * otherwise if-convert the fix-up loop and run the whole row body again, masked, for
+         * every row). */
         double flag = 0.0;
         for (int j = 0; j < DPO_LANES; j++)
             flag += flag_lanes[j];
-        if (flag != 0.0)
-            DPO_FIXUP_FN(args, start, block, m, normalized, buf);
-        DPO_ADD_BLOCK_TO_LANES
+        if (flag != 0.0) {
+            memcpy(lanes, saved, sizeof lanes);
+            DPO_FIXUP_FN(args, start, block, m, normalized, lanes);
+        }
     }
     DPO_LANES_TO_SUMS
 }

@@ -52,6 +52,17 @@ const char *dpo_simd_name(int level);
 #define DPO_NOVEC_ATTR
 #endif
 
+/* DPO_NO_UNROLL: keep a short fixed-count loop a loop (the chunk loop's 8 lanes): fully
+ * unrolled early, it would reach the vectoriser as straight-line code, which its basic-block
+ * pass vectorises only in part. */
+#if defined(__clang__)
+#define DPO_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define DPO_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define DPO_NO_UNROLL
+#endif
+
 /* Software prefetch into L2 (a hint: no effect on any value). */
 #if defined(__GNUC__) || defined(__clang__)
 #define DPO_PREFETCH(address) __builtin_prefetch((address), 0, 2)
