@@ -611,6 +611,16 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
         type_weight = type_weights[types.index(name)]
         term_losses, term_slope, chosen_order, rejected_order = _sorted_term(
             name, kernel_arrays if staged else arrays, beta, smoothing, threads)
+        if len(types) == 1 and pair_weights is None and type_weight == 1.0:
+            # The type alone, unweighted: the kernel's losses and gradients are zeros, so
+            # the sums below are the term itself (0 + x = x, 0 - x for the rejected side):
+            # one scatter per output instead of a gather, an add and a scatter.
+            losses[chosen_order] = term_losses
+            if grads[0] is not None:
+                step = term_slope / grad_divisor
+                grads[0][chosen_order] = step
+                grads[1][rejected_order] = 0.0 - step
+            continue
         scale = np.full(length, type_weight) if pair_weights is None else \
             type_weight * pair_weights[chosen_order]
         # A zero weight removes the term even where its loss is inf (beta * (c - r)
