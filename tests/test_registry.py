@@ -39,6 +39,7 @@ EXPECTED = {
     "simpo": (False, False, True, BOTH, False, False, False, True, 0.5),
     "dpop": (True, False, False, (), False, False, False, False, 0.0),
     "orpo": (False, False, True, BOTH, False, False, False, True, 0.0),
+    "alphapo": (False, False, True, BOTH, False, False, False, True, 0.5),
 }
 
 

@@ -82,6 +82,12 @@ CASES = {
     "dpop": dict(loss_type="dpop", beta=0.1),
     "orpo": dict(loss_type="orpo", beta=0.1, lengths=True, refs=False),
     "dpop-lambda5": dict(loss_type="dpop", beta=0.5, dpop_lambda=5.0),
+    "alphapo": dict(loss_type="alphapo", beta=2.0, alphapo_alpha=0.25, lengths=True,
+                    refs=False),
+    "alphapo-negative-eps0.1": dict(loss_type="alphapo", beta=2.5, simpo_gamma=1.0,
+                                    alphapo_alpha=-0.5, label_smoothing=0.1, lengths=True,
+                                    refs=False),
+    "alphapo-alpha0": dict(loss_type="alphapo", beta=2.0, lengths=True, refs=False),
 }
 assert {case["loss_type"] for case in CASES.values()} == set(ALL_TYPES)
 
@@ -151,7 +157,7 @@ def to_pair_order(sorted_losses, index):
 
 def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, eps: float,
                       tau: float, gamma: float, f_divergence_type: str, alpha: float,
-                      lam: float = 50.0, delta: float = 0.0):
+                      lam: float = 50.0, delta: float = 0.0, shape: float = 0.0):
     """Per-pair losses of one loss type, in the original pair order (torch float64 tensors;
     rc = rr = 0 for reference-free; nc, nr may be None)."""
     c = pc - rc
@@ -216,7 +222,18 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
         return -beta * F.logsigmoid(log_odds)
     if loss_type == "dpop":  # DPO-Positive (Pal et al. 2024, Eq. 3)
         return -F.logsigmoid(beta * (c - r - lam * torch.clamp(rc - pc, min=0.0)))
+    if loss_type == "alphapo":  # TRL's CPOTrainer.cpo_loss, loss_type "alphapo" (simpo)
+        logits = alphapo_rewards(pc / nc, shape) - alphapo_rewards(pr / nr, shape)
+        return smoothed_sigmoid(beta * (logits - gamma / beta), eps)
     raise AssertionError(loss_type)
+
+
+def alphapo_rewards(logps, shape: float):
+    """TRL's AlphaPO reward of average log-probs: (1 - p^(-alpha)) / alpha, p = exp(logps);
+    the log-probs themselves at alpha = 0."""
+    if shape == 0.0:
+        return logps
+    return (1.0 - torch.exp(logps).pow(-shape)) / shape
 
 
 def torch_reference(args: list, kwargs: dict) -> dict:
@@ -248,11 +265,16 @@ def torch_reference(args: list, kwargs: dict) -> dict:
                 tau=kwargs.get("discopop_tau", 0.05), gamma=kwargs.get("simpo_gamma", 0.5),
                 f_divergence_type=kwargs.get("f_divergence_type", "reverse_kl"),
                 alpha=kwargs.get("f_alpha_divergence_coef", 1.0),
-                lam=kwargs.get("dpop_lambda", 50.0), delta=kwargs.get("bco_delta", 0.0))
+                lam=kwargs.get("dpop_lambda", 50.0), delta=kwargs.get("bco_delta", 0.0),
+                shape=kwargs.get("alphapo_alpha", 0.0))
         return total if weights is None else weights * total
 
     losses = per_pair(pc, pr)
-    if any(_registry.LOSS_REGISTRY[name].normalized_rewards for name in types):
+    if "alphapo" in types:  # TRL: beta times the shaped reward
+        shape = kwargs.get("alphapo_alpha", 0.0)
+        chosen_rewards = beta * alphapo_rewards(pc / nc, shape)
+        rejected_rewards = beta * alphapo_rewards(pr / nr, shape)
+    elif any(_registry.LOSS_REGISTRY[name].normalized_rewards for name in types):
         chosen_rewards = beta * (pc / nc)  # simpo, orpo: beta times the average log-prob
         rejected_rewards = beta * (pr / nr)
     else:
@@ -390,8 +412,9 @@ def test_alpha_divergence_coef_one_is_reverse_kl():
     (["aot", "aot_unpaired", "sft"], [1.0, 0.5, 0.2], {"label_smoothing": 0.1}),
     (["orpo", "sft"], [1.0, 1.0], {"refs": False}),                        # TRL's ORPO loss
     (["dpop", "bco_pair"], [1.0, 0.5], {"dpop_lambda": 5.0, "bco_delta": 0.2}),
+    (["alphapo", "sft"], [1.0, 0.5], {"refs": False, "alphapo_alpha": 0.3}),
 ], ids=["rpo", "rpo-eps", "mpo", "sft-aot", "ipo-norm-apo", "rpo-js", "aot-both-sft", "orpo",
-        "dpop-bco"])
+        "dpop-bco", "alphapo-sft"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_combinations_match_torch(types, loss_weights, extra, reduction):
     case = {"loss_type": types, "beta": 0.1, "lengths": True, "reduction": reduction, **extra}

@@ -67,6 +67,9 @@ cdef extern from "pairwise.h" nogil:
         double sft_value
         double dpop_lambda
         double bco_delta
+        double alphapo_alpha
+        double alphapo_log_beta
+        double alphapo_log_scale
 
     ctypedef struct DpoChunkArgs:
         const void *chosen

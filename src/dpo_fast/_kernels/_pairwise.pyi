@@ -26,6 +26,7 @@ class LossConfig:
         sft_value: float = 0.0,
         dpop_lambda: float = 0.0,
         bco_delta: float = 0.0,
+        alphapo_alpha: float = 0.0,
         divergence: int = 0,
         divergence_coef: float = 0.0,
         normalized_rewards: bool = False,

@@ -181,7 +181,7 @@ cdef class LossConfig:
 
     def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
                  double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
-                 double dpop_lambda=0.0, double bco_delta=0.0,
+                 double dpop_lambda=0.0, double bco_delta=0.0, double alphapo_alpha=0.0,
                  int divergence=DPO_DIV_IDENTITY, double divergence_coef=0.0,
                  bint normalized_rewards=False, double grad_chosen_offset=0.0,
                  double grad_chosen_pair_offset=0.0, double grad_divisor=1.0,
@@ -199,6 +199,15 @@ cdef class LossConfig:
         args.params.sft_value = sft_value
         args.params.dpop_lambda = dpop_lambda
         args.params.bco_delta = bco_delta
+        # alphapo's shape and the logs of its careful path (pair_losses.h), with the
+        # kernels' own log: the same bits on every platform.
+        args.params.alphapo_alpha = alphapo_alpha
+        if beta > 0.0:
+            args.params.alphapo_log_beta = dpo_log_pos(beta)
+        if alphapo_alpha != 0.0 and beta > 0.0:
+            args.params.alphapo_log_scale = (args.params.alphapo_log_beta
+                                             - dpo_log_pos(-alphapo_alpha if alphapo_alpha < 0
+                                                           else alphapo_alpha))
         args.grad_divisor = grad_divisor
         args.n_terms = len(terms)
         self.needs_lengths = normalized_rewards

@@ -88,7 +88,9 @@ enum {
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)             \
     X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", 0, 0.0)                                      \
     X(NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                              \
-      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)            \
+    X(NORM, DPO_LOSS_ALPHAPO, dpo_pair_alphapo, "alphapo",                                     \
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)
 
 /* Row filters for the loops' switch cases: DPO_IF_PLAIN_##KIND(...) keeps its argument for the
  * loss types with a case in the fused loop over raw log-ratios, DPO_IF_NORMALIZED_##KIND(...)
@@ -132,6 +134,9 @@ typedef struct {
     double sft_value;       /* sft's batch constant -(sum pc)/(sum nc), from the Python layer */
     double dpop_lambda;     /* DPO-Positive's penalty weight */
     double bco_delta;       /* BCO's reward shift (TRL's running mean of the rewards) */
+    double alphapo_alpha;   /* AlphaPO's reward shape alpha (0: SimPO) */
+    double alphapo_log_beta;      /* log(beta), log(beta) - log|alpha|: alphapo's careful */
+    double alphapo_log_scale;     /* path (set with alphapo_alpha; 0 when alpha is 0) */
 } DpoLossParams;
 
 typedef struct {
@@ -474,6 +479,96 @@ DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
     out.value = params->beta * dpo_softplus_of(-log_odds, lg);
     out.d_chosen = slope / one_minus_c * inv_scale;
     out.d_rejected = -slope / one_minus_r * inv_scale;
+    return out;
+}
+
+/* e^p - e^q with no inf - inf: sign * e^{max(p, q)} (1 - e^{-|p - q|}); 0 where p == q
+ * (both -inf included). */
+DPO_INLINE double dpo_exp_difference(double p, double q)
+{
+    double top = (p > q) ? p : q;
+    double gap = (p > q) ? p - q : q - p;
+    double one_minus;
+    double log_share = dpo_log1mexp((p == q) ? -1.0 : -gap, &one_minus);
+    double magnitude = dpo_exp(top + log_share);
+    return (p == q) ? 0.0 : ((p > q) ? magnitude : -magnitude);
+}
+
+/* alphapo (AlphaPO, Gupta et al. 2025, arXiv 2501.03884; TRL's CPOTrainer.cpo_loss with
+ * CPOConfig(loss_type="alphapo", alpha=alpha), which is "simpo" with cpo_alpha = 0): SimPO on
+ * shaped rewards. Of the average log-probs a = p/n (the chunk loop passes them), TRL's
+ *   r(a) = (1 - p^(-alpha)) / alpha,  p = exp(a),  i.e.  r(a) = -expm1(-alpha a) / alpha,
+ *   u = beta (r(a_c) - r(a_r)) - gamma,  loss = -(1-eps) logsigmoid(u) - eps logsigmoid(-u),
+ * with dr/da = exp(-alpha a). r is formed as a * expm1(b)/b with b = -alpha a (1 at b = 0), so
+ * alpha = 0 (and a subnormal alpha a) is exactly SimPO's u = beta (a_c - a_r) - gamma.
+ * Where exp(b) is beyond e^700, or beta r(a_c) - beta r(a_r) overflowed (inf or inf - inf),
+ * the margin is taken from logarithms instead:
+ *   beta (r_c - r_r) = -sign(b_c - b_r) sign(alpha) exp(max(b) + log(1 - e^{-|b_c - b_r|})
+ *                                                   + log beta - log|alpha|),
+ * which is +-inf only where the true margin overflows double; the derivatives there (and
+ * where |u| > 700, where sigmoid(-u) would underflow) are
+ *   d/da_c = beta e^{b_c} (eps sigmoid(u) - (1-eps) sigmoid(-u)), each product as
+ *   exp(b_c - softplus(-+u) + log beta), so no inf * 0. beta and a come unscaled
+ * (params->beta, c * inv_scale), as in orpo: the loss is not linear in a. */
+#define DPO_ALPHAPO_EXP_MAX 1.0e6 /* |b| clamp: exp of more is 0 or inf whatever is added */
+DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta,
+                                        double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)beta;
+    const double alpha = params->alphapo_alpha, b = params->beta;
+    const double eps = params->label_smoothing;
+    double a_c = c * inv_scale, a_r = r * inv_scale;
+    double b_c = -alpha * a_c, b_r = -alpha * a_r; /* +-inf where alpha a overflows */
+    double x_c = (b_c > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_c;
+    x_c = (x_c < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_c;
+    double x_r = (b_r > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_r;
+    x_r = (x_r < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_r;
+    double e_c, e_r;
+    double m_c = dpo_expm1_exp(x_c, &e_c), m_r = dpo_expm1_exp(x_r, &e_r);
+    /* r = a expm1(b)/b for |b| <= 1 (1 at b = 0: alpha = 0, or alpha a subnormal), else
+     * -expm1(b)/alpha (no cancellation there; right for a clamped b as well) */
+    int small_c = (b_c <= 1.0) & (b_c >= -1.0), small_r = (b_r <= 1.0) & (b_r >= -1.0);
+    double div_c = (b_c == 0.0) ? 1.0 : b_c, div_r = (b_r == 0.0) ? 1.0 : b_r;
+    double alpha_div = (alpha == 0.0) ? 1.0 : alpha;
+    double rw_c = small_c ? ((b_c == 0.0) ? a_c : a_c * (m_c / div_c)) : -m_c / alpha_div;
+    double rw_r = small_r ? ((b_r == 0.0) ? a_r : a_r * (m_r / div_r)) : -m_r / alpha_div;
+    double u_plain = (b * rw_c - b * rw_r) - params->simpo_gamma;
+
+    /* the margin from logarithms */
+    double top = (x_c > x_r) ? x_c : x_r;
+    double gap = -alpha * (a_c - a_r); /* b_c - b_r before the clamp; +-inf if it overflows */
+    double abs_gap = (gap < 0.0) ? -gap : gap;
+    double one_minus;
+    double log_share = dpo_log1mexp((gap == 0.0) ? -1.0 : -abs_gap, &one_minus);
+    double alpha_sign = (alpha > 0.0) ? 1.0 : -1.0;
+    double sign = (gap > 0.0) ? -alpha_sign : alpha_sign; /* (a compare of two compares
+                                                            * would not vectorise) */
+    double margin_log = dpo_exp(top + log_share + params->alphapo_log_scale);
+    double u_log = ((gap == 0.0) ? 0.0 : sign * margin_log) - params->simpo_gamma;
+    int plain_bad = !(u_plain - u_plain == 0.0); /* inf, or NaN from inf - inf */
+    int careful = (alpha != 0.0) & ((top > 700.0) | plain_bad);
+    double u = careful ? u_log : u_plain;
+
+    DpoLogistic lg = dpo_logistic(u);
+    double softplus_neg = dpo_relu(-u) + lg.log1p_e; /* -logsigmoid(u) */
+    double softplus_pos = dpo_relu(u) + lg.log1p_e;  /* -logsigmoid(-u) */
+    out.value = (1.0 - eps) * softplus_neg + dpo_mul0(eps, softplus_pos);
+    double d_u = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
+    double g_c = (d_u * e_c) * b, g_r = -(d_u * e_r) * b;
+    int abs_u_big = (u > 700.0) | (u < -700.0);
+    /* e^{L_pos} - e^{L_neg}: eps sigmoid(u) = exp(-softplus(-u) + log eps), (1-eps)
+     * sigmoid(-u) = exp(-softplus(u) + log(1-eps)), times beta e^{b} */
+    double lb = params->alphapo_log_beta;
+    double log_eps = (eps > 0.0) ? params->exo_log_eps : -INFINITY;
+    double log_keep = (eps > 0.0) ? params->exo_log1m_eps : 0.0;
+    double g_c_log = dpo_exp_difference(x_c - softplus_neg + lb + log_eps,
+                                        x_c - softplus_pos + lb + log_keep);
+    double g_r_log = dpo_exp_difference(x_r - softplus_pos + lb + log_keep,
+                                        x_r - softplus_neg + lb + log_eps);
+    int log_grad = careful | ((alpha != 0.0) & abs_u_big);
+    out.d_chosen = (log_grad ? g_c_log : g_c) * inv_scale;
+    out.d_rejected = (log_grad ? g_r_log : g_r) * inv_scale;
     return out;
 }
 
