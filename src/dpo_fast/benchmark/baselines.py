@@ -216,10 +216,11 @@ def float64_reference(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
 
 # beta 0.1 (simpo: beta 2.0, simpo_gamma 0.5, TRL's CPOTrainer defaults for SimPO);
 # label_smoothing 0 except robust (0.1: with 0 it is the sigmoid loss) and exo_pair (1e-3,
-# the EXO paper's; it must be set); discopop_tau 0.05; dpop_lambda 50 (the DPOP paper's).
+# the EXO paper's; it must be set); discopop_tau 0.05; dpop_lambda 50 (the DPOP paper's);
+# alphapo: simpo's beta and gamma, alphapo_alpha 0.25.
 LOSS_PARAMS = {"beta": 0.1, "simpo_beta": 2.0, "simpo_gamma": 0.5,
                "robust_label_smoothing": 0.1, "exo_epsilon": 1e-3, "discopop_tau": 0.05,
-               "dpop_lambda": 50.0}
+               "dpop_lambda": 50.0, "alphapo_alpha": 0.25}
 
 
 def softplus(x):
@@ -244,7 +245,7 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
     pc, pr, rc, rr : numpy.ndarray
         Policy and reference log-probs of the chosen and rejected responses.
     nc, nr : numpy.ndarray
-        Token counts (used by sft, sigmoid_norm, simpo and orpo).
+        Token counts (used by sft, sigmoid_norm, simpo, orpo and alphapo).
 
     Returns
     -------
@@ -256,6 +257,12 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         chosen_avg, rejected_avg = pc / nc, pr / nr
         u = p["simpo_beta"] * (chosen_avg - rejected_avg) - p["simpo_gamma"]
         return softplus(-u), p["simpo_beta"] * chosen_avg, p["simpo_beta"] * rejected_avg
+    if loss_type == "alphapo":  # simpo of TRL's shaped rewards (1 - exp(a)^(-alpha)) / alpha
+        alpha = p["alphapo_alpha"]
+        chosen_r = -np.expm1(-alpha * (pc / nc)) / alpha
+        rejected_r = -np.expm1(-alpha * (pr / nr)) / alpha
+        u = p["simpo_beta"] * (chosen_r - rejected_r) - p["simpo_gamma"]
+        return softplus(-u), p["simpo_beta"] * chosen_r, p["simpo_beta"] * rejected_r
     beta = p["beta"]
     if loss_type == "orpo":  # reference-free, of the average log-probs a < 0
         chosen_avg, rejected_avg = pc / nc, pr / nr

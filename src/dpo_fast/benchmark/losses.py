@@ -17,7 +17,7 @@ What is compared, per loss type and dtype (float64, and float32 = the float64 da
 
 Parameters: :data:`.baselines.LOSS_PARAMS` (beta 0.1; simpo beta 2.0, simpo_gamma 0.5;
 label_smoothing 0 except robust 0.1 and exo_pair 1e-3 (the EXO paper's); discopop_tau 0.05;
-dpop_lambda 50; bco_delta 0).
+dpop_lambda 50; bco_delta 0; alphapo: simpo's beta and gamma, alphapo_alpha 0.25).
 
 Columns: median wall time of ``repeats`` calls of each (after one warm-up call; dpo_fast and
 NumPy alternate call by call, :func:`.harness.time_interleaved`); ``x NumPy`` = NumPy time /
@@ -135,8 +135,10 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _dpo_fast_kwargs(loss_type: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"loss_type": loss_type, "beta": LOSS_PARAMS["beta"]}
-    if loss_type == "simpo":
+    if loss_type in ("simpo", "alphapo"):
         kwargs.update(beta=LOSS_PARAMS["simpo_beta"], simpo_gamma=LOSS_PARAMS["simpo_gamma"])
+        if loss_type == "alphapo":
+            kwargs["alphapo_alpha"] = LOSS_PARAMS["alphapo_alpha"]
     elif loss_type == "robust":
         kwargs["label_smoothing"] = LOSS_PARAMS["robust_label_smoothing"]
     elif loss_type == "discopop":

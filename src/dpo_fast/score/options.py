@@ -123,6 +123,9 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "penalty weight of dpop (DPO-Positive); finite, >= 0"),
     LossOption("bco_delta", "--bco-delta", "float", 0.0,
                "reward shift of bco_pair (TRL BCO's running mean of the rewards); finite"),
+    LossOption("alphapo_alpha", "--alphapo-alpha", "float", 0.0,
+               "reward shape alpha of alphapo (AlphaPO; TRL CPOConfig's alpha): 0 (simpo) or "
+               "of magnitude in [1e-300, 1e300]"),
     LossOption("f_divergence_type", "--f-divergence-type", "str", "reverse_kl",
                "f-divergence that turns the log-ratios into scores (TRL's), for sigmoid, "
                "hinge, ipo, exo_pair, robust, discopop and sigmoid_norm",
