@@ -243,6 +243,10 @@ def loss_kwargs(loss_type, n, rng, *, beta=None, fdiv="reverse_kl", weights=Fals
         kw["discopop_tau"] = float(rng.choice([0.05, 0.5, 1.0, 3.0]))
     if "simpo" in types or "alphapo" in types:
         kw["simpo_gamma"] = float(rng.choice([0.0, 0.5, -1.0]))
+    if any(t.startswith("rpo_") for t in types):  # ground-truth reward margins (NeMo's RPO)
+        kw["gt_reward_margins"] = rng.normal(0.0, 3.0, n)
+        if rng.random() < 0.5:
+            kw["gt_reward_scale"] = float(rng.choice([0.0, 0.5, 4.0]))
     if "alphapo" in types and rng.random() < 0.8:
         kw["alphapo_alpha"] = float(rng.choice([-1.0, -0.1, 1e-9, 0.25, 3.0]))
     if "dpop" in types and rng.random() < 0.5:
@@ -272,7 +276,8 @@ def logps_arrays(loss_type, n, rng, *, spread=5.0):
 
 REF_KEYS = ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau",
             "simpo_gamma", "f_divergence_type", "f_alpha_divergence_coef", "chosen_lengths",
-            "rejected_lengths", "weights", "dpop_lambda", "bco_delta", "alphapo_alpha")
+            "rejected_lengths", "weights", "dpop_lambda", "bco_delta", "alphapo_alpha",
+            "gt_reward_margins", "gt_reward_scale")
 
 
 def expected_losses(arrays, kw, rows=None):
@@ -282,10 +287,10 @@ def expected_losses(arrays, kw, rows=None):
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     if rows is not None:
         arrays = [a[rows] for a in arrays]
-        for key in ("chosen_lengths", "rejected_lengths", "weights"):
+        for key in ("chosen_lengths", "rejected_lengths", "weights", "gt_reward_margins"):
             if key in ref_kw:
                 ref_kw[key] = np.asarray(ref_kw[key], dtype=np.float64)[rows]
-    for key in ("chosen_lengths", "rejected_lengths", "weights"):
+    for key in ("chosen_lengths", "rejected_lengths", "weights", "gt_reward_margins"):
         if key in ref_kw:
             ref_kw[key] = np.asarray(ref_kw[key], dtype=np.float64)
     try:
@@ -872,7 +877,7 @@ SIZES = [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CH
 SIZE_CASES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
               "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo",
               "aot", "aot_unpaired", "sft", ["sigmoid", "sft"], ["ipo", "sigmoid_norm"],
-              "alphapo"]
+              "alphapo", "rpo_sq", "rpo_fwd_kl", ["rpo_bwd_kl", "sft"]]
 
 
 def windows(n):
@@ -975,7 +980,8 @@ SPECIAL_SLOTS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_reje
        which=st.integers(0, 16), check_finite=st.booleans(),
        loss=st.sampled_from(["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust",
                              "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop",
-                             "sigmoid_norm", "aot", "sft", ["sigmoid", "sft"], "alphapo"]),
+                             "sigmoid_norm", "aot", "sft", ["sigmoid", "sft"], "alphapo",
+                             "rpo_bwd_kl", "rpo_sq"]),
        reduction=st.sampled_from(["mean", "none"]), seed=st.integers(0, 2**32 - 1))
 def test_fuzz_special_values_every_position(n, pos, slot, dtype, which, check_finite, loss,
                                             reduction, seed):
@@ -1127,7 +1133,8 @@ def _expected_param_error(name, value, types):
 @given(name=st.sampled_from(SCALAR_PARAMS), value=st.sampled_from(BOUNDARY),
        loss=st.sampled_from(["sigmoid", "exo_pair", "robust", "discopop", "simpo", "aot",
                              "ipo", "hinge", ["sigmoid", "exo_pair"], "apo_zero", "dpop",
-                             "bco_pair", ["dpop", "sigmoid"], "alphapo"]),
+                             "bco_pair", ["dpop", "sigmoid"], "alphapo", "rpo_sq",
+                             ["rpo_fwd_kl", "sigmoid"]]),
        fdiv=st.sampled_from(["reverse_kl", "alpha_divergence"]),
        dtype=st.sampled_from([np.float32, np.float64]), n=st.sampled_from([1, 5, 17]),
        seed=st.integers(0, 2**32 - 1))

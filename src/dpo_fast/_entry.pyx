@@ -411,7 +411,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                     out: Mapping[str, np.ndarray] | None = None,
                     dpop_lambda: float = _general.DPOP_LAMBDA_DEFAULT,
                     bco_delta: float = 0.0,
-                    alphapo_alpha: float = 0.0) -> PreferenceLossResult:
+                    alphapo_alpha: float = 0.0, gt_reward_margins: Any = None,
+                    gt_reward_scale: float = 1.0) -> PreferenceLossResult:
     """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
 
     With log-ratios ``c = chosen_logps - ref_chosen_logps`` and
@@ -440,7 +441,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
         ``"simpo"``, ``"dpop"`` (DPO-Positive), ``"orpo"`` (ORPO's odds-ratio term:
         reference-free, both lengths, log-probs below 0), ``"alphapo"`` (AlphaPO: SimPO on
-        rewards shaped by ``alphapo_alpha``). A list of distinct names combines them: each pair's loss is the
+        rewards shaped by ``alphapo_alpha``), ``"rpo_sq"``, ``"rpo_fwd_kl"``, ``"rpo_bwd_kl"``
+        (NeMo-Aligner's reward-aware losses, with ``gt_reward_margins``). A list of distinct names combines them: each pair's loss is the
         ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
         ``["sigmoid", "sft"]``).
     loss_weights : sequence of float, optional
@@ -518,6 +520,20 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         a)`` overflows, the margin comes from logarithms: the loss is inf only where its true
         value overflows double, and no finite input gives NaN. Another value with no
         ``"alphapo"`` in ``loss_type`` is refused.
+    gt_reward_margins : array_like, shape (n,), optional
+        Each pair's ground-truth reward of the chosen response minus that of the rejected
+        one (finite; e.g. a reward model's scores): required by, and only by, NeMo-Aligner's
+        reward-aware losses (RPO, Nemotron-4 340B report). With ``z = beta * (c - r)`` (NeMo's
+        ``ref_policy_kl_penalty * rewards_delta``) and ``g = gt_reward_scale *
+        gt_reward_margins``: ``"rpo_sq"`` is ``(z - g)**2``; ``"rpo_bwd_kl"`` is the
+        Bernoulli KL ``KL(sigmoid(g) || sigmoid(z))`` = ``sigmoid(g) * (log(sigmoid(g)) -
+        log(sigmoid(z))) + sigmoid(-g) * (log(sigmoid(-g)) - log(sigmoid(-z)))``;
+        ``"rpo_fwd_kl"`` is ``KL(sigmoid(z) || sigmoid(g))``. Gradients are with respect to
+        the log-probs only (the margins are constants). NeMo's ``preference_average_log_probs``
+        corresponds to passing average log-probs.
+    gt_reward_scale : float, default 1.0
+        NeMo-Aligner's ``gt_reward_scale``, finite; ``gt_reward_scale * gt_reward_margins``
+        must be finite. Another value with no ``"rpo_*"`` type in ``loss_type`` is refused.
 
     Returns
     -------
@@ -554,7 +570,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     cdef object result
     if (loss_weights is None and chosen_lengths is None and rejected_lengths is None
             and weights is None
-            and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0):
+            and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
+            and gt_reward_margins is None
+            and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0):
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
@@ -570,7 +588,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         loss_weights=loss_weights, simpo_gamma=simpo_gamma,
         f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
         chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, weights=weights,
-        dpop_lambda=dpop_lambda, bco_delta=bco_delta, alphapo_alpha=alphapo_alpha)
+        dpop_lambda=dpop_lambda, bco_delta=bco_delta, alphapo_alpha=alphapo_alpha,
+        gt_reward_margins=gt_reward_margins, gt_reward_scale=gt_reward_scale)
     return _pack(loss, outputs, means)
 
 

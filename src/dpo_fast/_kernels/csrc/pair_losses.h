@@ -43,6 +43,9 @@
  *                       Python layer): no case; the general loop adds the constant
  *            SORTED     sorted across the batch by the Python layer, then PAIR_FN on the
  *                       sorted differences (no kernel case of its own)
+ *            PAIR_GT    a per-pair function of the raw log-ratios and the pair's
+ *                       ground-truth reward margin g (NeMo-Aligner's reward-aware losses):
+ *                       a term of the general loop only, PAIR_FN taking g as well
  *   ID       the kernel identifier (the enum below is generated from these rows)
  *   NAME     TRL's name of the type
  *   FLAGS    DPO_LT_* below, except those KIND gives (marked "from KIND")
@@ -60,7 +63,8 @@ enum {
     DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
     DPO_LT_SMOOTHING_POSITIVE = 1 << 9, /* label_smoothing must be > 0 (EXO takes log eps) */
     DPO_LT_NORMALIZED = 1 << 10,    /* (from KIND) PAIR_NORM, NORM */
-    DPO_LT_SORTED = 1 << 11         /* (from KIND) SORTED */
+    DPO_LT_SORTED = 1 << 11,        /* (from KIND) SORTED */
+    DPO_LT_GT_REWARDS = 1 << 12     /* (from KIND) PAIR_GT: needs gt_reward_margins */
 };
 
 #define DPO_LOSS_REGISTRY(X)                                                                   \
@@ -90,33 +94,47 @@ enum {
     X(NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                              \
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)            \
     X(NORM, DPO_LOSS_ALPHAPO, dpo_pair_alphapo, "alphapo",                                     \
-      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)            \
+    X(PAIR_GT, DPO_LOSS_RPO_SQ, dpo_pair_rpo_sq, "rpo_sq", 0, 0.0)                             \
+    X(PAIR_GT, DPO_LOSS_RPO_FWD_KL, dpo_pair_rpo_fwd_kl, "rpo_fwd_kl", 0, 0.0)                 \
+    X(PAIR_GT, DPO_LOSS_RPO_BWD_KL, dpo_pair_rpo_bwd_kl, "rpo_bwd_kl", 0, 0.0)
 
 /* Row filters for the loops' switch cases: DPO_IF_PLAIN_##KIND(...) keeps its argument for the
  * loss types with a case in the fused loop over raw log-ratios, DPO_IF_NORMALIZED_##KIND(...)
  * for those with one over normalised log-ratios, DPO_IF_TERM_##KIND(...) for those with a
- * per-pair term in the general loop; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
+ * per-pair term in the general loop, DPO_IF_GT_TERM_##KIND(...) for those whose term also
+ * takes the ground-truth reward margin; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
  * layer. */
 #define DPO_IF_PLAIN_PAIR(...) __VA_ARGS__
 #define DPO_IF_PLAIN_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_PLAIN_NORM(...)
 #define DPO_IF_PLAIN_CONST(...)
 #define DPO_IF_PLAIN_SORTED(...)
+#define DPO_IF_PLAIN_PAIR_GT(...)
 #define DPO_IF_NORMALIZED_PAIR(...)
 #define DPO_IF_NORMALIZED_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_CONST(...)
 #define DPO_IF_NORMALIZED_SORTED(...)
+#define DPO_IF_NORMALIZED_PAIR_GT(...)
 #define DPO_IF_TERM_PAIR(...) __VA_ARGS__
 #define DPO_IF_TERM_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_CONST(...)
 #define DPO_IF_TERM_SORTED(...)
+#define DPO_IF_TERM_PAIR_GT(...)
+#define DPO_IF_GT_TERM_PAIR(...)
+#define DPO_IF_GT_TERM_PAIR_NORM(...)
+#define DPO_IF_GT_TERM_NORM(...)
+#define DPO_IF_GT_TERM_CONST(...)
+#define DPO_IF_GT_TERM_SORTED(...)
+#define DPO_IF_GT_TERM_PAIR_GT(...) __VA_ARGS__
 #define DPO_KIND_FLAGS_PAIR DPO_LT_PLAIN
 #define DPO_KIND_FLAGS_PAIR_NORM (DPO_LT_PLAIN | DPO_LT_NORMALIZED)
 #define DPO_KIND_FLAGS_NORM DPO_LT_NORMALIZED
 #define DPO_KIND_FLAGS_CONST 0
 #define DPO_KIND_FLAGS_SORTED DPO_LT_SORTED
+#define DPO_KIND_FLAGS_PAIR_GT DPO_LT_GT_REWARDS
 
 /* Loss identifiers: the registry's rows in order. */
 #define DPO_LOSS_ENUM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) ID,
@@ -137,6 +155,7 @@ typedef struct {
     double alphapo_alpha;   /* AlphaPO's reward shape alpha (0: SimPO) */
     double alphapo_log_beta;      /* log(beta), log(beta) - log|alpha|: alphapo's careful */
     double alphapo_log_scale;     /* path (set with alphapo_alpha; 0 when alpha is 0) */
+    double gt_reward_scale; /* NeMo-Aligner's gt_reward_scale: g = scale * gt margin */
 } DpoLossParams;
 
 typedef struct {
@@ -572,6 +591,72 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
     return out;
 }
 
+/* NeMo-Aligner's reward-aware preference losses (RPO; Nemotron-4 340B technical report,
+ * NVIDIA 2024; nemo_aligner/models/nlp/gpt/megatron_gpt_spin_model.py / _dpo_model.py,
+ * loss_func): with z = beta (c - r) (beta: NeMo's ref_policy_kl_penalty; c - r its
+ * rewards_delta) and g = gt_reward_scale (gt_chosen - gt_rejected) (gt_rewards_delta, the
+ * loop passes it), each a function of z and g, derivatives d/dc = beta d/dz, d/dr = -d/dc.
+ * The Python layer keeps g finite. */
+
+/* rpo_sq: (z - g)^2. */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_sq(const DpoLossParams *params, double beta,
+                                       double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double gap = beta * (c - r) - g;
+    out.value = gap * gap;
+    out.d_chosen = beta * (2.0 * gap);
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* rpo_fwd_kl: KL(Bernoulli(sigmoid(z)) || Bernoulli(sigmoid(g))), NeMo's
+ *   exp(logsig(z)) (logsig(z) - logsig(g)) + exp(logsig(-z)) (logsig(-z) - logsig(-g)),
+ * as sigmoid(z) (softplus(-g) - softplus(-z)) + sigmoid(-z) (softplus(g) - softplus(z)), each
+ * weight 0 dropping its term (z = +-inf); d/dz = sigmoid(z) sigmoid(-z) (z - g). */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_fwd_kl(const DpoLossParams *params, double beta,
+                                           double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double z = beta * (c - r);
+    DpoLogistic lz = dpo_logistic(z);
+    DpoLogistic lg = dpo_logistic(g);
+    double sp_neg_z = dpo_relu(-z) + lz.log1p_e, sp_z = dpo_relu(z) + lz.log1p_e;
+    double sp_neg_g = dpo_relu(-g) + lg.log1p_e, sp_g = dpo_relu(g) + lg.log1p_e;
+    out.value = dpo_mul0(lz.sig_pos, sp_neg_g - sp_neg_z) + dpo_mul0(lz.sig_neg, sp_g - sp_z);
+    double d_z = dpo_mul0(lz.sig_pos * lz.sig_neg, z - g);
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* rpo_bwd_kl: KL(Bernoulli(sigmoid(g)) || Bernoulli(sigmoid(z))), NeMo's
+ *   exp(logsig(g)) (logsig(g) - logsig(z)) + exp(logsig(-g)) (logsig(-g) - logsig(-z)),
+ * as sigmoid(g) (softplus(-z) - softplus(-g)) + sigmoid(-g) (softplus(z) - softplus(g));
+ * d/dz = sigmoid(z) - sigmoid(g), taken as sigmoid(-g) - sigmoid(-z) where z, g < 0 (no
+ * cancellation of two numbers near 1). */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_bwd_kl(const DpoLossParams *params, double beta,
+                                           double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double z = beta * (c - r);
+    DpoLogistic lz = dpo_logistic(z);
+    DpoLogistic lg = dpo_logistic(g);
+    double sp_neg_z = dpo_relu(-z) + lz.log1p_e, sp_z = dpo_relu(z) + lz.log1p_e;
+    double sp_neg_g = dpo_relu(-g) + lg.log1p_e, sp_g = dpo_relu(g) + lg.log1p_e;
+    out.value = dpo_mul0(lg.sig_pos, sp_neg_z - sp_neg_g) + dpo_mul0(lg.sig_neg, sp_z - sp_g);
+    double d_z = (z + g > 0.0) ? lg.sig_neg - lz.sig_neg : lz.sig_pos - lg.sig_pos;
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
 /* The loss types with a case in a loop, as X(ID, PAIR_FN), one list per kind of case (the
  * filters above): the fused loop's raw and normalised cases, the general loop's terms. The
  * rows' X is named by the caller: define DPO_EACH_X(ID, PAIR_FN), expand, undefine. */
@@ -584,5 +669,8 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
 #define DPO_FOR_EACH_PLAIN_LOSS DPO_LOSS_REGISTRY(DPO_PLAIN_ROW)
 #define DPO_FOR_EACH_NORMALIZED_LOSS DPO_LOSS_REGISTRY(DPO_NORMALIZED_ROW)
 #define DPO_FOR_EACH_TERM_LOSS DPO_LOSS_REGISTRY(DPO_TERM_ROW)
+#define DPO_GT_TERM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_GT_TERM_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_GT_TERM_LOSS DPO_LOSS_REGISTRY(DPO_GT_TERM_ROW)
 
 #endif /* DPO_PAIR_LOSSES_H */
