@@ -235,7 +235,7 @@ def sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))
 
 
-def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
+def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr, gt=None):
     """Per-pair losses and both rewards of one loss type, in the dtype of the inputs.
 
     Parameters
@@ -246,6 +246,8 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         Policy and reference log-probs of the chosen and rejected responses.
     nc, nr : numpy.ndarray
         Token counts (used by sft, sigmoid_norm, simpo, orpo and alphapo).
+    gt : numpy.ndarray, optional
+        Ground-truth reward margins (used by rpo_sq, rpo_fwd_kl, rpo_bwd_kl; scale 1).
 
     Returns
     -------
@@ -323,6 +325,15 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         losses = softplus(-beta * (c / nc - r / nr))
     elif loss_type == "dpop":
         losses = softplus(-beta * (c - r - p["dpop_lambda"] * np.maximum(0.0, -c)))
+    elif loss_type == "rpo_sq":  # NeMo-Aligner's, gt_reward_scale 1
+        losses = np.square(z - gt)
+    elif loss_type in ("rpo_fwd_kl", "rpo_bwd_kl"):  # Bernoulli KLs of sigmoid(z), sigmoid(g)
+        log_z, log_not_z = -softplus(-z), -softplus(z)
+        log_g, log_not_g = -softplus(-gt), -softplus(gt)
+        if loss_type == "rpo_fwd_kl":
+            losses = np.exp(log_z) * (log_z - log_g) + np.exp(log_not_z) * (log_not_z - log_not_g)
+        else:
+            losses = np.exp(log_g) * (log_g - log_z) + np.exp(log_not_g) * (log_not_g - log_not_z)
     else:
         raise ValueError(loss_type)
     return losses, chosen_rewards, rejected_rewards
@@ -345,7 +356,7 @@ def numpy_loss_type_solution(loss_type: str, data: dict[str, np.ndarray]) -> dic
     """
     pc, pr = data["pc"], data["pr"]
     losses, chosen_rewards, rejected_rewards = numpy_losses(
-        loss_type, pc, pr, data["rc"], data["rr"], data["nc"], data["nr"])
+        loss_type, pc, pr, data["rc"], data["rr"], data["nc"], data["nr"], data.get("gt"))
     return {
         "loss": float(losses.mean()),
         "losses": losses,

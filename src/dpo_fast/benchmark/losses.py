@@ -118,7 +118,8 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to numpy.ndarray
-        ``pc``, ``pr``, ``rc``, ``rr`` (log-probs) and ``nc``, ``nr`` (token counts).
+        ``pc``, ``pr``, ``rc``, ``rr`` (log-probs), ``nc``, ``nr`` (token counts) and ``gt``
+        (ground-truth reward margins, for the rpo_* types).
     """
     rng = np.random.default_rng([seed, n])
     rc = rng.normal(-60.0, 8.0, n)
@@ -130,6 +131,7 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "rr": rr,
         "nc": rng.integers(8, 513, n).astype(np.float64),
         "nr": rng.integers(8, 513, n).astype(np.float64),
+        "gt": rng.normal(0.0, 2.0, n),
     }
 
 
@@ -172,6 +174,8 @@ def dpo_fast_call(loss_type: str, data: dict[str, np.ndarray], n_threads: int
     kwargs = _dpo_fast_kwargs(loss_type)
     for side in LENGTHS.get(loss_type, ()):
         kwargs[f"{side}_lengths"] = data["nc" if side == "chosen" else "nr"]
+    if loss_type in _registry.GT_REWARD_LOSS_TYPES:
+        kwargs["gt_reward_margins"] = data["gt"]
 
     def call():
         return dpo_fast.preference_loss(*args, compute_grad=False, n_threads=n_threads,
