@@ -592,8 +592,8 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
 }
 
 /* NeMo-Aligner's reward-aware preference losses (RPO; Nemotron-4 340B technical report,
- * NVIDIA 2024; nemo_aligner/models/nlp/gpt/megatron_gpt_spin_model.py / _dpo_model.py,
- * loss_func): with z = beta (c - r) (beta: NeMo's ref_policy_kl_penalty; c - r its
+ * NVIDIA 2024; NeMo-Aligner's MegatronGPT DPO model, nemo_aligner/models/nlp/gpt/
+ * megatron_gpt_dpo_model.py, loss_func, whose SPIN model has the same code): with z = beta (c - r) (beta: NeMo's ref_policy_kl_penalty; c - r its
  * rewards_delta) and g = gt_reward_scale (gt_chosen - gt_rejected) (gt_rewards_delta, the
  * loop passes it), each a function of z and g, derivatives d/dc = beta d/dz, d/dr = -d/dc.
  * The Python layer keeps g finite. */
