@@ -596,7 +596,9 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
  * megatron_gpt_dpo_model.py, loss_func, whose SPIN model has the same code): with z = beta (c - r) (beta: NeMo's ref_policy_kl_penalty; c - r its
  * rewards_delta) and g = gt_reward_scale (gt_chosen - gt_rejected) (gt_rewards_delta, the
  * loop passes it), each a function of z and g, derivatives d/dc = beta d/dz, d/dr = -d/dc.
- * The Python layer keeps g finite. */
+ * The Python layer keeps g finite. The two KLs are differences of terms near log 2 in size,
+ * as NeMo writes them: near their zero (z = g) the value has an absolute error of a few
+ * 1e-16, not a relative one; the derivatives have no such cancellation. */
 
 /* rpo_sq: (z - g)^2. */
 DPO_INLINE DpoPairLoss dpo_pair_rpo_sq(const DpoLossParams *params, double beta,
