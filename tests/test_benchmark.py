@@ -536,10 +536,10 @@ def test_parse_count():
 
 
 def test_loss_type_baselines_cover_every_type():
-    # (log-probs below 0, as orpo needs; token counts from 8)
+    # (log-probs below 0, as orpo needs; token counts from 8; gt margins for the rpo types)
     data = {key: np.abs(np.random.default_rng(0).normal(size=8)) + 8 if key[0] == "n"
             else -np.abs(np.random.default_rng(0).normal(size=8)) - 0.1
-            for key in ("pc", "pr", "rc", "rr", "nc", "nr")}
+            for key in ("pc", "pr", "rc", "rr", "nc", "nr", "gt")}
     for name in _registry.LOSS_TYPES:
         result = baselines.numpy_loss_type_solution(name, data)
         assert result["losses"].shape == (8,) and math.isfinite(result["loss"])

@@ -118,6 +118,21 @@ def test_columns_and_reference_free(tmp_path):
     assert_summary_matches(summary, expected, reference_free=True)
 
 
+def test_ground_truth_reward_margin_column(pairs):
+    """rpo_* read each pair's ground-truth reward margin from a mapped column; the summary
+    and the per-pair losses equal one call on all data."""
+    margins = np.random.default_rng(33).normal(0.0, 2.0, pairs["id"].size)
+    data = {**{name: pairs[name] for name in ("id", *LOGPS)}, "gt": margins}
+    ddf = dd.from_dict(data, npartitions=3)
+    params = dict(loss_type="rpo_bwd_kl", beta=0.2, gt_reward_scale=0.5)
+    summary = dpo_dask.summarize(ddf, columns={"gt_reward_margin": "gt"}, **params)
+    assert_summary_matches(summary, pairs, gt_reward_margins=margins, **params)
+    frame = dpo_dask.score(ddf, columns="gt_reward_margin=gt", **params).compute()
+    result = dpo_fast.preference_loss(*(pairs[c] for c in LOGPS), reduction="none",
+                                      gt_reward_margins=margins, **params)
+    np.testing.assert_array_equal(frame.sort_values("id")["loss"].to_numpy(), result.losses)
+
+
 def test_bad_values_are_named_or_skipped(pairs):
     data = {k: v.copy() for k, v in pairs.items()}
     data["chosen_logps"][7000] = np.inf

@@ -78,7 +78,7 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 LOSS_TYPES = _registry.LOSS_TYPES
 COUPLED = _registry.BATCH_COUPLED_LOSS_TYPES
 F_DIV_TYPES = _registry.F_DIVERGENCE_LOSS_TYPES
-SMOOTHED = frozenset({"sigmoid", "robust", "aot", "aot_unpaired", "simpo"})
+SMOOTHED = frozenset({"sigmoid", "robust", "aot", "aot_unpaired", "simpo", "alphapo"})
 OUTPUTS = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")
 PREF_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 SEED_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
@@ -231,7 +231,7 @@ def loss_kwargs(loss_type, n, rng, *, beta=None, fdiv="reverse_kl", weights=Fals
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     kw = {"loss_type": loss_type, "beta": float(rng.choice([0.05, 0.1, 0.5, 2.0]))
           if beta is None else beta}
-    if any(t in ("sigmoid_norm", "simpo", "sft", "ipo") for t in types):
+    if any(t in ("sigmoid_norm", "simpo", "sft", "ipo", "alphapo") for t in types):
         kw["chosen_lengths"] = rng.integers(1, 400, n).astype(np.float64)
         kw["rejected_lengths"] = rng.integers(1, 400, n).astype(np.float64)
     smoothing_users = [t for t in types if t in SMOOTHED or t == "exo_pair"]
@@ -241,8 +241,14 @@ def loss_kwargs(loss_type, n, rng, *, beta=None, fdiv="reverse_kl", weights=Fals
         kw["label_smoothing"] = float(rng.choice([0.0, 0.1, 0.3]))
     if "discopop" in types:
         kw["discopop_tau"] = float(rng.choice([0.05, 0.5, 1.0, 3.0]))
-    if "simpo" in types:
+    if "simpo" in types or "alphapo" in types:
         kw["simpo_gamma"] = float(rng.choice([0.0, 0.5, -1.0]))
+    if any(t.startswith("rpo_") for t in types):  # ground-truth reward margins (NeMo's RPO)
+        kw["gt_reward_margins"] = rng.normal(0.0, 3.0, n)
+        if rng.random() < 0.5:
+            kw["gt_reward_scale"] = float(rng.choice([0.0, 0.5, 4.0]))
+    if "alphapo" in types and rng.random() < 0.8:
+        kw["alphapo_alpha"] = float(rng.choice([-1.0, -0.1, 1e-9, 0.25, 3.0]))
     if "dpop" in types and rng.random() < 0.5:
         kw["dpop_lambda"] = float(rng.choice([0.0, 5.0, 50.0, 1e4]))
     if "bco_pair" in types and rng.random() < 0.5:
@@ -263,14 +269,15 @@ def logps_arrays(loss_type, n, rng, *, spread=5.0):
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     pc = rng.uniform(-300.0, 0.0, n)
     pr = rng.uniform(-300.0, 0.0, n)
-    if "simpo" in types:
+    if "simpo" in types or "alphapo" in types:  # reference-free
         return [pc, pr]
     return [pc, pr, pc + rng.uniform(-spread, spread, n), pr + rng.uniform(-spread, spread, n)]
 
 
 REF_KEYS = ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau",
             "simpo_gamma", "f_divergence_type", "f_alpha_divergence_coef", "chosen_lengths",
-            "rejected_lengths", "weights", "dpop_lambda", "bco_delta")
+            "rejected_lengths", "weights", "dpop_lambda", "bco_delta", "alphapo_alpha",
+            "gt_reward_margins", "gt_reward_scale")
 
 
 def expected_losses(arrays, kw, rows=None):
@@ -280,10 +287,10 @@ def expected_losses(arrays, kw, rows=None):
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     if rows is not None:
         arrays = [a[rows] for a in arrays]
-        for key in ("chosen_lengths", "rejected_lengths", "weights"):
+        for key in ("chosen_lengths", "rejected_lengths", "weights", "gt_reward_margins"):
             if key in ref_kw:
                 ref_kw[key] = np.asarray(ref_kw[key], dtype=np.float64)[rows]
-    for key in ("chosen_lengths", "rejected_lengths", "weights"):
+    for key in ("chosen_lengths", "rejected_lengths", "weights", "gt_reward_margins"):
         if key in ref_kw:
             ref_kw[key] = np.asarray(ref_kw[key], dtype=np.float64)
     try:
@@ -311,11 +318,18 @@ def check_preference_result(result, arrays, kw, *, reduction="mean", rows=None, 
     assert_close(got, want, "losses", rtol=tol, atol=1e-9)
     beta = float(kw["beta"])
     pc, pr = (np.asarray(a, dtype=np.float64)[idx] for a in arrays[:2])
-    if "simpo" in types:
+    if "simpo" in types or "alphapo" in types:
         nc = np.asarray(kw["chosen_lengths"], np.float64)[idx]
         nr = np.asarray(kw["rejected_lengths"], np.float64)[idx]
-        assert_close(result.chosen_rewards[idx], beta * pc / nc, "chosen_rewards", rtol=tol)
-        assert_close(result.rejected_rewards[idx], beta * pr / nr, "rejected_rewards",
+        shape = kw.get("alphapo_alpha", 0.0)  # alphapo: TRL's beta * r(a)
+
+        def reward(a):  # rounded once to float32 for float32 outputs (inf beyond its range)
+            value = beta * (a if shape == 0.0 else -np.expm1(-shape * a) / shape)
+            with np.errstate(over="ignore"):
+                return value.astype(np.float32).astype(np.float64) if single else value
+
+        assert_close(result.chosen_rewards[idx], reward(pc / nc), "chosen_rewards", rtol=tol)
+        assert_close(result.rejected_rewards[idx], reward(pr / nr), "rejected_rewards",
                      rtol=tol)
     else:
         rc, rr = ((np.asarray(a, dtype=np.float64)[idx] for a in arrays[2:]) if len(arrays) > 2
@@ -862,7 +876,8 @@ SIZES = [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CH
          TH - 1, TH, TH + 1]
 SIZE_CASES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
               "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo",
-              "aot", "aot_unpaired", "sft", ["sigmoid", "sft"], ["ipo", "sigmoid_norm"]]
+              "aot", "aot_unpaired", "sft", ["sigmoid", "sft"], ["ipo", "sigmoid_norm"],
+              "alphapo", "rpo_sq", "rpo_fwd_kl", ["rpo_bwd_kl", "sft"]]
 
 
 def windows(n):
@@ -965,7 +980,8 @@ SPECIAL_SLOTS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_reje
        which=st.integers(0, 16), check_finite=st.booleans(),
        loss=st.sampled_from(["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust",
                              "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop",
-                             "sigmoid_norm", "aot", "sft", ["sigmoid", "sft"]]),
+                             "sigmoid_norm", "aot", "sft", ["sigmoid", "sft"], "alphapo",
+                             "rpo_bwd_kl", "rpo_sq"]),
        reduction=st.sampled_from(["mean", "none"]), seed=st.integers(0, 2**32 - 1))
 def test_fuzz_special_values_every_position(n, pos, slot, dtype, which, check_finite, loss,
                                             reduction, seed):
@@ -1076,7 +1092,7 @@ BOUNDARY = [0.0, -0.0, 5e-324, DBL_MIN, 1e-300, 1e-8, 0.05, 0.1, 0.4999999999999
             -(10**400), 3, np.float32(0.25), np.int64(2), fractions.Fraction(1, 3), True,
             np.bool_(False), "0.1", None, 1j, decimal.Decimal("0.1")]
 SCALAR_PARAMS = ("beta", "label_smoothing", "discopop_tau", "simpo_gamma",
-                 "f_alpha_divergence_coef", "dpop_lambda", "bco_delta")
+                 "f_alpha_divergence_coef", "dpop_lambda", "bco_delta", "alphapo_alpha")
 
 
 def _expected_param_error(name, value, types):
@@ -1094,6 +1110,10 @@ def _expected_param_error(name, value, types):
         if not math.isfinite(x) or (name == "dpop_lambda" and x < 0):
             return ValueError
         return None if user in types or x == default else ValueError
+    if name == "alphapo_alpha":  # alphapo's: 0 or |alpha| in [1e-300, 1e300]; 0 elsewhere
+        if x != 0.0 and not 1e-300 <= abs(x) <= 1e300:
+            return ValueError
+        return None if "alphapo" in types or x == 0.0 else ValueError
     if name == "f_alpha_divergence_coef":
         return None if abs(x) <= 1e300 else ValueError
     if name == "simpo_gamma":
@@ -1113,7 +1133,8 @@ def _expected_param_error(name, value, types):
 @given(name=st.sampled_from(SCALAR_PARAMS), value=st.sampled_from(BOUNDARY),
        loss=st.sampled_from(["sigmoid", "exo_pair", "robust", "discopop", "simpo", "aot",
                              "ipo", "hinge", ["sigmoid", "exo_pair"], "apo_zero", "dpop",
-                             "bco_pair", ["dpop", "sigmoid"]]),
+                             "bco_pair", ["dpop", "sigmoid"], "alphapo", "rpo_sq",
+                             ["rpo_fwd_kl", "sigmoid"]]),
        fdiv=st.sampled_from(["reverse_kl", "alpha_divergence"]),
        dtype=st.sampled_from([np.float32, np.float64]), n=st.sampled_from([1, 5, 17]),
        seed=st.integers(0, 2**32 - 1))

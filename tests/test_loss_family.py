@@ -96,6 +96,63 @@ def one_pair():
     return [np.array([v]) for v in (-10.0, -12.0, -11.0, -11.5)]
 
 
+def test_alphapo_reference_value():
+    """AlphaPO at a_c = -10/10, a_r = -12/8, alpha 0.25, beta 2, gamma 0.5 (mpmath, 40 digits);
+    TRL's rewards beta * (1 - exp(-alpha a)) / alpha; alpha = 0 is simpo, bit for bit."""
+    pc, pr, nc, nr = np.array([-10.0]), np.array([-12.0]), np.array([10.0]), np.array([8.0])
+    got = preference_loss(pc, pr, beta=2.0, loss_type="alphapo", alphapo_alpha=0.25,
+                          chosen_lengths=nc, rejected_lengths=nr)
+    assert abs(got.loss - 0.35058961318910337) <= 1e-14 * 0.36
+    assert abs(got.chosen_rewards[0] - -2.272203333501932) <= 1e-14 * 2.3
+    simpo = preference_loss(pc, pr, beta=2.0, loss_type="simpo", chosen_lengths=nc,
+                            rejected_lengths=nr, compute_grad=True)
+    zero = preference_loss(pc, pr, beta=2.0, loss_type="alphapo", chosen_lengths=nc,
+                           rejected_lengths=nr, compute_grad=True)
+    assert (zero.loss, zero.grad_chosen[0]) == (simpo.loss, simpo.grad_chosen[0])
+
+
+@pytest.mark.parametrize(("loss_type", "expected"), [
+    ("rpo_sq", 0.4225), ("rpo_fwd_kl", 0.05081421868480844),
+    ("rpo_bwd_kl", 0.04833979457470244)])
+def test_rpo_reference_values(loss_type, expected):
+    """NeMo-Aligner's reward-aware losses at z = beta (c - r) = 0.1 * 1.5 and g = scale * gt
+    margin = 0.5 * 1.6 (values from mpmath at 40 digits)."""
+    got = preference_loss(*one_pair(), beta=0.1, loss_type=loss_type, gt_reward_scale=0.5,
+                          gt_reward_margins=[1.6], compute_grad=True)
+    assert abs(got.loss - expected) <= 1e-14 * expected
+    assert got.chosen_rewards.tolist() == [0.1]  # TRL's beta * c
+    assert got.grad_chosen[0] == -got.grad_rejected[0]
+
+
+def test_rpo_gt_reward_margins_checks():
+    """gt_reward_margins: required by the rpo_* types, refused by the others, finite (and
+    finite times gt_reward_scale), one per pair, never written; gt_reward_scale likewise."""
+    pair = one_pair()
+    with pytest.raises(ValueError, match="loss_type='rpo_fwd_kl' needs gt_reward_margins"):
+        preference_loss(*pair, loss_type="rpo_fwd_kl")
+    with pytest.raises(ValueError, match="gt_reward_margins is only used by loss_type in"):
+        preference_loss(*pair, loss_type="sigmoid", gt_reward_margins=[1.0])
+    with pytest.raises(ValueError, match="gt_reward_scale is only used by loss_type in"):
+        preference_loss(*pair, loss_type="sigmoid", gt_reward_scale=2.0)
+    with pytest.raises(ValueError, match=r"gt_reward_margins\[1\] is inf; gt_reward_margins "
+                                         "must be finite"):
+        preference_loss(np.zeros(2), np.zeros(2), loss_type="rpo_sq",
+                        gt_reward_margins=[0.0, np.inf])
+    with pytest.raises(ValueError, match=r"gt_reward_margins\[0\] is 1e\+300; gt_reward_scale "
+                                         r"\* gt_reward_margins must be finite"):
+        preference_loss(*pair, loss_type="rpo_sq", gt_reward_margins=[1e300],
+                        gt_reward_scale=1e10)
+    with pytest.raises(ValueError, match="gt_reward_scale must be finite"):
+        preference_loss(*pair, loss_type="rpo_sq", gt_reward_margins=[1.0],
+                        gt_reward_scale=math.nan)
+    with pytest.raises(ValueError, match="length mismatch"):
+        preference_loss(*pair, loss_type="rpo_sq", gt_reward_margins=[1.0, 2.0])
+    margins = np.array([1.5])
+    margins.flags.writeable = False  # read-only input accepted, and not written
+    got = preference_loss(*pair, loss_type=["rpo_bwd_kl", "sigmoid"], gt_reward_margins=margins)
+    assert margins.tolist() == [1.5] and math.isfinite(got.loss)
+
+
 @pytest.mark.parametrize(("loss_type", "eps"), sorted(TABLE))
 def test_reference_table(loss_type, eps):
     """The published reference values, to 1e-14 relative."""

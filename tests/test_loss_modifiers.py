@@ -28,7 +28,8 @@ LN2 = math.log(2.0)
 F_DIVERGENCE_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop",
                       "sigmoid_norm")
 # The loss types label_smoothing applies to.
-SMOOTHED = frozenset({"sigmoid", "robust", "exo_pair", "aot", "aot_unpaired", "simpo"})
+SMOOTHED = frozenset({"sigmoid", "robust", "exo_pair", "aot", "aot_unpaired", "simpo",
+                      "alphapo"})
 # (f_divergence_type, f_alpha_divergence_coef) pairs; alpha 1 is reverse_kl again.
 DIVERGENCES = [("forward_kl", 1.0), ("js_divergence", 1.0), ("alpha_divergence", 0.5),
                ("alpha_divergence", 1.0), ("alpha_divergence", 2.0),
@@ -122,8 +123,25 @@ def aot_positions(t, pc, pr, rc, rr):
     return [a - b for a, b in zip(sorted(c), sorted(r))], order_c, order_r
 
 
+def alphapo_reward(a, shape):
+    """AlphaPO's reward of an average log-prob a (TRL's (1 - exp(a)^(-alpha)) / alpha, here
+    as -expm1(-alpha a) / alpha); a itself at alpha = 0 (SimPO)."""
+    return a if shape == 0.0 else -math.expm1(-shape * a) / shape
+
+
+def rpo_reference(t, z, g):
+    """NeMo-Aligner's reward-aware losses of z = beta (c - r) and g = scale * gt margin, as
+    its loss_func writes them (logsigmoid, exp)."""
+    if t == "rpo_sq":
+        return (z - g) ** 2
+    lb_c, lb_r, la_c, la_r = logsig(z), logsig(-z), logsig(g), logsig(-g)
+    if t == "rpo_bwd_kl":
+        return math.exp(la_c) * (la_c - lb_c) + math.exp(la_r) * (la_r - lb_r)
+    return math.exp(lb_c) * (lb_c - la_c) + math.exp(lb_r) * (lb_r - la_r)  # rpo_fwd_kl
+
+
 def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alpha,
-                 lam=50.0, delta=0.0):
+                 lam=50.0, delta=0.0, shape=0.0, gt=None):
     """Per-pair losses of one loss type, unweighted."""
     n = len(pc)
     c = [a - b for a, b in zip(pc, rc)]
@@ -143,6 +161,12 @@ def ref_one_type(t, pc, pr, rc, rr, nc, nr, *, beta, eps, tau, gamma, fdiv, alph
         return [-math.fsum(pc) / math.fsum(nc)] * n
     if t == "simpo":
         return [smoothed_sigmoid(beta * (pc[i] / nc[i] - pr[i] / nr[i]) - gamma, eps)
+                for i in range(n)]
+    if t.startswith("rpo_"):
+        return [rpo_reference(t, beta * (c[i] - r[i]), gt[i]) for i in range(n)]
+    if t == "alphapo":  # TRL's cpo_loss with alpha: simpo of the shaped rewards
+        return [smoothed_sigmoid(beta * (alphapo_reward(pc[i] / nc[i], shape)
+                                         - alphapo_reward(pr[i] / nr[i], shape)) - gamma, eps)
                 for i in range(n)]
     if t == "orpo":  # TRL's odds_ratio_loss term, of the average log-probs
         out = []
@@ -165,7 +189,7 @@ def ref_losses(pc, pr, rc=None, rr=None, *, beta=0.1, loss_type="sigmoid", loss_
                label_smoothing=0.0, discopop_tau=0.05, simpo_gamma=0.5,
                f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0,
                chosen_lengths=None, rejected_lengths=None, weights=None, dpop_lambda=50.0,
-               bco_delta=0.0):
+               bco_delta=0.0, alphapo_alpha=0.0, gt_reward_margins=None, gt_reward_scale=1.0):
     """Per-pair losses w_i * sum_k lw_k * loss_k[i], plain float64 (same keywords as
     preference_loss)."""
     def floats(a):
@@ -177,12 +201,14 @@ def ref_losses(pc, pr, rc=None, rr=None, *, beta=0.1, loss_type="sigmoid", loss_
     rr = floats(rr) if rr is not None else [0.0] * n
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     lws = [1.0] * len(types) if loss_weights is None else [float(v) for v in loss_weights]
+    gt = None if gt_reward_margins is None else [gt_reward_scale * float(v)
+                                                   for v in gt_reward_margins]
     total = [0.0] * n
     for t, lw in zip(types, lws):
         per_pair = ref_one_type(t, pc, pr, rc, rr, nc, nr, beta=beta, eps=label_smoothing,
                                 tau=discopop_tau, gamma=simpo_gamma, fdiv=f_divergence_type,
                                 alpha=f_alpha_divergence_coef, lam=dpop_lambda,
-                                delta=bco_delta)
+                                delta=bco_delta, shape=alphapo_alpha, gt=gt)
         total = [acc + lw * v for acc, v in zip(total, per_pair)]
     ws = [1.0] * n if weights is None else floats(weights)
     return [w * v for w, v in zip(ws, total)]
@@ -194,10 +220,11 @@ def ref_reduced(reduction, *arrays, **kw):
     return total / len(losses) if reduction == "mean" else total
 
 
-def ref_rewards(pc, pr, rc=None, rr=None, *, beta, simpo=False, nc=None, nr=None):
+def ref_rewards(pc, pr, rc=None, rr=None, *, beta, simpo=False, nc=None, nr=None, shape=0.0):
     pc, pr = pc.tolist(), pr.tolist()
-    if simpo:
-        return ([beta * a / b for a, b in zip(pc, nc)], [beta * a / b for a, b in zip(pr, nr)])
+    if simpo:  # (alphapo: TRL's beta * r(a), r(a) = a at alpha = 0)
+        return ([beta * alphapo_reward(a / b, shape) for a, b in zip(pc, nc)],
+                [beta * alphapo_reward(a / b, shape) for a, b in zip(pr, nr)])
     rc = [0.0] * len(pc) if rc is None else rc.tolist()
     rr = [0.0] * len(pc) if rr is None else rr.tolist()
     return ([beta * (a - b) for a, b in zip(pc, rc)], [beta * (a - b) for a, b in zip(pr, rr)])
@@ -315,6 +342,20 @@ CASES = [
     Case("dpop+bco+sft", dict(loss_type=["dpop", "bco_pair", "sft"], beta=0.5, bco_delta=-0.2,
                               dpop_lambda=2.0, loss_weights=[1.0, 0.5, 0.25]),
          lengths="chosen"),
+    Case("alphapo", dict(loss_type="alphapo", beta=2.0, alphapo_alpha=0.25), refs=False),
+    Case("alphapo_negative_eps_weights", dict(loss_type="alphapo", beta=2.5, simpo_gamma=1.0,
+                                              alphapo_alpha=-0.5, label_smoothing=0.1),
+         refs=False, weights=True),
+    Case("alphapo_alpha0", dict(loss_type="alphapo", beta=2.0), refs=False),
+    Case("alphapo+sft", dict(loss_type=["alphapo", "sft"], beta=1.5, alphapo_alpha=0.1,
+                             loss_weights=[1.0, 0.25]), refs=False),
+    Case("rpo_sq", dict(loss_type="rpo_sq", beta=0.1), lengths=""),
+    Case("rpo_fwd_kl", dict(loss_type="rpo_fwd_kl", beta=0.2, gt_reward_scale=0.5),
+         lengths=""),
+    Case("rpo_bwd_kl_weights", dict(loss_type="rpo_bwd_kl", beta=0.3, gt_reward_scale=2.0),
+         lengths="", weights=True),
+    Case("rpo_bwd_kl+sigmoid+sft", dict(loss_type=["rpo_bwd_kl", "sigmoid", "sft"], beta=0.2,
+                                        loss_weights=[1.0, 0.5, 0.1]), lengths="chosen"),
 ]
 CASE_IDS = [case.name for case in CASES]
 
@@ -339,6 +380,9 @@ def build(case, n, seed, *, mean=-40.0, spread=3.0):
     if case.weights:
         kw["weights"] = rng.uniform(0.0, 2.0, n)
         kw["weights"][0] = 0.0
+    if "loss_type" in case.kw and any(_registry.LOSS_REGISTRY[t].gt_rewards
+                                      for t in loss_types(case)):
+        kw["gt_reward_margins"] = rng.normal(0.0, 2.0, n)
     return arrays, kw
 
 
@@ -394,7 +438,8 @@ def test_matches_plain_reference(case, reduction):
     # reward forms is not specified
     forms = {_registry.LOSS_REGISTRY[t].normalized_rewards for t in types if t != "sft"}
     chosen, rejected = ref_rewards(*arrays, beta=kw.get("beta", 0.1), simpo=True in forms,
-                                   nc=kw.get("chosen_lengths"), nr=kw.get("rejected_lengths"))
+                                   nc=kw.get("chosen_lengths"), nr=kw.get("rejected_lengths"),
+                                   shape=kw.get("alphapo_alpha", 0.0))
     if len(forms) == 1:
         np.testing.assert_allclose(result.chosen_rewards, chosen, rtol=1e-15, atol=0)
         np.testing.assert_allclose(result.rejected_rewards, rejected, rtol=1e-15, atol=0)
@@ -736,12 +781,20 @@ EXTREME_CASES = [
     (["sigmoid", "sft"], dict(loss_weights=[1.0, 0.5]), True),
     (["ipo", "sigmoid_norm"], dict(loss_weights=[0.5, 2.0]), True),
     (["aot", "sigmoid", "sft"], {}, True), (["simpo", "sft"], {}, False),
+    ("alphapo", dict(alphapo_alpha=0.25, label_smoothing=0.1), False),
+    ("alphapo", dict(alphapo_alpha=-1.0), False),
+    (["alphapo", "sft"], dict(alphapo_alpha=3.0, label_smoothing=0.2), False),
+    ("rpo_sq", dict(gt_reward_margins=np.resize([-1e6, -3.0, 0.0, 2.5, 1e6], 49)), True),
+    ("rpo_fwd_kl", dict(gt_reward_margins=np.resize([-1e6, -3.0, 0.0, 2.5, 1e300], 49),
+                        gt_reward_scale=0.5), True),
+    (["rpo_bwd_kl", "sft"], dict(gt_reward_margins=np.resize([-1e300, 40.0, 0.0, 1e6], 49)),
+     True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("loss_type", "extra", "refs"), EXTREME_CASES,
-                         ids=[str(c[0]) for c in EXTREME_CASES])
+                         ids=[f"{c[0]}-{c[1].get('alphapo_alpha', '')}" for c in EXTREME_CASES])
 def test_extreme_inputs_new_types_never_nan(loss_type, extra, refs, dtype):
     """|log-ratios| up to 2e6, beta up to 1e3, positive weights: no NaN anywhere."""
     arrays, lengths = extreme_inputs(dtype, refs)
@@ -819,7 +872,9 @@ def test_float32_within_2_ulp_of_float64(case):
 BIT_CASES = [c for c in CASES if c.name in {
     "sigmoid_norm", "simpo", "ipo_lengths_weights", "sft_weights", "aot", "aot_unpaired",
     "aot_unpaired_weights", "sigmoid_forward_kl", "sigmoid_js", "robust_alpha0.5",
-    "sigmoid_norm_alpha2", "rpo_forward_kl_weights", "ipo+sigmoid_norm", "aot+sigmoid+sft"}]
+    "sigmoid_norm_alpha2", "rpo_forward_kl_weights", "ipo+sigmoid_norm", "aot+sigmoid+sft",
+    "alphapo", "alphapo_negative_eps_weights", "alphapo+sft", "rpo_sq", "rpo_fwd_kl",
+    "rpo_bwd_kl_weights", "rpo_bwd_kl+sigmoid+sft"}]
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,13 @@ EXPECTED = {
     "simpo": (False, False, True, BOTH, False, False, False, True, 0.5),
     "dpop": (True, False, False, (), False, False, False, False, 0.0),
     "orpo": (False, False, True, BOTH, False, False, False, True, 0.0),
+    "alphapo": (False, False, True, BOTH, False, False, False, True, 0.5),
+    "rpo_sq": (False, False, False, (), False, False, False, False, 0.0),
+    "rpo_fwd_kl": (False, False, False, (), False, False, False, False, 0.0),
+    "rpo_bwd_kl": (False, False, False, (), False, False, False, False, 0.0),
 }
+# NeMo-Aligner's reward-aware losses: they read gt_reward_margins.
+GT_REWARDS = {"rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl"}
 
 
 def test_registry_rows_have_the_expected_facts():
@@ -51,6 +57,7 @@ def test_registry_rows_have_the_expected_facts():
                entry.reference_free, entry.smoothing_max)
         assert got == EXPECTED[name], name
         assert entry.smoothing_positive == (name == "exo_pair")
+        assert entry.gt_rewards == (name in GT_REWARDS)
         assert entry.normalized_rewards == entry.reference_free  # simpo's reward form
     ids = [entry.kernel_id for entry in _registry.LOSS_REGISTRY.values()]
     assert ids == list(range(len(ids)))
@@ -96,6 +103,8 @@ def test_every_type_has_a_reference_formula(name):
     refs = (None, None) if _registry.LOSS_REGISTRY[name].reference_free else (rc, rr)
     if _registry.LOSS_REGISTRY[name].smoothing_positive:
         lengths["label_smoothing"] = 1e-3
+    if _registry.LOSS_REGISTRY[name].gt_rewards:
+        lengths["gt_reward_margins"] = rng.normal(0.0, 2.0, 9)
     expected = ref_losses(pc, pr, *refs, beta=0.3, loss_type=name, **lengths)
     got = dpo_fast.preference_loss(pc, pr, *refs, beta=0.3, loss_type=name, reduction="none",
                                    **lengths).losses

@@ -140,6 +140,9 @@ PER_PAIR_CASES = [
      "rejected_lengths": np.arange(2.0, 21.0)},
     {"loss_type": "sigmoid_norm", "chosen_lengths": np.arange(1.0, 20.0),
      "rejected_lengths": np.arange(2.0, 21.0)},
+    {"loss_type": "rpo_sq", "gt_reward_margins": np.linspace(-2.0, 2.0, 19)},
+    {"loss_type": "rpo_fwd_kl", "gt_reward_margins": np.linspace(-2.0, 2.0, 19)},
+    {"loss_type": "rpo_bwd_kl", "gt_reward_margins": np.linspace(-2.0, 2.0, 19)},
 ]
 
 

@@ -340,11 +340,20 @@ def test_every_loss_type_of_the_core(tmp_path, pairs, loss_type):
     path = write(tmp_path / "pairs.parquet", data, row_group_size=700)
     out = tmp_path / "scored.parquet"
     free = dpo_fast._registry.LOSS_REGISTRY[loss_type].reference_free  # simpo, orpo
-    # exo_pair needs label_smoothing > 0; dpop / bco_pair get their parameter set too
+    # exo_pair needs label_smoothing > 0; dpop / bco_pair / alphapo get their parameter set
     extra = {"exo_pair": {"label_smoothing": 1e-3}, "dpop": {"dpop_lambda": 5.0},
-             "bco_pair": {"bco_delta": 0.37}}.get(loss_type, {})
+             "bco_pair": {"bco_delta": 0.37},
+             "alphapo": {"alphapo_alpha": 0.25}}.get(loss_type, {})
+    columns = None
+    if dpo_fast._registry.LOSS_REGISTRY[loss_type].gt_rewards:  # rpo_*: a margin column
+        margins = rng.normal(0.0, 2.0, 3000)
+        data["gt_margin"] = margins
+        path = write(tmp_path / "pairs.parquet", data, row_group_size=700)
+        columns = {"gt_reward_margin": "gt_margin"}
+        lengths["gt_reward_margins"] = margins
+        extra = {"gt_reward_scale": 0.5}
     summary = score_dataset(path, out=str(out), loss_type=loss_type, beta=0.2,
-                            batch_rows=500, reference_free=free, **extra)
+                            batch_rows=500, reference_free=free, columns=columns, **extra)
     assert_summary_matches(summary, pairs, reference_free=free, loss_type=loss_type, beta=0.2,
                            **lengths, **extra)
     result, _ = reference(pairs, reference_free=free, loss_type=loss_type, beta=0.2, **lengths,

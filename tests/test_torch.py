@@ -289,6 +289,35 @@ def test_gradcheck_preference_loss(reduction, with_reference):
 
 
 @needs_torch
+@pytest.mark.parametrize("loss_type", ["rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl",
+                                       ["rpo_bwd_kl", "sigmoid"], "alphapo"])
+def test_gradcheck_new_types(loss_type):
+    """NeMo-Aligner's reward-aware losses (the margins a constant tensor) and AlphaPO: the
+    backward of the kernel's derivatives passes gradcheck."""
+    pc, pr, rc, rr = _pairs(torch.float64)
+    chosen, rejected = pc.requires_grad_(), pr.requires_grad_()
+    if loss_type == "alphapo":
+        lengths = torch.arange(1.0, len(pc) + 1.0, dtype=torch.float64)
+        kw = dict(alphapo_alpha=0.3, chosen_lengths=lengths, rejected_lengths=lengths.flip(0))
+        refs = (None, None)
+    else:
+        kw = dict(gt_reward_margins=torch.linspace(-3.0, 3.0, len(pc), dtype=torch.float64),
+                  gt_reward_scale=0.7)
+        refs = (rc, rr)
+
+    def loss(c, r):
+        return dft.preference_loss(c, r, *refs, beta=0.3, loss_type=loss_type, **kw).loss
+
+    assert torch.autograd.gradcheck(loss, (chosen, rejected))
+    margins = _grad_leaf(torch.ones(len(pc), dtype=torch.float64))
+    if loss_type != "alphapo":
+        with pytest.raises(ValueError, match=_refused("gt_reward_margins", "preference_loss",
+                                                      "detach()")):
+            dft.preference_loss(chosen, rejected, rc, rr, loss_type=loss_type,
+                                gt_reward_margins=margins)
+
+
+@needs_torch
 def test_preference_loss_matches_plain_torch_and_upstream_scaling():
     pc, pr, rc, rr = _pairs(torch.float64)
     chosen, rejected = pc.clone().requires_grad_(), pr.clone().requires_grad_()

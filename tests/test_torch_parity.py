@@ -46,7 +46,8 @@ F_DIVERGENCE_TYPES = [name for name in ALL_TYPES if name in _registry.F_DIVERGEN
 DIVERGENCES = [("forward_kl", 1.0), ("js_divergence", 1.0), ("alpha_divergence", 0.5)]
 
 # One case per behaviour: the keyword arguments of preference_loss besides the arrays
-# ("refs" False = reference-free; "lengths" True = pass chosen_lengths and rejected_lengths,
+# ("refs" False = reference-free; "gt" True = pass gt_reward_margins;
+# "lengths" True = pass chosen_lengths and rejected_lengths,
 # "chosen" = chosen_lengths only).
 CASES = {
     "sigmoid": dict(loss_type="sigmoid", beta=0.1),
@@ -82,6 +83,17 @@ CASES = {
     "dpop": dict(loss_type="dpop", beta=0.1),
     "orpo": dict(loss_type="orpo", beta=0.1, lengths=True, refs=False),
     "dpop-lambda5": dict(loss_type="dpop", beta=0.5, dpop_lambda=5.0),
+    "alphapo": dict(loss_type="alphapo", beta=2.0, alphapo_alpha=0.25, lengths=True,
+                    refs=False),
+    "alphapo-negative-eps0.1": dict(loss_type="alphapo", beta=2.5, simpo_gamma=1.0,
+                                    alphapo_alpha=-0.5, label_smoothing=0.1, lengths=True,
+                                    refs=False),
+    "alphapo-alpha0": dict(loss_type="alphapo", beta=2.0, lengths=True, refs=False),
+    "rpo_sq": dict(loss_type="rpo_sq", beta=0.1, gt=True),
+    "rpo_fwd_kl": dict(loss_type="rpo_fwd_kl", beta=0.2, gt=True, gt_reward_scale=0.5),
+    "rpo_bwd_kl": dict(loss_type="rpo_bwd_kl", beta=0.2, gt=True),
+    "rpo_bwd_kl-scale3-weights": dict(loss_type="rpo_bwd_kl", beta=0.5, gt=True,
+                                      gt_reward_scale=3.0, weights="w"),
 }
 assert {case["loss_type"] for case in CASES.values()} == set(ALL_TYPES)
 
@@ -104,12 +116,17 @@ def make_inputs(n: int, seed: int | str) -> dict[str, np.ndarray]:
         "nc": rng.integers(8, 257, n).astype(np.float64),
         "nr": rng.integers(8, 257, n).astype(np.float64),
         "w": rng.uniform(0.0, 2.0, n),
+        "gt": rng.normal(0.0, 2.0, n),  # ground-truth reward margins (rpo_*)
     }
 
 
 def call_kwargs(case: dict, data: dict[str, np.ndarray]) -> tuple[list, dict]:
     """(positional arrays, keyword arguments) of preference_loss for a case."""
-    kwargs = {k: v for k, v in case.items() if k not in ("refs", "lengths")}
+    kwargs = {k: v for k, v in case.items() if k not in ("refs", "lengths", "gt")}
+    if kwargs.get("weights") == "w":
+        kwargs["weights"] = data["w"]
+    if case.get("gt"):
+        kwargs["gt_reward_margins"] = data["gt"]
     args = [data["pc"], data["pr"]]
     if case.get("refs", True):
         args += [data["rc"], data["rr"]]
@@ -151,7 +168,8 @@ def to_pair_order(sorted_losses, index):
 
 def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, eps: float,
                       tau: float, gamma: float, f_divergence_type: str, alpha: float,
-                      lam: float = 50.0, delta: float = 0.0):
+                      lam: float = 50.0, delta: float = 0.0, shape: float = 0.0,
+                      gt=None):
     """Per-pair losses of one loss type, in the original pair order (torch float64 tensors;
     rc = rr = 0 for reference-free; nc, nr may be None)."""
     c = pc - rc
@@ -216,7 +234,34 @@ def torch_pair_losses(loss_type: str, pc, pr, rc, rr, nc, nr, *, beta: float, ep
         return -beta * F.logsigmoid(log_odds)
     if loss_type == "dpop":  # DPO-Positive (Pal et al. 2024, Eq. 3)
         return -F.logsigmoid(beta * (c - r - lam * torch.clamp(rc - pc, min=0.0)))
+    if loss_type.startswith("rpo_"):  # NeMo-Aligner's loss_func, as written there
+        return nemo_rpo(loss_type, beta * (c - r), gt)
+    if loss_type == "alphapo":  # TRL's CPOTrainer.cpo_loss, loss_type "alphapo" (simpo)
+        logits = alphapo_rewards(pc / nc, shape) - alphapo_rewards(pr / nr, shape)
+        return smoothed_sigmoid(beta * (logits - gamma / beta), eps)
     raise AssertionError(loss_type)
+
+
+def nemo_rpo(loss_type: str, z, g):
+    """NeMo-Aligner's rpo_sq / rpo_fwd_kl / rpo_bwd_kl of z = beta * rewards_delta and
+    g = gt_reward_scale * gt_rewards_delta (its loss_func, per pair)."""
+    if loss_type == "rpo_sq":
+        return (z - g) ** 2
+    log_beta_c, log_beta_r = F.logsigmoid(z), F.logsigmoid(-z)
+    log_alpha_c, log_alpha_r = F.logsigmoid(g), F.logsigmoid(-g)
+    if loss_type == "rpo_bwd_kl":
+        return (torch.exp(log_alpha_c) * (log_alpha_c - log_beta_c)
+                + torch.exp(log_alpha_r) * (log_alpha_r - log_beta_r))
+    return (torch.exp(log_beta_c) * (log_beta_c - log_alpha_c)
+            + torch.exp(log_beta_r) * (log_beta_r - log_alpha_r))
+
+
+def alphapo_rewards(logps, shape: float):
+    """TRL's AlphaPO reward of average log-probs: (1 - p^(-alpha)) / alpha, p = exp(logps);
+    the log-probs themselves at alpha = 0."""
+    if shape == 0.0:
+        return logps
+    return (1.0 - torch.exp(logps).pow(-shape)) / shape
 
 
 def torch_reference(args: list, kwargs: dict) -> dict:
@@ -248,11 +293,18 @@ def torch_reference(args: list, kwargs: dict) -> dict:
                 tau=kwargs.get("discopop_tau", 0.05), gamma=kwargs.get("simpo_gamma", 0.5),
                 f_divergence_type=kwargs.get("f_divergence_type", "reverse_kl"),
                 alpha=kwargs.get("f_alpha_divergence_coef", 1.0),
-                lam=kwargs.get("dpop_lambda", 50.0), delta=kwargs.get("bco_delta", 0.0))
+                lam=kwargs.get("dpop_lambda", 50.0), delta=kwargs.get("bco_delta", 0.0),
+                shape=kwargs.get("alphapo_alpha", 0.0),
+                gt=None if kwargs.get("gt_reward_margins") is None
+                else kwargs.get("gt_reward_scale", 1.0) * tensor(kwargs["gt_reward_margins"]))
         return total if weights is None else weights * total
 
     losses = per_pair(pc, pr)
-    if any(_registry.LOSS_REGISTRY[name].normalized_rewards for name in types):
+    if "alphapo" in types:  # TRL: beta times the shaped reward
+        shape = kwargs.get("alphapo_alpha", 0.0)
+        chosen_rewards = beta * alphapo_rewards(pc / nc, shape)
+        rejected_rewards = beta * alphapo_rewards(pr / nr, shape)
+    elif any(_registry.LOSS_REGISTRY[name].normalized_rewards for name in types):
         chosen_rewards = beta * (pc / nc)  # simpo, orpo: beta times the average log-prob
         rejected_rewards = beta * (pr / nr)
     else:
@@ -390,8 +442,11 @@ def test_alpha_divergence_coef_one_is_reverse_kl():
     (["aot", "aot_unpaired", "sft"], [1.0, 0.5, 0.2], {"label_smoothing": 0.1}),
     (["orpo", "sft"], [1.0, 1.0], {"refs": False}),                        # TRL's ORPO loss
     (["dpop", "bco_pair"], [1.0, 0.5], {"dpop_lambda": 5.0, "bco_delta": 0.2}),
+    (["alphapo", "sft"], [1.0, 0.5], {"refs": False, "alphapo_alpha": 0.3}),
+    (["rpo_bwd_kl", "sigmoid", "sft"], [1.0, 0.5, 0.2], {"gt": True}),  # NeMo's RPO + SFT
+    (["rpo_sq", "rpo_fwd_kl"], [0.3, 1.0], {"gt": True, "gt_reward_scale": 2.0}),
 ], ids=["rpo", "rpo-eps", "mpo", "sft-aot", "ipo-norm-apo", "rpo-js", "aot-both-sft", "orpo",
-        "dpop-bco"])
+        "dpop-bco", "alphapo-sft", "nemo-rpo-sft", "rpo-sq-fwd"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_combinations_match_torch(types, loss_weights, extra, reduction):
     case = {"loss_type": types, "beta": 0.1, "lengths": True, "reduction": reduction, **extra}

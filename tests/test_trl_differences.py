@@ -121,6 +121,28 @@ def test_aot_losses_are_reported_per_pair():
     assert got.mean() == pytest.approx(trl_sorted.mean(), rel=1e-13)  # ... the mean does not
 
 
+def test_alphapo_reward_does_not_overflow():
+    """TRL's AlphaPO reward (1 - exp(a)**(-alpha)) / alpha: exp(-800) underflows to 0 and the
+    chosen reward becomes -inf (loss inf) although it is -expm1(80) / 0.1, finite. Here the
+    loss is that finite value; the shape belongs to "alphapo" only."""
+    alpha, beta, gamma = 0.1, 0.5, 0.5
+    with np.errstate(divide="ignore"):
+        trl_reward = (1.0 - np.float64(0.0) ** -alpha) / alpha  # exp(-800) == 0.0
+    assert trl_reward == -math.inf
+    chosen, rejected = -math.expm1(80.0) / alpha, -math.expm1(0.1) / alpha
+    u = beta * (chosen - rejected) - gamma
+    result = preference_loss(one(-800.0), one(-1.0), beta=beta, loss_type="alphapo",
+                             alphapo_alpha=alpha, chosen_lengths=one(1.0),
+                             rejected_lengths=one(1.0), compute_grad=True)
+    assert result.loss == pytest.approx(-logsig(u), rel=1e-14)
+    assert math.isfinite(result.loss) and math.isfinite(result.grad_chosen[0])
+    assert result.chosen_rewards[0] == pytest.approx(beta * chosen, rel=1e-14)
+    with pytest.raises(ValueError, match="alphapo_alpha is only used by"):
+        preference_loss(one(-8.0), one(-1.0), beta=beta, loss_type="simpo",
+                        alphapo_alpha=alpha, chosen_lengths=one(1.0),
+                        rejected_lengths=one(1.0))
+
+
 def test_wpo_weights_are_per_sequence():
     """sequence_logps returns one WPO weight per sequence; TRL 1.16's pair weight is
     clamp(exp(mean_c + mean_r), max=1), ours the clamped product of the two weights."""

@@ -44,6 +44,10 @@ def _terms():  # the general loop's per-term loops (one function serves float64 
     return _kinds().get("PAIR", 0) + _kinds().get("PAIR_NORM", 0) + _kinds().get("NORM", 0)
 
 
+def _gt_terms():  # its per-term loops of the types that read gt_reward_margins (rpo_*)
+    return _kinds().get("PAIR_GT", 0)
+
+
 # The loops that must vectorise: (header, a text on the line GCC reports them at, lines after
 # it, how many loops are reported there). The plain and length-normalised row loops of
 # chunk_body.h; the prepare (3 divergences x 2 types per variant pair), per-term and finish
@@ -56,6 +60,7 @@ LOOPS = [
     ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 0)", 0, lambda: 6),
     ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 1)", 0, lambda: 6),
     ("general_body.h", "#define DPO_EACH_X DPO_GEN_TERM_CASE", 1, _terms),
+    ("general_body.h", "#define DPO_EACH_X DPO_GEN_GT_TERM_CASE", 1, _gt_terms),
     ("general_body.h", "/* 3. finish */", 2, lambda: 2),
 ]
 

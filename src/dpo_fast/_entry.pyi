@@ -54,6 +54,9 @@ def preference_loss(
     out: Mapping[str, np.ndarray] | None = None,
     dpop_lambda: float = 50.0,
     bco_delta: float = 0.0,
+    alphapo_alpha: float = 0.0,
+    gt_reward_margins: Any = None,
+    gt_reward_scale: float = 1.0,
 ) -> PreferenceLossResult: ...
 def dpo_loss_arrays(
     chosen_policy: Any, rejected_policy: Any, chosen_ref: Any, rejected_ref: Any, beta: Any

@@ -410,7 +410,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                     check_finite: bool = True, n_threads: int | None = None,
                     out: Mapping[str, np.ndarray] | None = None,
                     dpop_lambda: float = _general.DPOP_LAMBDA_DEFAULT,
-                    bco_delta: float = 0.0) -> PreferenceLossResult:
+                    bco_delta: float = 0.0,
+                    alphapo_alpha: float = 0.0, gt_reward_margins: Any = None,
+                    gt_reward_scale: float = 1.0) -> PreferenceLossResult:
     """Pairwise preference loss (DPO and family) over arrays, in one fused compiled pass.
 
     With log-ratios ``c = chosen_logps - ref_chosen_logps`` and
@@ -438,20 +440,22 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         (sorted across the batch), ``"apo_zero"``, ``"apo_down"``, ``"discopop"``, ``"sft"``
         (the batch's negative log-likelihood per chosen token), ``"sigmoid_norm"``,
         ``"simpo"``, ``"dpop"`` (DPO-Positive), ``"orpo"`` (ORPO's odds-ratio term:
-        reference-free, both lengths, log-probs below 0). A list of distinct names combines them: each pair's loss is the
+        reference-free, both lengths, log-probs below 0), ``"alphapo"`` (AlphaPO: SimPO on
+        rewards shaped by ``alphapo_alpha``), ``"rpo_sq"``, ``"rpo_fwd_kl"``, ``"rpo_bwd_kl"``
+        (NeMo-Aligner's reward-aware losses, with ``gt_reward_margins``). A list of distinct names combines them: each pair's loss is the
         ``loss_weights``-weighted sum of the listed losses (TRL's MPO / RPO recipes, e.g.
         ``["sigmoid", "sft"]``).
     loss_weights : sequence of float, optional
         One finite weight per listed loss type; default all 1.
     label_smoothing : float, default 0.0
-        ``eps``: for ``"sigmoid"``, ``"robust"``, ``"aot"``, ``"aot_unpaired"`` and
-        ``"simpo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``: it must be set
+        ``eps``: for ``"sigmoid"``, ``"robust"``, ``"aot"``, ``"aot_unpaired"``,
+        ``"simpo"`` and ``"alphapo"`` in ``[0, 0.5)``; for ``"exo_pair"`` in ``(0, 1)``: it must be set
         (the EXO paper recommends 1e-3; 0 raises ValueError, as in TRL). In a list it
         applies to the types that use it; a non-zero value with no such type is refused.
     discopop_tau : float, default 0.05
         DiscoPOP's temperature (TRL's default); in [1e-300, 1e300].
     simpo_gamma : float, default 0.5
-        SimPO's target reward margin (TRL's ``CPOConfig`` default).
+        SimPO's target reward margin (TRL's ``CPOConfig`` default); also AlphaPO's.
     f_divergence_type : {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
         TRL's f-divergence: the log-ratios ``x`` become scores ``s(x)`` (``x``;
         ``-exp(-x)``; ``log(sigmoid(x))``; ``exp((alpha - 1) x) / (alpha - 1)``: TRL 1.16's
@@ -505,6 +509,31 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         the step's loss: ``m = beta * mean(concat(c, r))``, ``k += 1``, ``delta += (m -
         delta) / k`` (its ``RunningMoments``), then pass ``bco_delta=delta``. Another value
         with no ``"bco_pair"`` in ``loss_type`` is refused.
+    alphapo_alpha : float, default 0.0
+        AlphaPO's reward shape ``alpha`` (TRL's ``CPOConfig.alpha``; Gupta et al. 2025) for
+        ``"alphapo"``: 0, or of magnitude in ``[1e-300, 1e300]``. With the average log-probs
+        ``a = logps / lengths``, the rewards are ``r(a) = (1 - exp(-alpha * a)) / alpha``
+        (TRL's ``(1 - p**(-alpha)) / alpha`` with ``p = exp(a)``; ``r(a) = a`` at 0) and the
+        loss is SimPO's of ``u = beta * (r(a_c) - r(a_r)) - simpo_gamma``, so ``alpha = 0``
+        is ``"simpo"``. TRL's ``CPOConfig(loss_type="alphapo", alpha=x)`` (``"simpo"`` with
+        ``cpo_alpha=0``) is ``loss_type="alphapo", alphapo_alpha=x``. Where ``exp(-alpha *
+        a)`` overflows, the margin comes from logarithms: the loss is inf only where its true
+        value overflows double, and no finite input gives NaN. Another value with no
+        ``"alphapo"`` in ``loss_type`` is refused.
+    gt_reward_margins : array_like, shape (n,), optional
+        Each pair's ground-truth reward of the chosen response minus that of the rejected
+        one (finite; e.g. a reward model's scores): required by, and only by, NeMo-Aligner's
+        reward-aware losses (RPO, Nemotron-4 340B report). With ``z = beta * (c - r)`` (NeMo's
+        ``ref_policy_kl_penalty * rewards_delta``) and ``g = gt_reward_scale *
+        gt_reward_margins``: ``"rpo_sq"`` is ``(z - g)**2``; ``"rpo_bwd_kl"`` is the
+        Bernoulli KL ``KL(sigmoid(g) || sigmoid(z))`` = ``sigmoid(g) * (log(sigmoid(g)) -
+        log(sigmoid(z))) + sigmoid(-g) * (log(sigmoid(-g)) - log(sigmoid(-z)))``;
+        ``"rpo_fwd_kl"`` is ``KL(sigmoid(z) || sigmoid(g))``. Gradients are with respect to
+        the log-probs only (the margins are constants). NeMo's ``preference_average_log_probs``
+        corresponds to passing average log-probs.
+    gt_reward_scale : float, default 1.0
+        NeMo-Aligner's ``gt_reward_scale``, finite; ``gt_reward_scale * gt_reward_margins``
+        must be finite. Another value with no ``"rpo_*"`` type in ``loss_type`` is refused.
 
     Returns
     -------
@@ -515,7 +544,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     Notes
     -----
     Rewards are ``beta * c`` and ``beta * r`` for every loss type (``"simpo"``, ``"orpo"``:
-    ``beta * chosen_logps / chosen_lengths`` and the same for rejected), in the input order.
+    ``beta * chosen_logps / chosen_lengths`` and the same for rejected; ``"alphapo"``:
+    ``beta * r(a)``, TRL's), in the input order.
     ``"sft"`` and the sorted types couple the pairs of a batch, so ``dpo-fast score`` and
     ``dpo_fast.dask`` (which see data in pieces) refuse them.
 
@@ -539,7 +569,10 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     """
     cdef object result
     if (loss_weights is None and chosen_lengths is None and rejected_lengths is None
-            and weights is None):
+            and weights is None
+            and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
+            and gt_reward_margins is None
+            and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0):
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
@@ -555,7 +588,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         loss_weights=loss_weights, simpo_gamma=simpo_gamma,
         f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
         chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, weights=weights,
-        dpop_lambda=dpop_lambda, bco_delta=bco_delta)
+        dpop_lambda=dpop_lambda, bco_delta=bco_delta, alphapo_alpha=alphapo_alpha,
+        gt_reward_margins=gt_reward_margins, gt_reward_scale=gt_reward_scale)
     return _pack(loss, outputs, means)
 
 

@@ -298,6 +298,45 @@ def _type_parameter(value: Any, name: str, user: str, default: float, types: Seq
     return number
 
 
+def _gt_scale(value: Any, margins: Any, users: Sequence[str]) -> float:
+    """NeMo-Aligner's gt_reward_scale (finite), and the check that gt_reward_margins comes
+    exactly with the rpo_* types: required by them, refused (not ignored) without them."""
+    scale = _real(value, "gt_reward_scale")
+    if not math.isfinite(scale):
+        raise ValueError(f"gt_reward_scale must be finite, got {value!r}")
+    gt_types = sorted(name for name, entry in LOSS_REGISTRY.items() if entry.gt_rewards)
+    if not users:
+        if margins is not None:
+            raise ValueError(f"gt_reward_margins is only used by loss_type in {gt_types}")
+        if scale != 1.0:
+            raise ValueError(f"gt_reward_scale is only used by loss_type in {gt_types}; got "
+                             f"{value!r}")
+    elif margins is None:
+        raise ValueError(f"loss_type={users[0]!r} needs gt_reward_margins (each pair's "
+                         "ground-truth reward of the chosen minus that of the rejected)")
+    return scale
+
+
+def _gt_margins(value: Any, length: int, scale: float) -> np.ndarray:
+    """gt_reward_margins as a float64 array of ``length``: finite, and finite times
+    gt_reward_scale (the kernel takes g = scale * margin)."""
+    name = "gt_reward_margins"
+    array = _as_input_array(value, name)
+    if array.shape[0] != length:
+        raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
+                         f"{array.shape[0]}")
+    array = kernel_array(array, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.isfinite(array * scale)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        number = float(array[index])
+        rule = (f"{name} must be finite" if not math.isfinite(number) else
+                f"gt_reward_scale * {name} must be finite (scale {scale!r})")
+        raise ValueError(f"{name}[{index}] is {number!r}; {rule}")
+    return array
+
+
 def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
                 names: Sequence[str]) -> tuple[int, float]:
     """The kernel's divergence id and coefficient for TRL's f_divergence_type."""
@@ -458,7 +497,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         force_float64: bool = False, loss_weights: Any = None, simpo_gamma: Any = 0.5,
         f_divergence_type: Any = "reverse_kl", f_alpha_divergence_coef: Any = 1.0,
         chosen_lengths: Any = None, rejected_lengths: Any = None, weights: Any = None,
-        dpop_lambda: Any = DPOP_LAMBDA_DEFAULT, bco_delta: Any = 0.0
+        dpop_lambda: Any = DPOP_LAMBDA_DEFAULT, bco_delta: Any = 0.0,
+        alphapo_alpha: Any = 0.0, gt_reward_margins: Any = None, gt_reward_scale: Any = 1.0
         ) -> tuple[float | np.ndarray, dict[str, np.ndarray], list[float]]:
     """preference_loss, validated: ``(loss, outputs, means)``, with the output arrays by
     OUTPUT_NAMES key (the gradients only with compute_grad) and the means of the kernel's sums
@@ -476,6 +516,12 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     penalty = _type_parameter(dpop_lambda, "dpop_lambda", "dpop", DPOP_LAMBDA_DEFAULT, types,
                               minimum=0.0)
     delta = _type_parameter(bco_delta, "bco_delta", "bco_pair", 0.0, types)
+    shape = _type_parameter(alphapo_alpha, "alphapo_alpha", "alphapo", 0.0, types)
+    if shape != 0.0 and not 1e-300 <= abs(shape) <= 1e300:  # (log|alpha| must be finite)
+        raise ValueError(f"alphapo_alpha must be 0 or of magnitude in [1e-300, 1e300], got "
+                         f"{alphapo_alpha!r}")
+    gt_users = [name for name in types if LOSS_REGISTRY[name].gt_rewards]
+    gt_scale = _gt_scale(gt_reward_scale, gt_reward_margins, gt_users)
     divergence, divergence_coef = _divergence(f_divergence_type, f_alpha_divergence_coef, types)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
@@ -507,10 +553,11 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
                 for key, value in lengths.items()}
     pair_weights = None if weights is None else _per_pair(weights, "weights", length,
                                                           positive=False)
+    margins = None if not gt_users else _gt_margins(gt_reward_margins, length, gt_scale)
     wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
     # The caller's arrays (a converted copy cannot overlap anything the caller holds).
     # (The lengths and weights the caller passed must not be overwritten either.)
-    given = [value for value in (chosen_lengths, rejected_lengths, weights)
+    given = [value for value in (chosen_lengths, rejected_lengths, weights, gt_reward_margins)
              if isinstance(value, np.ndarray)]
     outputs, targets = _check_outputs(out, wanted, length, dtype, [*originals, *given])
     grad_divisor = float(length) if reduction == "mean" else 1.0
@@ -519,7 +566,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     sums = _run_kernel(arrays, dtype, per_pair, pair_weights, outputs, types, type_weights,
                        beta_value, smoothing, tau, gamma, divergence, divergence_coef,
                        reduction, grad_divisor, resolved_threads, threads,
-                       dpop_lambda=penalty, bco_delta=delta)
+                       dpop_lambda=penalty, bco_delta=delta, alphapo_alpha=shape,
+                       gt_reward_margins=margins, gt_reward_scale=gt_scale)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a false alarm from an overflowing sum of finite terms only costs the exact search.
     if want_finite and not math.isfinite(sum(sums)):
@@ -529,6 +577,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         sums, length, outputs, arrays, beta_value,
         (per_pair["chosen_lengths"], per_pair["rejected_lengths"])
         if _normalized_rewards(types) else None)
+    if shape != 0.0 and "alphapo" in types:
+        _alphapo_rewards(outputs, means, arrays, per_pair, beta_value, shape)
 
     if reduction == "mean":
         loss: float | np.ndarray = means[_SUM_LOSS]
@@ -537,6 +587,77 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     else:
         loss = outputs["losses"]
     return loss, outputs, means
+
+
+def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
+                     arrays: Sequence[np.ndarray | None],
+                     per_pair: Mapping[str, np.ndarray | None], beta: float,
+                     alpha: float) -> None:
+    """TRL's rewards of AlphaPO (CPOTrainer.cpo_loss with alpha != 0): ``beta * r(a)`` with
+    ``r(a) = -expm1(-alpha * a) / alpha`` of the average log-prob ``a = p / n``, in place of
+    the kernel's ``beta * a``; the reward means, margin and accuracy follow. (A NumPy pass
+    over the rows, in float64: the loss and its gradient are the kernel's.) A reward whose
+    true value overflows double is -inf (alpha > 0) or +inf (alpha < 0); a margin of two
+    such rewards is taken from logarithms, so it is NaN for no finite input."""
+    sign = -math.copysign(1.0, alpha)  # the sign of r(a) where it is large
+    log_scale = math.log(beta) - math.log(abs(alpha))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        averages = [np.asarray(arrays[side], np.float64) / per_pair[key]
+                    for side, key in ((0, "chosen_lengths"), (1, "rejected_lengths"))]
+        exponents = [-alpha * a for a in averages]
+        rewards = []
+        for b in exponents:
+            plain = beta * (-np.expm1(b) / alpha)
+            # |beta r| = exp(b + log(1 - e^{-b}) + log(beta / |alpha|)) for b > 0
+            logs = sign * np.exp(b + np.log(-np.expm1(-b)) + log_scale)
+            rewards.append(np.where((b > 0.0) & ((b > 700.0) | ~np.isfinite(plain)),
+                                    logs, plain))
+        chosen, rejected = rewards
+        margins = chosen - rejected
+        log_margins = np.log(np.abs(margins))
+        bad = ~np.isfinite(margins)
+        if bad.any():  # inf - inf: from logarithms, as the kernel's careful path
+            gap = -alpha * (averages[0] - averages[1])
+            top = np.maximum(exponents[0], exponents[1])
+            log_careful = top + np.log(-np.expm1(-np.abs(gap))) + log_scale
+            careful = np.where(gap == 0.0, 0.0, -np.sign(gap) * math.copysign(1.0, alpha)
+                               * np.exp(log_careful))
+            margins = np.where(bad, careful, margins)
+            log_margins = np.where(bad, log_careful, log_margins)
+        length = chosen.shape[0]
+        means[_SUM_CHOSEN] = float(np.sum(chosen / length))
+        means[_SUM_REJECTED] = float(np.sum(rejected / length))
+        margin_mean = float(np.sum(margins / length))
+        if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
+            margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
+        means[_SUM_MARGIN] = margin_mean
+        outputs["chosen_rewards"][...] = chosen  # (float32: beyond its range is inf)
+        outputs["rejected_rewards"][...] = rejected
+    means[_SUM_ACCURACY] = float(np.count_nonzero(chosen > rejected)) / length
+
+
+def _signed_log_mean(logs: np.ndarray, positive: np.ndarray, negative: np.ndarray,
+                     length: int) -> float:
+    """The mean of values given as log|v| and their signs: the positive and the negative
+    ones summed as log-sum-exps, then their difference over length (inf only where the mean
+    itself overflows)."""
+    def log_sum(selected: np.ndarray) -> float:
+        if not selected.any():
+            return -math.inf
+        part = logs[selected]
+        top = float(np.max(part))
+        return top + math.log(float(np.sum(np.exp(part - top)))) if math.isfinite(top) \
+            else top
+    up, down = log_sum(positive), log_sum(negative)
+    if up == down:
+        return 0.0
+    top, gap = max(up, down), abs(up - down)
+    log_value = top + math.log(-math.expm1(-gap)) - math.log(length)
+    try:
+        value = math.exp(log_value)
+    except OverflowError:
+        value = math.inf
+    return value if up > down else -value
 
 
 def _normalized_rewards(types: Sequence[str]) -> bool:
@@ -557,8 +678,9 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  type_weights: Sequence[float], beta: float, smoothing: float, tau: float,
                  gamma: float, divergence: int, divergence_coef: float, reduction: str,
                  grad_divisor: float, resolved_threads: int, threads: int | None, *,
-                 dpop_lambda: float = DPOP_LAMBDA_DEFAULT, bco_delta: float = 0.0
-                 ) -> tuple[float, ...]:
+                 dpop_lambda: float = DPOP_LAMBDA_DEFAULT, bco_delta: float = 0.0,
+                 alphapo_alpha: float = 0.0, gt_reward_margins: np.ndarray | None = None,
+                 gt_reward_scale: float = 1.0) -> tuple[float, ...]:
     """The kernel call for the validated arguments: one LossConfig (which picks the kernel
     loop) for every type but aot / aot_unpaired, whose sorted terms are added here. Returns
     the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
@@ -594,12 +716,14 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
     config = _pairwise.LossConfig(
         terms, beta=beta, label_smoothing=smoothing, discopop_tau=tau, simpo_gamma=gamma,
         sft_value=sft_value, dpop_lambda=dpop_lambda, bco_delta=bco_delta,
+        alphapo_alpha=alphapo_alpha, gt_reward_scale=gt_reward_scale,
         divergence=divergence, divergence_coef=divergence_coef,
         normalized_rewards=_normalized_rewards(types), grad_chosen_offset=sft_batch_offset,
         grad_chosen_pair_offset=sft_pair_offset, grad_divisor=grad_divisor,
         weighted=pair_weights is not None)
     sums = list(_pairwise.run(config, *kernel_arrays, chosen_lengths, rejected_lengths,
-                              pair_weights, kernel_outputs, resolved_threads))
+                              pair_weights, kernel_outputs, resolved_threads,
+                              gt_reward_margins=gt_reward_margins))
     if not sorted_types:
         return tuple(sums)
 

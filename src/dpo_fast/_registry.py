@@ -18,7 +18,7 @@ from dpo_fast._kernels import _pairwise
 __all__ = ["LossType", "LOSS_REGISTRY", "LOSS_TYPES", "KERNEL_IDS", "PLAIN_TYPES",
            "SORTED_TYPES", "BATCH_COUPLED_LOSS_TYPES", "LENGTH_LOSS_TYPES", "NEEDS_LENGTHS",
            "SMOOTHING_LIMITS", "F_DIVERGENCE_LOSS_TYPES", "REFERENCE_FREE_TYPES",
-           "PER_PAIR_TYPES"]
+           "PER_PAIR_TYPES", "GT_REWARD_LOSS_TYPES"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class LossType:
         label_smoothing's exclusive upper bound (lower bound 0); 0 when the type ignores it.
     smoothing_positive : bool
         label_smoothing must be > 0 (exo_pair takes its log; TRL 1.16 refuses 0 too).
+    gt_rewards : bool
+        Needs the pairs' ground-truth reward margins (NeMo-Aligner's rpo_* losses).
     """
 
     name: str
@@ -71,6 +73,7 @@ class LossType:
     normalized_rewards: bool
     smoothing_max: float
     smoothing_positive: bool
+    gt_rewards: bool = False
 
     @property
     def uses_lengths(self) -> bool:
@@ -96,7 +99,8 @@ def _record(name: str, kernel_id: int, flags: int, smoothing_max: float) -> Loss
         optional_lengths=has("lengths_optional"), divergence=has("divergence"),
         batch_coupled=has("batch_coupled"), batch_constant=has("batch_constant"),
         reference_free=has("reference_free"), normalized_rewards=has("normalized_rewards"),
-        smoothing_max=smoothing_max, smoothing_positive=has("smoothing_positive"))
+        smoothing_max=smoothing_max, smoothing_positive=has("smoothing_positive"),
+        gt_rewards=has("gt_rewards"))
 
 
 LOSS_REGISTRY: Mapping[str, LossType] = {
@@ -125,3 +129,5 @@ SMOOTHING_LIMITS: Mapping[str, float] = {
 F_DIVERGENCE_LOSS_TYPES = frozenset(name for name, t in LOSS_REGISTRY.items() if t.divergence)
 REFERENCE_FREE_TYPES = frozenset(
     name for name, t in LOSS_REGISTRY.items() if t.reference_free)
+# The types that read gt_reward_margins (and gt_reward_scale).
+GT_REWARD_LOSS_TYPES = frozenset(name for name, t in LOSS_REGISTRY.items() if t.gt_rewards)

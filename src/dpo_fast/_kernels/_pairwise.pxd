@@ -51,6 +51,7 @@ cdef extern from "pairwise.h" nogil:
         DPO_LT_SMOOTHING_POSITIVE
         DPO_LT_NORMALIZED
         DPO_LT_SORTED
+        DPO_LT_GT_REWARDS
         DPO_MAX_TERMS
         DPO_DIV_IDENTITY
         DPO_DIV_EXP
@@ -67,6 +68,10 @@ cdef extern from "pairwise.h" nogil:
         double sft_value
         double dpop_lambda
         double bco_delta
+        double alphapo_alpha
+        double alphapo_log_beta
+        double alphapo_log_scale
+        double gt_reward_scale
 
     ctypedef struct DpoChunkArgs:
         const void *chosen
@@ -89,6 +94,7 @@ cdef extern from "pairwise.h" nogil:
         const double *chosen_lengths
         const double *rejected_lengths
         const double *weights
+        const double *gt_reward_margins
         int divergence
         double divergence_coef
         int normalized_rewards

@@ -15,6 +15,7 @@ class LossConfig:
     loop: str
     needs_lengths: bool
     weighted: bool
+    needs_gt_rewards: bool
     def __init__(
         self,
         terms: tuple[tuple[int, int, float], ...],
@@ -26,6 +27,8 @@ class LossConfig:
         sft_value: float = 0.0,
         dpop_lambda: float = 0.0,
         bco_delta: float = 0.0,
+        alphapo_alpha: float = 0.0,
+        gt_reward_scale: float = 1.0,
         divergence: int = 0,
         divergence_coef: float = 0.0,
         normalized_rewards: bool = False,
@@ -46,6 +49,7 @@ def run(
     weights: npt.NDArray[np.float64] | None,
     outputs: dict[str, _Float],
     n_threads: int,
+    gt_reward_margins: npt.NDArray[np.float64] | None = None,
 ) -> tuple[float, ...]: ...
 
 def memory_traffic(

@@ -71,7 +71,7 @@ LOSS_FLAGS = {
     "lengths_optional": DPO_LT_LENGTHS_OPTIONAL, "batch_coupled": DPO_LT_BATCH_COUPLED,
     "reference_free": DPO_LT_REFERENCE_FREE, "normalized_rewards": DPO_LT_NORMALIZED_REWARDS,
     "batch_constant": DPO_LT_BATCH_CONSTANT, "smoothing_positive": DPO_LT_SMOOTHING_POSITIVE,
-    "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED,
+    "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED, "gt_rewards": DPO_LT_GT_REWARDS,
 }
 
 
@@ -177,12 +177,12 @@ cdef class LossConfig:
 
     cdef DpoChunkArgs args
     cdef readonly str loop
-    cdef readonly bint needs_lengths, weighted
+    cdef readonly bint needs_lengths, weighted, needs_gt_rewards
 
     def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
                  double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
-                 double dpop_lambda=0.0, double bco_delta=0.0,
-                 int divergence=DPO_DIV_IDENTITY, double divergence_coef=0.0,
+                 double dpop_lambda=0.0, double bco_delta=0.0, double alphapo_alpha=0.0,
+                 double gt_reward_scale=1.0, int divergence=DPO_DIV_IDENTITY, double divergence_coef=0.0,
                  bint normalized_rewards=False, double grad_chosen_offset=0.0,
                  double grad_chosen_pair_offset=0.0, double grad_divisor=1.0,
                  bint weighted=False):
@@ -199,9 +199,20 @@ cdef class LossConfig:
         args.params.sft_value = sft_value
         args.params.dpop_lambda = dpop_lambda
         args.params.bco_delta = bco_delta
+        # alphapo's shape and the logs of its careful path (pair_losses.h), with the
+        # kernels' own log: the same bits on every platform.
+        args.params.alphapo_alpha = alphapo_alpha
+        if beta > 0.0:
+            args.params.alphapo_log_beta = dpo_log_pos(beta)
+        if alphapo_alpha != 0.0 and beta > 0.0:
+            args.params.alphapo_log_scale = (args.params.alphapo_log_beta
+                                             - dpo_log_pos(-alphapo_alpha if alphapo_alpha < 0
+                                                           else alphapo_alpha))
+        args.params.gt_reward_scale = gt_reward_scale
         args.grad_divisor = grad_divisor
         args.n_terms = len(terms)
         self.needs_lengths = normalized_rewards
+        self.needs_gt_rewards = False
         for t in range(args.n_terms):
             term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
             if (not 0 <= term_type < DPO_N_LOSS_TYPES
@@ -212,6 +223,7 @@ cdef class LossConfig:
                 raise ValueError(f"loss type id {term_type} has no normalised kernel case")
             args.term_types[t] = term_type
             self.needs_lengths |= args.term_normalized[t]
+            self.needs_gt_rewards |= bool(dpo_loss_registry[term_type].flags & DPO_LT_GT_REWARDS)
         args.divergence = divergence
         args.divergence_coef = divergence_coef
         args.normalized_rewards = normalized_rewards
@@ -248,14 +260,14 @@ cdef inline void *_data(object array, Py_ssize_t n, int typenum, str name) excep
 
 
 def run(LossConfig config, chosen, rejected, ref_chosen, ref_rejected, chosen_lengths,
-        rejected_lengths, weights, dict outputs, int n_threads):
+        rejected_lengths, weights, dict outputs, int n_threads, gt_reward_margins=None):
     """Run ``config`` over the pairs: the one kernel entry of the Python layer.
 
     The inputs are 1-D float32 or float64 arrays (one dtype; the references may both be None),
     the lengths and weights float64 or None, ``outputs`` maps "losses", "chosen_rewards",
     "rejected_rewards" and optionally "grad_chosen", "grad_rejected" to writeable arrays of the
     inputs' dtype; none may overlap (the caller checks). Returns the DPO_NSUMS sums
-    (SUM_NAMES)."""
+    (SUM_NAMES). ``gt_reward_margins``: float64, for a configuration with a PAIR_GT term."""
     cdef DpoChunkArgs args = config.args
     cdef double totals[DPO_NSUMS]
     cdef Py_ssize_t n
@@ -286,6 +298,11 @@ def run(LossConfig config, chosen, rejected, ref_chosen, ref_rejected, chosen_le
         if weights is None:
             raise ValueError("this configuration needs the pair weights")
         args.weights = <const double *>_data(weights, n, cnp.NPY_DOUBLE, "weights")
+    if config.needs_gt_rewards:
+        if gt_reward_margins is None:
+            raise ValueError("this configuration needs the ground-truth reward margins")
+        args.gt_reward_margins = <const double *>_data(gt_reward_margins, n, cnp.NPY_DOUBLE,
+                                                       "gt_reward_margins")
     for key in ("losses", "chosen_rewards", "rejected_rewards"):
         if not cnp.PyArray_ISWRITEABLE(outputs[key]):
             raise ValueError(f"{key} must be writeable")

@@ -216,10 +216,11 @@ def float64_reference(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
 
 # beta 0.1 (simpo: beta 2.0, simpo_gamma 0.5, TRL's CPOTrainer defaults for SimPO);
 # label_smoothing 0 except robust (0.1: with 0 it is the sigmoid loss) and exo_pair (1e-3,
-# the EXO paper's; it must be set); discopop_tau 0.05; dpop_lambda 50 (the DPOP paper's).
+# the EXO paper's; it must be set); discopop_tau 0.05; dpop_lambda 50 (the DPOP paper's);
+# alphapo: simpo's beta and gamma, alphapo_alpha 0.25.
 LOSS_PARAMS = {"beta": 0.1, "simpo_beta": 2.0, "simpo_gamma": 0.5,
                "robust_label_smoothing": 0.1, "exo_epsilon": 1e-3, "discopop_tau": 0.05,
-               "dpop_lambda": 50.0}
+               "dpop_lambda": 50.0, "alphapo_alpha": 0.25}
 
 
 def softplus(x):
@@ -234,7 +235,7 @@ def sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))
 
 
-def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
+def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr, gt=None):
     """Per-pair losses and both rewards of one loss type, in the dtype of the inputs.
 
     Parameters
@@ -244,7 +245,9 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
     pc, pr, rc, rr : numpy.ndarray
         Policy and reference log-probs of the chosen and rejected responses.
     nc, nr : numpy.ndarray
-        Token counts (used by sft, sigmoid_norm, simpo and orpo).
+        Token counts (used by sft, sigmoid_norm, simpo, orpo and alphapo).
+    gt : numpy.ndarray, optional
+        Ground-truth reward margins (used by rpo_sq, rpo_fwd_kl, rpo_bwd_kl; scale 1).
 
     Returns
     -------
@@ -256,6 +259,12 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         chosen_avg, rejected_avg = pc / nc, pr / nr
         u = p["simpo_beta"] * (chosen_avg - rejected_avg) - p["simpo_gamma"]
         return softplus(-u), p["simpo_beta"] * chosen_avg, p["simpo_beta"] * rejected_avg
+    if loss_type == "alphapo":  # simpo of TRL's shaped rewards (1 - exp(a)^(-alpha)) / alpha
+        alpha = p["alphapo_alpha"]
+        chosen_r = -np.expm1(-alpha * (pc / nc)) / alpha
+        rejected_r = -np.expm1(-alpha * (pr / nr)) / alpha
+        u = p["simpo_beta"] * (chosen_r - rejected_r) - p["simpo_gamma"]
+        return softplus(-u), p["simpo_beta"] * chosen_r, p["simpo_beta"] * rejected_r
     beta = p["beta"]
     if loss_type == "orpo":  # reference-free, of the average log-probs a < 0
         chosen_avg, rejected_avg = pc / nc, pr / nr
@@ -316,6 +325,15 @@ def numpy_losses(loss_type: str, pc, pr, rc, rr, nc, nr):
         losses = softplus(-beta * (c / nc - r / nr))
     elif loss_type == "dpop":
         losses = softplus(-beta * (c - r - p["dpop_lambda"] * np.maximum(0.0, -c)))
+    elif loss_type == "rpo_sq":  # NeMo-Aligner's, gt_reward_scale 1
+        losses = np.square(z - gt)
+    elif loss_type in ("rpo_fwd_kl", "rpo_bwd_kl"):  # Bernoulli KLs of sigmoid(z), sigmoid(g)
+        log_z, log_not_z = -softplus(-z), -softplus(z)
+        log_g, log_not_g = -softplus(-gt), -softplus(gt)
+        if loss_type == "rpo_fwd_kl":
+            losses = np.exp(log_z) * (log_z - log_g) + np.exp(log_not_z) * (log_not_z - log_not_g)
+        else:
+            losses = np.exp(log_g) * (log_g - log_z) + np.exp(log_not_g) * (log_not_g - log_not_z)
     else:
         raise ValueError(loss_type)
     return losses, chosen_rewards, rejected_rewards
@@ -338,7 +356,7 @@ def numpy_loss_type_solution(loss_type: str, data: dict[str, np.ndarray]) -> dic
     """
     pc, pr = data["pc"], data["pr"]
     losses, chosen_rewards, rejected_rewards = numpy_losses(
-        loss_type, pc, pr, data["rc"], data["rr"], data["nc"], data["nr"])
+        loss_type, pc, pr, data["rc"], data["rr"], data["nc"], data["nr"], data.get("gt"))
     return {
         "loss": float(losses.mean()),
         "losses": losses,

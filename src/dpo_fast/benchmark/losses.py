@@ -17,7 +17,7 @@ What is compared, per loss type and dtype (float64, and float32 = the float64 da
 
 Parameters: :data:`.baselines.LOSS_PARAMS` (beta 0.1; simpo beta 2.0, simpo_gamma 0.5;
 label_smoothing 0 except robust 0.1 and exo_pair 1e-3 (the EXO paper's); discopop_tau 0.05;
-dpop_lambda 50; bco_delta 0).
+dpop_lambda 50; bco_delta 0; alphapo: simpo's beta and gamma, alphapo_alpha 0.25).
 
 Columns: median wall time of ``repeats`` calls of each (after one warm-up call; dpo_fast and
 NumPy alternate call by call, :func:`.harness.time_interleaved`); ``x NumPy`` = NumPy time /
@@ -124,7 +124,8 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to numpy.ndarray
-        ``pc``, ``pr``, ``rc``, ``rr`` (log-probs) and ``nc``, ``nr`` (token counts).
+        ``pc``, ``pr``, ``rc``, ``rr`` (log-probs), ``nc``, ``nr`` (token counts) and ``gt``
+        (ground-truth reward margins, for the rpo_* types).
     """
     rng = np.random.default_rng([seed, n])
     rc = rng.normal(-60.0, 8.0, n)
@@ -136,13 +137,16 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "rr": rr,
         "nc": rng.integers(8, 513, n).astype(np.float64),
         "nr": rng.integers(8, 513, n).astype(np.float64),
+        "gt": rng.normal(0.0, 2.0, n),
     }
 
 
 def _dpo_fast_kwargs(loss_type: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"loss_type": loss_type, "beta": LOSS_PARAMS["beta"]}
-    if loss_type == "simpo":
+    if loss_type in ("simpo", "alphapo"):
         kwargs.update(beta=LOSS_PARAMS["simpo_beta"], simpo_gamma=LOSS_PARAMS["simpo_gamma"])
+        if loss_type == "alphapo":
+            kwargs["alphapo_alpha"] = LOSS_PARAMS["alphapo_alpha"]
     elif loss_type == "robust":
         kwargs["label_smoothing"] = LOSS_PARAMS["robust_label_smoothing"]
     elif loss_type == "discopop":
@@ -176,6 +180,8 @@ def dpo_fast_call(loss_type: str, data: dict[str, np.ndarray], n_threads: int
     kwargs = _dpo_fast_kwargs(loss_type)
     for side in LENGTHS.get(loss_type, ()):
         kwargs[f"{side}_lengths"] = data["nc" if side == "chosen" else "nr"]
+    if loss_type in _registry.GT_REWARD_LOSS_TYPES:
+        kwargs["gt_reward_margins"] = data["gt"]
 
     def call():
         return dpo_fast.preference_loss(*args, compute_grad=False, n_threads=n_threads,

@@ -33,7 +33,8 @@ __all__ = ["LOSS_OPTIONS", "NOT_OPTIONS", "PER_PAIR_PARAMETERS", "SUMMARY_PARAME
 
 # Per-pair arrays: read from columns (see dpo_fast.score.columns), never options.
 PER_PAIR_PARAMETERS = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
-                       "ref_rejected_logps", "chosen_lengths", "rejected_lengths", "weights")
+                       "ref_rejected_logps", "chosen_lengths", "rejected_lengths", "weights",
+                       "gt_reward_margins")
 # Not options: the output buffers (the scorer writes its own), and the finiteness switch (the
 # scorer validates rows itself, see on_invalid).
 NOT_OPTIONS = frozenset({"out", "check_finite"})
@@ -124,6 +125,13 @@ LOSS_OPTIONS: tuple[LossOption, ...] = (
                "penalty weight of dpop (DPO-Positive); finite, >= 0"),
     LossOption("bco_delta", "--bco-delta", "float", 0.0,
                "reward shift of bco_pair (TRL BCO's running mean of the rewards); finite"),
+    LossOption("gt_reward_scale", "--gt-reward-scale", "float", 1.0,
+               "scale of the ground-truth reward margins of rpo_sq, rpo_fwd_kl and rpo_bwd_kl "
+               "(NeMo-Aligner's gt_reward_scale), whose column --columns "
+               "gt_reward_margin=COLUMN names; finite"),
+    LossOption("alphapo_alpha", "--alphapo-alpha", "float", 0.0,
+               "reward shape alpha of alphapo (AlphaPO; TRL CPOConfig's alpha): 0 (simpo) or "
+               "of magnitude in [1e-300, 1e300]"),
     LossOption("f_divergence_type", "--f-divergence-type", "str", "reverse_kl",
                "f-divergence that turns the log-ratios into scores (TRL's), for sigmoid, "
                "hinge, ipo, exo_pair, robust, discopop and sigmoid_norm",

@@ -84,7 +84,8 @@ static DpoScores dpo_scores_careful(int divergence, double coef, double c4, doub
     return out;
 }
 
-/* Any loss type by id, for the scalar redo of rare rows. */
+/* Any loss type by id, for the scalar redo of rare rows. (Not the PAIR_GT types: they refuse
+ * f-divergences, the only reason for this redo in the general loop, and have no fused case.) */
 static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, double beta,
                                     double inv_scale, double c, double r)
 {
@@ -105,7 +106,8 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
 
 /* Pass 2 for one term over a block: its weighted value and chain-ruled derivatives, added up.
  * Nothing here depends on the element type (the passes around it convert), so one function
- * of each SIMD level serves the float and the double loop. */
+ * of each SIMD level serves the float and the double loop. The PAIR_GT types also read the
+ * block's ground-truth reward margins gt (NULL when no term needs them), scaled here. */
 #define DPO_GEN_TERM_CASE(ID, PAIR_FN)                                                      \
     case ID:                                                                                \
         DPO_LOOP_HINT                                                                       \
@@ -116,23 +118,39 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
             acc_rejected[i] += term_weight * dpo_mul00(pl.d_rejected, k_r[i]);              \
         }                                                                                   \
         break;
+#define DPO_GEN_GT_TERM_CASE(ID, PAIR_FN)                                                   \
+    case ID:                                                                                \
+        DPO_LOOP_HINT                                                                       \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            DpoPairLoss pl = PAIR_FN(&params, row_beta[i], row_inv_scale[i], a_c[i], a_r[i], \
+                                     params.gt_reward_scale * gt[i]);                       \
+            acc_value[i] += term_weight * pl.value;                                         \
+            acc_chosen[i] += term_weight * dpo_mul00(pl.d_chosen, k_c[i]);                  \
+            acc_rejected[i] += term_weight * dpo_mul00(pl.d_rejected, k_r[i]);              \
+        }                                                                                   \
+        break;
 DPO_TARGET DPO_NOINLINE static void dpo_general_term(
     int type, const DpoLossParams *params_in, double term_weight, ptrdiff_t m,
     const double *DPO_RESTRICT a_c, const double *DPO_RESTRICT a_r,
     const double *DPO_RESTRICT k_c, const double *DPO_RESTRICT k_r,
     const double *DPO_RESTRICT row_beta, const double *DPO_RESTRICT row_inv_scale,
-    double *DPO_RESTRICT acc_value, double *DPO_RESTRICT acc_chosen,
-    double *DPO_RESTRICT acc_rejected)
+    const double *DPO_RESTRICT gt, double *DPO_RESTRICT acc_value,
+    double *DPO_RESTRICT acc_chosen, double *DPO_RESTRICT acc_rejected)
 {
     const DpoLossParams params = *params_in; /* a local copy: no alias with the outputs */
     switch (type) {
 #define DPO_EACH_X DPO_GEN_TERM_CASE
         DPO_FOR_EACH_TERM_LOSS
 #undef DPO_EACH_X
+#define DPO_EACH_X DPO_GEN_GT_TERM_CASE
+        DPO_FOR_EACH_GT_TERM_LOSS
+#undef DPO_EACH_X
     default:
         break;
     }
+    (void)gt;
 }
+#undef DPO_GEN_GT_TERM_CASE
 #undef DPO_GEN_TERM_CASE
 #endif /* DPO_GENERAL_HELPERS_H */
 
@@ -254,6 +272,8 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
 {
     DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT weights = args->weights ? args->weights + start : NULL;
+    const double *DPO_RESTRICT gt =
+        args->gt_reward_margins ? args->gt_reward_margins + start : NULL;
     const double grad_offset = args->grad_chosen_offset;
     const double grad_pair_offset = args->grad_chosen_pair_offset;
     const int divergence = args->divergence;
@@ -388,7 +408,8 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
             }
             dpo_general_term(args->term_types[t], &params, term_weight, m, arg_c[variant],
                              arg_r[variant], chain_c[variant], chain_r[variant], row_beta,
-                             row_inv_scale, acc_value, acc_chosen, acc_rejected);
+                             row_inv_scale, gt ? gt + block : NULL, acc_value, acc_chosen,
+                             acc_rejected);
         }
 
         if (any_h_overflow) {

@@ -43,6 +43,9 @@
  *                       Python layer): no case; the general loop adds the constant
  *            SORTED     sorted across the batch by the Python layer, then PAIR_FN on the
  *                       sorted differences (no kernel case of its own)
+ *            PAIR_GT    a per-pair function of the raw log-ratios and the pair's
+ *                       ground-truth reward margin g (NeMo-Aligner's reward-aware losses):
+ *                       a term of the general loop only, PAIR_FN taking g as well
  *   ID       the kernel identifier (the enum below is generated from these rows)
  *   NAME     TRL's name of the type
  *   FLAGS    DPO_LT_* below, except those KIND gives (marked "from KIND")
@@ -60,7 +63,8 @@ enum {
     DPO_LT_BATCH_CONSTANT = 1 << 8, /* the same value for every pair (sft): set by the caller */
     DPO_LT_SMOOTHING_POSITIVE = 1 << 9, /* label_smoothing must be > 0 (EXO takes log eps) */
     DPO_LT_NORMALIZED = 1 << 10,    /* (from KIND) PAIR_NORM, NORM */
-    DPO_LT_SORTED = 1 << 11         /* (from KIND) SORTED */
+    DPO_LT_SORTED = 1 << 11,        /* (from KIND) SORTED */
+    DPO_LT_GT_REWARDS = 1 << 12     /* (from KIND) PAIR_GT: needs gt_reward_margins */
 };
 
 #define DPO_LOSS_REGISTRY(X)                                                                   \
@@ -88,33 +92,49 @@ enum {
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)             \
     X(PAIR, DPO_LOSS_DPOP, dpo_pair_dpop, "dpop", 0, 0.0)                                      \
     X(NORM, DPO_LOSS_ORPO, dpo_pair_orpo, "orpo",                                              \
-      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.0)            \
+    X(NORM, DPO_LOSS_ALPHAPO, dpo_pair_alphapo, "alphapo",                                     \
+      DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)            \
+    X(PAIR_GT, DPO_LOSS_RPO_SQ, dpo_pair_rpo_sq, "rpo_sq", 0, 0.0)                             \
+    X(PAIR_GT, DPO_LOSS_RPO_FWD_KL, dpo_pair_rpo_fwd_kl, "rpo_fwd_kl", 0, 0.0)                 \
+    X(PAIR_GT, DPO_LOSS_RPO_BWD_KL, dpo_pair_rpo_bwd_kl, "rpo_bwd_kl", 0, 0.0)
 
 /* Row filters for the loops' switch cases: DPO_IF_PLAIN_##KIND(...) keeps its argument for the
  * loss types with a case in the fused loop over raw log-ratios, DPO_IF_NORMALIZED_##KIND(...)
  * for those with one over normalised log-ratios, DPO_IF_TERM_##KIND(...) for those with a
- * per-pair term in the general loop; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
+ * per-pair term in the general loop, DPO_IF_GT_TERM_##KIND(...) for those whose term also
+ * takes the ground-truth reward margin; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
  * layer. */
 #define DPO_IF_PLAIN_PAIR(...) __VA_ARGS__
 #define DPO_IF_PLAIN_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_PLAIN_NORM(...)
 #define DPO_IF_PLAIN_CONST(...)
 #define DPO_IF_PLAIN_SORTED(...)
+#define DPO_IF_PLAIN_PAIR_GT(...)
 #define DPO_IF_NORMALIZED_PAIR(...)
 #define DPO_IF_NORMALIZED_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_CONST(...)
 #define DPO_IF_NORMALIZED_SORTED(...)
+#define DPO_IF_NORMALIZED_PAIR_GT(...)
 #define DPO_IF_TERM_PAIR(...) __VA_ARGS__
 #define DPO_IF_TERM_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_CONST(...)
 #define DPO_IF_TERM_SORTED(...)
+#define DPO_IF_TERM_PAIR_GT(...)
+#define DPO_IF_GT_TERM_PAIR(...)
+#define DPO_IF_GT_TERM_PAIR_NORM(...)
+#define DPO_IF_GT_TERM_NORM(...)
+#define DPO_IF_GT_TERM_CONST(...)
+#define DPO_IF_GT_TERM_SORTED(...)
+#define DPO_IF_GT_TERM_PAIR_GT(...) __VA_ARGS__
 #define DPO_KIND_FLAGS_PAIR DPO_LT_PLAIN
 #define DPO_KIND_FLAGS_PAIR_NORM (DPO_LT_PLAIN | DPO_LT_NORMALIZED)
 #define DPO_KIND_FLAGS_NORM DPO_LT_NORMALIZED
 #define DPO_KIND_FLAGS_CONST 0
 #define DPO_KIND_FLAGS_SORTED DPO_LT_SORTED
+#define DPO_KIND_FLAGS_PAIR_GT DPO_LT_GT_REWARDS
 
 /* Loss identifiers: the registry's rows in order. */
 #define DPO_LOSS_ENUM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) ID,
@@ -132,6 +152,10 @@ typedef struct {
     double sft_value;       /* sft's batch constant -(sum pc)/(sum nc), from the Python layer */
     double dpop_lambda;     /* DPO-Positive's penalty weight */
     double bco_delta;       /* BCO's reward shift (TRL's running mean of the rewards) */
+    double alphapo_alpha;   /* AlphaPO's reward shape alpha (0: SimPO) */
+    double alphapo_log_beta;      /* log(beta), log(beta) - log|alpha|: alphapo's careful */
+    double alphapo_log_scale;     /* path (set with alphapo_alpha; 0 when alpha is 0) */
+    double gt_reward_scale; /* NeMo-Aligner's gt_reward_scale: g = scale * gt margin */
 } DpoLossParams;
 
 typedef struct {
@@ -477,6 +501,164 @@ DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
     return out;
 }
 
+/* e^p - e^q with no inf - inf: sign * e^{max(p, q)} (1 - e^{-|p - q|}); 0 where p == q
+ * (both -inf included). */
+DPO_INLINE double dpo_exp_difference(double p, double q)
+{
+    double top = (p > q) ? p : q;
+    double gap = (p > q) ? p - q : q - p;
+    double one_minus;
+    double log_share = dpo_log1mexp((p == q) ? -1.0 : -gap, &one_minus);
+    double magnitude = dpo_exp(top + log_share);
+    return (p == q) ? 0.0 : ((p > q) ? magnitude : -magnitude);
+}
+
+/* alphapo (AlphaPO, Gupta et al. 2025, arXiv 2501.03884; TRL's CPOTrainer.cpo_loss with
+ * CPOConfig(loss_type="alphapo", alpha=alpha), which is "simpo" with cpo_alpha = 0): SimPO on
+ * shaped rewards. Of the average log-probs a = p/n (the chunk loop passes them), TRL's
+ *   r(a) = (1 - p^(-alpha)) / alpha,  p = exp(a),  i.e.  r(a) = -expm1(-alpha a) / alpha,
+ *   u = beta (r(a_c) - r(a_r)) - gamma,  loss = -(1-eps) logsigmoid(u) - eps logsigmoid(-u),
+ * with dr/da = exp(-alpha a). r is formed as a * expm1(b)/b with b = -alpha a (1 at b = 0), so
+ * alpha = 0 (and a subnormal alpha a) is exactly SimPO's u = beta (a_c - a_r) - gamma.
+ * Where exp(b) is beyond e^700, or beta r(a_c) - beta r(a_r) overflowed (inf or inf - inf),
+ * the margin is taken from logarithms instead:
+ *   beta (r_c - r_r) = -sign(b_c - b_r) sign(alpha) exp(max(b) + log(1 - e^{-|b_c - b_r|})
+ *                                                   + log beta - log|alpha|),
+ * which is +-inf only where the true margin overflows double; the derivatives there (and
+ * where |u| > 700, where sigmoid(-u) would underflow) are
+ *   d/da_c = beta e^{b_c} (eps sigmoid(u) - (1-eps) sigmoid(-u)), each product as
+ *   exp(b_c - softplus(-+u) + log beta), so no inf * 0. beta and a come unscaled
+ * (params->beta, c * inv_scale), as in orpo: the loss is not linear in a. */
+#define DPO_ALPHAPO_EXP_MAX 1.0e6 /* |b| clamp: exp of more is 0 or inf whatever is added */
+DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta,
+                                        double inv_scale, double c, double r)
+{
+    DpoPairLoss out;
+    (void)beta;
+    const double alpha = params->alphapo_alpha, b = params->beta;
+    const double eps = params->label_smoothing;
+    double a_c = c * inv_scale, a_r = r * inv_scale;
+    double b_c = -alpha * a_c, b_r = -alpha * a_r; /* +-inf where alpha a overflows */
+    double x_c = (b_c > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_c;
+    x_c = (x_c < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_c;
+    double x_r = (b_r > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_r;
+    x_r = (x_r < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_r;
+    double e_c, e_r;
+    double m_c = dpo_expm1_exp(x_c, &e_c), m_r = dpo_expm1_exp(x_r, &e_r);
+    /* r = a expm1(b)/b for |b| <= 1 (1 at b = 0: alpha = 0, or alpha a subnormal), else
+     * -expm1(b)/alpha (no cancellation there; right for a clamped b as well) */
+    int small_c = (b_c <= 1.0) & (b_c >= -1.0), small_r = (b_r <= 1.0) & (b_r >= -1.0);
+    double div_c = (b_c == 0.0) ? 1.0 : b_c, div_r = (b_r == 0.0) ? 1.0 : b_r;
+    double alpha_div = (alpha == 0.0) ? 1.0 : alpha;
+    double rw_c = small_c ? ((b_c == 0.0) ? a_c : a_c * (m_c / div_c)) : -m_c / alpha_div;
+    double rw_r = small_r ? ((b_r == 0.0) ? a_r : a_r * (m_r / div_r)) : -m_r / alpha_div;
+    double u_plain = (b * rw_c - b * rw_r) - params->simpo_gamma;
+
+    /* the margin from logarithms */
+    double top = (x_c > x_r) ? x_c : x_r;
+    double gap = -alpha * (a_c - a_r); /* b_c - b_r before the clamp; +-inf if it overflows */
+    double abs_gap = (gap < 0.0) ? -gap : gap;
+    double one_minus;
+    double log_share = dpo_log1mexp((gap == 0.0) ? -1.0 : -abs_gap, &one_minus);
+    double alpha_sign = (alpha > 0.0) ? 1.0 : -1.0;
+    double sign = (gap > 0.0) ? -alpha_sign : alpha_sign; /* (a compare of two compares
+                                                            * would not vectorise) */
+    double margin_log = dpo_exp(top + log_share + params->alphapo_log_scale);
+    double u_log = ((gap == 0.0) ? 0.0 : sign * margin_log) - params->simpo_gamma;
+    int plain_bad = !(u_plain - u_plain == 0.0); /* inf, or NaN from inf - inf */
+    int careful = (alpha != 0.0) & ((top > 700.0) | plain_bad);
+    double u = careful ? u_log : u_plain;
+
+    DpoLogistic lg = dpo_logistic(u);
+    double softplus_neg = dpo_relu(-u) + lg.log1p_e; /* -logsigmoid(u) */
+    double softplus_pos = dpo_relu(u) + lg.log1p_e;  /* -logsigmoid(-u) */
+    out.value = (1.0 - eps) * softplus_neg + dpo_mul0(eps, softplus_pos);
+    double d_u = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
+    double g_c = (d_u * e_c) * b, g_r = -(d_u * e_r) * b;
+    int abs_u_big = (u > 700.0) | (u < -700.0);
+    /* e^{L_pos} - e^{L_neg}: eps sigmoid(u) = exp(-softplus(-u) + log eps), (1-eps)
+     * sigmoid(-u) = exp(-softplus(u) + log(1-eps)), times beta e^{b} */
+    double lb = params->alphapo_log_beta;
+    double log_eps = (eps > 0.0) ? params->exo_log_eps : -INFINITY;
+    double log_keep = (eps > 0.0) ? params->exo_log1m_eps : 0.0;
+    double g_c_log = dpo_exp_difference(x_c - softplus_neg + lb + log_eps,
+                                        x_c - softplus_pos + lb + log_keep);
+    double g_r_log = dpo_exp_difference(x_r - softplus_pos + lb + log_keep,
+                                        x_r - softplus_neg + lb + log_eps);
+    int log_grad = careful | ((alpha != 0.0) & abs_u_big);
+    out.d_chosen = (log_grad ? g_c_log : g_c) * inv_scale;
+    out.d_rejected = (log_grad ? g_r_log : g_r) * inv_scale;
+    return out;
+}
+
+/* NeMo-Aligner's reward-aware preference losses (RPO; Nemotron-4 340B technical report,
+ * NVIDIA 2024; NeMo-Aligner's MegatronGPT DPO model, nemo_aligner/models/nlp/gpt/
+ * megatron_gpt_dpo_model.py, loss_func, whose SPIN model has the same code): with z = beta (c - r) (beta: NeMo's ref_policy_kl_penalty; c - r its
+ * rewards_delta) and g = gt_reward_scale (gt_chosen - gt_rejected) (gt_rewards_delta, the
+ * loop passes it), each a function of z and g, derivatives d/dc = beta d/dz, d/dr = -d/dc.
+ * The Python layer keeps g finite. The two KLs are differences of terms near log 2 in size,
+ * as NeMo writes them: near their zero (z = g) the value has an absolute error of a few
+ * 1e-16, not a relative one; the derivatives have no such cancellation. */
+
+/* rpo_sq: (z - g)^2. */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_sq(const DpoLossParams *params, double beta,
+                                       double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double gap = beta * (c - r) - g;
+    out.value = gap * gap;
+    out.d_chosen = beta * (2.0 * gap);
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* rpo_fwd_kl: KL(Bernoulli(sigmoid(z)) || Bernoulli(sigmoid(g))), NeMo's
+ *   exp(logsig(z)) (logsig(z) - logsig(g)) + exp(logsig(-z)) (logsig(-z) - logsig(-g)),
+ * as sigmoid(z) (softplus(-g) - softplus(-z)) + sigmoid(-z) (softplus(g) - softplus(z)), each
+ * weight 0 dropping its term (z = +-inf); d/dz = sigmoid(z) sigmoid(-z) (z - g). */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_fwd_kl(const DpoLossParams *params, double beta,
+                                           double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double z = beta * (c - r);
+    DpoLogistic lz = dpo_logistic(z);
+    DpoLogistic lg = dpo_logistic(g);
+    double sp_neg_z = dpo_relu(-z) + lz.log1p_e, sp_z = dpo_relu(z) + lz.log1p_e;
+    double sp_neg_g = dpo_relu(-g) + lg.log1p_e, sp_g = dpo_relu(g) + lg.log1p_e;
+    out.value = dpo_mul0(lz.sig_pos, sp_neg_g - sp_neg_z) + dpo_mul0(lz.sig_neg, sp_g - sp_z);
+    double d_z = dpo_mul0(lz.sig_pos * lz.sig_neg, z - g);
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
+/* rpo_bwd_kl: KL(Bernoulli(sigmoid(g)) || Bernoulli(sigmoid(z))), NeMo's
+ *   exp(logsig(g)) (logsig(g) - logsig(z)) + exp(logsig(-g)) (logsig(-g) - logsig(-z)),
+ * as sigmoid(g) (softplus(-z) - softplus(-g)) + sigmoid(-g) (softplus(z) - softplus(g));
+ * d/dz = sigmoid(z) - sigmoid(g), taken as sigmoid(-g) - sigmoid(-z) where z, g < 0 (no
+ * cancellation of two numbers near 1). */
+DPO_INLINE DpoPairLoss dpo_pair_rpo_bwd_kl(const DpoLossParams *params, double beta,
+                                           double inv_scale, double c, double r, double g)
+{
+    DpoPairLoss out;
+    (void)params;
+    (void)inv_scale;
+    double z = beta * (c - r);
+    DpoLogistic lz = dpo_logistic(z);
+    DpoLogistic lg = dpo_logistic(g);
+    double sp_neg_z = dpo_relu(-z) + lz.log1p_e, sp_z = dpo_relu(z) + lz.log1p_e;
+    double sp_neg_g = dpo_relu(-g) + lg.log1p_e, sp_g = dpo_relu(g) + lg.log1p_e;
+    out.value = dpo_mul0(lg.sig_pos, sp_neg_z - sp_neg_g) + dpo_mul0(lg.sig_neg, sp_z - sp_g);
+    double d_z = (z + g > 0.0) ? lg.sig_neg - lz.sig_neg : lz.sig_pos - lg.sig_pos;
+    out.d_chosen = beta * d_z;
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
 /* The loss types with a case in a loop, as X(ID, PAIR_FN), one list per kind of case (the
  * filters above): the fused loop's raw and normalised cases, the general loop's terms. The
  * rows' X is named by the caller: define DPO_EACH_X(ID, PAIR_FN), expand, undefine. */
@@ -489,5 +671,8 @@ DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
 #define DPO_FOR_EACH_PLAIN_LOSS DPO_LOSS_REGISTRY(DPO_PLAIN_ROW)
 #define DPO_FOR_EACH_NORMALIZED_LOSS DPO_LOSS_REGISTRY(DPO_NORMALIZED_ROW)
 #define DPO_FOR_EACH_TERM_LOSS DPO_LOSS_REGISTRY(DPO_TERM_ROW)
+#define DPO_GT_TERM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_GT_TERM_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_GT_TERM_LOSS DPO_LOSS_REGISTRY(DPO_GT_TERM_ROW)
 
 #endif /* DPO_PAIR_LOSSES_H */

@@ -59,6 +59,7 @@ typedef struct {
     const double *chosen_lengths;       /* nc, nr; NULL unless some term is normalised */
     const double *rejected_lengths;
     const double *weights;              /* per-pair multipliers, or NULL */
+    const double *gt_reward_margins;    /* per-pair gt margins (PAIR_GT terms), or NULL */
     int divergence;                     /* DPO_DIV_* */
     double divergence_coef;             /* a of DPO_DIV_EXP */
     int normalized_rewards;             /* simpo: rewards beta*pc/nc, beta*pr/nr */
