@@ -309,7 +309,13 @@ static void pair_case(const char *name, const DpoChunkArgs *config, ptrdiff_t n,
     void *loss = xmalloc(n * sz), *cr = xmalloc(n * sz), *rj = xmalloc(n * sz),
          *gc = xmalloc(n * sz), *gr = xmalloc(n * sz);
     pair_inputs(pc, pr, rc, rr, nc, nr, w, n, f32);
+    /* Ground-truth reward margins for the PAIR_GT types (rpo_*; the others never read them):
+     * moderate values of both signs, a few zeros. */
+    double *gt = xmalloc(n * sizeof(double));
+    for (ptrdiff_t i = 0; i < n; i++)
+        gt[i] = rng_int(10) ? (rng_unit() - 0.5) * 12.0 : 0.0;
     DpoChunkArgs args = *config;
+    args.gt_reward_margins = gt;
     args.chosen = pc;
     args.rejected = pr;
     args.ref_chosen = (inputs & IN_REF) ? rc : NULL;
@@ -333,7 +339,7 @@ static void pair_case(const char *name, const DpoChunkArgs *config, ptrdiff_t n,
     }
     out_f64("sums", totals, DPO_NSUMS);
     end_case(name);
-    free(pc), free(pr), free(rc), free(rr), free(nc), free(nr), free(w);
+    free(pc), free(pr), free(rc), free(rr), free(nc), free(nr), free(w), free(gt);
     free(loss), free(cr), free(rj), free(gc), free(gr);
 }
 
@@ -351,6 +357,16 @@ static void type_args(DpoChunkArgs *args, const DpoLossInfo *info, int smoothing
     args->params.sft_value = 1.2345678901234567;
     args->params.dpop_lambda = smoothing_variant ? 5.0 : 50.0;
     args->params.bco_delta = smoothing_variant ? -0.75 : 0.3;
+    args->params.gt_reward_scale = smoothing_variant ? 0.5 : 1.0;
+    /* AlphaPO's shape where the type has it (0 would be SimPO), with the constants
+     * _pairwise.pyx's LossConfig derives from it. */
+    if (info->id == DPO_LOSS_ALPHAPO) {
+        double alpha = smoothing_variant ? -0.5 : 0.25;
+        args->params.alphapo_alpha = alpha;
+        args->params.alphapo_log_beta = dpo_log_pos(beta);
+        args->params.alphapo_log_scale = args->params.alphapo_log_beta
+                                         - dpo_log_pos(alpha < 0.0 ? -alpha : alpha);
+    }
 }
 
 static const ptrdiff_t SIZES_FULL[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63,
@@ -458,7 +474,8 @@ static void pairwise_grid(void)
         const DpoLossInfo *info = &dpo_loss_registry[t];
         if (info->flags & (DPO_LT_SORTED | DPO_LT_BATCH_CONSTANT))
             continue;
-        int has_raw = (info->flags & DPO_LT_PLAIN) != 0;
+        /* (PAIR_GT types run only here, over the raw log-ratios.) */
+        int has_raw = (info->flags & (DPO_LT_PLAIN | DPO_LT_GT_REWARDS)) != 0;
         int has_norm = (info->flags & DPO_LT_NORMALIZED) != 0;
         for (int norm = 0; norm < 2; norm++) {
             if ((norm && !has_norm) || (!norm && !has_raw))
