@@ -42,8 +42,9 @@ from dpo_fast.logps import (
 __all__ = ["TILE_BYTES", "VOCAB_TILE", "linear_sequence_logps", "linear_sequence_logps_grad"]
 
 # Vocabulary columns per tile. The boundaries (0, VOCAB_TILE, 2 * VOCAB_TILE, ...) are fixed, and
-# each row's statistics are merged tile by tile in that order, so the results do not depend on
-# how many rows a tile holds (TILE_BYTES), nor on the thread count.
+# each row's statistics are merged tile by tile in that order, so the fold does not depend on
+# how many rows a tile holds (TILE_BYTES), nor on the thread count (only the BLAS product may
+# round differently for another matrix shape).
 VOCAB_TILE = 4096
 # Bytes of one tile of logits (in the computing dtype): 1024 rows x 4096 float32 logits.
 TILE_BYTES = 16 << 20
@@ -167,16 +168,13 @@ def _prepare(hidden: Any, weight: Any, labels: Any, bias: Any, mask: Any, ignore
 def _raise_non_finite(prep: _Prepared, flat: int) -> None:
     """ValueError for the counted position ``flat`` whose projected logits are not finite."""
     where = format_position(prep.token_shape, flat)
-    h = prep.gather(np.array([flat]))[0].astype(np.float64)
+    h = prep.gather(np.array([flat]))[0]
     with np.errstate(all="ignore"):
-        logits = prep.weight.astype(np.float64) @ h
-        if prep.bias is not None:
-            logits = logits + prep.bias
-        row = (prep.weight @ prep.gather(np.array([flat]))[0]).astype(prep.compute)
+        row = prep.weight_tile(0, prep.vocab) @ h
         if prep.bias is not None:
             row = row + prep.bias
     bad = np.flatnonzero(~np.isfinite(row))
-    v = int(bad[0]) if bad.size else int(np.argmax(np.abs(logits)))
+    v = int(bad[0]) if bad.size else int(np.argmax(np.abs(row)))
     if not np.isfinite(h).all():
         j = int(np.flatnonzero(~np.isfinite(h))[0])
         cause = f"hidden[{where}, {j}] is {float(h[j])!r}"
@@ -277,8 +275,9 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     Notes
     -----
     Determinism: each row's tiles are folded in vocabulary order over fixed boundaries
-    (multiples of ``VOCAB_TILE``), so the result does not depend on ``n_threads`` or on the
-    number of rows per tile; it is as deterministic as the BLAS product itself. Accuracy:
+    (multiples of ``VOCAB_TILE``), so the results are the same bits for every ``n_threads``.
+    The number of rows per tile (``TILE_BYTES``) changes only the shape of the BLAS call,
+    which the BLAS may round differently (OpenBLAS, float32: ~1e-9 relative). Accuracy:
     everything after the product is double precision; float64 matches a plain float64
     reference to ~1e-15 relative, float32 to the product's own rounding (~1e-7 per logit).
 
@@ -366,9 +365,10 @@ def _row_weights(prep: _Prepared, grad_logps: Any, grad_token_logps: Any, averag
         scaled = weight * prep.inv_temperature
     if not np.isfinite(scaled).all():
         flat = int(rows[np.argmax(~np.isfinite(scaled))])
-        raise ValueError(f"the upstream gradient at position [{format_position(prep.token_shape, flat)}] "
-                         "(grad_logps plus grad_token_logps, divided by the temperature) is not "
-                         "finite: the upstream gradient must be finite")
+        where = format_position(prep.token_shape, flat)
+        raise ValueError(f"the upstream gradient at position [{where}] (grad_logps plus "
+                         "grad_token_logps, divided by the temperature) is not finite: the "
+                         "upstream gradient must be finite")
     return scaled
 
 
