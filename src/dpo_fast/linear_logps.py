@@ -464,15 +464,18 @@ def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: n
     buffer = np.empty(per_tile * columns, dtype=prep.compute)
     itemsize = prep.compute.itemsize
     chunk = max(1, min(columns, WEIGHT_CHUNK_BYTES // max(1, n_h * itemsize)))
-    partial_w = np.empty((chunk, n_h), dtype=prep.compute) if d_weight is not None else None
-    partial_h = np.empty((per_tile, n_h), dtype=prep.compute) if d_hidden is not None else None
+    several = rows.size > per_tile
+    partial_w = (np.empty((chunk, n_h), dtype=prep.compute)
+                 if d_weight is not None and several else None)
+    partial_h = (np.empty((per_tile, n_h), dtype=prep.compute)
+                 if d_hidden is not None and vocab > VOCAB_TILE else None)
     for r0 in range(0, rows.size, per_tile):
         r1 = min(r0 + per_tile, rows.size)
         k = r1 - r0
         block = rows[r0:r1]
         hidden = prep.gather(block)
         labels = prep.labels[block]
-        d_block = np.zeros((k, n_h), dtype=prep.compute) if d_hidden is not None else None
+        d_block = np.empty((k, n_h), dtype=prep.compute) if d_hidden is not None else None
         for v0 in range(0, vocab, VOCAB_TILE):
             v1 = min(v0 + VOCAB_TILE, vocab)
             w_tile = prep.weight_tile(v0, v1)
@@ -481,14 +484,22 @@ def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: n
             _logps.linear_tile_grad(tile, None if prep.bias is None else prep.bias[v0:v1], v0,
                                     labels, prep.inv_temperature, scale[r0:r1], lse[r0:r1],
                                     n_threads=threads)
+            # The first product of a block / of a weight slice is written in place; later
+            # ones go through a bounded buffer and are added (NumPy has no GEMM with beta=1).
             if d_block is not None:
-                np.matmul(tile, w_tile, out=partial_h[:k])
-                d_block += partial_h[:k]
+                if v0 == 0:
+                    np.matmul(tile, w_tile, out=d_block)
+                else:
+                    np.matmul(tile, w_tile, out=partial_h[:k])
+                    d_block += partial_h[:k]
             if d_weight is not None:
                 for c0 in range(0, v1 - v0, chunk):
                     c1 = min(c0 + chunk, v1 - v0)
-                    np.matmul(tile[:, c0:c1].T, hidden, out=partial_w[:c1 - c0])
-                    d_weight[v0 + c0:v0 + c1] += partial_w[:c1 - c0]
+                    if r0 == 0:
+                        np.matmul(tile[:, c0:c1].T, hidden, out=d_weight[v0 + c0:v0 + c1])
+                    else:
+                        np.matmul(tile[:, c0:c1].T, hidden, out=partial_w[:c1 - c0])
+                        d_weight[v0 + c0:v0 + c1] += partial_w[:c1 - c0]
             if d_bias is not None:
                 d_bias[v0:v1] += tile.sum(axis=0)
         if d_hidden is not None:

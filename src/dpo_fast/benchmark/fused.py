@@ -100,17 +100,20 @@ def _torch_unfused(torch: Any, hidden, weight, labels):
     return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def _row(rows, label, pass_, name, fn, repeats, grad_bytes=0, sums=None, ref=None,
-         traced=False):
-    harness.progress(f"fused {label} {pass_} {name}")
-    samples = harness.time_interleaved({"fn": fn}, repeats)["fn"]
-    rss, tr = measure_memory(fn, traced)
-    err = None if sums is None else float(np.abs(np.asarray(sums, np.float64) - ref).max())
-    rows.append({"shape": label, "pass_": pass_, "name": name,
-                 "median_ms": statistics.median(samples), "samples_ms": samples,
-                 "peak_rss_mb": rss, "traced_mb": tr,
-                 "beyond_grads_mb": None if rss is None or not grad_bytes
-                 else rss - grad_bytes / 2**20, "seq_err": err})
+def _measure(rows, label, pass_, impls, repeats, ref, grad_bytes=0):
+    """Time ``impls`` ({name: (fn, sums or None, traced)}) interleaved call by call (a busy
+    machine slows them alike), then one memory call each."""
+    harness.progress(f"fused {label} {pass_}: {', '.join(impls)}")
+    samples = harness.time_interleaved({name: fn for name, (fn, _, _) in impls.items()},
+                                       repeats)
+    for name, (fn, sums, traced) in impls.items():
+        rss, tr = measure_memory(fn, traced)
+        err = None if sums is None else float(np.abs(np.asarray(sums, np.float64) - ref).max())
+        rows.append({"shape": label, "pass_": pass_, "name": name,
+                     "median_ms": statistics.median(samples[name]),
+                     "samples_ms": samples[name], "peak_rss_mb": rss, "traced_mb": tr,
+                     "beyond_grads_mb": None if rss is None or not grad_bytes
+                     else rss - grad_bytes / 2**20, "seq_err": err})
 
 
 def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
@@ -124,35 +127,37 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
     def fused():
         return linear_logps.linear_sequence_logps(hidden, weight, labels)
 
-    _row(rows, label, "forward", "dpo_fast fused", fused, repeats, sums=fused().logps, ref=ref,
-         traced=True)
+    forward = {"dpo_fast fused": (fused, fused().logps, True)}
     if torch is None:
+        _measure(rows, label, "forward", forward, repeats, ref)
         return rows
     import dpo_fast.torch as dft
 
     t_hidden, t_weight = torch.from_numpy(hidden), torch.from_numpy(weight)
     t_labels = torch.from_numpy(labels)
     flat_hidden = t_hidden.reshape(-1, h)
-    with torch.no_grad():
-        _row(rows, label, "forward", "GEMM alone", lambda: torch.mm(flat_hidden, t_weight.T),
-             repeats)
 
-        def unfused():
+    def gemm():
+        with torch.no_grad():
+            return torch.mm(flat_hidden, t_weight.T)
+
+    def unfused():
+        with torch.no_grad():
             return _torch_unfused(torch, t_hidden, t_weight, t_labels)
 
-        _row(rows, label, "forward", "torch unfused", unfused, repeats,
-             sums=unfused().numpy(), ref=ref)
-
-        def gemm_then_fold():
+    def gemm_then_fold():
+        with torch.no_grad():
             logits = torch.mm(flat_hidden, t_weight.T).reshape(b, t, v)
-            return dpo_fast.sequence_logps(logits.numpy(), labels).logps
+        return dpo_fast.sequence_logps(logits.numpy(), labels).logps
 
-        _row(rows, label, "forward", "GEMM + sequence_logps", gemm_then_fold, repeats,
-             sums=gemm_then_fold(), ref=ref)
+    forward = {"GEMM alone": (gemm, None, False),
+               "torch unfused": (unfused, unfused().numpy(), False),
+               "GEMM + sequence_logps": (gemm_then_fold, gemm_then_fold(), False),
+               **forward}
+    _measure(rows, label, "forward", forward, repeats, ref)
 
     leaf_h = t_hidden.clone().requires_grad_(True)
     leaf_w = t_weight.clone().requires_grad_(True)
-    grad_bytes = (leaf_h.numel() + leaf_w.numel()) * 4
 
     def train_unfused():
         _torch_unfused(torch, leaf_h, leaf_w, t_labels).sum().backward()
@@ -170,8 +175,10 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
     theirs, ours = train_unfused(), train_fused()
     diffs = [float((a - c).abs().max() / c.abs().max()) for a, c in zip(ours, theirs)]
     del theirs, ours
-    for name, fn in (("torch unfused", train_unfused), ("dpo_fast.torch fused", train_fused)):
-        _row(rows, label, "forward+backward", name, fn, repeats, grad_bytes=grad_bytes)
+    _measure(rows, label, "forward+backward", {
+        "torch unfused": (train_unfused, None, False),
+        "dpo_fast.torch fused": (train_fused, None, False)}, repeats, ref,
+        grad_bytes=(leaf_h.numel() + leaf_w.numel()) * 4)
     rows[-1]["grad_rel_diff"] = {"hidden": diffs[0], "weight": diffs[1]}
     return rows
 
