@@ -437,8 +437,8 @@ def test_section_fused_quick(tmp_path):
     """, tmp_path)
     section = json.loads(path.read_text())["fused"]
     names = [(row["pass_"], row["name"]) for row in section["rows"]]
-    assert names[0] == ("forward", "dpo_fast fused")
-    assert section["rows"][0]["seq_err"] < 1e-3
+    assert ("forward", "dpo_fast fused") in names
+    assert next(r for r in section["rows"] if r["name"] == "dpo_fast fused")["seq_err"] < 1e-3
     if json.loads(path.read_text())["machine"]["torch"] is not None:
         assert ("forward", "GEMM alone") in names
         train = section["rows"][-1]
