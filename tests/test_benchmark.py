@@ -446,6 +446,18 @@ def test_section_fused_quick(tmp_path):
         assert max(train["grad_rel_diff"].values()) < 1e-5
         assert "targets: forward" in report
     assert "shape tiny" in report and "Fused linear + log-softmax" in report
+    assert section["failures"] == [] and "memory check: every fused row" in report
+
+
+def test_fused_memory_check_names_the_row():
+    from dpo_fast.benchmark import fused
+
+    rows = [{"shape": "big", "pass_": "forward+backward", "name": "dpo_fast.torch fused",
+             "peak_rss_mb": 300.0, "beyond_grads_mb": 80.0},
+            {"shape": "big", "pass_": "forward", "name": "torch unfused",
+             "peak_rss_mb": 999.0, "beyond_grads_mb": None}]
+    assert fused.memory_failures(rows) == [
+        "fused big forward+backward: 80 MB extra memory > 64 MB"]
 
 
 def test_section_score_quick(tmp_path):

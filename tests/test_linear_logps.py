@@ -416,3 +416,30 @@ def test_torch_dpo_step_from_hidden_states(small_tiles, loss_type):
     torch.testing.assert_close(loss, plain, rtol=1e-12, atol=0)
     for a, b in zip(got, [hidden.grad, head.weight.grad, head.bias.grad]):
         _close(a.numpy(), b.numpy(), 1e-12, "gradient")
+
+
+def test_memory_stays_within_the_tile_budget():
+    """The NumPy allocations of a call (tracemalloc: every NumPy buffer) stay within one
+    logits tile plus small buffers, while the logits would take 156 MiB. Not timed."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    b, t, h, v = 2, 512, 32, 40000
+    hidden = rng.standard_normal((b, t, h), dtype=np.float32)
+    weight = rng.standard_normal((v, h), dtype=np.float32)
+    labels = rng.integers(0, v, size=(b, t))
+    budget = linear.TILE_BYTES + (4 << 20)
+    tracemalloc.start()
+    try:
+        out = linear_sequence_logps(hidden, weight, labels, return_entropy=True)
+        forward_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        grads = linear_sequence_logps_grad(hidden, weight, labels, 1.0,
+                                           logsumexp=out.logsumexp)
+        outputs = sum(g.nbytes for g in grads if g is not None)
+        backward_peak = tracemalloc.get_traced_memory()[1] - outputs
+    finally:
+        tracemalloc.stop()
+    assert b * t * v * 4 > 4 * budget
+    assert forward_peak <= budget, forward_peak
+    assert backward_peak <= budget + linear.WEIGHT_CHUNK_BYTES, backward_peak

@@ -46,7 +46,8 @@ from .targets import (
 )
 
 __all__ = ["QUICK_SHAPES", "SHAPES", "FusedConfig", "add_arguments", "bench_shape",
-           "format_fused", "format_table", "main", "make_data", "run_fused", "run_from_args"]
+           "format_fused", "format_table", "main", "make_data", "memory_failures", "run_fused",
+           "run_from_args"]
 
 # (B, T, H, V): the issue's two shapes (N = B*T tokens).
 SHAPES = {"issue": (2, 512, 512, 32000), "big": (8, 512, 1024, 32000)}
@@ -192,7 +193,22 @@ def run_fused(config: FusedConfig, torch: Any) -> dict[str, Any]:
         rows += bench_shape(name, shape, config.repeats, torch)
     return {"config": asdict(config), "glibc_malloc_thresholds_set": fixed,
             "tile_bytes": linear_logps.TILE_BYTES, "vocab_tile": linear_logps.VOCAB_TILE,
-            "rows": rows}
+            "rows": rows, "failures": memory_failures(rows)}
+
+
+def memory_failures(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The fused rows whose extra memory (forward: peak RSS; forward + backward: beyond the
+    gradients) exceeds FUSED_TARGET_MEMORY_MB: the bound holds whatever the shape, so a
+    failure fails the run (``dpo-fast bench`` exits 1)."""
+    failures = []
+    for r in rows:
+        if r["name"] not in ("dpo_fast fused", "dpo_fast.torch fused"):
+            continue
+        extra = r["peak_rss_mb"] if r["pass_"] == "forward" else r["beyond_grads_mb"]
+        if extra is not None and extra > FUSED_TARGET_MEMORY_MB:
+            failures.append(f"fused {r['shape']} {r['pass_']}: {extra:.0f} MB extra memory "
+                            f"> {FUSED_TARGET_MEMORY_MB:g} MB")
+    return failures
 
 
 def _fmt(value, spec):
@@ -253,10 +269,14 @@ def format_table(rows: Sequence[dict[str, Any]], shapes: dict[str, Sequence[int]
 def format_fused(section: dict[str, Any]) -> list[str]:
     """The report lines of the section in ``dpo-fast bench``."""
     c = section["config"]
+    failures = section.get("failures", [])
     return (["", f"Fused linear + log-softmax: linear_sequence_logps vs the GEMM and torch, "
              f"median of {c['repeats']} calls per row (tiles of {section['tile_bytes'] >> 20} "
              f"MiB, {section['vocab_tile']} vocabulary columns)"]
-            + format_table(section["rows"], c["shapes"]).splitlines())
+            + format_table(section["rows"], c["shapes"]).splitlines()
+            + [f"memory check FAILED: {f}" for f in failures]
+            + ([] if failures else [f"memory check: every fused row within "
+                                    f"{FUSED_TARGET_MEMORY_MB:g} MB extra"]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,7 +303,7 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print("\n".join(format_fused(section)))
     if args.json:
         harness.write_json({"machine": info, **section}, args.json)
-    return 0
+    return 1 if section["failures"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

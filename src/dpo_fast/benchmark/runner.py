@@ -120,5 +120,6 @@ def _run_sections(config: core.BenchConfig, torch: Any, torch_reason: str | None
     results["targets"] = measured_targets(results)
     results["checks_passed"] = bool(
         core.core_checks_passed(results)
-        and not results.get("losses", {}).get("failures"))
+        and not results.get("losses", {}).get("failures")
+        and not results.get("fused", {}).get("failures"))
     return results
