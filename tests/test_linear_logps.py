@@ -224,6 +224,26 @@ def test_float16_is_computed_in_float32(small_tiles):
     assert all(g.dtype == np.float32 for g in grads)
 
 
+def test_bfloat16_bits_are_upcast_per_tile(small_tiles):
+    hidden, weight, bias, labels, mask = _data(np.float32)
+    # Round to bfloat16 (truncate the low 16 bits): those values exactly, in float32.
+    h_bits = (hidden.view(np.uint32) >> 16).astype(np.uint16)
+    w_bits = (weight.view(np.uint32) >> 16).astype(np.uint16)
+    h32 = (h_bits.astype(np.uint32) << 16).view(np.float32)
+    w32 = (w_bits.astype(np.uint32) << 16).view(np.float32)
+    out = linear_sequence_logps(linear.BFloat16Array(h_bits[:, ::2]),
+                                linear.BFloat16Array(w_bits), labels[:, ::2], mask=mask[:, ::2])
+    ref = linear_sequence_logps(h32[:, ::2], w32, labels[:, ::2], mask=mask[:, ::2])
+    np.testing.assert_array_equal(out.logps, ref.logps)
+    grads = linear_sequence_logps_grad(linear.BFloat16Array(h_bits), linear.BFloat16Array(w_bits),
+                                       labels, 1.0)
+    ref_grads = linear_sequence_logps_grad(h32, w32, labels, 1.0)
+    for got, want in zip(grads[:2], ref_grads[:2]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="uint16 bit patterns"):
+        linear.BFloat16Array(hidden)
+
+
 def test_wrt_skips_gradients_and_nothing_counted_gives_zeros(small_tiles):
     hidden, weight, bias, labels, mask = _data(np.float64)
     d_hidden, d_weight, d_bias = linear_sequence_logps_grad(hidden, weight, labels, 1.0,

@@ -39,7 +39,8 @@ from dpo_fast.logps import (
     format_position,
 )
 
-__all__ = ["TILE_BYTES", "VOCAB_TILE", "linear_sequence_logps", "linear_sequence_logps_grad"]
+__all__ = ["TILE_BYTES", "VOCAB_TILE", "BFloat16Array", "linear_sequence_logps",
+           "linear_sequence_logps_grad"]
 
 # Vocabulary columns per tile. The boundaries (0, VOCAB_TILE, 2 * VOCAB_TILE, ...) are fixed, and
 # each row's statistics are merged tile by tile in that order, so the fold does not depend on
@@ -93,9 +94,52 @@ class _Prepared:
         return max(1, TILE_BYTES // (columns * self.compute.itemsize))
 
 
+class BFloat16Array:
+    """bfloat16 numbers held as their uint16 bit patterns (NumPy has no bfloat16), for
+    :func:`linear_sequence_logps` and its gradient: what ``dpo_fast.torch`` passes for
+    bfloat16 tensors (no copy). Indexing gives another BFloat16Array; ``astype`` converts
+    (exactly: every bfloat16 is a float32), so each tile is upcast only when it is used.
+
+    Parameters
+    ----------
+    bits : numpy.ndarray of uint16
+        The bit patterns, any shape and strides.
+    """
+
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: np.ndarray) -> None:
+        if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
+            raise TypeError("BFloat16Array holds a numpy.ndarray of uint16 bit patterns")
+        self.bits = bits
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.bits.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32, the dtype it computes in (and that its values convert to exactly)."""
+        return np.dtype(np.float32)
+
+    def __getitem__(self, index: Any) -> BFloat16Array:
+        return BFloat16Array(self.bits[index])
+
+    def astype(self, dtype: Any, copy: bool = True) -> np.ndarray:
+        widened = self.bits.astype(np.uint32) << np.uint32(16)
+        return widened.view(np.float32).astype(dtype, copy=False)
+
+
 def _float_input(value: Any, name: str, ndims: tuple[int, ...]) -> np.ndarray:
-    array = tensor_as_array(value, name, _ADAPTER)
-    array = np.asarray(value) if array is None else array
+    if isinstance(value, BFloat16Array):
+        array = value
+    else:
+        array = tensor_as_array(value, name, _ADAPTER)
+        array = np.asarray(value) if array is None else array
     if array.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float16, float32 or float64, got dtype {array.dtype}")
     if array.ndim not in ndims:
@@ -131,7 +175,7 @@ def _prepare(hidden: Any, weight: Any, labels: Any, bias: Any, mask: Any, ignore
                              f"have shape ({vocab},)")
     compute = np.dtype(np.float64 if h.dtype == np.float64 else np.float32)
     if b is not None:
-        b = np.ascontiguousarray(b, dtype=compute)
+        b = np.ascontiguousarray(b.astype(compute, copy=False))
     token_shape = h.shape[:-1]
     label_array = tensor_as_array(labels, "labels", _ADAPTER)
     label_array = np.asarray(labels) if label_array is None else label_array
@@ -178,9 +222,10 @@ def _raise_non_finite(prep: _Prepared, flat: int) -> None:
     if not np.isfinite(h).all():
         j = int(np.flatnonzero(~np.isfinite(h))[0])
         cause = f"hidden[{where}, {j}] is {float(h[j])!r}"
-    elif not np.isfinite(prep.weight[v]).all():
-        j = int(np.flatnonzero(~np.isfinite(prep.weight[v]))[0])
-        cause = f"weight[{v}, {j}] is {float(prep.weight[v, j])!r}"
+    elif not np.isfinite(prep.weight_tile(v, v + 1)[0]).all():
+        weight_row = prep.weight_tile(v, v + 1)[0]
+        j = int(np.flatnonzero(~np.isfinite(weight_row))[0])
+        cause = f"weight[{v}, {j}] is {float(weight_row[j])!r}"
     elif prep.bias is not None and not np.isfinite(prep.bias[v]):
         cause = f"bias[{v}] is {float(prep.bias[v])!r}"
     elif bad.size:
@@ -254,7 +299,8 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     hidden : array_like, float16, float32 or float64, shape (B, T, H) or (N, H)
         The final hidden states (the input of the ``lm_head``), **already aligned with the
         labels** (for a causal LM, ``hidden[:, :-1]`` with ``input_ids[:, 1:]``). Any strides;
-        float16 is computed in float32, tile by tile.
+        float16 (and bfloat16 as a :class:`BFloat16Array`) is computed in float32, tile by
+        tile.
     weight : array_like, shape (V, H), hidden's dtype
         The ``lm_head`` weight (``torch.nn.Linear(H, V).weight``).
     labels : array_like of int, shape (B, T) or (N,)

@@ -385,16 +385,16 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
 # ------------------------------------------------------------------ linear_sequence_logps
 
 
-def _linear_array(tensor: Any, name: str) -> np.ndarray:
-    """A NumPy view of a CPU float16/float32/float64 tensor (the NumPy layer computes float16
-    in float32 tile by tile); bfloat16, which NumPy lacks, as a float32 copy."""
+def _linear_array(tensor: Any, name: str) -> Any:
+    """A NumPy view of a CPU float16/float32/float64 tensor, or of a bfloat16 one's bits as
+    a BFloat16Array (no copy: the NumPy layer upcasts half precision tile by tile)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     _check_cpu(tensor, name)
     data = tensor.detach() if tensor.requires_grad else tensor
     if data.dtype == torch.bfloat16:
-        data = data.to(torch.float32)
-    elif data.dtype not in (torch.float16, *_NATIVE):
+        return _np_linear.BFloat16Array(data.view(torch.int16).numpy().view(np.uint16))
+    if data.dtype not in (torch.float16, *_NATIVE):
         raise TypeError(f"{name} must be a floating-point tensor (float32, float64, float16 or "
                         f"bfloat16), got {data.dtype}")
     return data.resolve_neg().numpy()
@@ -456,8 +456,8 @@ def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: An
     :data:`dpo_fast.linear_logps.TILE_BYTES` at a time). Parameters are those of
     :func:`dpo_fast.linear_sequence_logps`; ``hidden`` ``(B, T, H)`` / ``(N, H)``, ``weight``
     ``(V, H)`` (``lm_head.weight``) and ``bias`` ``(V,)`` (``lm_head.bias``) are CPU tensors:
-    float32/float64 used in place, float16 upcast to float32 per tile, bfloat16 (which NumPy
-    lacks) copied to float32 once per pass. ``labels`` must already be aligned with
+    float32/float64 used in place, float16 and bfloat16 read in place and upcast to float32
+    tile by tile (gradients cast back to the input's dtype). ``labels`` must already be aligned with
     ``hidden``: ``linear_sequence_logps(hidden[:, :-1], lm_head.weight, input_ids[:, 1:])``.
 
     The backward recomputes each tile of logits, turns it in place into
