@@ -12,9 +12,14 @@ step composed with dpo_fast.torch.preference_loss. No timings.
 
 from __future__ import annotations
 
+import platform
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
-from helpers import NEEDS_TORCH
+from helpers import CSRC, NEEDS_TORCH, setup_constant
 
 import dpo_fast.linear_logps as linear
 from dpo_fast import (
@@ -311,6 +316,36 @@ def test_non_finite_logits_name_the_position_and_the_cause(small_tiles):
         linear_sequence_logps((hidden * 1e3).astype(np.float32), huge, labels)
     with pytest.raises(ValueError, match=r"upstream gradient at position \[0, 0\]"):
         linear_sequence_logps_grad(hidden, weight, labels, [np.inf, 1.0, 1.0])
+
+
+@pytest.mark.skipif(not (CSRC / "logps_linear.h").exists(), reason="needs the source tree")
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones only")
+def test_tile_loops_vectorised_in_every_clone(tmp_path):
+    """The linear head's own loops (bias add, tile gradient) are vectorised at every level,
+    float32 and float64 (the fold's statistics are logps_row.h's loops, checked in
+    tests/test_sequence_logps.py)."""
+    lines = (CSRC / "logps_linear.h").read_text().splitlines()
+    wanted = {}
+    for name, marker in {"bias add": "x[j] = x[j] + bias[j];",
+                         "gradient": "x[j] = (LOGPS_T)(-(c * LOGPS_EXP("}.items():
+        for index, line in enumerate(lines):
+            if marker in line:
+                while not lines[index].lstrip().startswith("for ("):
+                    index -= 1
+                wanted.setdefault(name, []).append(index + 1)
+    level_flags = setup_constant("SIMD_LEVEL_FLAGS")
+    for level, width in (("baseline", "16"), ("avx2", "32"), ("avx512", "64")):
+        report = subprocess.run(
+            ["gcc", *setup_constant("GCC_FLAGS"), f"-DDPO_ISA={level}",
+             *level_flags[level]["unix"], "-fopt-info-vec-optimized", "-I", str(CSRC), "-c",
+             str(CSRC / "logps_simd.c"), "-o", str(tmp_path / "out.o")],
+            capture_output=True, text=True, check=True).stderr
+        for name, numbers in wanted.items():
+            for line in numbers:
+                widths = re.findall(rf"logps_linear\.h:{line}:\d+: optimized: loop "
+                                    r"vectorized using (\d+) byte", report)
+                assert widths.count(width) >= 2, f"{name} (line {line}) at {level}: {widths}"
 
 
 # ------------------------------------------------------------------------------ torch
