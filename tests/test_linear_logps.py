@@ -498,3 +498,16 @@ def test_memory_stays_within_the_tile_budget():
     assert b * t * v * 4 > 4 * budget
     assert forward_peak <= budget, forward_peak
     assert backward_peak <= budget + linear.WEIGHT_CHUNK_BYTES, backward_peak
+
+
+def test_empty_shapes():
+    labels = np.zeros((1, 3), dtype=np.int64)
+    out = linear_sequence_logps(np.ones((1, 3, 0)), np.ones((5, 0)), labels)  # H = 0
+    assert out.logps[0] == pytest.approx(3 * np.log(1 / 5), rel=1e-15)
+    d_hidden, d_weight, _ = linear_sequence_logps_grad(np.ones((1, 3, 0)), np.ones((5, 0)),
+                                                       labels, 1.0)
+    assert d_hidden.shape == (1, 3, 0) and d_weight.shape == (5, 0)
+    assert linear_sequence_logps(np.ones((2, 0, 2)), np.ones((3, 2)),
+                                 np.zeros((2, 0), dtype=np.int64)).logps.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="weight has an empty vocabulary axis"):
+        linear_sequence_logps(np.ones((2, 3, 2)), np.ones((0, 2)), np.zeros((2, 3), int))

@@ -561,4 +561,4 @@ def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: n
             if d_bias is not None:
                 d_bias[v0:v1] += tile.sum(axis=0)
         if d_hidden is not None:
-            d_hidden.reshape(-1, n_t, n_h)[block // n_t, block % n_t] = d_block
+            d_hidden[block // n_t, block % n_t] = d_block
