@@ -111,6 +111,8 @@ class _Prepared:
 
 
 def check_temperature(temperature: Any) -> float:
+    """The user's temperature as a float: finite, > 0, 1 / temperature finite (shared with
+    dpo_fast.linear_logps)."""
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}")
     try:
@@ -126,6 +128,7 @@ def check_temperature(temperature: Any) -> float:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
+    """The user's ignore_index as an int that fits int64 (shared with dpo_fast.linear_logps)."""
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index,
                                                                    numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
@@ -165,6 +168,7 @@ def _as_logits(logits: Any) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 def format_position(shape: tuple[int, ...], flat: int) -> str:
+    """The flat index ``flat`` of ``shape`` as ``"i, j"`` for an error message."""
     return ", ".join(str(i) for i in np.unravel_index(flat, shape))
 
 
@@ -451,6 +455,8 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
 
 
 def as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """An upstream gradient as float64, broadcast to ``shape`` (TypeError / ValueError
+    naming ``name``)."""
     array = _as_array(value, name)
     if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
