@@ -10,10 +10,13 @@ sum of exp, the label's logit, and what the optional outputs need). The backward
 each tile and turns it in place into ``upstream * (onehot - softmax) / temperature`` before two
 more products accumulate the gradients of ``hidden``, ``weight`` and ``bias``.
 
-Memory: beyond the inputs, the outputs and ``O(B*T)`` per-position numbers, one logits tile of
-at most ``TILE_BYTES`` (16 MiB) and a few ``rows x H`` / ``chunk x H`` buffers bounded the
-same way: about 20 MiB forward and 40 MiB backward for ``H = 1024``, whatever ``B``, ``T``
-and ``V`` (``benchmark --section fused`` measures it).
+Memory: beyond the inputs, the outputs and ``O(B*T)`` per-position numbers (64 bytes per
+counted position), one logits tile of at most ``TILE_BYTES`` (16 MiB), a block of gathered
+hidden states of at most ``HIDDEN_TILE_BYTES`` (8 MiB; the backward adds its gradient and one
+partial product of that size) and a ``WEIGHT_CHUNK_BYTES`` (8 MiB) partial product for
+``d weight``: at most 24 MiB forward and 48 MiB backward, whatever ``B``, ``T``, ``V`` and
+``H``. Half-precision weights add their tile upcast to float32 (``VOCAB_TILE x H`` floats:
+16 MiB at ``H = 1024``). ``dpo-fast bench --section fused`` measures it.
 
 This layer validates, tiles and documents; the arithmetic on the tiles happens in
 dpo_fast._kernels._logps (C loops in csrc/logps_linear.h).
@@ -49,6 +52,9 @@ __all__ = ["TILE_BYTES", "VOCAB_TILE", "BFloat16Array", "linear_sequence_logps",
 VOCAB_TILE = 4096
 # Bytes of one tile of logits (in the computing dtype): 1024 rows x 4096 float32 logits.
 TILE_BYTES = 16 << 20
+# Bytes of a block of gathered hidden states (and of its d hidden): fewer rows per tile for a
+# large H.
+HIDDEN_TILE_BYTES = 8 << 20
 # Bytes of the partial product for d weight (VOCAB_TILE rows at most, fewer for a large H).
 WEIGHT_CHUNK_BYTES = 8 << 20
 
@@ -89,9 +95,12 @@ class _Prepared:
         return tile.astype(self.compute, copy=False)  # float16: upcast per tile
 
     def row_tile(self) -> int:
-        """Rows per tile: TILE_BYTES of logits."""
+        """Rows per tile: TILE_BYTES of logits, HIDDEN_TILE_BYTES of hidden states."""
         columns = min(VOCAB_TILE, self.vocab)
-        return max(1, TILE_BYTES // (columns * self.compute.itemsize))
+        itemsize = self.compute.itemsize
+        by_logits = TILE_BYTES // (columns * itemsize)
+        by_hidden = HIDDEN_TILE_BYTES // max(1, self.hidden.shape[2] * itemsize)
+        return max(1, min(by_logits, by_hidden))
 
 
 class BFloat16Array:
