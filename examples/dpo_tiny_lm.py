@@ -8,11 +8,18 @@ copy of the logits), and feeds those to ``dpo_fast.torch.preference_loss``; auto
 rest and ``torch.optim.AdamW`` steps. The loss starts at log(2) (policy == reference) and goes
 down.
 
+With ``--fused`` the logits are never built: ``dpo_fast.torch.linear_sequence_logps`` takes
+the model's last hidden states and its ``lm_head`` (weight and bias) and computes the same
+log-probabilities tile by tile, forward and backward (gradients reach the head and, through the
+hidden states, the whole model). The run prints the memory the logits would take and what the
+fused path allocated at most (its NumPy buffers, measured with tracemalloc).
+
 The synthetic task: after a prompt of random tokens, the chosen response repeats the prompt in
 ascending order; the rejected response is random tokens. Sequences are right-padded.
 
     python examples/dpo_tiny_lm.py --steps 20
     python examples/dpo_tiny_lm.py --steps 5 --compare    # also check against plain PyTorch
+    python examples/dpo_tiny_lm.py --steps 5 --compare --fused --vocab 32000
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tracemalloc
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +54,18 @@ class TinyCausalLM(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V); position t scores token t + 1. Right padding needs no key mask:
-        with the causal mask, real tokens never attend to the pads after them."""
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input of the LM head (B, T, dim). Right padding needs no key mask: with the
+        causal mask, real tokens never attend to the pads after them."""
         length = input_ids.shape[1]
         hidden = self.token(input_ids) + self.position(torch.arange(length))
         causal = nn.Transformer.generate_square_subsequent_mask(length)
         hidden = self.blocks(hidden, mask=causal, is_causal=True)
-        return self.head(self.norm(hidden))
+        return self.norm(hidden)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V); position t scores token t + 1."""
+        return self.head(self.hidden_states(input_ids))
 
 
 @dataclass
@@ -97,22 +109,33 @@ def make_preference_data(n_pairs: int = 16, vocab: int = 64, seed: int = 0) -> P
     return PreferenceBatch(input_ids, attention_mask, labels)
 
 
-def policy_and_reference_logps(policy: nn.Module, reference: nn.Module,
-                               batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor,
-                                                                torch.Tensor]:
-    """(policy logps with autograd, reference logps, token accuracy) per sequence."""
+def model_logps(model: nn.Module, batch: PreferenceBatch, fused: bool = False
+                ) -> dft.SequenceLogpsResult:
+    """Per-sequence log-probs of the batch's labels: from the logits, or (``fused``) from the
+    hidden states and the LM head, the logits never built."""
     mask = batch.attention_mask[:, 1:]
-    logits = policy(batch.input_ids)
-    out = dft.sequence_logps(logits[:, :-1], batch.labels, mask=mask)
+    if fused:
+        hidden = model.hidden_states(batch.input_ids)
+        return dft.linear_sequence_logps(hidden[:, :-1], model.head.weight, batch.labels,
+                                         bias=model.head.bias, mask=mask)
+    logits = model(batch.input_ids)
+    return dft.sequence_logps(logits[:, :-1], batch.labels, mask=mask)
+
+
+def policy_and_reference_logps(policy: nn.Module, reference: nn.Module,
+                               batch: PreferenceBatch, fused: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(policy logps with autograd, reference logps, token accuracy) per sequence."""
+    out = model_logps(policy, batch, fused)
     with torch.no_grad():
-        ref = dft.sequence_logps(reference(batch.input_ids)[:, :-1], batch.labels, mask=mask)
+        ref = model_logps(reference, batch, fused)
     return out.logps, ref.logps, out.token_accuracy
 
 
 def dpo_loss_dpo_fast(policy: nn.Module, reference: nn.Module, batch: PreferenceBatch,
-                      beta: float = 0.1) -> dft.PreferenceLossResult:
+                      beta: float = 0.1, fused: bool = False) -> dft.PreferenceLossResult:
     """The DPO loss of a batch through dpo_fast.torch (what train() optimises)."""
-    logps, ref_logps, _ = policy_and_reference_logps(policy, reference, batch)
+    logps, ref_logps, _ = policy_and_reference_logps(policy, reference, batch, fused)
     n = batch.n_pairs
     return dft.preference_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], beta=beta)
 
@@ -136,11 +159,11 @@ def dpo_loss_torch(policy: nn.Module, reference: nn.Module, batch: PreferenceBat
 
 
 def compare_with_torch(policy: nn.Module, reference: nn.Module, batch: PreferenceBatch,
-                       beta: float = 0.1) -> tuple[float, float]:
+                       beta: float = 0.1, fused: bool = False) -> tuple[float, float]:
     """(|loss difference|, largest |parameter gradient difference|) between the dpo_fast and
     the plain-PyTorch computation of one step. Leaves the gradients cleared."""
     policy.zero_grad(set_to_none=True)
-    ours = dpo_loss_dpo_fast(policy, reference, batch, beta).loss
+    ours = dpo_loss_dpo_fast(policy, reference, batch, beta, fused).loss
     ours.backward()
     ours_grads = [p.grad.clone() for p in policy.parameters()]
     policy.zero_grad(set_to_none=True)
@@ -150,6 +173,15 @@ def compare_with_torch(policy: nn.Module, reference: nn.Module, batch: Preferenc
                     for a, p in zip(ours_grads, policy.parameters()))
     policy.zero_grad(set_to_none=True)
     return abs(ours.item() - theirs.item()), grad_diff
+
+
+def memory_report(batch: PreferenceBatch, vocab: int, peak_bytes: int) -> str:
+    """One line: the logits the unfused step builds, and what the fused step allocated."""
+    rows, length = batch.labels.shape
+    logits = 2 * rows * length * vocab * 4  # policy + reference logits, float32
+    return (f"memory: the unfused step builds {logits / 2**20:.1f} MiB of logits (policy and "
+            f"reference, plus as much again for their gradient); the fused step's largest "
+            f"NumPy allocations at once: {peak_bytes / 2**20:.1f} MiB")
 
 
 def build(seed: int = 0, vocab: int = 64, n_pairs: int = 16):
@@ -162,18 +194,25 @@ def build(seed: int = 0, vocab: int = 64, n_pairs: int = 16):
 
 
 def train(steps: int = 20, seed: int = 0, lr: float = 3e-3, beta: float = 0.1,
-          compare: bool = False, log=print) -> list[float]:
+          compare: bool = False, log=print, fused: bool = False, vocab: int = 64
+          ) -> list[float]:
     """Run `steps` full-batch DPO steps; return the loss before each step."""
-    policy, reference, batch = build(seed)
+    policy, reference, batch = build(seed, vocab)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
     if compare:
-        loss_diff, grad_diff = compare_with_torch(policy, reference, batch, beta)
+        loss_diff, grad_diff = compare_with_torch(policy, reference, batch, beta, fused)
         log(f"vs plain PyTorch: |loss diff| {loss_diff:.2e}, max |grad diff| {grad_diff:.2e}")
     losses = []
     for step in range(steps):
-        out = dpo_loss_dpo_fast(policy, reference, batch, beta)
+        if fused and step == 0:
+            tracemalloc.start()
+        out = dpo_loss_dpo_fast(policy, reference, batch, beta, fused)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if fused and step == 0:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            log(memory_report(batch, vocab, peak))
         optimizer.step()
         losses.append(out.loss.item())
         m = out.metrics
@@ -192,10 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--compare", action="store_true",
                         help="first compare loss and gradients with plain PyTorch")
+    parser.add_argument("--fused", action="store_true",
+                        help="log-probs from the hidden states and the LM head "
+                             "(dpo_fast.torch.linear_sequence_logps): no logits built")
+    parser.add_argument("--vocab", type=int, default=64,
+                        help="vocabulary size (default 64; try 32000 with --fused)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
-    train(args.steps, args.seed, args.lr, args.beta, args.compare)
+    if args.vocab < 8:
+        parser.error("--vocab must be >= 8")
+    train(args.steps, args.seed, args.lr, args.beta, args.compare, fused=args.fused,
+          vocab=args.vocab)
     return 0
 
 

@@ -351,14 +351,14 @@ def _run_section(tmp_path, name, *extra):
 def test_default_sections_are_the_recorded_table():
     assert _parse([]).sections == benchmark.DEFAULT_SECTIONS == ("core", "small")
     assert _parse(["--section", "score,core"]).sections == ("core", "score")  # fixed order
-    assert set(benchmark.SECTIONS) == {"core", "small", "losses", "logps", "score"}
+    assert set(benchmark.SECTIONS) == {"core", "small", "losses", "logps", "fused", "score"}
 
 
 def test_quick_run_has_the_default_sections(quick_run):
     _, results, report = quick_run
     assert tuple(results["config"]["sections"]) == benchmark.DEFAULT_SECTIONS
     assert "small" in results and "Small batches" in report
-    for key in ("losses", "logps", "score"):
+    for key in ("losses", "logps", "fused", "score"):
         assert key not in results
 
 
@@ -427,6 +427,39 @@ def test_section_logps_quick(tmp_path):
     # float32 logits: the short row exp keeps sums within 1e-8 (test_sequence_logps.FLOAT32_TOL)
     assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-8
     assert "shape tiny" in report
+
+
+def test_section_fused_quick(tmp_path):
+    """The fused section (issue 17) on its tiny shape: rows, errors, memory columns, report."""
+    path = tmp_path / "fused.json"
+    report = _run_in_child(f"""
+        import sys
+        from dpo_fast import benchmark
+        sys.exit(benchmark.main(["--quick", "--section", "fused", "--json", {str(path)!r}]))
+    """, tmp_path)
+    section = json.loads(path.read_text())["fused"]
+    names = [(row["pass_"], row["name"]) for row in section["rows"]]
+    assert ("forward", "dpo_fast fused") in names
+    assert next(r for r in section["rows"] if r["name"] == "dpo_fast fused")["seq_err"] < 1e-3
+    if json.loads(path.read_text())["machine"]["torch"] is not None:
+        assert ("forward", "GEMM alone") in names
+        train = section["rows"][-1]
+        assert train["name"] == "dpo_fast.torch fused"
+        assert max(train["grad_rel_diff"].values()) < 1e-5
+        assert "targets: forward" in report
+    assert "shape tiny" in report and "Fused linear + log-softmax" in report
+    assert section["failures"] == [] and "memory check: every fused row" in report
+
+
+def test_fused_memory_check_names_the_row():
+    from dpo_fast.benchmark import fused
+
+    rows = [{"shape": "big", "pass_": "forward+backward", "name": "dpo_fast.torch fused",
+             "peak_rss_mb": 300.0, "beyond_grads_mb": 80.0},
+            {"shape": "big", "pass_": "forward", "name": "torch unfused",
+             "peak_rss_mb": 999.0, "beyond_grads_mb": None}]
+    assert fused.memory_failures(rows) == [
+        "fused big forward+backward: 80 MB extra memory > 64 MB"]
 
 
 def test_section_score_quick(tmp_path):

@@ -11,12 +11,13 @@ import dpo_fast._entry
 import dpo_fast._seed
 import dpo_fast.kto
 import dpo_fast.ld_dpo
+import dpo_fast.linear_logps
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("module", [dpo_fast, dpo_fast._entry, dpo_fast._seed, dpo_fast.kto,
-                                    dpo_fast.ld_dpo])
+                                    dpo_fast.ld_dpo, dpo_fast.linear_logps])
 def test_docstring_examples(module):
     # (preference_loss's examples live where it is defined: the compiled dpo_fast._entry.)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -70,3 +70,14 @@ def test_runs_as_a_script():
     assert out.returncode == 0, out.stderr
     assert "vs plain PyTorch" in out.stdout and "step   1" in out.stdout
     assert "Warning" not in out.stderr
+
+
+def test_fused_path_matches_plain_torch_and_prints_its_memory(example):
+    policy, reference, batch = example.build(seed=2)
+    loss_diff, grad_diff = example.compare_with_torch(policy, reference, batch, beta=0.1,
+                                                      fused=True)
+    assert loss_diff < 1e-6 and grad_diff < 1e-6
+    lines = []
+    losses = example.train(steps=2, fused=True, vocab=200, log=lines.append)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6) and losses[1] < losses[0]
+    assert any(line.startswith("memory: the unfused step builds") for line in lines)

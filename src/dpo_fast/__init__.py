@@ -9,6 +9,9 @@ preference_loss
 sequence_logps, sequence_logps_grad
     Per-sequence log-probabilities from a language model's logits (B, T, V) in one fused pass
     with no B*T*V temporary, and their gradient written straight into one output buffer.
+linear_sequence_logps, linear_sequence_logps_grad
+    The same from the hidden states and the lm_head (fused linear + log-softmax): the logits
+    exist one fixed-size tile at a time; gradients to hidden, weight and bias.
 kto_loss
     The KTO losses of unpaired completions (TRL's KTOTrainer), with their gradient.
 ld_dpo_logps
@@ -33,6 +36,7 @@ from dpo_fast._seed import dpo_loss
 from dpo_fast._version import __version__
 from dpo_fast.kto import KTOLossResult, kto_loss
 from dpo_fast.ld_dpo import ld_dpo_logps
+from dpo_fast.linear_logps import linear_sequence_logps, linear_sequence_logps_grad
 from dpo_fast.logps import SequenceLogpsResult, sequence_logps, sequence_logps_grad
 from dpo_fast.losses import PreferenceLossResult, preference_loss
 
@@ -44,6 +48,8 @@ __all__ = [
     "KTOLossResult",
     "kto_loss",
     "ld_dpo_logps",
+    "linear_sequence_logps",
+    "linear_sequence_logps_grad",
     "openmp_enabled",
     "preference_loss",
     "sequence_logps",

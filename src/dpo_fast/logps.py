@@ -110,7 +110,9 @@ class _Prepared:
     inv_temperature: float
 
 
-def _check_temperature(temperature: Any) -> float:
+def check_temperature(temperature: Any) -> float:
+    """The user's temperature as a float: finite, > 0, 1 / temperature finite (shared with
+    dpo_fast.linear_logps)."""
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}")
     try:
@@ -125,7 +127,8 @@ def _check_temperature(temperature: Any) -> float:
     return value
 
 
-def _check_ignore_index(ignore_index: Any) -> int:
+def check_ignore_index(ignore_index: Any) -> int:
+    """The user's ignore_index as an int that fits int64 (shared with dpo_fast.linear_logps)."""
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index,
                                                                    numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
@@ -164,7 +167,8 @@ def _as_logits(logits: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     return view, array.shape
 
 
-def _format_position(shape: tuple[int, ...], flat: int) -> str:
+def format_position(shape: tuple[int, ...], flat: int) -> str:
+    """The flat index ``flat`` of ``shape`` as ``"i, j"`` for an error message."""
     return ", ".join(str(i) for i in np.unravel_index(flat, shape))
 
 
@@ -182,12 +186,12 @@ def _as_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
         too_big = np.flatnonzero(array.ravel() > np.iinfo(np.int64).max)
         if too_big.size:
             flat = int(too_big[0])
-            raise ValueError(f"labels[{_format_position(shape, flat)}] = "
+            raise ValueError(f"labels[{format_position(shape, flat)}] = "
                              f"{int(array.ravel()[flat])} is out of range")
     return kernel_array(array, np.int64).reshape(-1)
 
 
-def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+def as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     """mask as a flat C-contiguous uint8 array of 0/1, or None."""
     if mask is None:
         return None
@@ -203,12 +207,12 @@ def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def _prepare(logits: Any, labels: Any, ignore_index: Any, mask: Any, temperature: Any
              ) -> _Prepared:
-    ignore = _check_ignore_index(ignore_index)
-    temp = _check_temperature(temperature)
+    ignore = check_ignore_index(ignore_index)
+    temp = check_temperature(temperature)
     view, shape = _as_logits(logits)
     token_shape = shape[:-1]
     flat_labels = _as_labels(labels, token_shape)
-    flat_mask = _as_mask(mask, token_shape)
+    flat_mask = as_mask(mask, token_shape)
     n_b, n_t, vocab = view.shape
     rows = np.empty(n_b * n_t, dtype=np.int64)
     counts = np.empty(n_b, dtype=np.int64)
@@ -218,7 +222,7 @@ def _prepare(logits: Any, labels: Any, ignore_index: Any, mask: Any, temperature
         ignore, vocab, rows, counts)
     if first_bad >= 0:
         raise ValueError(
-            f"labels[{_format_position(token_shape, first_bad)}] = "
+            f"labels[{format_position(token_shape, first_bad)}] = "
             f"{int(flat_labels[first_bad])} is out of range for a vocabulary of {vocab}: "
             f"a counted label must be in [0, {vocab}) (or equal ignore_index={ignore}, or be "
             "masked out)")
@@ -233,7 +237,7 @@ def _raise_non_finite(prep: _Prepared, status: np.ndarray, rows: np.ndarray) -> 
     flat = int(bad[0])
     n_t = prep.logits.shape[1]
     row = prep.logits[flat // n_t, flat % n_t]
-    where = _format_position(prep.token_shape, flat)
+    where = format_position(prep.token_shape, flat)
     non_finite = np.flatnonzero(~np.isfinite(row))
     if non_finite.size:
         v = int(non_finite[0])
@@ -255,7 +259,7 @@ def _logit_sums(prep: _Prepared, row_sums: np.ndarray, sequence_of_row: np.ndarr
         total = float(sums.sum())
     if not math.isfinite(total):
         bad = rows[~np.isfinite(row_sums[rows])]
-        where = (f"logits[{_format_position(prep.token_shape, int(bad[0]))}, :]" if bad.size
+        where = (f"logits[{format_position(prep.token_shape, int(bad[0]))}, :]" if bad.size
                  else "the counted logits")
         raise ValueError(f"return_logit_sums: the sum of {where} overflows double precision "
                          "(logits near the largest double); call without return_logit_sums")
@@ -450,7 +454,9 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     )
 
 
-def _as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+def as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """An upstream gradient as float64, broadcast to ``shape`` (TypeError / ValueError
+    naming ``name``)."""
     array = _as_array(value, name)
     if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
@@ -484,10 +490,10 @@ def _raise_non_finite_upstream(prep: _Prepared, flat: int, g_seq: np.ndarray,
                                g_tok: np.ndarray | None) -> None:
     """Raise ValueError for the counted position ``flat`` whose upstream weight (grad_logps
     of its sequence plus grad_token_logps there), divided by the temperature, is not finite."""
-    where = _format_position(prep.token_shape, flat)
+    where = format_position(prep.token_shape, flat)
     sequence = flat // prep.logits.shape[1]
     if not math.isfinite(g_seq[sequence]):
-        label = (f"grad_logps[{_format_position(prep.seq_shape, sequence)}]"
+        label = (f"grad_logps[{format_position(prep.seq_shape, sequence)}]"
                  if prep.seq_shape else "grad_logps")
         raise ValueError(f"{label} is {float(g_seq[sequence])!r}: the upstream gradient must "
                          "be finite")
@@ -576,9 +582,9 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     prep = _prepare(logits, labels, ignore_index, mask, temperature)
     n_b, n_t, vocab = prep.logits.shape
     rows = prep.rows
-    g_seq = _as_upstream(grad_logps, prep.seq_shape, "grad_logps").reshape(n_b)
+    g_seq = as_upstream(grad_logps, prep.seq_shape, "grad_logps").reshape(n_b)
     g_tok = (None if grad_token_logps is None else
-             _as_upstream(grad_token_logps, prep.token_shape, "grad_token_logps").reshape(-1))
+             as_upstream(grad_token_logps, prep.token_shape, "grad_token_logps").reshape(-1))
     lse = None if logsumexp is None else _as_logsumexp(logsumexp, prep.token_shape)
 
     # Per-row weights, O(B*T): the only place the sequence structure enters the backward.
@@ -606,7 +612,7 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
         bad = used[~np.isfinite(lse[used])]
         if bad.size:
             flat = int(bad[0])
-            raise ValueError(f"logsumexp[{_format_position(prep.token_shape, flat)}] is "
+            raise ValueError(f"logsumexp[{format_position(prep.token_shape, flat)}] is "
                              f"{float(lse[flat])!r}: it must be finite at every counted "
                              "position (pass SequenceLogpsResult.logsumexp of the same call)")
 

@@ -5,6 +5,9 @@
 - :func:`sequence_logps`: per-sequence log-probabilities from logits ``(B, T, V)`` with a
   fused backward that writes ``(onehot - softmax) / temperature`` straight into the gradient
   buffer (no ``log_softmax`` copy of the logits, forward or backward).
+- :func:`linear_sequence_logps`: the same from the hidden states and the ``lm_head``
+  (fused linear + log-softmax): the logits exist one fixed-size tile at a time, forward and
+  backward, with gradients to the hidden states, the weight and the bias.
 - :func:`preference_loss`: the DPO-family loss of :func:`dpo_fast.preference_loss` with its
   keyword parameters; the backward reuses the derivatives the kernel computed in the forward
   pass (no second pass).
@@ -15,7 +18,8 @@ float16 and bfloat16 are upcast to float32 (a copy) and their gradients cast bac
 another device raise ValueError naming it: there is no GPU kernel and no silent fallback (move
 the tensors with ``.cpu()``, or keep the GPU path in plain PyTorch).
 
-Gradients flow to ``logits`` (:func:`sequence_logps`) and to ``chosen_logps`` /
+Gradients flow to ``logits`` (:func:`sequence_logps`), to ``hidden``, ``weight`` and ``bias``
+(:func:`linear_sequence_logps`) and to ``chosen_logps`` /
 ``rejected_logps`` (:func:`preference_loss`) only. Every other argument is a constant: a tensor
 (or a list holding a tensor) that requires grad there, such as reference log-probs,
 ``weights``, ``chosen_lengths`` or a ``temperature`` tensor, raises ValueError naming it while
@@ -37,6 +41,7 @@ import numpy as np
 
 from dpo_fast import kto as _np_kto
 from dpo_fast import ld_dpo as _np_ld_dpo
+from dpo_fast import linear_logps as _np_linear
 from dpo_fast import logps as _np_logps
 from dpo_fast import losses as _np_losses
 from dpo_fast._arrays import check_finite_real
@@ -45,7 +50,7 @@ from dpo_fast._optional import require
 torch = require("torch", needed_by="dpo_fast.torch", extra="torch")
 
 __all__ = ["KTOLossResult", "PreferenceLossResult", "SequenceLogpsResult", "kto_loss",
-           "ld_dpo_logps", "preference_loss", "sequence_logps"]
+           "ld_dpo_logps", "linear_sequence_logps", "preference_loss", "sequence_logps"]
 
 _NATIVE = (torch.float32, torch.float64)
 # Bound once: module attribute lookups on the hot path of every training step.
@@ -360,6 +365,153 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     else:
         result = _np_logps.sequence_logps(
             logits_array, labels_array, mask=mask_array,
+            return_token_logps=return_token_logps, **options)
+        logps = _tensor(result.logps, dtype)
+        token_logps = None if result.token_logps is None else _tensor(result.token_logps, dtype)
+    return SequenceLogpsResult(
+        logps=logps,
+        counts=torch.from_numpy(result.counts),
+        token_accuracy=result.token_accuracy,
+        logsumexp=_tensor(result.logsumexp, dtype),
+        token_logps=token_logps if return_token_logps else None,
+        entropy=None if result.entropy is None else _tensor(result.entropy, dtype),
+        mean_entropy=result.mean_entropy,
+        wpo_weights=None if result.wpo_weights is None else _tensor(result.wpo_weights, dtype),
+        logit_sums=None if result.logit_sums is None else _tensor(result.logit_sums, dtype),
+        mean_logit=result.mean_logit,
+    )
+
+
+# ------------------------------------------------------------------ linear_sequence_logps
+
+
+def _linear_array(tensor: Any, name: str) -> Any:
+    """A NumPy view of a CPU float16/float32/float64 tensor, or of a bfloat16 one's bits as
+    a BFloat16Array (no copy: the NumPy layer upcasts half precision tile by tile)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    _check_cpu(tensor, name)
+    data = tensor.detach() if tensor.requires_grad else tensor
+    if data.dtype == torch.bfloat16:
+        return _np_linear.BFloat16Array(data.view(torch.int16).numpy().view(np.uint16))
+    if data.dtype not in (torch.float16, *_NATIVE):
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, float16 or "
+                        f"bfloat16), got {data.dtype}")
+    return data.resolve_neg().numpy()
+
+
+def _gradient(array: np.ndarray | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return None if array is None or like is None else torch.from_numpy(array).to(like.dtype)
+
+
+class _LinearSequenceLogps(torch.autograd.Function):
+    """(hidden, weight, bias) -> (logps, token_logps); extras go through `sink`."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, arrays, labels, mask, options, sink):
+        h, w, b = arrays
+        result = _np_linear.linear_sequence_logps(h, w, labels, bias=b, mask=mask,
+                                                  return_token_logps=True, **options)
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.labels, ctx.mask, ctx.options = labels, mask, options
+        ctx.logsumexp = result.logsumexp
+        ctx.set_materialize_grads(False)
+        sink["result"] = result
+        dtype = _compute_dtype(hidden)
+        return _tensor(result.logps, dtype), _tensor(result.token_logps, dtype)
+
+    @staticmethod
+    @_first_order_only("linear_sequence_logps")
+    def backward(ctx, grad_logps, grad_token_logps):
+        nothing = (None,) * 8
+        if grad_logps is None and grad_token_logps is None:
+            return nothing
+        hidden, weight, bias = ctx.saved_tensors
+        wrt = tuple(name for name, need in zip(("hidden", "weight", "bias"),
+                                                ctx.needs_input_grad[:3]) if need)
+        options = {k: v for k, v in ctx.options.items() if k not in _FORWARD_ONLY}
+        # Half-precision inputs are converted again rather than kept converted between the
+        # forward and the backward.
+        d_hidden, d_weight, d_bias = _np_linear.linear_sequence_logps_grad(
+            _linear_array(hidden, "hidden"), _linear_array(weight, "weight"), ctx.labels,
+            0.0 if grad_logps is None else grad_logps.numpy(),
+            bias=None if bias is None else _linear_array(bias, "bias"),
+            grad_token_logps=None if grad_token_logps is None else grad_token_logps.numpy(),
+            mask=ctx.mask, logsumexp=ctx.logsumexp, wrt=wrt, **options)
+        return (_gradient(d_hidden, hidden), _gradient(d_weight, weight),
+                _gradient(d_bias, bias), *nothing[3:])
+
+
+def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: Any, *,
+                          bias: torch.Tensor | None = None, ignore_index: int = -100,
+                          mask: Any = None, average: bool = False, temperature: float = 1.0,
+                          return_token_logps: bool = False, return_entropy: bool = False,
+                          return_wpo_weights: bool = False, return_logit_sums: bool = False,
+                          n_threads: int | None = None) -> SequenceLogpsResult:
+    """:func:`dpo_fast.linear_sequence_logps` on tensors, differentiable with respect to
+    ``hidden``, ``weight`` and ``bias``.
+
+    The fused ``lm_head`` + log-softmax: the logits ``hidden @ weight.T + bias`` are never
+    built whole, forward or backward (one tile of at most
+    :data:`dpo_fast.linear_logps.TILE_BYTES` at a time). Parameters are those of
+    :func:`dpo_fast.linear_sequence_logps`; ``hidden`` ``(B, T, H)`` / ``(N, H)``, ``weight``
+    ``(V, H)`` (``lm_head.weight``) and ``bias`` ``(V,)`` (``lm_head.bias``) are CPU tensors:
+    float32/float64 used in place, float16 and bfloat16 read in place and upcast to float32
+    tile by tile (gradients cast back to the input's dtype). ``labels`` must already be aligned with
+    ``hidden``: ``linear_sequence_logps(hidden[:, :-1], lm_head.weight, input_ids[:, 1:])``.
+
+    The backward recomputes each tile of logits, turns it in place into
+    ``upstream * (onehot - softmax) / temperature`` and accumulates ``d hidden``,
+    ``d weight`` and ``d bias`` with BLAS products (float32 accumulation for float32 inputs,
+    float64 for float64); a gradient that is not needed (a frozen ``lm_head``) is not
+    computed. ``entropy``, ``wpo_weights`` and ``logit_sums`` are detached. Every other
+    argument is a constant (one that requires grad raises ValueError naming it); no double
+    backward (``create_graph=True`` raises RuntimeError).
+
+    Compose it with :func:`preference_loss` for a DPO step from hidden states (chosen rows
+    first)::
+
+        out = linear_sequence_logps(hidden, lm_head.weight, labels, mask=mask)
+        loss = preference_loss(out.logps[:n], out.logps[n:], ref_chosen, ref_rejected,
+                               beta=0.1, loss_type="sigmoid").loss
+        loss.backward()      # gradients reach hidden (the model) and lm_head.weight
+
+    Returns
+    -------
+    SequenceLogpsResult
+        Tensors of the computing dtype (float32 for half-precision inputs).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import dpo_fast.torch
+    >>> head = torch.nn.Linear(8, 11)
+    >>> hidden = torch.randn(2, 5, 8, requires_grad=True)
+    >>> labels = torch.randint(0, 11, (2, 5))
+    >>> out = dpo_fast.torch.linear_sequence_logps(hidden, head.weight, labels, bias=head.bias)
+    >>> out.logps.sum().backward()
+    >>> hidden.grad.shape, head.weight.grad.shape, head.bias.grad.shape
+    (torch.Size([2, 5, 8]), torch.Size([11, 8]), torch.Size([11]))
+    """
+    arrays = (_linear_array(hidden, "hidden"), _linear_array(weight, "weight"),
+              None if bias is None else _linear_array(bias, "bias"))
+    labels_array = _index_array(labels, "labels", allow_bool=False)
+    mask_array = _index_array(mask, "mask", allow_bool=True)
+    options = dict(ignore_index=ignore_index, average=average, temperature=temperature,
+                   return_entropy=return_entropy, return_wpo_weights=return_wpo_weights,
+                   return_logit_sums=return_logit_sums, n_threads=n_threads)
+    _check_constants("linear_sequence_logps", {
+        "labels": labels, "mask": mask, "return_token_logps": return_token_logps, **options})
+    dtype = _compute_dtype(hidden)
+    differentiable = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if torch.is_grad_enabled() and differentiable:
+        sink: dict[str, Any] = {}
+        logps, token_logps = _LinearSequenceLogps.apply(
+            hidden, weight, bias, arrays, labels_array, mask_array, options, sink)
+        result = sink["result"]
+    else:
+        result = _np_linear.linear_sequence_logps(
+            *arrays[:2], labels_array, bias=arrays[2], mask=mask_array,
             return_token_logps=return_token_logps, **options)
         logps = _tensor(result.logps, dtype)
         token_logps = None if result.token_logps is None else _tensor(result.token_logps, dtype)

@@ -9,6 +9,7 @@ _U8 = npt.NDArray[np.uint8]
 NOT_ARGMAX: int
 ARGMAX: int
 NONFINITE: int
+LINEAR_STATE: int
 
 def simd_level_id() -> int: ...
 
@@ -53,3 +54,26 @@ def backward(
     *,
     n_threads: int,
 ) -> int: ...
+def linear_fold(
+    tile: _Float,
+    bias: _Float | None,
+    v0: int,
+    labels: _I64,
+    inv_temperature: float,
+    state: _F64,
+    status: _U8,
+    *,
+    want_extras: bool,
+    n_threads: int,
+) -> None: ...
+def linear_tile_grad(
+    tile: _Float,
+    bias: _Float | None,
+    v0: int,
+    labels: _I64,
+    inv_temperature: float,
+    row_scale: _F64,
+    lse: _F64,
+    *,
+    n_threads: int,
+) -> None: ...

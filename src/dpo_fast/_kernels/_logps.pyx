@@ -47,6 +47,29 @@ cdef extern from "logps_api.h" nogil:
     void dpo_logps_backward_f32(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
     void dpo_logps_backward_f64(const DpoLogpsArgs *args, Py_ssize_t r0, Py_ssize_t r1)
 
+    enum:
+        DPO_LINEAR_STATE
+
+    ctypedef struct DpoLinearArgs:
+        void *tile
+        Py_ssize_t ld
+        Py_ssize_t n_cols
+        Py_ssize_t v0
+        const void *bias
+        const int64_t *labels
+        double inv_temperature
+        int want_extras
+        int simd_level
+        double *state
+        uint8_t *status
+        const double *row_scale
+        const double *lse
+
+    void dpo_linear_fold_f32(const DpoLinearArgs *a, Py_ssize_t i0, Py_ssize_t i1)
+    void dpo_linear_fold_f64(const DpoLinearArgs *a, Py_ssize_t i0, Py_ssize_t i1)
+    void dpo_linear_tile_grad_f32(const DpoLinearArgs *a, Py_ssize_t i0, Py_ssize_t i1)
+    void dpo_linear_tile_grad_f64(const DpoLinearArgs *a, Py_ssize_t i0, Py_ssize_t i1)
+
 ctypedef fused floating:
     float
     double
@@ -56,6 +79,7 @@ cnp.import_array()
 NOT_ARGMAX = DPO_LOGPS_NOT_ARGMAX
 ARGMAX = DPO_LOGPS_ARGMAX
 NONFINITE = DPO_LOGPS_NONFINITE
+LINEAR_STATE = DPO_LINEAR_STATE
 
 
 def simd_level_id():
@@ -265,6 +289,102 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
                 if row_weight[r] != 0.0 and status[r] == DPO_LOGPS_NONFINITE:
                     n_bad += 1
     return n_bad
+
+
+# ----------------------------------------------------------------------------- the linear head
+
+# Tile rows per parallel task of the linear head's loops (a tile holds at most a few thousand
+# rows, each a few thousand logits: small tasks balance a busy core).
+cdef enum:
+    LINEAR_TASK_ROWS = 8
+
+
+cdef int _linear_args(DpoLinearArgs *a, floating[:, :] tile, object bias, Py_ssize_t v0,
+                      const int64_t[::1] labels, double inv_temperature) except -1:
+    cdef const floating[::1] bias_view
+    if tile.shape[1] < 1 or tile.strides[1] != sizeof(floating):
+        raise ValueError("tile must have at least one column, and contiguous rows")
+    if labels.shape[0] != tile.shape[0]:
+        raise ValueError("labels must have one entry per tile row")
+    a.tile = &tile[0, 0]
+    a.ld = _element_stride(tile.strides[0], sizeof(floating))
+    a.n_cols = tile.shape[1]
+    a.v0 = v0
+    a.bias = NULL
+    if bias is not None:
+        bias_view = bias
+        if bias_view.shape[0] != tile.shape[1]:
+            raise ValueError("bias must have one entry per tile column")
+        a.bias = &bias_view[0]
+    a.labels = &labels[0]
+    a.inv_temperature = inv_temperature
+    a.want_extras = 0
+    a.simd_level = chosen_simd_level()
+    a.state = NULL
+    a.status = NULL
+    a.row_scale = NULL
+    a.lse = NULL
+    return 0
+
+
+def linear_fold(floating[:, :] tile, object bias, Py_ssize_t v0, const int64_t[::1] labels,
+                double inv_temperature, double[:, ::1] state, uint8_t[::1] status, *,
+                bint want_extras, int n_threads):
+    """Fold a tile of logits (tile rows x vocabulary columns [v0, v0 + n)) into the running
+    per-row statistics ``state`` (LINEAR_STATE doubles per row, csrc/logps_linear.h; row 0 of
+    a fresh state holds -inf), adding ``bias`` (the n entries of the tile's columns, or None)
+    in place first. Rows whose tile holds a NaN or an infinity get status NONFINITE and are
+    not folded again. The tile is overwritten (bias added)."""
+    cdef DpoLinearArgs a
+    cdef Py_ssize_t n_rows = tile.shape[0], n_tasks, task, i0
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if n_rows == 0:
+        return
+    _linear_args(&a, tile, bias, v0, labels, inv_temperature)
+    if state.shape[0] != n_rows or state.shape[1] != DPO_LINEAR_STATE or (
+            status.shape[0] != n_rows):
+        raise ValueError("state and status must have one row per tile row")
+    a.want_extras = want_extras
+    a.state = &state[0, 0]
+    a.status = &status[0]
+    n_tasks = (n_rows + LINEAR_TASK_ROWS - 1) // LINEAR_TASK_ROWS
+    with nogil:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                           use_threads_if=n_threads > 1 and n_tasks > 1):
+            i0 = task * LINEAR_TASK_ROWS
+            if floating is double:
+                dpo_linear_fold_f64(&a, i0, min(i0 + LINEAR_TASK_ROWS, n_rows))
+            else:
+                dpo_linear_fold_f32(&a, i0, min(i0 + LINEAR_TASK_ROWS, n_rows))
+
+
+def linear_tile_grad(floating[:, :] tile, object bias, Py_ssize_t v0, const int64_t[::1] labels,
+                     double inv_temperature, const double[::1] row_scale,
+                     const double[::1] lse, *, int n_threads):
+    """Turn a tile of logits (as for linear_fold) in place into the gradient of the rows'
+    token log-probs: ``row_scale * (onehot(label) - exp(x / temperature - lse))`` per row,
+    ``row_scale`` = upstream weight / temperature, ``lse`` the forward's log-sum-exp."""
+    cdef DpoLinearArgs a
+    cdef Py_ssize_t n_rows = tile.shape[0], n_tasks, task, i0
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if n_rows == 0:
+        return
+    _linear_args(&a, tile, bias, v0, labels, inv_temperature)
+    if row_scale.shape[0] != n_rows or lse.shape[0] != n_rows:
+        raise ValueError("row_scale and lse must have one entry per tile row")
+    a.row_scale = &row_scale[0]
+    a.lse = &lse[0]
+    n_tasks = (n_rows + LINEAR_TASK_ROWS - 1) // LINEAR_TASK_ROWS
+    with nogil:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                           use_threads_if=n_threads > 1 and n_tasks > 1):
+            i0 = task * LINEAR_TASK_ROWS
+            if floating is double:
+                dpo_linear_tile_grad_f64(&a, i0, min(i0 + LINEAR_TASK_ROWS, n_rows))
+            else:
+                dpo_linear_tile_grad_f32(&a, i0, min(i0 + LINEAR_TASK_ROWS, n_rows))
 
 
 # ----------------------------------------------------------------------------- the common call

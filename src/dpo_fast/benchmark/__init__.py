@@ -20,6 +20,10 @@ Sections (``dpo-fast bench --section NAME,...``; the default is ``core,small``)
 ``logps`` (:mod:`.logps`)
     ``sequence_logps`` against NumPy and PyTorch, time and peak memory
     (``bench/bench_logps.py``).
+``fused`` (:mod:`.fused`)
+    ``linear_sequence_logps`` (hidden states to log-probs, no logits) against the GEMM alone
+    and torch unfused, forward and forward + backward, with peak extra memory
+    (``bench/bench_fused.py``).
 ``score`` (:mod:`.score`)
     ``dpo_fast.score.score_dataset`` on a Parquet file against pandas and an I/O bound
     (``bench/bench_score.py``).

@@ -61,7 +61,7 @@ __all__ = [
 SCHEMA = "dpo_fast.benchmark/1"
 # The sections of `dpo-fast bench --section`, in the order they run and report; the default
 # is what the command measured before sections existed, so recorded tables stay comparable.
-SECTIONS = ("core", "small", "losses", "logps", "score")
+SECTIONS = ("core", "small", "losses", "logps", "fused", "score")
 DEFAULT_SECTIONS = ("core", "small")
 BETA = 0.1
 DEFAULT_SIZES = (2, 16, 1_000, 100_000, 1_000_000, 10_000_000)

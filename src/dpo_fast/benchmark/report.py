@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import logps, losses, score, small
+from . import fused, logps, losses, score, small
 from .core import SIMD_MIN_SPEEDUP
 from .harness import fmt_n, fmt_ratio, fmt_time, table
 
@@ -150,6 +150,8 @@ def format_report(results: dict[str, Any]) -> str:
         out += losses.format_losses(results["losses"], m)
     if results.get("logps"):
         out += logps.format_logps(results["logps"])
+    if results.get("fused"):
+        out += fused.format_fused(results["fused"])
     if results.get("score"):
         out += score.format_score(results["score"])
 

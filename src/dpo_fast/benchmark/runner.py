@@ -7,7 +7,7 @@ from typing import Any
 
 from dpo_fast import _optional
 
-from . import core, harness, logps, losses, score, small
+from . import core, fused, harness, logps, losses, score, small
 from .targets import measured_targets
 
 __all__ = ["run", "score_unavailable", "section_configs"]
@@ -30,14 +30,16 @@ def section_configs(config: core.BenchConfig) -> dict[str, Any]:
     -------
     dict
         ``losses`` (:class:`.losses.LossConfig`), ``logps`` (:class:`.logps.LogpsConfig`),
+        ``fused`` (:class:`.fused.FusedConfig`),
         ``score`` (:class:`.score.ScoreConfig`).
     """
     threads = max(config.threads)
     if config.quick:
         return {"losses": losses.LossConfig.quick(threads=threads),
-                "logps": logps.LogpsConfig.quick(), "score": score.ScoreConfig.quick()}
+                "logps": logps.LogpsConfig.quick(), "fused": fused.FusedConfig.quick(),
+                "score": score.ScoreConfig.quick()}
     return {"losses": losses.LossConfig(threads=threads), "logps": logps.LogpsConfig(),
-            "score": score.ScoreConfig()}
+            "fused": fused.FusedConfig(), "score": score.ScoreConfig()}
 
 
 def score_unavailable() -> str | None:
@@ -109,6 +111,8 @@ def _run_sections(config: core.BenchConfig, torch: Any, torch_reason: str | None
         results["losses"] = losses.run_losses(others["losses"])
     if "logps" in sections:
         results["logps"] = logps.run_logps(others["logps"], torch)
+    if "fused" in sections:
+        results["fused"] = fused.run_fused(others["fused"], torch)
     if "score" in sections:
         reason = score_unavailable()
         results["score"] = ({"skipped": reason} if reason is not None
@@ -116,5 +120,6 @@ def _run_sections(config: core.BenchConfig, torch: Any, torch_reason: str | None
     results["targets"] = measured_targets(results)
     results["checks_passed"] = bool(
         core.core_checks_passed(results)
-        and not results.get("losses", {}).get("failures"))
+        and not results.get("losses", {}).get("failures")
+        and not results.get("fused", {}).get("failures"))
     return results

@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "FUSED_TARGET_MEMORY_MB",
+    "FUSED_TARGET_TRAIN_X_TORCH",
+    "FUSED_TARGET_X_GEMM",
+    "FUSED_TARGET_X_TORCH",
     "LOGPS_TARGET_ERROR",
     "LOGPS_TARGET_MEMORY_SHARE",
     "LOGPS_TARGET_SPEEDUP",
@@ -106,6 +110,13 @@ LOGPS_TARGET_SPEEDUP = 5.0
 LOGPS_TARGET_MEMORY_SHARE = 0.01
 LOGPS_TARGET_ERROR = 1e-5
 LOGPS_TARGET_TRAIN_SPEEDUP = 5.0
+# Fused linear + log-softmax (issue 17): forward within 1.15x the GEMM alone and >= 1.6x torch
+# unfused, forward + backward >= 1.3x torch unfused autograd, extra memory beyond the inputs
+# and gradients <= 64 MB at B8 T512 H1024 V32000.
+FUSED_TARGET_X_GEMM = 1.15
+FUSED_TARGET_X_TORCH = 1.6
+FUSED_TARGET_TRAIN_X_TORCH = 1.3
+FUSED_TARGET_MEMORY_MB = 64.0
 # Loss types (issue 16): every per-pair type >= 80% of the same-traffic bound or >= 8x its NumPy
 # form at N = 1e6; the batch-sorted types (aot, aot_unpaired) <= 3x sigmoid.
 LOSS_TARGET_X_NUMPY = 8.0

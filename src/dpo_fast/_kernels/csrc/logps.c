@@ -14,6 +14,10 @@ DPO_SIMD_DECLARE(void, dpo_logps_forward_f64,
                  (const DpoLogpsArgs *, const int64_t *, ptrdiff_t, ptrdiff_t))
 DPO_SIMD_DECLARE(void, dpo_logps_backward_f32, (const DpoLogpsArgs *, ptrdiff_t, ptrdiff_t))
 DPO_SIMD_DECLARE(void, dpo_logps_backward_f64, (const DpoLogpsArgs *, ptrdiff_t, ptrdiff_t))
+DPO_SIMD_DECLARE(void, dpo_linear_fold_f32, (const DpoLinearArgs *, ptrdiff_t, ptrdiff_t))
+DPO_SIMD_DECLARE(void, dpo_linear_fold_f64, (const DpoLinearArgs *, ptrdiff_t, ptrdiff_t))
+DPO_SIMD_DECLARE(void, dpo_linear_tile_grad_f32, (const DpoLinearArgs *, ptrdiff_t, ptrdiff_t))
+DPO_SIMD_DECLARE(void, dpo_linear_tile_grad_f64, (const DpoLinearArgs *, ptrdiff_t, ptrdiff_t))
 
 void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, ptrdiff_t k0,
                            ptrdiff_t k1)
@@ -35,4 +39,24 @@ void dpo_logps_backward_f32(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1
 void dpo_logps_backward_f64(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1)
 {
     DPO_SIMD_DISPATCH(args->simd_level, dpo_logps_backward_f64, args, r0, r1)
+}
+
+void dpo_linear_fold_f32(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1)
+{
+    DPO_SIMD_DISPATCH(a->simd_level, dpo_linear_fold_f32, a, i0, i1)
+}
+
+void dpo_linear_fold_f64(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1)
+{
+    DPO_SIMD_DISPATCH(a->simd_level, dpo_linear_fold_f64, a, i0, i1)
+}
+
+void dpo_linear_tile_grad_f32(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1)
+{
+    DPO_SIMD_DISPATCH(a->simd_level, dpo_linear_tile_grad_f32, a, i0, i1)
+}
+
+void dpo_linear_tile_grad_f64(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1)
+{
+    DPO_SIMD_DISPATCH(a->simd_level, dpo_linear_tile_grad_f64, a, i0, i1)
 }

@@ -66,4 +66,35 @@ void dpo_logps_forward_f64(const DpoLogpsArgs *args, const int64_t *rows, ptrdif
 void dpo_logps_backward_f32(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
 void dpo_logps_backward_f64(const DpoLogpsArgs *args, ptrdiff_t r0, ptrdiff_t r1);
 
+/*
+ * The fused linear head (dpo_fast.linear_sequence_logps, loops in logps_linear.h): a tile of
+ * rows x n_cols logits (vocabulary columns [v0, v0 + n_cols)) computed by BLAS, row i at
+ * tile + i * ld, written in place by both functions.
+ */
+#define DPO_LINEAR_STATE 8 /* running statistics per row, see logps_linear.h */
+
+typedef struct {
+    void *tile;             /* float or double */
+    ptrdiff_t ld;           /* elements between rows of the tile */
+    ptrdiff_t n_cols;       /* >= 1 */
+    ptrdiff_t v0;           /* vocabulary index of column 0 */
+    const void *bias;       /* n_cols elements of the tile's type (bias + v0), or NULL */
+    const int64_t *labels;  /* per tile row, vocabulary indices in [0, V) */
+    double inv_temperature;
+    int want_extras;        /* fold: also the entropy / WPO / logit-sum statistics */
+    int simd_level;
+    /* fold */
+    double *state;          /* DPO_LINEAR_STATE doubles per tile row */
+    uint8_t *status;        /* per tile row: DPO_LOGPS_NONFINITE once a tile held a NaN/inf */
+    /* gradient: x <- row_scale * (onehot(label) - exp(x * inv_temperature - lse)) */
+    const double *row_scale;
+    const double *lse;
+} DpoLinearArgs;
+
+/* Tile rows [i0, i1). */
+void dpo_linear_fold_f32(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1);
+void dpo_linear_fold_f64(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1);
+void dpo_linear_tile_grad_f32(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1);
+void dpo_linear_tile_grad_f64(const DpoLinearArgs *a, ptrdiff_t i0, ptrdiff_t i1);
+
 #endif /* DPO_LOGPS_API_H */

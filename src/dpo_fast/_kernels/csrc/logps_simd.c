@@ -1,6 +1,7 @@
 /*
  * The log-softmax rows' instances for one SIMD level: dpo_logps_forward_f64/f32_<DPO_ISA> and
- * dpo_logps_backward_f64/f32_<DPO_ISA>, from logps_row.h for double and float. setup.py
+ * dpo_logps_backward_f64/f32_<DPO_ISA>, from logps_row.h for double and float, and the fused
+ * linear head's dpo_linear_fold / dpo_linear_tile_grad _f64/f32_<DPO_ISA> from logps_linear.h. setup.py
  * compiles this file once per level (simd.h); logps.c calls the instance of the chosen one.
  */
 #include <stdint.h>
@@ -24,7 +25,10 @@
 #define LOGPS_STATS_FN DPO_SIMD_FN(dpo_logps_stats_f64)
 #define LOGPS_FWD_FN DPO_SIMD_FN(dpo_logps_forward_f64)
 #define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f64)
+#define LOGPS_FOLD_FN DPO_SIMD_FN(dpo_linear_fold_f64)
+#define LOGPS_TILE_GRAD_FN DPO_SIMD_FN(dpo_linear_tile_grad_f64)
 #include "logps_row.h"
+#include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
 #undef LOGPS_BITS
@@ -35,6 +39,8 @@
 #undef LOGPS_STATS_FN
 #undef LOGPS_FWD_FN
 #undef LOGPS_BWD_FN
+#undef LOGPS_FOLD_FN
+#undef LOGPS_TILE_GRAD_FN
 
 #define LOGPS_T float
 #define LOGPS_EXP dpo_logps_exp_short
@@ -46,7 +52,10 @@
 #define LOGPS_STATS_FN DPO_SIMD_FN(dpo_logps_stats_f32)
 #define LOGPS_FWD_FN DPO_SIMD_FN(dpo_logps_forward_f32)
 #define LOGPS_BWD_FN DPO_SIMD_FN(dpo_logps_backward_f32)
+#define LOGPS_FOLD_FN DPO_SIMD_FN(dpo_linear_fold_f32)
+#define LOGPS_TILE_GRAD_FN DPO_SIMD_FN(dpo_linear_tile_grad_f32)
 #include "logps_row.h"
+#include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
 #undef LOGPS_BITS
@@ -57,3 +66,5 @@
 #undef LOGPS_STATS_FN
 #undef LOGPS_FWD_FN
 #undef LOGPS_BWD_FN
+#undef LOGPS_FOLD_FN
+#undef LOGPS_TILE_GRAD_FN
