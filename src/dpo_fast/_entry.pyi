@@ -1,4 +1,4 @@
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -8,11 +8,11 @@ class PreferenceLossResult:
     @property
     def loss(self) -> float | np.ndarray: ...
     @property
-    def losses(self) -> np.ndarray: ...
+    def losses(self) -> np.ndarray | None: ...
     @property
-    def chosen_rewards(self) -> np.ndarray: ...
+    def chosen_rewards(self) -> np.ndarray | None: ...
     @property
-    def rejected_rewards(self) -> np.ndarray: ...
+    def rejected_rewards(self) -> np.ndarray | None: ...
     @property
     def grad_chosen(self) -> np.ndarray | None: ...
     @property
@@ -22,9 +22,9 @@ class PreferenceLossResult:
     def __init__(
         self,
         loss: float | np.ndarray,
-        losses: np.ndarray,
-        chosen_rewards: np.ndarray,
-        rejected_rewards: np.ndarray,
+        losses: np.ndarray | None,
+        chosen_rewards: np.ndarray | None,
+        rejected_rewards: np.ndarray | None,
         grad_chosen: np.ndarray | None,
         grad_rejected: np.ndarray | None,
         metrics: dict[str, float],
@@ -57,6 +57,7 @@ def preference_loss(
     alphapo_alpha: float = 0.0,
     gt_reward_margins: Any = None,
     gt_reward_scale: float = 1.0,
+    per_pair_outputs: Collection[str] | None = None,
 ) -> PreferenceLossResult: ...
 def dpo_loss_arrays(
     chosen_policy: Any, rejected_policy: Any, chosen_ref: Any, rejected_ref: Any, beta: Any

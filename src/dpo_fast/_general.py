@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -491,6 +491,35 @@ def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, ep
     return losses, slope * scale, chosen_order, rejected_order
 
 
+def _per_pair_outputs(value: Any, reduction: Any) -> tuple[str, ...]:
+    """The per-pair arrays a call asks for (``per_pair_outputs``): None is all of them."""
+    names = OUTPUT_NAMES[:3]
+    if value is None:
+        return names
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"per_pair_outputs must be None or a collection of names among "
+                        f"{names}, got {value!r} (for one name, pass a tuple: ({value!r},))")
+    chosen = list(value)
+    for name in chosen:
+        if name not in names:
+            raise ValueError(f"per_pair_outputs has unknown name {name!r}; expected some of "
+                             f"{names}")
+    if reduction == "none" and "losses" not in chosen:
+        raise ValueError("reduction='none' returns the per-pair losses: include 'losses' in "
+                         "per_pair_outputs")
+    return tuple(name for name in names if name in chosen)
+
+
+def _refuse_unwanted_out(out: Any, wanted: Sequence[str]) -> None:
+    """An ``out`` array for a per-pair output the call leaves out is a contradiction."""
+    if not isinstance(out, Mapping):
+        return  # (None, or a type _check_outputs names)
+    for key in OUTPUT_NAMES[:3]:
+        if key in out and key not in wanted:
+            raise ValueError(f"out[{key!r}] was given but per_pair_outputs leaves {key!r} "
+                             "out")
+
+
 def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: Any,
         label_smoothing: Any, discopop_tau: Any, reduction: Any, compute_grad: Any,
         check_finite: Any, n_threads: Any, out: Mapping[str, Any] | None,
@@ -498,8 +527,9 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         f_divergence_type: Any = "reverse_kl", f_alpha_divergence_coef: Any = 1.0,
         chosen_lengths: Any = None, rejected_lengths: Any = None, weights: Any = None,
         dpop_lambda: Any = DPOP_LAMBDA_DEFAULT, bco_delta: Any = 0.0,
-        alphapo_alpha: Any = 0.0, gt_reward_margins: Any = None, gt_reward_scale: Any = 1.0
-        ) -> tuple[float | np.ndarray, dict[str, np.ndarray], list[float]]:
+        alphapo_alpha: Any = 0.0, gt_reward_margins: Any = None, gt_reward_scale: Any = 1.0,
+        per_pair_outputs: Any = None
+        ) -> tuple[float | np.ndarray, dict[str, np.ndarray | None], list[float]]:
     """preference_loss, validated: ``(loss, outputs, means)``, with the output arrays by
     OUTPUT_NAMES key (the gradients only with compute_grad) and the means of the kernel's sums
     (SUM_NAMES order). ``names`` are the four input arguments' names for the messages."""
@@ -554,7 +584,14 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     pair_weights = None if weights is None else _per_pair(weights, "weights", length,
                                                           positive=False)
     margins = None if not gt_users else _gt_margins(gt_reward_margins, length, gt_scale)
-    wanted = OUTPUT_NAMES if want_grad else OUTPUT_NAMES[:3]
+    per_pair_wanted = _per_pair_outputs(per_pair_outputs, reduction)
+    # The sorted types and alphapo's reward pass work on the per-pair arrays after the kernel:
+    # they get them all (the unwanted ones are dropped from the result).
+    internal = any(name in SORTED_TYPES for name in types) or (
+        shape != 0.0 and "alphapo" in types)
+    computed = OUTPUT_NAMES[:3] if internal else per_pair_wanted
+    wanted = [*computed, *(OUTPUT_NAMES[3:] if want_grad else ())]
+    _refuse_unwanted_out(out, per_pair_wanted)
     # The caller's arrays (a converted copy cannot overlap anything the caller holds).
     # (The lengths and weights the caller passed must not be overwritten either.)
     given = [value for value in (chosen_lengths, rejected_lengths, weights, gt_reward_margins)
@@ -563,22 +600,40 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     grad_divisor = float(length) if reduction == "mean" else 1.0
     resolved_threads = _threads.resolve_n_threads(threads, length)
 
-    sums = _run_kernel(arrays, dtype, per_pair, pair_weights, outputs, types, type_weights,
-                       beta_value, smoothing, tau, gamma, divergence, divergence_coef,
-                       reduction, grad_divisor, resolved_threads, threads,
-                       dpop_lambda=penalty, bco_delta=delta, alphapo_alpha=shape,
-                       gt_reward_margins=margins, gt_reward_scale=gt_scale)
+    for key in OUTPUT_NAMES[:3]:
+        outputs.setdefault(key, None)  # (None: not wanted, the kernels write to scratch)
+
+    def kernel(outputs: dict[str, np.ndarray | None]) -> tuple[float, ...]:
+        return _run_kernel(arrays, dtype, per_pair, pair_weights, outputs, types, type_weights,
+                           beta_value, smoothing, tau, gamma, divergence, divergence_coef,
+                           reduction, grad_divisor, resolved_threads, threads,
+                           dpop_lambda=penalty, bco_delta=delta, alphapo_alpha=shape,
+                           gt_reward_margins=margins, gt_reward_scale=gt_scale)
+
+    sums = kernel(outputs)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
     # a false alarm from an overflowing sum of finite terms only costs the exact search.
     if want_finite and not math.isfinite(sum(sums)):
         _first_non_finite(arrays, names)
     _deliver_outputs(outputs, targets)
+    fallback_outputs = outputs
+    if outputs["losses"] is None and not math.isfinite(sums[_SUM_LOSS]):
+        # The loss sum overflowed (inputs near DBL_MAX): its mean is taken from the per-pair
+        # losses, which this call did not keep. Rare: run again with them.
+        fallback_outputs = {**outputs, "losses": np.empty(length, dtype=dtype)}
+        for key in OUTPUT_NAMES[3:]:
+            if fallback_outputs.get(key) is not None:
+                fallback_outputs[key] = np.empty(length, dtype=dtype)
+        kernel(fallback_outputs)
     means = _fallback_means(
-        sums, length, outputs, arrays, beta_value,
+        sums, length, fallback_outputs, arrays, beta_value,
         (per_pair["chosen_lengths"], per_pair["rejected_lengths"])
         if _normalized_rewards(types) else None)
     if shape != 0.0 and "alphapo" in types:
         _alphapo_rewards(outputs, means, arrays, per_pair, beta_value, shape)
+    for key in OUTPUT_NAMES[:3]:
+        if key not in per_pair_wanted:
+            outputs[key] = None
 
     if reduction == "mean":
         loss: float | np.ndarray = means[_SUM_LOSS]

@@ -266,7 +266,8 @@ def run(LossConfig config, chosen, rejected, ref_chosen, ref_rejected, chosen_le
     The inputs are 1-D float32 or float64 arrays (one dtype; the references may both be None),
     the lengths and weights float64 or None, ``outputs`` maps "losses", "chosen_rewards",
     "rejected_rewards" and optionally "grad_chosen", "grad_rejected" to writeable arrays of the
-    inputs' dtype; none may overlap (the caller checks). Returns the DPO_NSUMS sums
+    inputs' dtype (a per-pair one None or absent: not wanted, its sums are still taken); none
+    may overlap (the caller checks). Returns the DPO_NSUMS sums
     (SUM_NAMES). ``gt_reward_margins``: float64, for a configuration with a PAIR_GT term."""
     cdef DpoChunkArgs args = config.args
     cdef double totals[DPO_NSUMS]
@@ -303,12 +304,17 @@ def run(LossConfig config, chosen, rejected, ref_chosen, ref_rejected, chosen_le
             raise ValueError("this configuration needs the ground-truth reward margins")
         args.gt_reward_margins = <const double *>_data(gt_reward_margins, n, cnp.NPY_DOUBLE,
                                                        "gt_reward_margins")
+    # A per-pair output that is None is not wanted: the kernels write it to scratch (NULL).
     for key in ("losses", "chosen_rewards", "rejected_rewards"):
-        if not cnp.PyArray_ISWRITEABLE(outputs[key]):
+        if outputs.get(key) is not None and not cnp.PyArray_ISWRITEABLE(outputs[key]):
             raise ValueError(f"{key} must be writeable")
-    args.losses = _data(outputs["losses"], n, typenum, "losses")
-    args.chosen_rewards = _data(outputs["chosen_rewards"], n, typenum, "chosen_rewards")
-    args.rejected_rewards = _data(outputs["rejected_rewards"], n, typenum, "rejected_rewards")
+    args.losses = (NULL if outputs.get("losses") is None
+                   else _data(outputs["losses"], n, typenum, "losses"))
+    args.chosen_rewards = (NULL if outputs.get("chosen_rewards") is None
+                           else _data(outputs["chosen_rewards"], n, typenum, "chosen_rewards"))
+    args.rejected_rewards = (NULL if outputs.get("rejected_rewards") is None
+                             else _data(outputs["rejected_rewards"], n, typenum,
+                                        "rejected_rewards"))
     if outputs.get("grad_chosen") is not None:
         if not cnp.PyArray_ISWRITEABLE(outputs["grad_chosen"]) or not cnp.PyArray_ISWRITEABLE(
                 outputs["grad_rejected"]):

@@ -55,9 +55,11 @@
         args->chosen_lengths ? args->chosen_lengths + start : NULL;                         \
     const double *DPO_RESTRICT nr =                                                         \
         args->rejected_lengths ? args->rejected_lengths + start : NULL;                     \
-    DPO_T *DPO_RESTRICT out_loss = (DPO_T *)args->losses + start;                           \
-    DPO_T *DPO_RESTRICT out_chosen_reward = (DPO_T *)args->chosen_rewards + start;          \
-    DPO_T *DPO_RESTRICT out_rejected_reward = (DPO_T *)args->rejected_rewards + start;      \
+    DPO_T *DPO_RESTRICT out_loss = args->losses ? (DPO_T *)args->losses + start : NULL;     \
+    DPO_T *DPO_RESTRICT out_chosen_reward =                                                 \
+        args->chosen_rewards ? (DPO_T *)args->chosen_rewards + start : NULL;                \
+    DPO_T *DPO_RESTRICT out_rejected_reward =                                               \
+        args->rejected_rewards ? (DPO_T *)args->rejected_rewards + start : NULL;            \
     const int with_grad = args->grad_chosen != NULL;                                        \
     DPO_T *DPO_RESTRICT out_grad_chosen =                                                   \
         with_grad ? (DPO_T *)args->grad_chosen + start : NULL;                              \
@@ -68,6 +70,17 @@
     const double beta4 = 4.0 * beta;                                                        \
     const double grad_divisor = args->grad_divisor;                                         \
     const int normalized_rewards = args->normalized_rewards;
+
+/* The block's per-pair outputs, indexed by the row's place in the block: the caller's arrays,
+ * or, for an output the call did not ask for (NULL), SCRATCH (3 x the block size of DPO_T, on
+ * the stack, in L1), written and never read: the loops stay the same, the memory traffic and
+ * the page faults of an unwanted output are gone. */
+#define DPO_BLOCK_OUTPUTS(SCRATCH)                                                          \
+    DPO_T *DPO_RESTRICT out_loss_b = out_loss ? out_loss + block : (SCRATCH)[0];            \
+    DPO_T *DPO_RESTRICT out_chosen_reward_b =                                               \
+        out_chosen_reward ? out_chosen_reward + block : (SCRATCH)[1];                       \
+    DPO_T *DPO_RESTRICT out_rejected_reward_b =                                             \
+        out_rejected_reward ? out_rejected_reward + block : (SCRATCH)[2];
 #endif
 
 /* Loss-type lists, per-pair weights, lengths and f-divergences: DPO_GENERAL_FN. */
@@ -102,9 +115,9 @@
     double rejected_reward = row_beta * (((NORM) && normalized_rewards) ? x_r : r);         \
     double weight = (NORM) ? pw[row] : 1.0;                                                 \
     double value = (NORM) ? dpo_mul0(weight, pl.value) : pl.value;                          \
-    out_loss[row] = (DPO_T)value;                                                           \
-    out_chosen_reward[row] = (DPO_T)chosen_reward;                                          \
-    out_rejected_reward[row] = (DPO_T)rejected_reward;                                      \
+    out_loss_b[i] = (DPO_T)value;                                                           \
+    out_chosen_reward_b[i] = (DPO_T)chosen_reward;                                          \
+    out_rejected_reward_b[i] = (DPO_T)rejected_reward;                                      \
     if (WITH_GRAD) {                                                                        \
         double d_c = (NORM) ? pl.d_chosen * inv_c : pl.d_chosen;                            \
         double d_r = (NORM) ? pl.d_rejected * inv_r : pl.d_rejected;                        \
@@ -169,6 +182,8 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
     DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
     const int loss_type = args->loss_type;
+    DPO_T out_scratch[3][DPO_BLOCK];
+    DPO_BLOCK_OUTPUTS(out_scratch)
     for (ptrdiff_t i = 0; i < m; i++) {
         /* The vectorised loop's flag, recomputed: the plain normalised log-ratios. */
         const ptrdiff_t row = block + i;
@@ -225,8 +240,10 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;
 
+    DPO_T out_scratch[3][DPO_BLOCK];
     for (ptrdiff_t block = 0; block < n; block += DPO_BLOCK) {
         ptrdiff_t m = (n - block < DPO_BLOCK) ? n - block : DPO_BLOCK;
+        DPO_BLOCK_OUTPUTS(out_scratch)
         memcpy(saved, lanes, sizeof lanes);
         for (int j = 0; j < DPO_LANES; j++)
             flag_lanes[j] = 0.0;

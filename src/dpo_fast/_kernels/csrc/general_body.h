@@ -245,8 +245,8 @@ DPO_TARGET DPO_NOINLINE static void dpo_general_term(
             row_inv_scale[i] = 1.0;                                                         \
             double chosen_reward = beta * reward_c;                                         \
             double rejected_reward = beta * reward_r;                                       \
-            out_chosen_reward[row] = (DPO_T)chosen_reward;                                  \
-            out_rejected_reward[row] = (DPO_T)rejected_reward;                              \
+            out_chosen_reward_b[i] = (DPO_T)chosen_reward;                                  \
+            out_rejected_reward_b[i] = (DPO_T)rejected_reward;                              \
             buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                  \
             buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                              \
             buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;                       \
@@ -309,8 +309,10 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
         for (int j = 0; j < DPO_LANES; j++)
             lanes[q][j] = 0.0;
 
+    DPO_T out_scratch[3][DPO_GEN_BLOCK];
     for (ptrdiff_t block = 0; block < n; block += DPO_GEN_BLOCK) {
         ptrdiff_t m = (n - block < DPO_GEN_BLOCK) ? n - block : DPO_GEN_BLOCK;
+        DPO_BLOCK_OUTPUTS(out_scratch)
 
         /* 1. prepare */
         switch (need_raw * 2 + need_norm) {
@@ -377,8 +379,8 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                 row_inv_scale[i] = quarter ? 4.0 : 1.0;
                 double chosen_reward = beta4 * reward_c4;
                 double rejected_reward = beta4 * reward_r4;
-                out_chosen_reward[row] = (DPO_T)chosen_reward;
-                out_rejected_reward[row] = (DPO_T)rejected_reward;
+                out_chosen_reward_b[i] = (DPO_T)chosen_reward;
+                out_rejected_reward_b[i] = (DPO_T)rejected_reward;
                 buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;
                 buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;
                 buf[DPO_SUM_MARGIN][i] = chosen_reward - rejected_reward;
@@ -454,7 +456,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
             ptrdiff_t row = block + i;
             double weight = weights ? weights[row] : 1.0;
             double value = dpo_mul0(weight, acc_value[i]);
-            out_loss[row] = (DPO_T)value;
+            out_loss_b[i] = (DPO_T)value;
             buf[DPO_SUM_LOSS][i] = value;
             if (with_grad) {
                 out_grad_chosen[row] =
