@@ -35,9 +35,10 @@ __all__ = ["LOSS_OPTIONS", "NOT_OPTIONS", "PER_PAIR_PARAMETERS", "SUMMARY_PARAME
 PER_PAIR_PARAMETERS = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
                        "ref_rejected_logps", "chosen_lengths", "rejected_lengths", "weights",
                        "gt_reward_margins")
-# Not options: the output buffers (the scorer writes its own), and the finiteness switch (the
-# scorer validates rows itself, see on_invalid).
-NOT_OPTIONS = frozenset({"out", "check_finite"})
+# Not options: the output buffers and which of them to keep (the scorer writes its own and
+# needs every per-pair column), and the finiteness switch (the scorer validates rows itself,
+# see on_invalid).
+NOT_OPTIONS = frozenset({"out", "per_pair_outputs", "check_finite"})
 # Passed to the summary, not to the per-batch calls (which always reduce with "none").
 SUMMARY_PARAMETERS = frozenset({"reduction"})
 
