@@ -272,6 +272,27 @@ def _loss_tensor(result: Any) -> torch.Tensor:
 _FORWARD_ONLY = frozenset({"return_entropy", "return_wpo_weights", "return_logit_sums"})
 
 
+def _sequence_result(result: Any, logps: torch.Tensor, token_logps: torch.Tensor | None,
+                     dtype: torch.dtype) -> SequenceLogpsResult:
+    """The NumPy result of a log-probs call as tensors, with ``logps`` / ``token_logps`` as
+    the caller's autograd produced them (the other fields detached, in ``dtype``)."""
+    def tensor_or_none(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else _tensor(array, dtype)
+
+    return SequenceLogpsResult(
+        logps=logps,
+        counts=torch.from_numpy(result.counts),
+        token_accuracy=result.token_accuracy,
+        logsumexp=_tensor(result.logsumexp, dtype),
+        token_logps=token_logps,
+        entropy=tensor_or_none(result.entropy),
+        mean_entropy=result.mean_entropy,
+        wpo_weights=tensor_or_none(result.wpo_weights),
+        logit_sums=tensor_or_none(result.logit_sums),
+        mean_logit=result.mean_logit,
+    )
+
+
 class _SequenceLogps(torch.autograd.Function):
     """(logits) -> (logps, token_logps); extras go through `sink` (no autograd)."""
 
@@ -368,18 +389,7 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
             return_token_logps=return_token_logps, **options)
         logps = _tensor(result.logps, dtype)
         token_logps = None if result.token_logps is None else _tensor(result.token_logps, dtype)
-    return SequenceLogpsResult(
-        logps=logps,
-        counts=torch.from_numpy(result.counts),
-        token_accuracy=result.token_accuracy,
-        logsumexp=_tensor(result.logsumexp, dtype),
-        token_logps=token_logps if return_token_logps else None,
-        entropy=None if result.entropy is None else _tensor(result.entropy, dtype),
-        mean_entropy=result.mean_entropy,
-        wpo_weights=None if result.wpo_weights is None else _tensor(result.wpo_weights, dtype),
-        logit_sums=None if result.logit_sums is None else _tensor(result.logit_sums, dtype),
-        mean_logit=result.mean_logit,
-    )
+    return _sequence_result(result, logps, token_logps if return_token_logps else None, dtype)
 
 
 # ------------------------------------------------------------------ linear_sequence_logps
@@ -515,18 +525,7 @@ def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: An
             return_token_logps=return_token_logps, **options)
         logps = _tensor(result.logps, dtype)
         token_logps = None if result.token_logps is None else _tensor(result.token_logps, dtype)
-    return SequenceLogpsResult(
-        logps=logps,
-        counts=torch.from_numpy(result.counts),
-        token_accuracy=result.token_accuracy,
-        logsumexp=_tensor(result.logsumexp, dtype),
-        token_logps=token_logps if return_token_logps else None,
-        entropy=None if result.entropy is None else _tensor(result.entropy, dtype),
-        mean_entropy=result.mean_entropy,
-        wpo_weights=None if result.wpo_weights is None else _tensor(result.wpo_weights, dtype),
-        logit_sums=None if result.logit_sums is None else _tensor(result.logit_sums, dtype),
-        mean_logit=result.mean_logit,
-    )
+    return _sequence_result(result, logps, token_logps if return_token_logps else None, dtype)
 
 
 # ------------------------------------------------------------------ preference_loss
