@@ -34,12 +34,14 @@ from dpo_fast._arrays import check_flag, tensor_as_array
 from dpo_fast._kernels import _logps
 from dpo_fast.logps import (
     PARALLEL_MIN_ELEMENTS,
+    RowResults,
     SequenceLogpsResult,
     as_mask,
     as_upstream,
     check_ignore_index,
     check_temperature,
     format_position,
+    sequence_result,
 )
 
 __all__ = ["TILE_BYTES", "VOCAB_TILE", "BFloat16Array", "linear_sequence_logps",
@@ -373,7 +375,6 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
 
     rows, n_t = prep.rows, prep.n_t
     n_positions = prep.labels.size
-    n_b = prep.counts.size
     log_s = np.log(state[:, _S])
     token_logps = np.zeros(n_positions)
     token_logps[rows] = (state[:, _XLABEL] * prep.inv_temperature - state[:, _M]) - log_s
@@ -385,36 +386,13 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     if want_entropy:
         entropy = np.zeros(n_positions)
         entropy[rows] = log_s - state[:, _W] / state[:, _S]
-    sums = np.empty(n_b)
-    n_argmax, entropy_sum = _logps.sequence_sums(rows, n_t, token_logps, entropy, status, sums)
-    counts = prep.counts
-    if want_average:
-        sums = np.divide(sums, counts, out=np.zeros(n_b), where=counts > 0)
-    sequence_of_row = rows // n_t
-    wpo_weights = logit_sums = mean_logit = None
-    if want_wpo:
-        log_sum_p2 = np.log(state[:, _Q]) - 2.0 * log_s
-        adjusted = np.bincount(sequence_of_row, weights=token_logps[rows] - log_sum_p2,
-                               minlength=n_b)
-        wpo_weights = np.exp(adjusted / np.maximum(counts, 1)).reshape(prep.seq_shape)
-    if want_logit_sums:
-        sums_of_logits = np.bincount(sequence_of_row, weights=state[:, _XSUM], minlength=n_b)
-        logit_sums = sums_of_logits.reshape(prep.seq_shape)
-        mean_logit = (float(sums_of_logits.sum()) / (rows.size * prep.vocab)
-                      if rows.size else 0.0)
-    n_rows = rows.size
-    return SequenceLogpsResult(
-        logps=sums.reshape(prep.seq_shape),
-        counts=counts.reshape(prep.seq_shape),
-        token_accuracy=n_argmax / n_rows if n_rows else 0.0,
-        logsumexp=logsumexp.reshape(prep.token_shape),
-        token_logps=token_logps.reshape(prep.token_shape) if want_tokens else None,
-        entropy=None if entropy is None else entropy.reshape(prep.token_shape),
-        mean_entropy=(entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None,
-        wpo_weights=wpo_weights,
-        logit_sums=logit_sums,
-        mean_logit=mean_logit,
-    )
+    return sequence_result(RowResults(
+        rows=rows, n_t=n_t, vocab=prep.vocab, counts=prep.counts, seq_shape=prep.seq_shape,
+        token_shape=prep.token_shape, token_logps=token_logps, logsumexp=logsumexp,
+        entropy=entropy, status=status,
+        log_sum_p2=(np.log(state[:, _Q]) - 2.0 * log_s) if want_wpo else None,
+        logit_sums=state[:, _XSUM] if want_logit_sums else None),
+        average=want_average, want_tokens=want_tokens)
 
 
 def _row_weights(prep: _Prepared, grad_logps: Any, grad_token_logps: Any, average: bool

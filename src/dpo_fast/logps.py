@@ -248,23 +248,79 @@ def _raise_non_finite(prep: _Prepared, status: np.ndarray, rows: np.ndarray) -> 
                      f"logit {float(row.max())!r}, temperature {1 / prep.inv_temperature!r})")
 
 
-def _logit_sums(prep: _Prepared, row_sums: np.ndarray, sequence_of_row: np.ndarray
-                ) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class RowResults:
+    """Per-position results of the counted rows, before the per-sequence sums: what
+    :func:`sequence_result` turns into a :class:`SequenceLogpsResult` (linear_logps shares it).
+
+    ``token_logps``, ``logsumexp``, ``entropy`` (or None) and ``status`` have one entry per
+    position (B*T, zeros where not counted); ``log_sum_p2`` and ``logit_sums`` (or None: not
+    asked for) one per counted row, aligned with ``rows``."""
+
+    rows: np.ndarray
+    n_t: int
+    vocab: int
+    counts: np.ndarray
+    seq_shape: tuple[int, ...]
+    token_shape: tuple[int, ...]
+    token_logps: np.ndarray
+    logsumexp: np.ndarray
+    entropy: np.ndarray | None
+    status: np.ndarray
+    log_sum_p2: np.ndarray | None = None
+    logit_sums: np.ndarray | None = None
+
+
+def _logit_sums(rr: RowResults, sequence_of_row: np.ndarray) -> tuple[np.ndarray, float]:
     """Per-sequence sums of the counted rows' logit sums, and the mean logit. Only float64
     logits near the largest double can overflow a sum: that is an error, not a NaN."""
-    rows = prep.rows
-    n_b, _, vocab = prep.logits.shape
+    row_sums = rr.logit_sums
     with np.errstate(over="ignore", invalid="ignore"):
-        sums = np.bincount(sequence_of_row, weights=row_sums[rows], minlength=n_b)
+        sums = np.bincount(sequence_of_row, weights=row_sums, minlength=rr.counts.size)
         total = float(sums.sum())
     if not math.isfinite(total):
-        bad = rows[~np.isfinite(row_sums[rows])]
-        where = (f"logits[{format_position(prep.token_shape, int(bad[0]))}, :]" if bad.size
+        bad = rr.rows[~np.isfinite(row_sums)]
+        where = (f"logits[{format_position(rr.token_shape, int(bad[0]))}, :]" if bad.size
                  else "the counted logits")
         raise ValueError(f"return_logit_sums: the sum of {where} overflows double precision "
                          "(logits near the largest double); call without return_logit_sums")
-    mean = total / (rows.size * vocab) if rows.size else 0.0
-    return sums.reshape(prep.seq_shape), mean
+    mean = total / (rr.rows.size * rr.vocab) if rr.rows.size else 0.0
+    return sums.reshape(rr.seq_shape), mean
+
+
+def sequence_result(rr: RowResults, *, average: bool, want_tokens: bool) -> SequenceLogpsResult:
+    """The per-sequence sums of counted rows' results (in row order, whatever the thread
+    count), the optional WPO weights and logit sums, and the result."""
+    rows, counts = rr.rows, rr.counts
+    n_b, n_rows = counts.size, rr.rows.size
+    sums = np.empty(n_b)
+    n_argmax, entropy_sum = _logps.sequence_sums(rows, rr.n_t, rr.token_logps, rr.entropy,
+                                                 rr.status, sums)
+    if average:
+        sums = np.divide(sums, counts, out=np.zeros(n_b), where=counts > 0)
+    wpo_weights = logit_sums = mean_logit = None
+    sequence_of_row = rows // rr.n_t
+    if rr.log_sum_p2 is not None:
+        # TRL: mean over counted positions of (token logp - log sum p^2), a count of 0 taken
+        # as 1 (so the weight is exp(0) = 1). bincount adds in row order: deterministic.
+        adjusted = np.bincount(sequence_of_row, weights=rr.token_logps[rows] - rr.log_sum_p2,
+                               minlength=n_b)
+        wpo_weights = np.exp(adjusted / np.maximum(counts, 1)).reshape(rr.seq_shape)
+    if rr.logit_sums is not None:
+        logit_sums, mean_logit = _logit_sums(rr, sequence_of_row)
+    return SequenceLogpsResult(
+        logps=sums.reshape(rr.seq_shape),
+        counts=counts.reshape(rr.seq_shape),
+        token_accuracy=n_argmax / n_rows if n_rows else 0.0,
+        logsumexp=rr.logsumexp.reshape(rr.token_shape),
+        token_logps=rr.token_logps.reshape(rr.token_shape) if want_tokens else None,
+        entropy=None if rr.entropy is None else rr.entropy.reshape(rr.token_shape),
+        mean_entropy=(None if rr.entropy is None
+                      else entropy_sum / n_rows if n_rows else 0.0),
+        wpo_weights=wpo_weights,
+        logit_sums=logit_sums,
+        mean_logit=mean_logit,
+    )
 
 
 def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: Any = None,
@@ -423,35 +479,13 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     if n_bad:
         _raise_non_finite(prep, status, rows)
 
-    sums = np.empty(n_b)
-    n_argmax, entropy_sum = _logps.sequence_sums(rows, n_t, token_logps, entropy, status,
-                                                 sums)
-    counts = prep.counts
-    if want_average:
-        sums = np.divide(sums, counts, out=np.zeros(n_b), where=counts > 0)
-    n_rows = rows.size
-    wpo_weights = logit_sums = mean_logit = None
-    sequence_of_row = rows // n_t
-    if want_wpo:
-        # TRL: mean over counted positions of (token logp - log sum p^2), a count of 0 taken
-        # as 1 (so the weight is exp(0) = 1). bincount adds in row order: deterministic.
-        adjusted = np.bincount(sequence_of_row, weights=token_logps[rows] - log_sum_p2[rows],
-                               minlength=n_b)
-        wpo_weights = np.exp(adjusted / np.maximum(counts, 1)).reshape(prep.seq_shape)
-    if want_logit_sums:
-        logit_sums, mean_logit = _logit_sums(prep, row_logit_sums, sequence_of_row)
-    return SequenceLogpsResult(
-        logps=sums.reshape(prep.seq_shape),
-        counts=counts.reshape(prep.seq_shape),
-        token_accuracy=n_argmax / n_rows if n_rows else 0.0,
-        logsumexp=logsumexp.reshape(prep.token_shape),
-        token_logps=token_logps.reshape(prep.token_shape) if want_tokens else None,
-        entropy=None if entropy is None else entropy.reshape(prep.token_shape),
-        mean_entropy=(entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None,
-        wpo_weights=wpo_weights,
-        logit_sums=logit_sums,
-        mean_logit=mean_logit,
-    )
+    return sequence_result(RowResults(
+        rows=rows, n_t=n_t, vocab=vocab, counts=prep.counts, seq_shape=prep.seq_shape,
+        token_shape=prep.token_shape, token_logps=token_logps, logsumexp=logsumexp,
+        entropy=entropy, status=status,
+        log_sum_p2=None if log_sum_p2 is None else log_sum_p2[rows],
+        logit_sums=None if row_logit_sums is None else row_logit_sums[rows]),
+        average=want_average, want_tokens=want_tokens)
 
 
 def as_upstream(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
