@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -19,7 +20,7 @@ from dpo_fast.score.batch import (
     check_on_invalid,
 )
 from dpo_fast.score.columns import check_added_columns, resolve_columns
-from dpo_fast.score.errors import ScoreDataError, ScoreUsageError, require_pyarrow
+from dpo_fast.score.errors import ScoreUsageError, require_pyarrow
 from dpo_fast.score.options import (
     batch_parameters,
     check_loss_params,
@@ -39,14 +40,7 @@ from dpo_fast.score.summary import (
 from dpo_fast.score.unpaired import check_paired_params, is_unpaired
 from dpo_fast.score.unpaired_run import score_unpaired
 from dpo_fast.score.unpaired_summary import UnpairedSummary
-from dpo_fast.score.writers import (
-    SINKS,
-    WRITE_QUEUE_DEPTH,
-    AtomicOutput,
-    BackgroundWriter,
-    WriteFailed,
-    check_output_path,
-)
+from dpo_fast.score.writers import WRITE_QUEUE_DEPTH, ScoredOutput, check_output_path
 
 __all__ = ["DEFAULT_BATCH_ROWS", "score_dataset"]
 
@@ -194,13 +188,12 @@ def score_dataset(source: str, *, out: str | None = None,
     buffers = BufferRing(WRITE_QUEUE_DEPTH + 3 if out is not None else 1,
                          ("margin",) + added)
     bar = _progress(progress, inp.count_rows() if progress else None)
-    try:
-        target = AtomicOutput(out) if out is not None else None
-    except OSError as exc:  # e.g. a read-only directory: name --out, not the hidden file
-        raise ScoreUsageError(f"--out {out}: cannot create it ({exc.strerror or exc})"
-                              ) from None
-    writer = None
-    try:
+    output = ScoredOutput(out, out_format, out_schema) if out is not None else None
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
+        if output is not None:
+            stack.enter_context(output)  # on an error: the output removed, then the bar closed
         for index, path, first_row, batch in reader:
             def locate(i, path=path, first_row=first_row):
                 return path, reader.exact_row(path, first_row + i)
@@ -215,20 +208,14 @@ def score_dataset(source: str, *, out: str | None = None,
                 batch = batch.filter(to_arrow(pa, scored.keep))
             summary.add(scored.outputs, scored.columns[0].values, scored.columns[1].values,
                         scored.metrics)
-            if target is not None and batch.num_rows:
+            if output is not None and batch.num_rows:
                 if parsed_text:
                     # CSV role columns were read as text: write the numbers they hold.
                     batch = with_columns(pa, batch, {c.column: c.values
                                                       for c in scored.columns})
-                if writer is None:
-                    try:
-                        sink = SINKS[out_format](target.path, out_schema)
-                    except Exception as exc:
-                        raise WriteFailed(exc) from exc
-                    writer = BackgroundWriter(sink)
                 batch = conform(pa, batch, in_schema, path)
                 arrays = [*batch.columns, *(to_arrow(pa, scored.outputs[name]) for name in added)]
-                writer.write(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
+                output.write(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
             if bar is not None:
                 bar.update(batch.num_rows + sum(scored.skipped.values()))
 
@@ -251,26 +238,6 @@ def score_dataset(source: str, *, out: str | None = None,
             reduction, scan=scan, input=inp.source, output=out,
             parameters=effective_parameters(loss_params),
             columns={role.name: column for role, column in roles})
-        if writer is not None:
-            writer.close()
-            writer = None
-            try:
-                target.commit()
-            except OSError as exc:
-                raise WriteFailed(exc) from exc
-            target = None
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort()
-        if target is not None:
-            target.abort()
-        if isinstance(exc, WriteFailed):
-            # The output format cannot hold these columns (CSV and nested types, say), the
-            # disk is full, the file too large for the filesystem.
-            raise ScoreDataError(f"cannot write {out_format}: {exc.describe()}",
-                                 file=out) from None
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+        if output is not None:
+            output.commit()
     return dataclasses.replace(result, seconds=time.perf_counter() - started)

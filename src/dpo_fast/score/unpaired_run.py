@@ -9,6 +9,7 @@ for why the whole input), one otherwise. Memory is bounded as for paired data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from dpo_fast.score.arrow import arrow_labels, arrow_values, to_arrow
 from dpo_fast.score.columns import check_added_columns
-from dpo_fast.score.errors import ScoreDataError, ScoreUsageError, require_pyarrow
+from dpo_fast.score.errors import require_pyarrow
 from dpo_fast.score.readers import BatchReader, InputFiles, column_names
 from dpo_fast.score.schema import conform, input_schema, output_schema, with_columns
 from dpo_fast.score.unpaired import (
@@ -30,12 +31,7 @@ from dpo_fast.score.unpaired import (
     validate_rows,
 )
 from dpo_fast.score.unpaired_summary import KLSum, UnpairedPartial, UnpairedSummary
-from dpo_fast.score.writers import (
-    SINKS,
-    AtomicOutput,
-    BackgroundWriter,
-    WriteFailed,
-)
+from dpo_fast.score.writers import ScoredOutput
 
 __all__ = ["column_values", "score_unpaired"]
 
@@ -97,20 +93,19 @@ def score_unpaired(inp: InputFiles, *, out: str | None, out_format: str | None,
 
     summary = UnpairedPartial()
     bar = progress(inp.count_rows()) if progress is not None else None
-    try:
-        target = AtomicOutput(out) if out is not None else None
-    except OSError as exc:
-        raise ScoreUsageError(f"--out {out}: cannot create it ({exc.strerror or exc})"
-                              ) from None
-    writer = None
-    try:
+    output = ScoredOutput(out, out_format, out_schema) if out is not None else None
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
+        if output is not None:
+            stack.enter_context(output)  # on an error: the output removed, then the bar closed
         for batch, keep, kept in batches(summary, full_schema,
                                          None if out is not None else role_columns):
             outputs, logps, labels = score_unpaired_batch(kept, settings, kl)
             summary.add(outputs, logps, labels)
             if bar is not None:
                 bar.update(batch.num_rows)
-            if target is None:
+            if output is None:
                 continue
             if keep is not None:
                 batch = batch.filter(to_arrow(pa, keep))
@@ -120,37 +115,13 @@ def score_unpaired(inp: InputFiles, *, out: str | None, out_format: str | None,
                 # The log-prob columns were read as text: write the numbers they hold.
                 batch = with_columns(pa, batch, {c.column: c.values for c in kept
                                                   if c.role.logps})
-            if writer is None:
-                try:
-                    sink = SINKS[out_format](target.path, out_schema)
-                except Exception as exc:
-                    raise WriteFailed(exc) from exc
-                writer = BackgroundWriter(sink)
             batch = conform(pa, batch, in_schema, inp.source)
             arrays = [*batch.columns, *(to_arrow(pa, outputs[name]) for name in added)]
-            writer.write(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
+            output.write(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
         result = summary.finish(
             settings.reduction, kl, kl_source, input=inp.source, output=out,
             parameters=settings.effective_parameters(),
             columns={role.name: column for role, column in roles})
-        if writer is not None:
-            writer.close()
-            writer = None
-            try:
-                target.commit()
-            except OSError as exc:
-                raise WriteFailed(exc) from exc
-            target = None
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort()
-        if target is not None:
-            target.abort()
-        if isinstance(exc, WriteFailed):
-            raise ScoreDataError(f"cannot write {out_format}: {exc.describe()}",
-                                 file=out) from None
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+        if output is not None:
+            output.commit()
     return dataclasses.replace(result, seconds=time.perf_counter() - started)

@@ -15,11 +15,11 @@ import threading
 
 import numpy as np
 
-from dpo_fast.score.errors import ScoreUsageError, require_pyarrow
+from dpo_fast.score.errors import ScoreDataError, ScoreUsageError, require_pyarrow
 from dpo_fast.score.readers import InputFiles
 
-__all__ = ["SINKS", "WRITE_QUEUE_DEPTH", "AtomicOutput", "BackgroundWriter", "WriteFailed",
-           "check_output_path"]
+__all__ = ["SINKS", "WRITE_QUEUE_DEPTH", "AtomicOutput", "BackgroundWriter", "ScoredOutput",
+           "WriteFailed", "check_output_path"]
 
 # Batches handed to the writer thread but not yet written. Two keep the writer busy while the
 # next batch is scored, without holding more memory than that needs.
@@ -292,6 +292,56 @@ class BackgroundWriter:
         self._thread.join(timeout=30)
         with contextlib.suppress(Exception):
             self._sink.close()
+
+
+class ScoredOutput:
+    """The ``--out`` file of a scoring run, as a context manager: created atomically up front
+    (one that cannot be created is a usage error naming ``--out``), its background writer
+    started by the first :meth:`write`, made visible by :meth:`commit`; on any error inside
+    the ``with`` it is removed, and a write failure becomes a ScoreDataError naming the
+    format (CSV and nested types, a full disk, a file too large for the filesystem)."""
+
+    def __init__(self, out: str, out_format: str, schema) -> None:
+        try:
+            self._target: AtomicOutput | None = AtomicOutput(out)
+        except OSError as exc:  # e.g. a read-only directory: name --out, not the hidden file
+            raise ScoreUsageError(f"--out {out}: cannot create it ({exc.strerror or exc})"
+                                  ) from None
+        self._out, self._format, self._schema = out, out_format, schema
+        self._writer: BackgroundWriter | None = None
+
+    def write(self, batch) -> None:
+        if self._writer is None:
+            try:
+                sink = SINKS[self._format](self._target.path, self._schema)
+            except Exception as exc:
+                raise WriteFailed(exc) from exc
+            self._writer = BackgroundWriter(sink)
+        self._writer.write(batch)
+
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            try:
+                self._target.commit()
+            except OSError as exc:
+                raise WriteFailed(exc) from exc
+            self._target = None
+
+    def __enter__(self) -> ScoredOutput:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if exc is None:
+            return
+        if self._writer is not None:
+            self._writer.abort()
+        if self._target is not None:
+            self._target.abort()
+        if isinstance(exc, WriteFailed):
+            raise ScoreDataError(f"cannot write {self._format}: {exc.describe()}",
+                                 file=self._out) from None
 
 
 def _same_file(a: str, b: str) -> bool:
