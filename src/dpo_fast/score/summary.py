@@ -18,8 +18,8 @@ import numpy as np
 from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 
 __all__ = ["DEFAULT_QUANTILES", "QUANTILE_BUDGET", "ExactSum", "MarginSketch",
-           "PartialSummary", "ScoreSummary", "combine_scans", "order_keys", "quantile_levels",
-           "scan_margins"]
+           "PartialSummary", "ScoreSummary", "SkippedRows", "combine_scans", "order_keys",
+           "quantile_levels", "scan_margins"]
 
 DEFAULT_QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 # Largest number of margins the quantile search holds in memory (8 bytes each: 32 MiB).
@@ -359,7 +359,29 @@ _METRIC_SOURCES = {"rewards/chosen": "rewards/chosen", "rewards/rejected": "rewa
                    "logps/chosen": "logps/chosen", "logps/rejected": "logps/rejected"}
 
 
-class PartialSummary:
+class SkippedRows:
+    """The rows a scoring run skipped as invalid, by reason, and the first one: the part of
+    the paired and unpaired partial summaries that is the same in both."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
+        self.first_skipped: tuple[tuple[Any, ...], str] | None = None
+
+    def add_skipped(self, counts: Mapping[str, int], where: tuple[Any, ...],
+                    message: str) -> None:
+        """Count skipped rows; keep the first one (by ``where``, a sortable location)."""
+        for reason, count in counts.items():
+            if count:
+                self.skipped[reason] = self.skipped.get(reason, 0) + count
+        if self.first_skipped is None or where < self.first_skipped[0]:
+            self.first_skipped = (where, message)
+
+    def merge_skipped(self, other: SkippedRows) -> None:
+        if other.skipped:
+            self.add_skipped(other.skipped, *(other.first_skipped or ((), "")))
+
+
+class PartialSummary(SkippedRows):
     """Mergeable partial sums of a scoring run (one batch, one partition, or many).
 
     Everything needed for the summary: the pair count, exact sums of the per-pair values,
@@ -369,6 +391,7 @@ class PartialSummary:
     """
 
     def __init__(self, levels: Sequence[float] | None = DEFAULT_QUANTILES) -> None:
+        super().__init__()
         self.count = 0
         self.accurate = 0
         self.negative = 0
@@ -376,8 +399,6 @@ class PartialSummary:
         # Metrics the core reports that this module does not know how to compute from the
         # per-pair values: combined as count-weighted means of the per-batch values.
         self.other_metrics: dict[str, ExactSum] = {}
-        self.skipped: dict[str, int] = {}
-        self.first_skipped: tuple[tuple[Any, ...], str] | None = None
         self.sketch = MarginSketch(levels) if levels else None
 
     def add(self, outputs: Mapping[str, np.ndarray], chosen: np.ndarray, rejected: np.ndarray,
@@ -404,15 +425,6 @@ class PartialSummary:
         if self.sketch is not None:
             self.sketch.add(margin)
 
-    def add_skipped(self, counts: Mapping[str, int], where: tuple[Any, ...],
-                    message: str) -> None:
-        """Count skipped rows; keep the first one (by ``where``, a sortable location)."""
-        for reason, count in counts.items():
-            if count:
-                self.skipped[reason] = self.skipped.get(reason, 0) + count
-        if self.first_skipped is None or where < self.first_skipped[0]:
-            self.first_skipped = (where, message)
-
     def merge(self, other: PartialSummary) -> PartialSummary:
         """Add ``other`` (disjoint data) into this summary; returns ``self``."""
         self.count += other.count
@@ -422,8 +434,7 @@ class PartialSummary:
             self.sums[key].merge(other.sums[key])
         for name, total in other.other_metrics.items():
             self.other_metrics.setdefault(name, ExactSum()).merge(total)
-        if other.skipped:
-            self.add_skipped(other.skipped, *(other.first_skipped or ((), "")))
+        self.merge_skipped(other)
         if self.sketch is not None and other.sketch is not None:
             self.sketch.merge(other.sketch)
         return self

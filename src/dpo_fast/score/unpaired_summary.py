@@ -19,7 +19,7 @@ import numpy as np
 
 from dpo_fast.kto import kl_estimate, kto_metrics
 from dpo_fast.score.errors import ScoreDataError
-from dpo_fast.score.summary import MIN_RATE_SECONDS, ExactSum
+from dpo_fast.score.summary import MIN_RATE_SECONDS, ExactSum, SkippedRows
 
 __all__ = ["KLSum", "UnpairedPartial", "UnpairedSummary", "add_exact", "exact_units"]
 
@@ -89,15 +89,14 @@ class KLSum:
 _SUMS = ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
 
 
-class UnpairedPartial:
+class UnpairedPartial(SkippedRows):
     """Mergeable exact partial sums of an unpaired scoring run (batches or partitions)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.count = 0
         self.chosen = 0
         self.sums = {key: ExactSum() for key in _SUMS}
-        self.skipped: dict[str, int] = {}
-        self.first_skipped: tuple[tuple[Any, ...], str] | None = None
 
     def add(self, outputs: Mapping[str, np.ndarray], logps: np.ndarray,
             desirable: np.ndarray) -> None:
@@ -112,22 +111,12 @@ class UnpairedPartial:
         self.count += desirable.size
         self.chosen += int(np.count_nonzero(desirable))
 
-    def add_skipped(self, counts: Mapping[str, int], where: tuple[Any, ...],
-                    message: str) -> None:
-        """Count skipped rows; keep the first one (by ``where``, a sortable location)."""
-        for reason, count in counts.items():
-            if count:
-                self.skipped[reason] = self.skipped.get(reason, 0) + count
-        if self.first_skipped is None or where < self.first_skipped[0]:
-            self.first_skipped = (where, message)
-
     def merge(self, other: UnpairedPartial) -> UnpairedPartial:
         self.count += other.count
         self.chosen += other.chosen
         for key in _SUMS:
             self.sums[key].merge(other.sums[key])
-        if other.skipped:
-            self.add_skipped(other.skipped, *(other.first_skipped or ((), "")))
+        self.merge_skipped(other)
         return self
 
     def finish(self, reduction: str, kl: float, kl_source: str, **info: Any
