@@ -54,6 +54,7 @@ from dpo_fast.score.columns import (
     check_added_columns,
     parse_column_map,
     resolve_columns,
+    validate_rows,
 )
 from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 from dpo_fast.score.options import (
@@ -82,7 +83,6 @@ from dpo_fast.score.unpaired import (
     reference_point,
     resolve_unpaired_columns,
     score_unpaired_batch,
-    validate_rows,
 )
 from dpo_fast.score.unpaired_summary import KLSum, UnpairedPartial, UnpairedSummary
 

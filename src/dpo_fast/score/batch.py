@@ -14,12 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dpo_fast.losses import preference_loss
-from dpo_fast.score.columns import (
-    ColumnValues,
-    describe_invalid,
-    first_invalid,
-    invalid_rows,
-)
+from dpo_fast.score.columns import ColumnValues, validate_rows
 from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 
 __all__ = ["ADDED_COLUMNS", "GRAD_COLUMNS", "ON_INVALID", "BufferRing", "ScoredBatch",
@@ -175,19 +170,10 @@ def check_and_score(columns: list[ColumnValues], params: Mapping[str, Any], comp
             return ScoredBatch(None, columns, outputs, metrics)
         except ValueError:
             pass
-    first = first_invalid(columns)
-    if first is None:
+    keep, kept, counts, first_skipped = validate_rows(columns, on_invalid, locate)
+    if keep is None:
         outputs, metrics = _score_or_explain(columns, params, compute_grad, locate, buffers)
         return ScoredBatch(None, columns, outputs, metrics)
-    row, col, reason = first
-    file, file_row = locate(row)
-    error = ScoreDataError(describe_invalid(reason, col.raw(row)), file=file, row=file_row,
-                           column=col.column)
-    if on_invalid == "error":
-        raise error
-    mask, counts = invalid_rows(columns)
-    keep = ~mask
-    kept = [ColumnValues(c.role, c.column, c.values[keep]) for c in columns]
     if keep.any():
         outputs, metrics = _score_or_explain(kept, params, compute_grad,
                                              lambda i: locate(int(np.flatnonzero(keep)[i])),
@@ -195,6 +181,6 @@ def check_and_score(columns: list[ColumnValues], params: Mapping[str, Any], comp
     else:
         names = ADDED_COLUMNS + (GRAD_COLUMNS if compute_grad else ())
         outputs, metrics = {name: np.empty(0) for name in names}, {}
-    return ScoredBatch(keep, kept, outputs, metrics, counts, (row, str(error)))
+    return ScoredBatch(keep, kept, outputs, metrics, counts, first_skipped)
 
 

@@ -20,7 +20,8 @@ from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
 from dpo_fast.score.options import PER_PAIR_PARAMETERS
 
 __all__ = ["ROLES", "ColumnRole", "ColumnValues", "check_added_columns", "describe_invalid",
-           "first_invalid", "invalid_rows", "parse_column_map", "resolve_columns"]
+           "first_invalid", "invalid_rows", "parse_column_map", "resolve_columns",
+           "validate_rows"]
 
 
 @dataclass(frozen=True)
@@ -278,3 +279,21 @@ def invalid_rows(columns: Sequence[ColumnValues]) -> tuple[np.ndarray | None, di
     return mask, counts
 
 
+def validate_rows(columns: list[ColumnValues], on_invalid: str,
+                  locate: Callable[[int], tuple[str | None, int | None]]):
+    """(kept-rows mask or None, kept columns, skipped counts, (row, message) or None): the
+    first invalid row raises ScoreDataError (``on_invalid="error"``) or every invalid row is
+    dropped and counted (``"skip"``), in the paired and the unpaired scorer alike."""
+    first = first_invalid(columns)
+    if first is None:
+        return None, columns, {}, None
+    row, col, reason = first
+    file, file_row = locate(row)
+    error = ScoreDataError(describe_invalid(reason, col.raw(row)), file=file, row=file_row,
+                           column=col.column)
+    if on_invalid == "error":
+        raise error
+    mask, counts = invalid_rows(columns)
+    keep = ~mask
+    kept = [ColumnValues(c.role, c.column, c.values[keep]) for c in columns]
+    return keep, kept, counts, (row, str(error))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +29,6 @@ from dpo_fast.score.columns import (
     ROLES,
     ColumnRole,
     ColumnValues,
-    describe_invalid,
-    first_invalid,
-    invalid_rows,
     parse_column_map,
 )
 from dpo_fast.score.errors import ScoreDataError, ScoreUsageError
@@ -40,8 +37,7 @@ from dpo_fast.score.unpaired_summary import KLSum
 
 __all__ = ["KTO_OPTIONS", "UNPAIRED_ADDED_COLUMNS", "UNPAIRED_GRAD_COLUMNS", "UNPAIRED_ROLES",
            "UnpairedSettings", "check_paired_params", "check_unpaired_params", "is_unpaired",
-           "kl_roles", "reference_point", "resolve_unpaired_columns", "score_unpaired_batch",
-           "validate_rows"]
+           "kl_roles", "reference_point", "resolve_unpaired_columns", "score_unpaired_batch"]
 
 UNPAIRED_ROLES = (
     ColumnRole("logps", "logps", "logps", True),
@@ -212,24 +208,6 @@ def kl_roles(roles: Sequence[tuple[ColumnRole, str]]) -> bool:
     return any(role.name == "kl_logps" for role, _ in roles)
 
 
-def validate_rows(columns: list[ColumnValues], on_invalid: str,
-                  locate: Callable[[int], tuple[str | None, int | None]]):
-    """(kept-rows mask or None, kept columns, skipped counts, (row, message) or None): the
-    first invalid row raises ScoreDataError (``on_invalid="error"``) or every invalid row is
-    dropped and counted (``"skip"``), as for paired data."""
-    first = first_invalid(columns)
-    if first is None:
-        return None, columns, {}, None
-    row, col, reason = first
-    file, file_row = locate(row)
-    error = ScoreDataError(describe_invalid(reason, col.raw(row)), file=file, row=file_row,
-                           column=col.column)
-    if on_invalid == "error":
-        raise error
-    mask, counts = invalid_rows(columns)
-    keep = ~mask
-    kept = [ColumnValues(c.role, c.column, c.values[keep]) for c in columns]
-    return keep, kept, counts, (row, str(error))
 
 
 def score_unpaired_batch(columns: Sequence[ColumnValues], settings: UnpairedSettings,

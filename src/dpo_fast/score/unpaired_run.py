@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from dpo_fast.score.arrow import arrow_labels, arrow_values, to_arrow
-from dpo_fast.score.columns import check_added_columns
+from dpo_fast.score.columns import check_added_columns, validate_rows
 from dpo_fast.score.errors import require_pyarrow
 from dpo_fast.score.readers import BatchReader, InputFiles, column_names
 from dpo_fast.score.schema import conform, input_schema, output_schema, with_columns
@@ -28,7 +28,6 @@ from dpo_fast.score.unpaired import (
     reference_point,
     resolve_unpaired_columns,
     score_unpaired_batch,
-    validate_rows,
 )
 from dpo_fast.score.unpaired_summary import KLSum, UnpairedPartial, UnpairedSummary
 from dpo_fast.score.writers import ScoredOutput
