@@ -12,21 +12,25 @@
 #endif
 
 #define DPO_T double
+#define DPO_T_IS_FLOAT 0
 #define DPO_ZEROS dpo_zeros_f64
 #define DPO_CHUNK_FN DPO_SIMD_FN(dpo_chunk_f64)
 #define DPO_GENERAL_FN DPO_SIMD_FN(dpo_general_f64)
 #include "chunk_body.h"
 #undef DPO_T
+#undef DPO_T_IS_FLOAT
 #undef DPO_ZEROS
 #undef DPO_CHUNK_FN
 #undef DPO_GENERAL_FN
 
 #define DPO_T float
+#define DPO_T_IS_FLOAT 1
 #define DPO_ZEROS dpo_zeros_f32
 #define DPO_CHUNK_FN DPO_SIMD_FN(dpo_chunk_f32)
 #define DPO_GENERAL_FN DPO_SIMD_FN(dpo_general_f32)
 #include "chunk_body.h"
 #undef DPO_T
+#undef DPO_T_IS_FLOAT
 #undef DPO_ZEROS
 #undef DPO_CHUNK_FN
 #undef DPO_GENERAL_FN
