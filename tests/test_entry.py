@@ -359,7 +359,7 @@ def test_loss_config_picks_the_loop_in_one_place():
     for terms, loop in loops.items():
         assert _pairwise.LossConfig(terms, beta=0.1).loop == loop, terms
     sigmoid = ((ids["sigmoid"], 0, 1.0),)
-    assert _pairwise.LossConfig(sigmoid, beta=0.1, weighted=True).loop == "general"
+    assert _pairwise.LossConfig(sigmoid, beta=0.1, weighted=True).loop == "plain"
     assert _pairwise.LossConfig(sigmoid, beta=0.1, divergence=2).loop == "general"
     normalized = ((ids["simpo"], 1, 1.0),)
     assert _pairwise.LossConfig(normalized, beta=0.1, weighted=True).loop == "normalized"

@@ -1254,3 +1254,37 @@ def test_ipo_gradient_of_an_overflowed_score_is_exact(divergence, coef, lengths,
             else:
                 assert float(got) == pytest.approx(want, rel=1e-6 if dtype is np.float32
                                                    else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_in_the_fused_loop_give_the_general_loops_numbers(dtype):
+    """A single loss type with per-pair weights runs in the fused chunk loop; the general loop
+    (here: the same type plus a zero-weighted second term, which it drops) computes the same
+    outputs and sums, for every type with a fused case, rows near DBL_MAX and zero weights
+    included."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    arrays = [rng.normal(-40.0, 30.0, n).astype(dtype) for _ in range(4)]
+    huge = np.finfo(dtype).max
+    arrays[0][:4] = [huge, -huge, 0.0, -huge / 2]
+    weights = rng.uniform(0.0, 3.0, n)
+    weights[::7] = 0.0
+    for name, entry in _registry.LOSS_REGISTRY.items():
+        if not entry.plain or entry.gt_rewards:
+            continue
+        kernel_id = entry.kernel_id
+        fused = _pairwise.LossConfig(((kernel_id, 0, 1.0),), beta=0.3, weighted=True)
+        general = _pairwise.LossConfig(((kernel_id, 0, 1.0), (kernel_id, 0, 0.0)), beta=0.3,
+                                       weighted=True)
+        assert (fused.loop, general.loop) == ("plain", "general")
+        results = []
+        for config in (fused, general):
+            outputs = {key: np.empty(n, dtype) for key in
+                       ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
+                        "grad_rejected")}
+            sums = _pairwise.run(config, *arrays, None, None, weights, outputs, 2)
+            results.append((sums, outputs))
+        (sums_fused, out_fused), (sums_general, out_general) = results
+        np.testing.assert_array_equal(sums_fused, sums_general, err_msg=name)
+        for key in out_fused:
+            np.testing.assert_array_equal(out_fused[key], out_general[key], err_msg=name)

@@ -168,10 +168,10 @@ cdef class LossConfig:
 
     ``terms``: a tuple of (kernel id, normalised 0/1, term weight) -- the loss types of the call
     (sorted types excluded: the Python layer adds them). The loop is picked here, once:
-    ``"plain"`` (one term of raw log-ratios, weight 1, no pair weights, no f-divergence: the
-    fused chunk loop), ``"normalized"`` (one length-normalised term, weight 1, no f-divergence,
-    pair weights allowed: the same fused loop over c/nc, r/nr), else ``"general"`` (term lists,
-    weights, f-divergences, sft's batch constant: csrc/general_body.h). ``weighted``: the call
+    ``"plain"`` (one term of raw log-ratios, weight 1, no f-divergence: the fused chunk loop),
+    ``"normalized"`` (one length-normalised term, weight 1, no f-divergence: the same fused loop
+    over c/nc, r/nr), else ``"general"`` (term lists, f-divergences, sft's batch constant:
+    csrc/general_body.h). Per-pair weights are allowed in all three. ``weighted``: the call
     passes per-pair weights. Every field of the C argument struct starts from init_args.
     """
 
@@ -233,7 +233,7 @@ cdef class LossConfig:
         single = (args.n_terms == 1 and args.term_weights[0] == 1.0
                   and divergence == DPO_DIV_IDENTITY and grad_chosen_offset == 0.0
                   and grad_chosen_pair_offset == 0.0)
-        if (single and not args.term_normalized[0] and not weighted
+        if (single and not args.term_normalized[0]
                 and dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN):
             self.loop = "plain"
             args.general = 0

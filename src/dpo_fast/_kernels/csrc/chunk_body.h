@@ -84,7 +84,7 @@
         out_rejected_reward ? out_rejected_reward + block : (SCRATCH)[2];
 #endif
 
-/* Loss-type lists, per-pair weights, lengths and f-divergences: DPO_GENERAL_FN. */
+/* Loss-type lists, sft and f-divergences: DPO_GENERAL_FN. */
 #include "general_body.h"
 
 /* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
@@ -105,8 +105,7 @@
     double row_beta = huge ? beta4 : beta;                                                  \
     double c = scale * chosen - scale * ref_chosen;                                         \
     double r = scale * rejected - scale * ref_rejected;                                     \
-    /* NORM: length-normalised log-ratios (the reciprocal is the chain factor) and per-pair \
-     * weights (ones when none are given). */                                               \
+    /* NORM: length-normalised log-ratios (the reciprocal is the chain factor). */          \
     double inv_c = (NORM) ? 1.0 / nc[row] : 1.0;                                            \
     double inv_r = (NORM) ? 1.0 / nr[row] : 1.0;                                            \
     double x_c = (NORM) ? c * inv_c : c;                                                    \
@@ -114,16 +113,18 @@
     DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, x_c, x_r);                    \
     double chosen_reward = row_beta * (((NORM) && normalized_rewards) ? x_c : c);           \
     double rejected_reward = row_beta * (((NORM) && normalized_rewards) ? x_r : r);         \
-    double weight = (NORM) ? pw[row] : 1.0;                                                 \
-    double value = (NORM) ? dpo_mul0(weight, pl.value) : pl.value;                          \
+    /* Per-pair weights in both variants (ones stand in when none are given, and            \
+     * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
+    double weight = pw[row];                                                                \
+    double value = dpo_mul0(weight, pl.value);                                              \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
     OUT(out_rejected_reward_b, i, j, rejected_reward);                                      \
     if (WITH_GRAD) {                                                                        \
         double d_c = (NORM) ? pl.d_chosen * inv_c : pl.d_chosen;                            \
         double d_r = (NORM) ? pl.d_rejected * inv_r : pl.d_rejected;                        \
-        d_c = (NORM) ? dpo_mul0(weight, d_c) : d_c;                                         \
-        d_r = (NORM) ? dpo_mul0(weight, d_r) : d_r;                                         \
+        d_c = dpo_mul0(weight, d_c);                                                        \
+        d_r = dpo_mul0(weight, d_r);                                                        \
         OUT(out_grad_chosen, row, j, d_c * scale / grad_divisor);                           \
         OUT(out_grad_rejected, row, j, d_r * scale / grad_divisor);                         \
     }                                                                                       \
@@ -260,8 +261,7 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
 #undef DPO_PAIR_OF_LOSS_TYPE
 
 /* One switch case of the fused loop: NORM 0 over the raw log-ratios, 1 over the length-
- * normalised ones with per-pair weights. (Weights alone take the general loop: a variant of
- * their own would cost compile time and code for every loss type and instruction set.) */
+ * normalised ones; per-pair weights (or ones) in both. */
 #define DPO_LOSS_CASE_NORM(ID, PAIR_FN, NORM)                                               \
     case ID:                                                                                \
         if (with_grad) {                                                                    \
@@ -282,9 +282,9 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
     }
     DPO_CHUNK_LOCALS
     /* One loss type of raw log-ratios (DPO_LT_PLAIN), or of length-normalised ones (ipo,
-     * sigmoid_norm, simpo) with or without per-pair weights (ones stand in), runs fused here;
-     * lists, f-divergences, sft and weights alone take the general loop (_pairwise.pyx's
-     * LossConfig picks). */
+     * sigmoid_norm, simpo), with or without per-pair weights (ones stand in), runs fused
+     * here; lists, f-divergences and sft take the general loop (_pairwise.pyx's LossConfig
+     * picks). */
     const int normalized = args->chosen_lengths != NULL;
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
 
