@@ -94,6 +94,43 @@ def test_fast_path_gives_the_general_paths_bits(loss_type, dtype, n, general_spy
                 _assert_same_bits(got, want)
 
 
+@pytest.mark.parametrize("loss_type", PLAIN)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weights_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype,
+                                                                general_spy):
+    """Per-pair weights (float64, finite, >= 0; zeros included) stay on the compiled path."""
+    n = 1500
+    arrays = _data(n, dtype, seed=3)
+    weights = np.random.default_rng(4).uniform(0.0, 2.0, n)
+    weights[::5] = 0.0
+    weights.flags.writeable = False
+    smoothing = 0.1 if loss_type in _general.SMOOTHING_LIMITS else 0.0
+    for reduction in ("mean", "sum", "none"):
+        for grad in (False, True):
+            got = preference_loss(*arrays, beta=0.3, loss_type=loss_type, weights=weights,
+                                  label_smoothing=smoothing, reduction=reduction,
+                                  compute_grad=grad)
+            assert not general_spy, "a weighted call left the compiled path"
+            _assert_same_bits(got, _general_result(
+                arrays, beta=0.3, loss_type=loss_type, weights=weights,
+                label_smoothing=smoothing, reduction=reduction, compute_grad=grad))
+
+
+def test_bad_weights_raise_the_general_paths_errors():
+    arrays = _data(6, np.float64)
+    for value, message in ((np.nan, r"weights\[4\] is nan"), (-1.0, r"weights\[4\] is -1.0"),
+                           (np.inf, r"weights\[4\] is inf")):
+        weights = np.ones(6)
+        weights[4] = value
+        with pytest.raises(ValueError, match=message):
+            preference_loss(*arrays, weights=weights)
+    with pytest.raises(ValueError, match="length mismatch"):
+        preference_loss(*arrays, weights=np.ones(5))
+    weights = np.ones(6)
+    with pytest.raises(ValueError, match="overlaps"):
+        preference_loss(*arrays, weights=weights, out={"losses": weights})
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_strided_and_read_only_inputs_take_the_fast_path(dtype, general_spy):
     arrays = _data(200, dtype)
@@ -143,7 +180,9 @@ def _unaligned(n, dtype):
     ("numpy beta", lambda a: ((a[0], a[1]), {"beta": np.float64(0.1)})),
     ("loss list", lambda a: ((a[0], a[1]), {"loss_type": ["sigmoid"]})),
     ("sorted type", lambda a: ((a[0], a[1]), {"loss_type": "aot"})),
-    ("weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size)})),
+    ("float32 weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size, np.float32)})),
+    ("weights list", lambda a: ((a[0], a[1]), {"weights": [1.0] * a[0].size})),
+    ("strided weights", lambda a: ((a[0], a[1]), {"weights": np.ones(2 * a[0].size)[::2]})),
     ("f-divergence", lambda a: ((a[0], a[1]), {"f_divergence_type": "js_divergence"})),
     ("numpy bool", lambda a: ((a[0], a[1]), {"compute_grad": np.bool_(True)})),
     ("n_threads numpy int", lambda a: ((a[0], a[1]), {"n_threads": np.int64(1)})),

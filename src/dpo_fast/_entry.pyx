@@ -2,10 +2,11 @@
 """The compiled entry point of preference_loss (and of dpo_loss for NumPy arrays).
 
 The common call -- 1-D float64 or float32 NumPy arrays (contiguous, strided or read-only),
-a float beta, one per-pair loss type with its default options, optionally ``out=`` -- is
-checked, allocated, run through the kernel boundary of dpo_fast._kernels._pairwise and packed
-into its result here, in C, with no Python helper on the way. Anything else (lists, other
-dtypes, lengths, weights, loss lists, f-divergences, non-finite sums, ...) goes to the
+a float beta, one per-pair loss type with its default options, optionally per-pair
+``weights`` (a float64 array) and ``out=`` -- is checked, allocated, run through the kernel
+boundary of dpo_fast._kernels._pairwise and packed into its result here, in C, with no Python
+helper on the way. Anything else (lists, other dtypes, lengths, loss lists, f-divergences,
+non-finite sums, ...) goes to the
 validated general path, dpo_fast._general, which gives the same bits and names every bad
 argument. The fast path never raises for a bad argument: it hands the call over instead, so
 every error message is the general path's.
@@ -20,7 +21,7 @@ cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.ref cimport PyObject
-from libc.math cimport fabs, isfinite
+from libc.math cimport INFINITY, fabs, isfinite
 
 from dpo_fast._kernels._pairwise cimport (
     DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
@@ -182,6 +183,26 @@ cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken
     return True
 
 
+cdef inline bint _weights_ok(cnp.ndarray weights, Py_ssize_t n) noexcept:
+    """Per-pair weights the kernels can read as they are: float64, length n, C-contiguous
+    and every value finite and >= 0 (the general path's rule; it names a bad one)."""
+    cdef const double *values
+    cdef Py_ssize_t i
+    cdef double low = 0.0, high = 0.0
+    if (cnp.PyArray_TYPE(weights) != cnp.NPY_DOUBLE or cnp.PyArray_DIM(weights, 0) != n
+            or not cnp.PyArray_IS_C_CONTIGUOUS(weights)):
+        return False
+    values = <const double *>cnp.PyArray_DATA(weights)
+    with nogil:
+        # a running min and max that a NaN takes over (it then fails both tests below)
+        for i in range(n):
+            if not values[i] >= low:
+                low = values[i]
+            if not values[i] <= high:
+                high = values[i]
+    return low >= 0.0 and high < INFINITY
+
+
 cdef inline cnp.ndarray _readable(object value):
     """A C-contiguous view of an array accepted by _array_type (a copy if strided)."""
     cdef cnp.ndarray array = <cnp.ndarray>value
@@ -221,7 +242,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        object discopop_tau, object simpo_gamma, object f_divergence_type,
                        object f_alpha_divergence_coef, object reduction, object compute_grad,
                        object check_finite, object n_threads, object out,
-                       bint float64_only, object dpop_lambda, object bco_delta):
+                       bint float64_only, object dpop_lambda, object bco_delta,
+                       object weights):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
@@ -232,10 +254,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef object entry
     cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
-    cdef cnp.ndarray losses, chosen_rewards, rejected_rewards
+    cdef cnp.ndarray losses, chosen_rewards, rejected_rewards, weights_array = None
     cdef cnp.npy_intp dims[1]
-    cdef char *starts[9]
-    cdef char *ends[9]
+    cdef char *starts[10]
+    cdef char *ends[10]
     cdef int taken, found
     cdef DpoChunkArgs args
     cdef PreferenceLossResult result
@@ -317,6 +339,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
             return None
     elif ref_rejected is not None:
         return None
+    if weights is not None:
+        if _array_type(weights, &other) < 0 or not _weights_ok(<cnp.ndarray>weights, n):
+            return None
+        weights_array = <cnp.ndarray>weights
 
     if n_threads is None:
         threads = 1
@@ -342,7 +368,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if out is not None:
         if type(out) is not dict or strided:
             return None
-        for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array):
+        for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array,
+                      weights_array):
             if entry is not None:
                 _claim(<cnp.ndarray>entry, starts, ends, taken)
                 taken += 1
@@ -371,6 +398,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if reference:
         args.ref_chosen = cnp.PyArray_DATA(ref_chosen_array)
         args.ref_rejected = cnp.PyArray_DATA(ref_rejected_array)
+    if weights_array is not None:
+        args.weights = <const double *>cnp.PyArray_DATA(weights_array)
     args.losses = cnp.PyArray_DATA(losses)
     args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
     args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
@@ -578,7 +607,6 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     """
     cdef object result
     if (loss_weights is None and chosen_lengths is None and rejected_lengths is None
-            and weights is None
             and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
             and gt_reward_margins is None
             and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0
@@ -587,7 +615,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
-                            bco_delta)
+                            bco_delta, weights)
         if result is not None:
             return result
     loss, outputs, means = _general.run(
@@ -614,7 +642,7 @@ def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, be
             raise TypeError(f"{name} is required, got None")
     result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
                         "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
-                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0)
+                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, None)
     if result is None:
         loss, outputs, means = _general.run(
             (chosen_policy, rejected_policy, chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES,
