@@ -116,6 +116,55 @@ def test_weights_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype
                 label_smoothing=smoothing, reduction=reduction, compute_grad=grad))
 
 
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lengths_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype,
+                                                                general_spy):
+    """A length-normalised type with both lengths (and weights, simpo's gamma and smoothing)
+    stays on the compiled path."""
+    n = 1500
+    arrays = _data(n, dtype, seed=5)
+    if _registry.LOSS_REGISTRY[loss_type].reference_free:
+        arrays = arrays[:2] + [None, None]
+    rng = np.random.default_rng(6)
+    lengths = dict(chosen_lengths=rng.integers(1, 300, n).astype(np.float64),
+                   rejected_lengths=rng.uniform(1.0, 50.0, n))
+    smoothing = 0.1 if loss_type in _general.SMOOTHING_LIMITS else 0.0
+    for weights in (None, rng.uniform(0.0, 2.0, n)):
+        for reduction in ("mean", "sum", "none"):
+            for grad in (False, True):
+                options = dict(beta=0.3, loss_type=loss_type, weights=weights,
+                               label_smoothing=smoothing, reduction=reduction,
+                               compute_grad=grad, simpo_gamma=0.7, **lengths)
+                got = preference_loss(*arrays, **options)
+                assert not general_spy, "a call with lengths left the compiled path"
+                _assert_same_bits(got, _general_result(arrays, **options))
+
+
+@pytest.mark.parametrize(("label", "kwargs", "message"), [
+    ("one length", dict(loss_type="ipo", chosen_lengths=np.ones(6)), None),
+    ("float32 lengths", dict(loss_type="ipo", chosen_lengths=np.ones(6, np.float32),
+                             rejected_lengths=np.ones(6, np.float32)), None),
+    ("lengths for a plain type", dict(loss_type="sigmoid", chosen_lengths=np.ones(6),
+                                      rejected_lengths=np.ones(6)), None),
+    ("length below 1", dict(loss_type="sigmoid_norm", chosen_lengths=np.full(6, 0.5),
+                            rejected_lengths=np.ones(6)), r"chosen_lengths\[0\] is 0.5"),
+    ("nan length", dict(loss_type="sigmoid_norm", chosen_lengths=np.ones(6),
+                        rejected_lengths=np.array([1, 1, 1, np.nan, 1, 1])),
+     r"rejected_lengths\[3\] is nan"),
+    ("references for simpo", dict(loss_type="simpo", chosen_lengths=np.ones(6),
+                                  rejected_lengths=np.ones(6)), "reference-free"),
+])
+def test_other_lengths_take_the_general_path(label, kwargs, message, general_spy):
+    arrays = _data(6, np.float64)
+    if message is None:
+        preference_loss(*arrays, **kwargs)
+    else:
+        with pytest.raises(ValueError, match=message):
+            preference_loss(*arrays, **kwargs)
+    assert len(general_spy) == 1, label
+
+
 def test_bad_weights_raise_the_general_paths_errors():
     arrays = _data(6, np.float64)
     for value, message in ((np.nan, r"weights\[4\] is nan"), (-1.0, r"weights\[4\] is -1.0"),

@@ -2,11 +2,12 @@
 """The compiled entry point of preference_loss (and of dpo_loss for NumPy arrays).
 
 The common call -- 1-D float64 or float32 NumPy arrays (contiguous, strided or read-only),
-a float beta, one per-pair loss type with its default options, optionally per-pair
-``weights`` (a float64 array) and ``out=`` -- is checked, allocated, run through the kernel
+a float beta, one per-pair loss type with its default options (a length-normalised one with
+both ``chosen_lengths`` and ``rejected_lengths``), optionally per-pair ``weights`` (lengths and
+weights as float64 arrays) and ``out=`` -- is checked, allocated, run through the kernel
 boundary of dpo_fast._kernels._pairwise and packed into its result here, in C, with no Python
-helper on the way. Anything else (lists, other dtypes, lengths, loss lists, f-divergences,
-non-finite sums, ...) goes to the
+helper on the way. Anything else (lists, other dtypes, loss lists, f-divergences, non-finite
+sums, ...) goes to the
 validated general path, dpo_fast._general, which gives the same bits and names every bad
 argument. The fast path never raises for a bad argument: it hands the call over instead, so
 every error message is the general path's.
@@ -44,6 +45,15 @@ cdef dict _FAST_TYPES = {
     name: (_registry.KERNEL_IDS[name], _registry.SMOOTHING_LIMITS.get(name, 0.0),
            _registry.LOSS_REGISTRY[name].smoothing_positive)
     for name in _registry.PLAIN_TYPES}
+# The length-normalised ones (both lengths given: the fused loop over c/nc, r/nr), with the
+# same three fields and whether the type is reference-free and reports beta * p / n; but not
+# orpo (the general path checks its log-probs are below 0) nor alphapo (LossConfig derives its
+# parameters).
+cdef dict _FAST_NORMALIZED_TYPES = {
+    name: (entry.kernel_id, _registry.SMOOTHING_LIMITS.get(name, 0.0), entry.smoothing_positive,
+           entry.reference_free, entry.normalized_rewards)
+    for name, entry in _registry.LOSS_REGISTRY.items()
+    if entry.normalized and name not in ("orpo", "alphapo")}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 cdef int _DPOP_ID = _registry.KERNEL_IDS["dpop"]
 cdef int _BCO_ID = _registry.KERNEL_IDS["bco_pair"]
@@ -183,16 +193,19 @@ cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken
     return True
 
 
-cdef inline bint _weights_ok(cnp.ndarray weights, Py_ssize_t n) noexcept:
-    """Per-pair weights the kernels can read as they are: float64, length n, C-contiguous
-    and every value finite and >= 0 (the general path's rule; it names a bad one)."""
+cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
+    """Per-pair lengths (minimum 1) or weights (minimum 0) the kernels can read as they are:
+    a float64 array accepted by _array_type, of length n, C-contiguous, every value finite and
+    >= minimum (the general path's rule; it names a bad one). Else None."""
+    cdef cnp.ndarray array
     cdef const double *values
-    cdef Py_ssize_t i
-    cdef double low = 0.0, high = 0.0
-    if (cnp.PyArray_TYPE(weights) != cnp.NPY_DOUBLE or cnp.PyArray_DIM(weights, 0) != n
-            or not cnp.PyArray_IS_C_CONTIGUOUS(weights)):
-        return False
-    values = <const double *>cnp.PyArray_DATA(weights)
+    cdef Py_ssize_t i, length = -1
+    cdef double low = minimum, high = minimum
+    if (_array_type(value, &length) != cnp.NPY_DOUBLE or length != n
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
+        return None
+    array = <cnp.ndarray>value
+    values = <const double *>cnp.PyArray_DATA(array)
     with nogil:
         # a running min and max that a NaN takes over (it then fails both tests below)
         for i in range(n):
@@ -200,7 +213,9 @@ cdef inline bint _weights_ok(cnp.ndarray weights, Py_ssize_t n) noexcept:
                 low = values[i]
             if not values[i] <= high:
                 high = values[i]
-    return low >= 0.0 and high < INFINITY
+    if low >= minimum and high < INFINITY:
+        return array
+    return None
 
 
 cdef inline cnp.ndarray _readable(object value):
@@ -243,7 +258,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        object f_alpha_divergence_coef, object reduction, object compute_grad,
                        object check_finite, object n_threads, object out,
                        bint float64_only, object dpop_lambda, object bco_delta,
-                       object weights):
+                       object weights, object chosen_lengths, object rejected_lengths):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
@@ -255,9 +270,11 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
     cdef cnp.ndarray losses, chosen_rewards, rejected_rewards, weights_array = None
+    cdef cnp.ndarray chosen_lengths_array = None, rejected_lengths_array = None
     cdef cnp.npy_intp dims[1]
-    cdef char *starts[10]
-    cdef char *ends[10]
+    cdef char *starts[12]
+    cdef char *ends[12]
+    cdef bint normalized = chosen_lengths is not None
     cdef int taken, found
     cdef DpoChunkArgs args
     cdef PreferenceLossResult result
@@ -268,7 +285,9 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     beta_value = PyFloat_AS_DOUBLE(beta)
     if not 1e-300 <= beta_value <= 1e300:
         return None
-    entry = _FAST_TYPES.get(loss_type)
+    if normalized != (rejected_lengths is not None):
+        return None
+    entry = (_FAST_NORMALIZED_TYPES if normalized else _FAST_TYPES).get(loss_type)
     if entry is None:
         return None
     kernel_id = (<tuple>entry)[0]
@@ -339,10 +358,17 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
             return None
     elif ref_rejected is not None:
         return None
-    if weights is not None:
-        if _array_type(weights, &other) < 0 or not _weights_ok(<cnp.ndarray>weights, n):
+    if normalized:
+        if reference and (<tuple>entry)[3]:  # a reference-free type: the general path refuses
             return None
-        weights_array = <cnp.ndarray>weights
+        chosen_lengths_array = _per_pair(chosen_lengths, n, 1.0)
+        rejected_lengths_array = _per_pair(rejected_lengths, n, 1.0)
+        if chosen_lengths_array is None or rejected_lengths_array is None:
+            return None
+    if weights is not None:
+        weights_array = _per_pair(weights, n, 0.0)
+        if weights_array is None:
+            return None
 
     if n_threads is None:
         threads = 1
@@ -369,7 +395,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         if type(out) is not dict or strided:
             return None
         for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array,
-                      weights_array):
+                      weights_array, chosen_lengths_array, rejected_lengths_array):
             if entry is not None:
                 _claim(<cnp.ndarray>entry, starts, ends, taken)
                 taken += 1
@@ -400,6 +426,11 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.ref_rejected = cnp.PyArray_DATA(ref_rejected_array)
     if weights_array is not None:
         args.weights = <const double *>cnp.PyArray_DATA(weights_array)
+    args.params.simpo_gamma = PyFloat_AS_DOUBLE(simpo_gamma)
+    if normalized:
+        args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
+        args.rejected_lengths = <const double *>cnp.PyArray_DATA(rejected_lengths_array)
+        args.normalized_rewards = (<tuple>entry)[4]
     args.losses = cnp.PyArray_DATA(losses)
     args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
     args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
@@ -606,8 +637,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
-    if (loss_weights is None and chosen_lengths is None and rejected_lengths is None
-            and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
+    if (loss_weights is None and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
             and gt_reward_margins is None
             and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0
             and per_pair_outputs is None):
@@ -615,7 +645,7 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
-                            bco_delta, weights)
+                            bco_delta, weights, chosen_lengths, rejected_lengths)
         if result is not None:
             return result
     loss, outputs, means = _general.run(
@@ -642,7 +672,7 @@ def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, be
             raise TypeError(f"{name} is required, got None")
     result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
                         "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
-                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, None)
+                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, None, None, None)
     if result is None:
         loss, outputs, means = _general.run(
             (chosen_policy, rejected_policy, chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES,
