@@ -528,6 +528,14 @@ def test_bench_losses_script(tmp_path, capsys):
                                                                                    "aot"]
 
 
+def test_float32_rows_script(capsys):
+    """bench/float32_rows.py (the float32-arithmetic accuracy experiment) runs and reports
+    both data sets and both variants."""
+    assert _script("float32_rows.py").main(["--n", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("all float32") == 2 and out.count("z in double") == 2
+
+
 def test_bench_logps_script(tmp_path):
     """bench/bench_logps.py end to end on the tiny shape (numbers not checked, only that every
     row is there and accurate)."""
