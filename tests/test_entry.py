@@ -139,6 +139,15 @@ def test_lengths_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype
                 got = preference_loss(*arrays, **options)
                 assert not general_spy, "a call with lengths left the compiled path"
                 _assert_same_bits(got, _general_result(arrays, **options))
+    out = {key: np.empty(n, dtype) for key in OUTPUTS}
+    got = preference_loss(*arrays, out=out, compute_grad=True, reduction="none",
+                          loss_type=loss_type, **lengths)
+    assert not general_spy and got.losses is out["losses"]
+    _assert_same_bits(got, _general_result(arrays, compute_grad=True, reduction="none",
+                                           loss_type=loss_type, **lengths))
+    with pytest.raises(ValueError, match="overlaps"):
+        preference_loss(*arrays, loss_type=loss_type, **lengths,
+                        out={"losses": lengths["rejected_lengths"].view(dtype)[:n]})
 
 
 @pytest.mark.parametrize(("label", "kwargs", "message"), [

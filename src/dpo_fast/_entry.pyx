@@ -266,7 +266,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef double beta_value, smoothing, limit, tau
     cdef double sums[DPO_NSUMS]
     cdef bint want_grad, strided = False, reference
-    cdef object entry
+    cdef object entry, given
     cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
     cdef cnp.ndarray losses, chosen_rewards, rejected_rewards, weights_array = None
@@ -394,10 +394,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if out is not None:
         if type(out) is not dict or strided:
             return None
-        for entry in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array,
+        for given in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array,
                       weights_array, chosen_lengths_array, rejected_lengths_array):
-            if entry is not None:
-                _claim(<cnp.ndarray>entry, starts, ends, taken)
+            if given is not None:
+                _claim(<cnp.ndarray>given, starts, ends, taken)
                 taken += 1
     losses = _output(out, "losses", dims, typenum, starts, ends, taken, &found)
     chosen_rewards = _output(out, "chosen_rewards", dims, typenum, starts, ends, taken + 1,
