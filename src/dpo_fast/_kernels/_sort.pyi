@@ -3,6 +3,14 @@ import numpy.typing as npt
 
 MAX_LENGTH: int
 
+def sorted_differences(
+    first: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    second: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None,
+    scale: float,
+    want_order: bool,
+    n_threads: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint32] | None, bool]: ...
+
 def radix_sort(
     values: npt.NDArray[np.float64], want_order: bool, n_threads: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64] | None]: ...
