@@ -14,3 +14,12 @@ def sorted_differences(
 def radix_sort(
     values: npt.NDArray[np.float64], want_order: bool, n_threads: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64] | None]: ...
+def scatter(
+    source: npt.NDArray[np.float64],
+    order: npt.NDArray[np.uint32],
+    out: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    scale: float,
+    divisor: float,
+    negate: bool,
+    n_threads: int,
+) -> None: ...

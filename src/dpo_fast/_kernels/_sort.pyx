@@ -179,3 +179,62 @@ def radix_sort(values, bint want_order, int n_threads):
         raise ValueError("values must be a contiguous 1-D float64 array")
     sorted_values, order, _ = sorted_differences(values, None, 1.0, want_order, n_threads)
     return sorted_values, None if order is None else order.astype(np.int64)
+
+
+def scatter(const double[::1] source, const uint32_t[::1] order, out, double scale,
+            double divisor, bint negate, int n_threads):
+    """``out[order[i]] = source[i] * scale / divisor`` (``0.0 - ...`` with ``negate``) for
+    every i: a sorted term's losses or derivatives put back in pair order, rounded once into
+    a float32 ``out``. ``order`` is a permutation (from sorted_differences), so the threads
+    write disjoint places and the result is the same for every count.
+
+    Parameters
+    ----------
+    source : numpy.ndarray
+        float64 values, in sorted order.
+    order : numpy.ndarray
+        uint32 pair of each value, as long as ``source``.
+    out : numpy.ndarray
+        Contiguous float64 or float32 array of the same length, written in place.
+    scale, divisor : float
+        Factor and divisor of every value (1.0 and 1.0 leave them unchanged).
+    negate : bool
+        Write ``0.0 - value`` (the rejected side's derivative).
+    n_threads : int
+        Threads (fewer for short inputs).
+    """
+    cdef Py_ssize_t n = source.shape[0], i
+    cdef double value
+    cdef int threads
+    cdef double[::1] out64
+    cdef float[::1] out32
+    cdef bint single
+    if order.shape[0] != n:
+        raise ValueError("source and order must have one length")
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    single = out.dtype == np.float32
+    if single:
+        out32 = out
+        if out32.shape[0] != n:
+            raise ValueError("out must have the length of source")
+    else:
+        out64 = out
+        if out64.shape[0] != n:
+            raise ValueError("out must have the length of source")
+    if n == 0:
+        return
+    for i in range(n):  # (an out-of-range position would write outside out)
+        if order[i] >= <uint32_t>n:
+            raise ValueError(f"order[{i}] = {order[i]} is out of range")
+    threads = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD))
+    with nogil:
+        for i in prange(n, num_threads=threads, schedule="static",
+                        use_threads_if=threads > 1):
+            value = source[i] * scale / divisor
+            if negate:
+                value = 0.0 - value
+            if single:
+                out32[order[i]] = <float>value
+            else:
+                out64[order[i]] = value
