@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dpo_fast._kernels._sort import MAX_LENGTH, radix_sort, sorted_differences
+from dpo_fast._kernels._sort import (
+    MAX_LENGTH,
+    radix_sort,
+    scatter,
+    scratch_length,
+    sorted_differences,
+)
 
 
 def check(values: np.ndarray, n_threads: int) -> None:
@@ -133,3 +139,38 @@ def test_sorted_differences_forms_the_differences():
     assert not sorted_differences(np.array([np.nan, 1.0]), None, 1.0, False, 1)[2]
     with pytest.raises(ValueError, match="one dtype"):
         sorted_differences(first, second.astype(np.float32), 1.0, False, 1)
+
+
+def test_one_scratch_for_several_sorts():
+    """The scratch buffer is working space only: reusing it gives the same sorts, and a
+    short or mistyped one is refused."""
+    rng = np.random.default_rng(12)
+    n = 100_003
+    scratch = np.empty(scratch_length(n), dtype=np.uint64)
+    for _ in range(2):
+        values = rng.normal(0, 5, n)
+        for n_threads in (1, 2):
+            got = sorted_differences(values, None, 1.0, True, n_threads, scratch)
+            fresh = sorted_differences(values, None, 1.0, True, n_threads)
+            assert got[0].tobytes() == fresh[0].tobytes()
+            assert got[1].tobytes() == fresh[1].tobytes()
+    with pytest.raises(ValueError, match="scratch"):
+        sorted_differences(values, None, 1.0, True, 1, scratch[:-1])
+    with pytest.raises(ValueError, match="scratch"):
+        sorted_differences(values, None, 1.0, True, 1, scratch.view(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scatter_puts_values_back_in_pair_order(dtype):
+    rng = np.random.default_rng(13)
+    n = 70_001
+    source = rng.normal(0, 1, n)
+    order = rng.permutation(n).astype(np.uint32)
+    expected = np.empty(n)
+    expected[order] = 0.0 - source * 0.25 / 3.0
+    for n_threads in (1, 2):
+        out = np.empty(n, dtype=dtype)
+        scatter(source, order, out, 0.25, 3.0, True, n_threads)
+        assert out.tobytes() == expected.astype(dtype).tobytes()
+    with pytest.raises(ValueError, match="out of range"):
+        scatter(source[:2], np.array([0, 2], np.uint32), np.empty(2), 1.0, 1.0, False, 1)

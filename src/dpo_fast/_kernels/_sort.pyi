@@ -3,12 +3,14 @@ import numpy.typing as npt
 
 MAX_LENGTH: int
 
+def scratch_length(n: int) -> int: ...
 def sorted_differences(
     first: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     second: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None,
     scale: float,
     want_order: bool,
     n_threads: int,
+    scratch: npt.NDArray[np.uint64] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint32] | None, bool]: ...
 
 def radix_sort(

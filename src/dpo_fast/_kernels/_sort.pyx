@@ -49,7 +49,14 @@ cdef const void *_input(array, Py_ssize_t n, str name) except NULL:
     return cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
-def sorted_differences(first, second, double scale, bint want_order, int n_threads):
+def scratch_length(Py_ssize_t n):
+    """The length of a uint64 ``scratch`` array for sorted_differences of n values: n keys
+    and n uint32 positions."""
+    return n + (n + 1) // 2
+
+
+def sorted_differences(first, second, double scale, bint want_order, int n_threads,
+                       scratch=None):
     """The float64 values ``first * scale - second * scale`` (``second`` None:
     ``first * scale``) sorted, stably, as numpy.argsort(kind="stable") orders them.
 
@@ -64,6 +71,9 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
         Whether to return the positions of the sorted values.
     n_threads : int
         Threads (fewer for short inputs); the result is the same for any count.
+    scratch : numpy.ndarray, optional
+        A contiguous uint64 array of at least ``scratch_length(n)`` to work in (its contents
+        are left undefined): one buffer for several sorts, whose pages are touched once.
 
     Returns
     -------
@@ -147,12 +157,18 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     offsets_array -= counts_array
     cdef Py_ssize_t[:, ::1] offsets = np.ascontiguousarray(offsets_array)
     cdef Py_ssize_t[::1] starts = np.concatenate([offsets_array[0], [n]])
-    scratch_keys_array = np.empty(n, dtype=np.uint64)
-    cdef uint64_t[::1] scratch_keys = scratch_keys_array
+    if scratch is None:
+        scratch = np.empty(scratch_length(n), dtype=np.uint64)
+    elif (not isinstance(scratch, np.ndarray) or scratch.dtype != np.uint64
+          or scratch.ndim != 1 or not scratch.flags.c_contiguous or not scratch.flags.writeable
+          or scratch.shape[0] < scratch_length(n)):
+        raise ValueError(f"scratch must be a writeable contiguous uint64 array of at least "
+                         f"{scratch_length(n)} values")
+    cdef uint64_t[::1] scratch_keys = scratch[:n]
     cdef uint32_t[::1] scratch_index
     cdef uint32_t *scratch_index_ptr = NULL
     if want_order:
-        scratch_index = np.empty(n, dtype=np.uint32)
+        scratch_index = scratch[n:].view(np.uint32)[:n]
         scratch_index_ptr = &scratch_index[0]
     # The top buckets in groups, sorted by whichever thread is free: each by one thread, so
     # the result does not depend on which.
