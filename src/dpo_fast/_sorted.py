@@ -66,8 +66,9 @@ def sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, eps
         sides = ((pc, pr, True), (rc, rr, False))
     else:  # (policy - reference of the chosen, then of the rejected)
         sides = ((pc, rc, True), (pr, rr, True))
-    # One scratch buffer for both sorts, then for the sorted losses: fresh pages cost a fault
-    # each (about 6 ms per 24 MB here), about as much as a pass over them.
+    # One scratch buffer for both sorts, then for the sorted losses: 24 bytes a pair less
+    # peak memory, and about 3 ms less per 1e6 pairs here than fresh buffers (whose pages are
+    # faulted in and not yet in cache).
     scratch = (np.empty(_sort.scratch_length(length), dtype=np.uint64)
                if length <= _sort.MAX_LENGTH else None)
 
