@@ -25,15 +25,18 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The widest first split (the only one over the whole array, in parallel): for doubles its
  * top bits are the sign and exponent, so it takes 16 for cache-sized buckets. */
 #define DPO_RADIX_TOP_BITS 16
 #define DPO_RADIX_TOP_BUCKETS (1 << DPO_RADIX_TOP_BITS)
-/* The widest digit below the top one (its counts are on the stack: 16 KiB). */
-#define DPO_RADIX_MSD_BITS 12
-#define DPO_RADIX_MSD_BUCKETS (1 << DPO_RADIX_MSD_BITS)
+/* The widest digit below the top one, and the widest whose counts are on the stack (1 KiB a
+ * level: the recursion stays shallow in stack even on musl's 128 KiB thread stacks); wider
+ * ones are on the heap. */
+#define DPO_RADIX_MSD_BITS 14
+#define DPO_RADIX_STACK_BITS 8
 /* Buckets this small are left to insertion sort. */
 #define DPO_RADIX_SMALL 16
 
@@ -169,12 +172,19 @@ static void dpo_radix_msd_keys(uint64_t *keys, uint64_t *out_keys, ptrdiff_t n, 
 DPO_RADIX_INLINE void dpo_radix_msd_body(uint64_t *keys, uint32_t *index, uint64_t *out_keys,
                                          uint32_t *out_index, ptrdiff_t n, int top)
 {
-    uint32_t offsets[DPO_RADIX_MSD_BUCKETS];
+    uint32_t stack_offsets[1 << DPO_RADIX_STACK_BITS], *offsets = stack_offsets, *heap = NULL;
     int shift = 0, width = 1;
     uint64_t mask = 0;
     ptrdiff_t largest = 0;
     while (width < DPO_RADIX_MSD_BITS && ((size_t)n >> (width - 1)) != 0)
         width++;
+    if (width > DPO_RADIX_STACK_BITS && n > DPO_RADIX_SMALL) {
+        heap = (uint32_t *)malloc(sizeof(uint32_t) << width);
+        if (heap != NULL)
+            offsets = heap;
+        else
+            width = DPO_RADIX_STACK_BITS; /* (narrower digits: slower, the same result) */
+    }
     /* Skip the digits the whole range shares: a count, no move. */
     while (n > DPO_RADIX_SMALL && top > 0) {
         shift = top > width ? top - width : 0;
@@ -195,6 +205,7 @@ DPO_RADIX_INLINE void dpo_radix_msd_body(uint64_t *keys, uint32_t *index, uint64
             memcpy(out_index, index, sizeof(uint32_t) * (size_t)n);
         if (top > 0)
             dpo_radix_insertion_body(out_keys, out_index, n);
+        free(heap);
         return;
     }
     uint32_t running = 0;
@@ -229,6 +240,7 @@ DPO_RADIX_INLINE void dpo_radix_msd_body(uint64_t *keys, uint32_t *index, uint64
             start = end;
         }
     }
+    free(heap);
     dpo_radix_insertion_body(out_keys, out_index, n);
 }
 
