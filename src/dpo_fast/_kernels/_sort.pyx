@@ -240,13 +240,14 @@ def scatter(const double[::1] source, const uint32_t[::1] order, out, double sca
             raise ValueError("out must have the length of source")
     if n == 0:
         return
-    for i in range(n):  # (an out-of-range position would write outside out)
-        if order[i] >= <uint32_t>n:
-            raise ValueError(f"order[{i}] = {order[i]} is out of range")
+    cdef Py_ssize_t out_of_range = 0
     threads = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD))
     with nogil:
         for i in prange(n, num_threads=threads, schedule="static",
                         use_threads_if=threads > 1):
+            if order[i] >= <uint32_t>n:  # (would write outside out)
+                out_of_range += 1
+                continue
             value = source[i] * scale / divisor
             if negate:
                 value = 0.0 - value
@@ -254,3 +255,5 @@ def scatter(const double[::1] source, const uint32_t[::1] order, out, double sca
                 out32[order[i]] = <float>value
             else:
                 out64[order[i]] = value
+    if out_of_range:
+        raise ValueError(f"order has {out_of_range} positions out of range")
