@@ -16,9 +16,9 @@
  * array (their low mantissa bytes always differ), 8 scatters of 12-byte records through
  * memory (41 ms per 1e6 on one thread here). The top digit starts at the highest bit that
  * differs between keys and is up to 16 bits wide; each top bucket (cache-sized) is then split
- * once more on a digit of about log2(2 n) bits, after which one insertion pass puts the few
+ * once more on a digit of about log2(n) bits, after which one insertion pass puts the few
  * keys that share a bucket right (dpo_radix_msd). On 1e6 normal differences: 2 moves in all
- * (about 17 ms per 1e6 on one thread).
+ * (about 12 ms per 1e6 with positions, 10 without, on one thread in C).
  */
 #ifndef DPO_RADIX_SORT_H
 #define DPO_RADIX_SORT_H
@@ -165,8 +165,8 @@ static void dpo_radix_msd_keys(uint64_t *keys, uint64_t *out_keys, ptrdiff_t n, 
  * by the bits below `top` (those above are the same in all of them) into out_keys/out_index;
  * keys/index are left as scratch.
  *
- * The digit is about log2(2n) bits wide (at most DPO_RADIX_MSD_BITS): after one move the keys
- * are in order but for buckets of one or two, which one insertion pass over the whole range
+ * The digit is about log2(n) bits wide (at most DPO_RADIX_MSD_BITS): after one move the keys
+ * are in order but for buckets of a key or two, which one insertion pass over the whole range
  * puts right (with few mispredicted branches, and no loop over the buckets). Buckets of more
  * than DPO_RADIX_SMALL (keys alike in these bits) are sorted first by the next digits. */
 DPO_RADIX_INLINE void dpo_radix_msd_body(uint64_t *keys, uint32_t *index, uint64_t *out_keys,
@@ -176,7 +176,7 @@ DPO_RADIX_INLINE void dpo_radix_msd_body(uint64_t *keys, uint32_t *index, uint64
     int shift = 0, width = 1;
     uint64_t mask = 0;
     ptrdiff_t largest = 0;
-    while (width < DPO_RADIX_MSD_BITS && ((size_t)n >> (width - 1)) != 0)
+    while (width < DPO_RADIX_MSD_BITS && ((size_t)n >> width) != 0)
         width++;
     if (width > DPO_RADIX_STACK_BITS && n > DPO_RADIX_SMALL) {
         heap = (uint32_t *)malloc(sizeof(uint32_t) << width);
