@@ -64,18 +64,11 @@ static inline void dpo_radix_to_values(uint64_t *keys, ptrdiff_t lo, ptrdiff_t h
                                    : UINT64_C(0xffffffffffffffff);
 }
 
-/* Whether a key is that of a finite value (its exponent bits are not all ones). */
-static inline int dpo_radix_key_finite(uint64_t key)
-{
-    const uint64_t exponent = UINT64_C(0x7ff0000000000000);
-    const uint64_t bits = (key >> 63) ? key : ~key; /* the value's bits but the sign */
-    return (bits & exponent) != exponent;
-}
-
 /* The keys of first[i] * scale - second[i] * scale (second NULL: first[i] * scale) in
  * float64, for i in lo..hi-1, of float64 inputs (single: float32). Returns the AND of the keys
  * and sets *key_or to their OR (the bits that differ are the ones set in OR and not in AND),
- * and *all_finite to 0 if a difference is not finite. */
+ * and *all_finite to 0 if a difference is not finite. (The first split's counts are another
+ * pass: counting here too makes this loop scalar, 3.5x slower than both passes.) */
 #define DPO_RADIX_KEYS_LOOP(T)                                                                 \
     for (ptrdiff_t i = lo; i < hi; i++) {                                                   \
         double value = (double)((const T *)first)[i] * scale;                              \
