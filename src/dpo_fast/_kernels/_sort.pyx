@@ -170,9 +170,14 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     if want_order:
         scratch_index = scratch[n:].view(np.uint32)[:n]
         scratch_index_ptr = &scratch_index[0]
-    # The top buckets in groups, sorted by whichever thread is free: each by one thread, so
-    # the result does not depend on which.
-    n_groups = min(n_buckets, 64 * threads)
+    # The top buckets in groups of about n / (64 threads) keys (cut at bucket ends: a large
+    # bucket is a group of its own), sorted by whichever thread is free: each by one thread,
+    # so the result does not depend on which. (Groups of equal bucket counts left most of
+    # the work in a few groups: a double's top bits put most keys in a few buckets.)
+    cuts = np.searchsorted(starts, np.arange(1, 64 * threads) * n // (64 * threads),
+                           side="right")
+    cdef Py_ssize_t[::1] group_edges = np.unique(np.concatenate([[0], cuts, [n_buckets]]))
+    n_groups = group_edges.shape[0] - 1
     with nogil:
         for t in prange(threads, num_threads=threads, schedule="static",
                         use_threads_if=threads > 1):
@@ -181,8 +186,7 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
         for g in prange(n_groups, num_threads=threads, schedule="dynamic",
                         use_threads_if=threads > 1):
             dpo_radix_sort_buckets(&scratch_keys[0], scratch_index_ptr, &keys[0], index_ptr,
-                                   &starts[0], n_buckets * g // n_groups,
-                                   n_buckets * (g + 1) // n_groups, shift)
+                                   &starts[0], group_edges[g], group_edges[g + 1], shift)
     return keys_array.view(np.float64), index_array, all_finite
 
 
