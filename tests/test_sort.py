@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dpo_fast._kernels._sort import MAX_LENGTH, radix_sort
+from dpo_fast._kernels._sort import (
+    MAX_LENGTH,
+    radix_sort,
+    scatter,
+    scratch_length,
+    sorted_differences,
+)
 
 
 def check(values: np.ndarray, n_threads: int) -> None:
@@ -92,3 +98,79 @@ def test_rejects_bad_arguments():
                   elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
 def test_property_matches_numpy(values):
     check(values, 1)
+
+
+def clustered(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Keys alike in their top 16 bits or more (a few values plus a few ulps), so that the
+    top buckets and the buckets below them are large: the sort's recursion."""
+    base = rng.choice(np.array([1.0, 1.0 + 2**-30, -3.0, 1e-300]), n)
+    return base + base * np.ldexp(rng.integers(0, 2**20, n).astype(np.float64), -52)
+
+
+@pytest.mark.parametrize("n", [17, 1000, 65_537, 300_000])
+def test_clustered_keys_match_numpy(n):
+    values = clustered(n, np.random.default_rng(n))
+    for n_threads in (1, 2, 3):
+        check(values, n_threads)
+
+
+def test_sorted_differences_forms_the_differences():
+    """sorted_differences sorts first * scale - second * scale in float64 (float32 inputs
+    taken as float64), reports non-finite differences, and orders as numpy."""
+    rng = np.random.default_rng(11)
+    n = 70_001
+    first, second = rng.normal(0, 30, n), rng.normal(0, 30, n)
+    first[::97] = second[::97]           # zero differences, some -0.0
+    for dtype in (np.float64, np.float32):
+        a, b = first.astype(dtype), second.astype(dtype)
+        for scale in (1.0, 0.25):
+            expected = a.astype(np.float64) * scale - b.astype(np.float64) * scale
+            order = np.argsort(expected, kind="stable")
+            for n_threads in (1, 2):
+                values, positions, finite = sorted_differences(a, b, scale, True, n_threads)
+                assert finite and positions.dtype == np.uint32
+                np.testing.assert_array_equal(positions, order)
+                assert values.tobytes() == (expected[order] + 0.0).tobytes()
+                alone, none, _ = sorted_differences(a, b, scale, False, n_threads)
+                assert none is None and alone.tobytes() == values.tobytes()
+    big = np.array([1.7e308, -1.7e308, 1.0])
+    assert not sorted_differences(big, -big, 1.0, False, 1)[2]
+    assert sorted_differences(big, -big, 0.25, False, 1)[2]
+    assert not sorted_differences(np.array([np.nan, 1.0]), None, 1.0, False, 1)[2]
+    with pytest.raises(ValueError, match="one dtype"):
+        sorted_differences(first, second.astype(np.float32), 1.0, False, 1)
+
+
+def test_one_scratch_for_several_sorts():
+    """The scratch buffer is working space only: reusing it gives the same sorts, and a
+    short or mistyped one is refused."""
+    rng = np.random.default_rng(12)
+    n = 100_003
+    scratch = np.empty(scratch_length(n), dtype=np.uint64)
+    for _ in range(2):
+        values = rng.normal(0, 5, n)
+        for n_threads in (1, 2):
+            got = sorted_differences(values, None, 1.0, True, n_threads, scratch)
+            fresh = sorted_differences(values, None, 1.0, True, n_threads)
+            assert got[0].tobytes() == fresh[0].tobytes()
+            assert got[1].tobytes() == fresh[1].tobytes()
+    with pytest.raises(ValueError, match="scratch"):
+        sorted_differences(values, None, 1.0, True, 1, scratch[:-1])
+    with pytest.raises(ValueError, match="scratch"):
+        sorted_differences(values, None, 1.0, True, 1, scratch.view(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scatter_puts_values_back_in_pair_order(dtype):
+    rng = np.random.default_rng(13)
+    n = 70_001
+    source = rng.normal(0, 1, n)
+    order = rng.permutation(n).astype(np.uint32)
+    expected = np.empty(n)
+    expected[order] = 0.0 - source * 0.25 / 3.0
+    for n_threads in (1, 2):
+        out = np.empty(n, dtype=dtype)
+        scatter(source, order, out, 0.25, 3.0, True, n_threads)
+        assert out.tobytes() == expected.astype(dtype).tobytes()
+    with pytest.raises(ValueError, match="out of range"):
+        scatter(source[:2], np.array([0, 2], np.uint32), np.empty(2), 1.0, 1.0, False, 1)

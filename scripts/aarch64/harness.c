@@ -568,36 +568,50 @@ static void pairwise_grid(void)
 
 /* ------------------------------------------------------------------ sorted types, rounding */
 
-/* _sort.pyx's radix sort on one thread, every pass (the driver skips passes whose digit is
- * constant: the same result). Returns the sorted values and the stable order. */
+/* _sort.pyx's sorted_differences on one thread (its driver, written out): the keys, the top
+ * split and the per-bucket sorts. Returns the sorted values and the stable order. */
 static void radix_sort_1t(const double *values, ptrdiff_t n, double *sorted, int64_t *order)
 {
-    uint64_t *keys[2] = {xmalloc(n * 8), xmalloc(n * 8)};
-    uint32_t *index[2] = {xmalloc(n * 4), xmalloc(n * 4)};
-    int64_t counts_all[DPO_RADIX_PASSES * DPO_RADIX_BUCKETS], counts[DPO_RADIX_BUCKETS];
-    int64_t offsets[DPO_RADIX_BUCKETS];
-    dpo_radix_count_all(values, 0, n, counts_all);
-    for (int p = 0; p < DPO_RADIX_PASSES; p++) {
-        int shift = p * DPO_RADIX_BITS;
-        if (p == 0)
-            memcpy(counts, counts_all, sizeof counts);
-        else
-            dpo_radix_count(keys[(p - 1) % 2], 0, n, shift, counts);
-        int64_t running = 0;
-        for (int b = 0; b < DPO_RADIX_BUCKETS; b++) {
-            offsets[b] = running;
+    uint64_t *keys = xmalloc(n * 8), *scratch = xmalloc(n * 8), key_or;
+    uint32_t *index = xmalloc(n * 4), *scratch_index = xmalloc(n * 4);
+    int finite, top = 0, width = 0;
+    const uint64_t key_and = dpo_radix_keys(values, NULL, 0, 1.0, 0, n, keys, &key_or, &finite);
+    if (key_and == key_or) { /* all one key: already sorted */
+        dpo_radix_to_values(keys, 0, n);
+        for (ptrdiff_t i = 0; i < n; i++)
+            index[i] = (uint32_t)i;
+    } else {
+        while (top < 64 && ((key_and ^ key_or) >> top) != 0)
+            top++;
+        while (width < 64 && ((uint64_t)n >> width) != 0)
+            width++;
+        width = width - 4 < 1 ? 1 : width - 4 > DPO_RADIX_TOP_BITS ? DPO_RADIX_TOP_BITS
+                                                                  : width - 4;
+        const int shift = top > width ? top - width : 0;
+        const uint64_t mask = (UINT64_C(1) << (top - shift)) - 1;
+        ptrdiff_t *counts = xmalloc((ptrdiff_t)(mask + 2) * (ptrdiff_t)sizeof(ptrdiff_t));
+        ptrdiff_t *starts = xmalloc((ptrdiff_t)(mask + 2) * (ptrdiff_t)sizeof(ptrdiff_t));
+        dpo_radix_count(keys, 0, n, shift, mask, counts);
+        ptrdiff_t running = 0;
+        for (uint64_t b = 0; b <= mask; b++) {
+            starts[b] = running;
             running += counts[b];
+            counts[b] = starts[b]; /* now the offsets the move advances */
         }
-        int last = p == DPO_RADIX_PASSES - 1;
-        dpo_radix_move(p ? keys[(p - 1) % 2] : NULL, p ? index[(p - 1) % 2] : NULL, values, 0,
-                       n, shift, offsets, last ? NULL : keys[p % 2],
-                       last ? NULL : index[p % 2], last ? sorted : NULL, last ? order : NULL);
+        starts[mask + 1] = n;
+        dpo_radix_move(keys, 0, n, shift, mask, counts, scratch, scratch_index);
+        dpo_radix_sort_buckets(scratch, scratch_index, keys, index, starts, 0,
+                               (ptrdiff_t)mask + 1, shift);
+        free(counts), free(starts);
     }
-    free(keys[0]), free(keys[1]), free(index[0]), free(index[1]);
+    memcpy(sorted, keys, (size_t)n * 8); /* (the keys are the values' bits now) */
+    for (ptrdiff_t i = 0; i < n; i++)
+        order[i] = index[i];
+    free(keys), free(scratch), free(index), free(scratch_index);
 }
 
 /* aot: the batch's chosen and rejected differences sorted, then the sigmoid kernel on the
- * sorted ones (dpo_fast._general._sorted_term). */
+ * sorted ones (dpo_fast._sorted.sorted_term). */
 static void sorted_grid(void)
 {
     char name[128];

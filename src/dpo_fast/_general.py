@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dpo_fast import _threads
+from dpo_fast import _sorted, _threads
 from dpo_fast._arrays import (
     check_flag,
     copy_back,
@@ -24,7 +24,7 @@ from dpo_fast._arrays import (
     kernel_output,
     tensor_as_array,
 )
-from dpo_fast._kernels import _pairwise, _sort
+from dpo_fast._kernels import _pairwise
 from dpo_fast._registry import (
     BATCH_COUPLED_LOSS_TYPES,
     F_DIVERGENCE_LOSS_TYPES,
@@ -438,59 +438,6 @@ def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np
     return means
 
 
-def _sorted(values: np.ndarray, want_order: bool, threads: int
-            ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values sorted, the stable argsort or None): the compiled radix sort, which orders
-    exactly as np.argsort(kind="stable") (ties in index order), several times faster."""
-    if values.shape[0] > _sort.MAX_LENGTH:  # (positions are kept as uint32 in the sort)
-        order = np.argsort(values, kind="stable")
-        return values[order], order if want_order else None
-    return _sort.radix_sort(values, want_order,
-                            _threads.resolve_n_threads(threads, values.shape[0]))
-
-
-def _sorted_term(name: str, arrays: Sequence[np.ndarray | None], beta: float, epsilon: float,
-                 threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """aot / aot_unpaired: the per-position losses and derivatives d loss / d delta (float64),
-    the pair each position's loss belongs to, and the pair its rejected derivative goes to.
-
-    The differences are sorted across the batch (AOT, Melnyk et al. 2024; TRL) and the
-    sigmoid kernel runs on the sorted ones. Where a difference of inputs near DBL_MAX
-    overflows they are taken in quarters (x/4 is exact for normal x) with 4*beta, which
-    restores the scale exactly.
-    """
-    def differences(scale: float) -> tuple[np.ndarray, np.ndarray]:
-        pc, pr = (np.asarray(a, np.float64) * scale for a in arrays[:2])
-        rc, rr = (np.zeros_like(pc) if a is None else np.asarray(a, np.float64) * scale
-                  for a in arrays[2:])
-        if name == "aot":
-            return pc - pr, rc - rr
-        return pc - rc, pr - rr
-
-    # Plain differences, unless one overflowed: then quarters (exact but for subnormals,
-    # which is why they are not the default).
-    scale = 1.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        first, second = differences(1.0)
-        if not (np.isfinite(first).all() and np.isfinite(second).all()):
-            scale = 0.25
-            first, second = differences(scale)
-    shifted, chosen_order = _sorted(first, True, threads)
-    if name == "aot":
-        rejected_order = chosen_order
-        baseline, _ = _sorted(second, False, threads)  # values only
-    else:
-        baseline, rejected_order = _sorted(second, True, threads)
-    length = shifted.shape[0]
-    outputs = {key: np.empty(length) for key in OUTPUT_NAMES}
-    config = _pairwise.LossConfig(((KERNEL_IDS["sigmoid"], 0, 1.0),), beta=beta / scale,
-                                  label_smoothing=epsilon)
-    _pairwise.run(config, np.ascontiguousarray(shifted), np.ascontiguousarray(baseline), None,
-                  None, None, None, None, outputs, _threads.resolve_n_threads(threads, length))
-    losses, slope = outputs["losses"], outputs["grad_chosen"]
-    return losses, slope * scale, chosen_order, rejected_order
-
-
 def _per_pair_outputs(value: Any, reduction: Any) -> tuple[str, ...]:
     """The per-pair arrays a call asks for (``per_pair_outputs``): None is all of them."""
     names = OUTPUT_NAMES[:3]
@@ -737,7 +684,7 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  alphapo_alpha: float = 0.0, gt_reward_margins: np.ndarray | None = None,
                  gt_reward_scale: float = 1.0) -> tuple[float, ...]:
     """The kernel call for the validated arguments: one LossConfig (which picks the kernel
-    loop) for every type but aot / aot_unpaired, whose sorted terms are added here. Returns
+    loop) for every type but aot / aot_unpaired, whose sorted terms dpo_fast._sorted adds. Returns
     the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
     length = arrays[0].shape[0]
     chosen_lengths, rejected_lengths = per_pair["chosen_lengths"], per_pair["rejected_lengths"]
@@ -763,9 +710,14 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
             sft_batch_offset = slope * (weight_total / grad_divisor)
 
     sorted_types = [name for name in types if name in SORTED_TYPES]
-    # With sorted terms to add, the kernel writes float64 and the sum is cast once at the end.
-    staged = dtype is np.float32 and bool(sorted_types)
-    kernel_outputs = ({key: np.empty(length) for key in outputs} if staged else outputs)
+    # One sorted type alone: the kernel only takes the rewards and sums and the term is
+    # written in place. With sorted terms to add to the kernel's, the kernel writes float64
+    # and the sum is cast once at the end.
+    alone = bool(sorted_types) and _sorted.alone(types, type_weights, pair_weights)
+    staged = dtype is np.float32 and bool(sorted_types) and not alone
+    kernel_outputs = ({key: np.empty(length) for key in outputs} if staged else
+                      {**outputs, "losses": None, "grad_chosen": None, "grad_rejected": None}
+                      if alone else outputs)
     kernel_arrays = ([None if a is None else np.asarray(a, np.float64) for a in arrays]
                      if staged else arrays)
     config = _pairwise.LossConfig(
@@ -779,44 +731,8 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
     sums = list(_pairwise.run(config, *kernel_arrays, chosen_lengths, rejected_lengths,
                               pair_weights, kernel_outputs, resolved_threads,
                               gt_reward_margins=gt_reward_margins))
-    if not sorted_types:
-        return tuple(sums)
-
-    losses = np.asarray(kernel_outputs["losses"], np.float64)
-    grads = [None if kernel_outputs.get(key) is None
-             else np.asarray(kernel_outputs[key], np.float64)
-             for key in ("grad_chosen", "grad_rejected")]
-    for name in sorted_types:
-        type_weight = type_weights[types.index(name)]
-        term_losses, term_slope, chosen_order, rejected_order = _sorted_term(
-            name, kernel_arrays if staged else arrays, beta, smoothing, threads)
-        if len(types) == 1 and pair_weights is None and type_weight == 1.0:
-            # The type alone, unweighted: the kernel's losses and gradients are zeros, so
-            # the sums below are the term itself (0 + x = x, 0 - x for the rejected side):
-            # one scatter per output instead of a gather, an add and a scatter.
-            losses[chosen_order] = term_losses
-            if grads[0] is not None:
-                step = term_slope / grad_divisor
-                grads[0][chosen_order] = step
-                grads[1][rejected_order] = 0.0 - step
-            continue
-        scale = np.full(length, type_weight) if pair_weights is None else \
-            type_weight * pair_weights[chosen_order]
-        # A zero weight removes the term even where its loss is inf (beta * (c - r)
-        # overflowed), as dpo_mul0 does in the kernels: not 0 * inf = NaN.
-        with np.errstate(invalid="ignore"):
-            losses[chosen_order] += np.where(scale == 0.0, 0.0, scale * term_losses)
-        if grads[0] is not None:
-            step = scale * term_slope / grad_divisor
-            grads[0][chosen_order] += step
-            grads[1][rejected_order] -= step
-    sums[_SUM_LOSS] = float(np.sum(losses))
-    if staged or losses is not kernel_outputs["losses"]:
-        outputs["losses"][...] = losses
-    for key, grad in zip(("grad_chosen", "grad_rejected"), grads):
-        if grad is not None and grad is not outputs[key]:
-            outputs[key][...] = grad
-    if staged:
-        outputs["chosen_rewards"][...] = kernel_outputs["chosen_rewards"]
-        outputs["rejected_rewards"][...] = kernel_outputs["rejected_rewards"]
+    if sorted_types:
+        sums[_SUM_LOSS] = _sorted.add_sorted_terms(
+            types, type_weights, kernel_arrays, outputs, kernel_outputs, staged, pair_weights,
+            beta, smoothing, grad_divisor, threads)
     return tuple(sums)
