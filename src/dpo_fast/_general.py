@@ -28,6 +28,7 @@ from dpo_fast._kernels import _pairwise
 from dpo_fast._registry import (
     BATCH_COUPLED_LOSS_TYPES,
     F_DIVERGENCE_LOSS_TYPES,
+    GT_REWARD_LOSS_TYPES,
     KERNEL_IDS,
     LENGTH_LOSS_TYPES,
     LOSS_REGISTRY,
@@ -304,13 +305,13 @@ def _gt_scale(value: Any, margins: Any, users: Sequence[str]) -> float:
     scale = _real(value, "gt_reward_scale")
     if not math.isfinite(scale):
         raise ValueError(f"gt_reward_scale must be finite, got {value!r}")
-    gt_types = sorted(name for name, entry in LOSS_REGISTRY.items() if entry.gt_rewards)
     if not users:
         if margins is not None:
-            raise ValueError(f"gt_reward_margins is only used by loss_type in {gt_types}")
+            raise ValueError(f"gt_reward_margins is only used by loss_type in "
+                             f"{sorted(GT_REWARD_LOSS_TYPES)}")
         if scale != 1.0:
-            raise ValueError(f"gt_reward_scale is only used by loss_type in {gt_types}; got "
-                             f"{value!r}")
+            raise ValueError(f"gt_reward_scale is only used by loss_type in "
+                             f"{sorted(GT_REWARD_LOSS_TYPES)}; got {value!r}")
     elif margins is None:
         raise ValueError(f"loss_type={users[0]!r} needs gt_reward_margins (each pair's "
                          "ground-truth reward of the chosen minus that of the rejected)")
