@@ -7,7 +7,8 @@ never built: the counted positions' hidden states are projected one tile of
 ``matmul``), and each tile is folded at once by the compiled row kernel of
 :func:`dpo_fast.sequence_logps` into running per-row statistics (an online log-sum-exp: max,
 sum of exp, the label's logit, and what the optional outputs need). The backward recomputes
-each tile and turns it in place into ``upstream * (onehot - softmax) / temperature`` before two
+each tile (its own tiles, up to twice the rows and half the columns: ``backward_tile``) and
+turns it in place into ``upstream * (onehot - softmax) / temperature`` before two
 more products accumulate the gradients of ``hidden``, ``weight`` and ``bias``. For a frozen
 ``lm_head`` (only ``d hidden`` wanted), :func:`linear_sequence_logps_and_token_grads` also sums
 each row's softmax-weighted weight rows during the forward (one more product per tile), and
@@ -20,7 +21,9 @@ hidden states of at most ``HIDDEN_TILE_BYTES`` (8 MiB; the backward adds its gra
 partial product of that size) and a ``WEIGHT_CHUNK_BYTES`` (8 MiB) partial product for
 ``d weight``: at most 24 MiB forward and 48 MiB backward, whatever ``B``, ``T``, ``V`` and
 ``H``. Half-precision weights add their tile upcast to float32 (``VOCAB_TILE x H`` floats:
-16 MiB at ``H = 1024``). ``dpo-fast bench --section fused`` measures it.
+16 MiB at ``H = 1024``). The frozen-head forward adds its token gradients (``H`` numbers per
+counted position, kept for the backward, which makes one more array of that size) and one
+``HIDDEN_TILE_BYTES`` partial product. ``dpo-fast bench --section fused`` measures it.
 
 This layer validates, tiles and documents; the arithmetic on the tiles happens in
 dpo_fast._kernels._logps (C loops in csrc/logps_linear.h).
