@@ -117,8 +117,8 @@ class _Prepared:
         rows (as HIDDEN_TILE_BYTES allows) with as many fewer columns, down to VOCAB_TILE // 2.
         The backward's tiles need no fixed boundaries (each logit's gradient is its own), and
         each block of rows streams the whole weight three times: fewer, taller blocks cost
-        less (measured on the 2-core machine, B8 T512 H1024 V32000 float32, three busy runs:
-        2048 x 2048 tiles took 0.82-0.95x the backward's time with 1024 x 4096 ones; 4096 x
+        less (measured on the 2-core machine, B8 T512 H1024 V32000 float32, four busy runs:
+        2048 x 2048 tiles took 0.82-0.96x the backward's time with 1024 x 4096 ones; 4096 x
         1024 ones, 0.99x)."""
         itemsize = self.compute.itemsize
         min_columns = max(1, min(VOCAB_TILE // 2, self.vocab))
