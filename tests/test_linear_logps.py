@@ -5,9 +5,11 @@ hand): values and all three gradients, with bias, mask, ignore_index, temperatur
 float32/float64/float16, (N, H) inputs, several vocabulary and row tiles (the tile sizes
 shrunk); that the result does not depend on the rows per tile or the thread count; the
 optional outputs and the token accuracy (ties across tiles) against dpo_fast.sequence_logps on
-the built logits; bad input naming the argument and position; the torch adapter against
-torch autograd, gradcheck (finite differences), half precision, a frozen head, and the DPO
-step composed with dpo_fast.torch.preference_loss. No timings.
+the built logits; bad input naming the argument and position; the frozen-head path
+(linear_sequence_logps_and_token_grads + linear_hidden_grad) against the reference, confident
+rows included; the torch adapter against torch autograd, gradcheck (finite differences), half
+precision, a frozen head, and the DPO step composed with dpo_fast.torch.preference_loss. No
+timings.
 """
 
 from __future__ import annotations
@@ -124,6 +126,54 @@ def test_values_and_gradients_match_a_float64_reference(small_tiles, dtype, with
     for got, want in zip(grads, again):
         if got is not None:
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_frozen_head_token_grads_match_a_float64_reference(small_tiles, dtype, with_bias,
+                                                           average, temperature):
+    """linear_sequence_logps_and_token_grads + linear_hidden_grad (no product backward)."""
+    hidden, weight, bias, labels, mask = _data(dtype, with_bias=with_bias)
+    rng = np.random.default_rng(1)
+    g_seq = rng.normal(size=3)
+    g_tok = rng.normal(size=(3, 6))
+    kw = dict(bias=bias, mask=mask, average=average, temperature=temperature)
+    out, token_grads = linear.linear_sequence_logps_and_token_grads(
+        hidden, weight, labels, return_token_logps=True, return_entropy=True, **kw)
+    plain = linear_sequence_logps(hidden, weight, labels, return_token_logps=True,
+                                  return_entropy=True, **kw)
+    for field in ("logps", "token_logps", "entropy", "logsumexp"):
+        np.testing.assert_array_equal(getattr(out, field), getattr(plain, field))
+    assert token_grads.dtype == dtype
+    assert token_grads.shape == (((labels != -100) & mask).sum(), hidden.shape[-1])
+    ref = _reference(hidden, weight, bias, labels, mask, temperature, average, g_seq, g_tok)
+    d_hidden = linear.linear_hidden_grad(hidden, weight, labels, g_seq, token_grads,
+                                         grad_token_logps=g_tok, **kw)
+    assert d_hidden.dtype == dtype and d_hidden.shape == hidden.shape
+    _close(d_hidden, ref[2], TOL[dtype], "d_hidden")
+    assert not d_hidden[2].any()  # nothing counted in the third sequence
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_frozen_head_token_grads_of_confident_rows(dtype):
+    """Rows whose label takes almost all the probability (1 - p_label ~ 1e-6): their gradient
+    is small, and ``1 - p_label`` in double keeps it accurate; default tiles, a vocabulary
+    over several tiles."""
+    rng = np.random.default_rng(7)
+    b, t, h, v = 2, 8, 64, linear.VOCAB_TILE + 300
+    hidden = rng.normal(size=(b, t, h)).astype(dtype)
+    weight = (rng.normal(size=(v, h)) * 0.1).astype(dtype)
+    labels = rng.choice(v, size=(b, t), replace=False)
+    weight[labels.ravel()] = (hidden.reshape(-1, h) * 0.3).astype(dtype)
+    out, token_grads = linear.linear_sequence_logps_and_token_grads(hidden, weight, labels)
+    ref = _reference(hidden, weight, None, labels, None, 1.0, False, 1.0, None)
+    assert np.exp(ref[1]).min() > 0.99
+    d_hidden = linear.linear_hidden_grad(hidden, weight, labels, 1.0, token_grads)
+    _close(d_hidden, ref[2], TOL[dtype], "d_hidden")
+    with pytest.raises(ValueError, match="token_grads must be"):
+        linear.linear_hidden_grad(hidden, weight, labels, 1.0, token_grads[1:])
 
 
 def test_default_tiles_and_a_vocabulary_over_several_tiles():
@@ -443,6 +493,39 @@ def test_torch_frozen_head_and_no_grad(small_tiles):
     out = dft.linear_sequence_logps(hidden, weight, labels)
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(out.logps.sum(), hidden, create_graph=True)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_torch_frozen_head_gradient_matches_torch_autograd(small_tiles, dtype, with_bias):
+    """A frozen lm_head takes the no-product backward (linear_hidden_grad)."""
+    dtype = getattr(torch, dtype)
+    compute = torch.float32 if dtype == torch.bfloat16 else dtype
+    torch.manual_seed(4)
+    hidden = torch.randn(3, 6, 5).to(dtype).requires_grad_()
+    weight = torch.randn(23, 5).to(dtype)
+    bias = torch.randn(23).to(dtype) if with_bias else None
+    labels = torch.randint(0, 23, (3, 6))
+    labels[0, 1] = -100
+    mask = torch.rand(3, 6) > 0.25
+    upstream = torch.tensor([1.0, -2.0, 0.5], dtype=compute)
+    out = dft.linear_sequence_logps(hidden, weight, labels, bias=bias, mask=mask,
+                                    temperature=0.8, average=True, return_token_logps=True)
+    ((out.logps * upstream).sum() + out.token_logps.square().sum()).backward()
+    got = hidden.grad.clone()
+    assert got.dtype == dtype
+    hidden.grad = None
+    h = hidden.to(compute)
+    logits = h @ weight.to(compute).T + (0.0 if bias is None else bias.to(compute))
+    counted = (labels != -100) & mask
+    tok = torch.log_softmax(logits / 0.8, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    tok = tok * counted
+    logps = tok.sum(-1) / counted.sum(-1).clamp(min=1)
+    ((logps * upstream).sum() + tok.square().sum()).backward()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    _close(got.to(torch.float64).numpy(), hidden.grad.to(torch.float64).numpy(), tol,
+           "d_hidden")
 
 
 @needs_torch

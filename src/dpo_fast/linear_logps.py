@@ -7,8 +7,13 @@ never built: the counted positions' hidden states are projected one tile of
 ``matmul``), and each tile is folded at once by the compiled row kernel of
 :func:`dpo_fast.sequence_logps` into running per-row statistics (an online log-sum-exp: max,
 sum of exp, the label's logit, and what the optional outputs need). The backward recomputes
-each tile and turns it in place into ``upstream * (onehot - softmax) / temperature`` before two
-more products accumulate the gradients of ``hidden``, ``weight`` and ``bias``.
+each tile (its own tiles, up to twice the rows and half the columns: ``backward_tile``) and
+turns it in place into ``upstream * (onehot - softmax) / temperature`` before two
+more products accumulate the gradients of ``hidden``, ``weight`` and ``bias``. For a frozen
+``lm_head`` (only ``d hidden`` wanted), :func:`linear_sequence_logps_and_token_grads` also sums
+each row's softmax-weighted weight rows during the forward (one more product per tile), and
+:func:`linear_hidden_grad` scales them by the upstream gradient: two products in all instead
+of three.
 
 Memory: beyond the inputs, the outputs and ``O(B*T)`` per-position numbers (64 bytes per
 counted position), one logits tile of at most ``TILE_BYTES`` (16 MiB), a block of gathered
@@ -16,7 +21,9 @@ hidden states of at most ``HIDDEN_TILE_BYTES`` (8 MiB; the backward adds its gra
 partial product of that size) and a ``WEIGHT_CHUNK_BYTES`` (8 MiB) partial product for
 ``d weight``: at most 24 MiB forward and 48 MiB backward, whatever ``B``, ``T``, ``V`` and
 ``H``. Half-precision weights add their tile upcast to float32 (``VOCAB_TILE x H`` floats:
-16 MiB at ``H = 1024``). ``dpo-fast bench --section fused`` measures it.
+16 MiB at ``H = 1024``). The frozen-head forward adds its token gradients (``H`` numbers per
+counted position, kept for the backward, which makes one more array of that size) and one
+``HIDDEN_TILE_BYTES`` partial product. ``dpo-fast bench --section fused`` measures it.
 
 This layer validates, tiles and documents; the arithmetic on the tiles happens in
 dpo_fast._kernels._logps (C loops in csrc/logps_linear.h).
@@ -44,7 +51,8 @@ from dpo_fast.logps import (
     sequence_result,
 )
 
-__all__ = ["TILE_BYTES", "VOCAB_TILE", "BFloat16Array", "linear_sequence_logps",
+__all__ = ["TILE_BYTES", "VOCAB_TILE", "BFloat16Array", "linear_hidden_grad",
+           "linear_sequence_logps", "linear_sequence_logps_and_token_grads",
            "linear_sequence_logps_grad"]
 
 # Vocabulary columns per tile. The boundaries (0, VOCAB_TILE, 2 * VOCAB_TILE, ...) are fixed, and
@@ -103,6 +111,21 @@ class _Prepared:
         by_logits = TILE_BYTES // (columns * itemsize)
         by_hidden = HIDDEN_TILE_BYTES // max(1, self.hidden.shape[2] * itemsize)
         return max(1, min(by_logits, by_hidden))
+
+    def backward_tile(self, n_rows: int) -> tuple[int, int]:
+        """(rows, columns) of a backward tile: TILE_BYTES of logits, up to twice the forward's
+        rows (as HIDDEN_TILE_BYTES allows) with as many fewer columns, down to VOCAB_TILE // 2.
+        The backward's tiles need no fixed boundaries (each logit's gradient is its own), and
+        each block of rows streams the whole weight three times: fewer, taller blocks cost
+        less (measured on the 2-core machine, B8 T512 H1024 V32000 float32, four busy runs:
+        2048 x 2048 tiles took 0.82-0.96x the backward's time with 1024 x 4096 ones; 4096 x
+        1024 ones, 0.99x)."""
+        itemsize = self.compute.itemsize
+        min_columns = max(1, min(VOCAB_TILE // 2, self.vocab))
+        by_hidden = HIDDEN_TILE_BYTES // max(1, self.hidden.shape[2] * itemsize)
+        rows = max(1, min(n_rows, by_hidden, TILE_BYTES // (min_columns * itemsize)))
+        columns = max(1, min(VOCAB_TILE, self.vocab, TILE_BYTES // (rows * itemsize)))
+        return rows, columns
 
 
 class BFloat16Array:
@@ -260,32 +283,86 @@ def _fold_threads(n_threads: int | None, elements: int) -> int:
     return _threads.resolve_n_threads(n_threads, elements, PARALLEL_MIN_ELEMENTS)
 
 
-def _forward_state(prep: _Prepared, want_extras: bool, n_threads: int | None) -> np.ndarray:
-    """Each counted row's statistics (csrc/logps_linear.h), tile by tile."""
+def _forward_state(prep: _Prepared, want_extras: bool, n_threads: int | None,
+                   weight_sums: np.ndarray | None = None) -> np.ndarray:
+    """Each counted row's statistics (csrc/logps_linear.h), tile by tile. With
+    ``weight_sums`` ((counted rows, H), computing dtype), also fills it with each row's
+    ``sum over j != label of exp(z_j - m) * weight[j]`` (``m`` the row's final running max),
+    accumulated like the flash-attention output: rescaled by ``exp(m_old - m_new)`` when the
+    max moves, plus one more product per tile (``_token_hidden_grads`` uses it)."""
     rows = prep.rows
     vocab = prep.vocab
     state = np.zeros((rows.size, _logps.LINEAR_STATE))
     state[:, _M] = -np.inf
     status = np.zeros(rows.size, dtype=np.uint8)
-    per_tile = prep.row_tile()
+    per_tile = max(1, min(prep.row_tile(), rows.size))
     columns = min(VOCAB_TILE, vocab)
-    buffer = np.empty(min(per_tile, rows.size) * columns, dtype=prep.compute)
+    buffer = np.empty(per_tile * columns, dtype=prep.compute)
     threads = _fold_threads(n_threads, rows.size * vocab)
+    partial = None
+    if weight_sums is not None and vocab > VOCAB_TILE:
+        partial = np.empty((per_tile, prep.hidden.shape[2]), dtype=prep.compute)
     for r0 in range(0, rows.size, per_tile):
         r1 = min(r0 + per_tile, rows.size)
         hidden = prep.gather(rows[r0:r1])
         labels = prep.labels[rows[r0:r1]]
         for v0 in range(0, vocab, VOCAB_TILE):
             v1 = min(v0 + VOCAB_TILE, vocab)
+            w_tile = prep.weight_tile(v0, v1)
             tile = buffer[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0)
             with np.errstate(all="ignore"):  # (a non-finite logit is reported below)
-                np.matmul(hidden, prep.weight_tile(v0, v1).T, out=tile)
+                np.matmul(hidden, w_tile.T, out=tile)
+            m_before = None if weight_sums is None else state[r0:r1, _M].copy()
             _logps.linear_fold(tile, None if prep.bias is None else prep.bias[v0:v1], v0,
                                labels, prep.inv_temperature, state[r0:r1], status[r0:r1],
                                want_extras=want_extras, n_threads=threads)
+            if weight_sums is not None:
+                _add_weight_sums(prep, tile, w_tile, v0, labels, m_before, state[r0:r1, _M],
+                                 weight_sums[r0:r1], partial, threads)
     if status.any():
         _raise_non_finite(prep, int(rows[np.argmax(status != 0)]))
     return state
+
+
+def _add_weight_sums(prep: _Prepared, tile: np.ndarray, w_tile: np.ndarray, v0: int,
+                     labels: np.ndarray, m_before: np.ndarray, m_now: np.ndarray,
+                     sums: np.ndarray, partial: np.ndarray | None, threads: int) -> None:
+    """Fold a tile of logits (bias added) into ``sums`` (see _forward_state); the tile is
+    overwritten with ``exp(z - m)``, 0 in the label's column (whose term _token_hidden_grads
+    adds exactly, in double)."""
+    m_now = np.ascontiguousarray(m_now)
+    k = tile.shape[0]
+    # c = -1 turns linear_tile_grad's -c * exp(z - lse) into exp(z - m) (z <= m: no overflow)
+    _logps.linear_tile_grad(tile, None, v0, labels, prep.inv_temperature, np.full(k, -1.0),
+                            m_now, n_threads=threads)
+    inside = np.flatnonzero((labels >= v0) & (labels < v0 + tile.shape[1]))
+    tile[inside, labels[inside] - v0] = 0
+    if v0 == 0:
+        np.matmul(tile, w_tile, out=sums)
+        return
+    with np.errstate(invalid="ignore"):  # -inf - -inf: a non-finite row, reported later
+        sums *= np.exp(m_before - m_now)[:, np.newaxis]
+    np.matmul(tile, w_tile, out=partial[:k])
+    sums += partial[:k]
+
+
+def _token_hidden_grads(prep: _Prepared, state: np.ndarray, weight_sums: np.ndarray
+                        ) -> np.ndarray:
+    """Turn ``weight_sums`` in place into each counted row's gradient of its token log-prob
+    with respect to its hidden state times the temperature, ``weight[label] - sum_j p_j
+    weight[j]``, written ``weight[label] (1 - p_label) - weight_sums / s`` so that a confident
+    row (p_label near 1) loses nothing to cancellation: ``1 - p_label`` is taken in double."""
+    m, s = state[:, _M], state[:, _S]
+    p_label = np.exp(state[:, _XLABEL] * prep.inv_temperature - (m + np.log(s)))
+    labels = prep.labels[prep.rows]
+    per_tile = min(prep.row_tile(), max(1, prep.rows.size))
+    for r0 in range(0, prep.rows.size, per_tile):
+        r1 = min(r0 + per_tile, prep.rows.size)
+        w_label = prep.weight[labels[r0:r1]].astype(np.float64)
+        grad = (w_label * (1.0 - p_label[r0:r1, np.newaxis])
+                - weight_sums[r0:r1] / s[r0:r1, np.newaxis])
+        weight_sums[r0:r1] = grad
+    return weight_sums
 
 
 def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = None,
@@ -364,6 +441,43 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     >>> bool(np.allclose(fused.logps, plain.logps, rtol=1e-12))
     True
     """
+    return _linear_sequence_logps(
+        hidden, weight, labels, bias=bias, ignore_index=ignore_index, mask=mask,
+        average=average, temperature=temperature, return_token_logps=return_token_logps,
+        return_entropy=return_entropy, return_wpo_weights=return_wpo_weights,
+        return_logit_sums=return_logit_sums, n_threads=n_threads)[0]
+
+
+def linear_sequence_logps_and_token_grads(hidden: Any, weight: Any, labels: Any,
+                                          **options: Any
+                                          ) -> tuple[SequenceLogpsResult, np.ndarray]:
+    """:func:`linear_sequence_logps` (same arguments) and, for a frozen ``lm_head``, what
+    :func:`linear_hidden_grad` needs to give ``d hidden`` with no product at all.
+
+    Besides the tile pass, each tile of ``exp(z - m)`` (``m`` the row's running max) is
+    multiplied by its slice of ``weight`` and summed over the vocabulary (rescaled when ``m``
+    moves, as flash attention's output): one more BLAS product per tile. Forward and backward
+    then cost two products, instead of three for :func:`linear_sequence_logps` and
+    ``linear_sequence_logps_grad(wrt=("hidden",))``, which recomputes the logits.
+
+    Returns
+    -------
+    (SequenceLogpsResult, token_grads)
+        ``token_grads`` (counted positions, H), computing dtype: the gradient of each counted
+        position's token log-prob with respect to its hidden state, times the temperature
+        (``weight[label] - sum_j softmax_j weight[j]``), in the order of the flat positions.
+        Extra memory: this array, and one ``HIDDEN_TILE_BYTES`` partial product.
+    """
+    return _linear_sequence_logps(hidden, weight, labels, want_token_grads=True, **options)
+
+
+def _linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = None,
+                           ignore_index: int = -100, mask: Any = None, average: bool = False,
+                           temperature: float = 1.0, return_token_logps: bool = False,
+                           return_entropy: bool = False, return_wpo_weights: bool = False,
+                           return_logit_sums: bool = False, n_threads: int | None = None,
+                           want_token_grads: bool = False
+                           ) -> tuple[SequenceLogpsResult, np.ndarray | None]:
     want_average = check_flag(average, "average")
     want_tokens = check_flag(return_token_logps, "return_token_logps")
     want_entropy = check_flag(return_entropy, "return_entropy")
@@ -371,7 +485,13 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     want_logit_sums = check_flag(return_logit_sums, "return_logit_sums")
     threads = _threads.validate_n_threads(n_threads)
     prep = _prepare(hidden, weight, labels, bias, mask, ignore_index, temperature)
-    state = _forward_state(prep, want_entropy or want_wpo or want_logit_sums, threads)
+    token_grads = None
+    if want_token_grads:
+        token_grads = np.empty((prep.rows.size, prep.hidden.shape[2]), dtype=prep.compute)
+    state = _forward_state(prep, want_entropy or want_wpo or want_logit_sums, threads,
+                           token_grads)
+    if token_grads is not None and prep.rows.size:
+        _token_hidden_grads(prep, state, token_grads)
 
     rows, n_t = prep.rows, prep.n_t
     n_positions = prep.labels.size
@@ -386,13 +506,14 @@ def linear_sequence_logps(hidden: Any, weight: Any, labels: Any, *, bias: Any = 
     if want_entropy:
         entropy = np.zeros(n_positions)
         entropy[rows] = log_s - state[:, _W] / state[:, _S]
-    return sequence_result(RowResults(
+    result = sequence_result(RowResults(
         rows=rows, n_t=n_t, vocab=prep.vocab, counts=prep.counts, seq_shape=prep.seq_shape,
         token_shape=prep.token_shape, token_logps=token_logps, logsumexp=logsumexp,
         entropy=entropy, status=status,
         log_sum_p2=(np.log(state[:, _Q]) - 2.0 * log_s) if want_wpo else None,
         logit_sums=state[:, _XSUM] if want_logit_sums else None),
         average=want_average, want_tokens=want_tokens)
+    return result, token_grads
 
 
 def _row_weights(prep: _Prepared, grad_logps: Any, grad_token_logps: Any, average: bool
@@ -500,12 +621,38 @@ def linear_sequence_logps_grad(hidden: Any, weight: Any, labels: Any, grad_logps
     return d_hidden, d_weight, d_bias
 
 
+def linear_hidden_grad(hidden: Any, weight: Any, labels: Any, grad_logps: Any,
+                       token_grads: np.ndarray, *, bias: Any = None, ignore_index: int = -100,
+                       mask: Any = None, average: bool = False, temperature: float = 1.0,
+                       grad_token_logps: Any = None) -> np.ndarray:
+    """``d hidden`` of :func:`linear_sequence_logps_grad` from the ``token_grads`` of
+    :func:`linear_sequence_logps_and_token_grads` (same arguments): each counted position's
+    upstream weight / temperature times its row, no product (a frozen ``lm_head``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Of ``hidden``'s shape, computing dtype; zeros at positions not counted.
+    """
+    want_average = check_flag(average, "average")
+    prep = _prepare(hidden, weight, labels, bias, mask, ignore_index, temperature)
+    n_h = prep.hidden.shape[2]
+    if token_grads.shape != (prep.rows.size, n_h) or token_grads.dtype != prep.compute:
+        raise ValueError(f"token_grads must be the ({prep.rows.size}, {n_h}) {prep.compute} "
+                         "array of linear_sequence_logps_and_token_grads with the same "
+                         f"arguments, got {token_grads.dtype} of shape {token_grads.shape}")
+    scale = _row_weights(prep, grad_logps, grad_token_logps, want_average)
+    d_hidden = np.zeros(prep.hidden.shape, dtype=prep.compute)
+    rows, n_t = prep.rows, prep.n_t
+    d_hidden[rows // n_t, rows % n_t] = token_grads * scale.astype(prep.compute)[:, np.newaxis]
+    return d_hidden.reshape(prep.token_shape + (n_h,))
+
+
 def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: np.ndarray,
                     d_hidden: np.ndarray | None, d_weight: np.ndarray | None,
                     d_bias: np.ndarray | None, threads: int) -> None:
     vocab, n_h, n_t = prep.vocab, prep.hidden.shape[2], prep.n_t
-    per_tile = min(prep.row_tile(), rows.size)
-    columns = min(VOCAB_TILE, vocab)
+    per_tile, columns = prep.backward_tile(rows.size)
     buffer = np.empty(per_tile * columns, dtype=prep.compute)
     itemsize = prep.compute.itemsize
     chunk = max(1, min(columns, WEIGHT_CHUNK_BYTES // max(1, n_h * itemsize)))
@@ -513,7 +660,7 @@ def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: n
     partial_w = (np.empty((chunk, n_h), dtype=prep.compute)
                  if d_weight is not None and several else None)
     partial_h = (np.empty((per_tile, n_h), dtype=prep.compute)
-                 if d_hidden is not None and vocab > VOCAB_TILE else None)
+                 if d_hidden is not None and vocab > columns else None)
     for r0 in range(0, rows.size, per_tile):
         r1 = min(r0 + per_tile, rows.size)
         k = r1 - r0
@@ -521,8 +668,8 @@ def _backward_tiles(prep: _Prepared, rows: np.ndarray, scale: np.ndarray, lse: n
         hidden = prep.gather(block)
         labels = prep.labels[block]
         d_block = np.empty((k, n_h), dtype=prep.compute) if d_hidden is not None else None
-        for v0 in range(0, vocab, VOCAB_TILE):
-            v1 = min(v0 + VOCAB_TILE, vocab)
+        for v0 in range(0, vocab, columns):
+            v1 = min(v0 + columns, vocab)
             w_tile = prep.weight_tile(v0, v1)
             tile = buffer[:k * (v1 - v0)].reshape(k, v1 - v0)
             np.matmul(hidden, w_tile.T, out=tile)

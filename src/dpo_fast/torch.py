@@ -420,8 +420,15 @@ class _LinearSequenceLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, arrays, labels, mask, options, sink):
         h, w, b = arrays
-        result = _np_linear.linear_sequence_logps(h, w, labels, bias=b, mask=mask,
-                                                  return_token_logps=True, **options)
+        # A frozen lm_head (only hidden needs a gradient): the forward also sums the softmax-
+        # weighted weight rows, so that the backward needs no product (two in all, not three).
+        ctx.token_grads = None
+        if tuple(ctx.needs_input_grad[:3]) == (True, False, False):
+            result, ctx.token_grads = _np_linear.linear_sequence_logps_and_token_grads(
+                h, w, labels, bias=b, mask=mask, return_token_logps=True, **options)
+        else:
+            result = _np_linear.linear_sequence_logps(h, w, labels, bias=b, mask=mask,
+                                                      return_token_logps=True, **options)
         ctx.save_for_backward(hidden, weight, bias)
         ctx.labels, ctx.mask, ctx.options = labels, mask, options
         ctx.logsumexp = result.logsumexp
@@ -440,14 +447,22 @@ class _LinearSequenceLogps(torch.autograd.Function):
         wrt = tuple(name for name, need in zip(("hidden", "weight", "bias"),
                                                 ctx.needs_input_grad[:3]) if need)
         options = {k: v for k, v in ctx.options.items() if k not in _FORWARD_ONLY}
+        arrays = (_linear_array(hidden, "hidden"), _linear_array(weight, "weight"))
+        grad = 0.0 if grad_logps is None else grad_logps.numpy()
+        grad_tokens = None if grad_token_logps is None else grad_token_logps.numpy()
+        if ctx.token_grads is not None:
+            options.pop("n_threads")
+            d_hidden = _np_linear.linear_hidden_grad(
+                *arrays, ctx.labels, grad, ctx.token_grads,
+                bias=None if bias is None else _linear_array(bias, "bias"),
+                grad_token_logps=grad_tokens, mask=ctx.mask, **options)
+            return (_gradient(d_hidden, hidden), *nothing[1:])
         # Half-precision inputs are converted again rather than kept converted between the
         # forward and the backward.
         d_hidden, d_weight, d_bias = _np_linear.linear_sequence_logps_grad(
-            _linear_array(hidden, "hidden"), _linear_array(weight, "weight"), ctx.labels,
-            0.0 if grad_logps is None else grad_logps.numpy(),
-            bias=None if bias is None else _linear_array(bias, "bias"),
-            grad_token_logps=None if grad_token_logps is None else grad_token_logps.numpy(),
-            mask=ctx.mask, logsumexp=ctx.logsumexp, wrt=wrt, **options)
+            *arrays, ctx.labels, grad, bias=None if bias is None else _linear_array(bias, "bias"),
+            grad_token_logps=grad_tokens, mask=ctx.mask, logsumexp=ctx.logsumexp, wrt=wrt,
+            **options)
         return (_gradient(d_hidden, hidden), _gradient(d_weight, weight),
                 _gradient(d_bias, bias), *nothing[3:])
 
@@ -473,8 +488,11 @@ def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: An
     The backward recomputes each tile of logits, turns it in place into
     ``upstream * (onehot - softmax) / temperature`` and accumulates ``d hidden``,
     ``d weight`` and ``d bias`` with BLAS products (float32 accumulation for float32 inputs,
-    float64 for float64); a gradient that is not needed (a frozen ``lm_head``) is not
-    computed. ``entropy``, ``wpo_weights`` and ``logit_sums`` are detached. Every other
+    float64 for float64); a gradient that is not needed is not computed. With a frozen
+    ``lm_head`` (only ``hidden`` requires grad) the forward also sums each position's
+    softmax-weighted weight rows (one more product per tile, and ``(counted positions, H)``
+    numbers kept for the backward), and the backward only scales them: two products in all
+    instead of three. ``entropy``, ``wpo_weights`` and ``logit_sums`` are detached. Every other
     argument is a constant (one that requires grad raises ValueError naming it); no double
     backward (``create_graph=True`` raises RuntimeError).
 

@@ -13,6 +13,7 @@ forward (per-sequence sums of the label log-probs)
 forward + backward of sum(logps), hidden and weight leaves that require grad
     ``torch unfused``          the torch form above, ``.sum().backward()``
     ``dpo_fast.torch fused``   dpo_fast.torch.linear_sequence_logps(...).logps.sum().backward()
+f+b frozen head: the same two with a frozen weight (only hidden requires grad)
 
 Columns: median wall time of ``repeats`` calls after one warm-up call; extra peak RSS of one
 call (as in the logps section: VmHWM after minus VmRSS before, glibc's mmap threshold at
@@ -49,6 +50,8 @@ __all__ = ["QUICK_SHAPES", "SHAPES", "FusedConfig", "add_arguments", "bench_shap
            "format_fused", "format_table", "main", "make_data", "memory_failures", "run_fused",
            "run_from_args"]
 
+# The forward + backward pass with a frozen lm_head (only hidden requires grad).
+FROZEN_PASS = "f+b frozen head"
 # (B, T, H, V): the issue's two shapes (N = B*T tokens).
 SHAPES = {"issue": (2, 512, 512, 32000), "big": (8, 512, 1024, 32000)}
 QUICK_SHAPES = {"tiny": (2, 64, 64, 1024)}
@@ -181,6 +184,26 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
         "dpo_fast.torch fused": (train_fused, None, False)}, repeats, ref,
         grad_bytes=(leaf_h.numel() + leaf_w.numel()) * 4)
     rows[-1]["grad_rel_diff"] = {"hidden": diffs[0], "weight": diffs[1]}
+
+    # A frozen lm_head (LoRA-style training): only hidden requires grad.
+    def frozen_unfused():
+        _torch_unfused(torch, leaf_h, t_weight, t_labels).sum().backward()
+        grad, leaf_h.grad = leaf_h.grad, None
+        return grad
+
+    def frozen_fused():
+        dft.linear_sequence_logps(leaf_h, t_weight, t_labels).logps.sum().backward()
+        grad, leaf_h.grad = leaf_h.grad, None
+        return grad
+
+    theirs, ours = frozen_unfused(), frozen_fused()
+    diff = float((ours - theirs).abs().max() / theirs.abs().max())
+    del theirs, ours
+    _measure(rows, label, FROZEN_PASS, {
+        "torch unfused": (frozen_unfused, None, False),
+        "dpo_fast.torch fused": (frozen_fused, None, False)}, repeats, ref,
+        grad_bytes=leaf_h.numel() * 4)
+    rows[-1]["grad_rel_diff"] = {"hidden": diff}
     return rows
 
 
@@ -261,6 +284,12 @@ def format_table(rows: Sequence[dict[str, Any]], shapes: dict[str, Sequence[int]
             d = train["grad_rel_diff"]
             checks.append(f"grads vs torch: hidden {d['hidden']:.1e}, weight "
                           f"{d['weight']:.1e} (relative)")
+        frozen = find.get((FROZEN_PASS, "dpo_fast.torch fused"))
+        torch_frozen = find.get((FROZEN_PASS, "torch unfused"))
+        if frozen and torch_frozen:
+            checks.append(f"frozen head: forward+backward x torch "
+                          f"{torch_frozen['median_ms'] / frozen['median_ms']:.2f} (no target), "
+                          f"grad vs torch {frozen['grad_rel_diff']['hidden']:.1e}")
         if checks:
             lines.append("targets: " + "; ".join(checks))
     return "\n".join(lines)
