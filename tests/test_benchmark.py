@@ -452,6 +452,28 @@ def test_section_fused_quick(tmp_path):
     assert section["failures"] == [] and "memory check: every fused row" in report
 
 
+def test_fused_table_compares_with_trl_when_it_ran():
+    """TRL's chunked head is an optional baseline: its rows give an "x TRL" column and the
+    two TRL targets; without them the table leaves both out."""
+    from dpo_fast.benchmark import fused
+
+    def row(pass_, name, ms):
+        return {"shape": "s", "pass_": pass_, "name": name, "median_ms": ms,
+                "peak_rss_mb": 1.0, "beyond_grads_mb": None, "seq_err": None}
+
+    rows = [row("forward", "GEMM alone", 10.0), row("forward", "torch unfused", 12.0),
+            row("forward", "TRL chunked", 30.0), row("forward", "dpo_fast fused", 10.0),
+            row("forward+backward", "torch unfused", 40.0),
+            row("forward+backward", "TRL chunked", 90.0),
+            row("forward+backward", "dpo_fast.torch fused", 45.0)]
+    shapes = {"s": (1, 2, 3, 4)}
+    table = fused.format_table(rows, shapes)
+    assert "forward x TRL 3.00 (target >= 2)" in table
+    assert "forward+backward x TRL 2.00 (target >= 2)" in table
+    without = fused.format_table([r for r in rows if r["name"] != "TRL chunked"], shapes)
+    assert "x TRL" not in without.split("targets:")[1]
+
+
 def test_fused_memory_check_names_the_row():
     from dpo_fast.benchmark import fused
 

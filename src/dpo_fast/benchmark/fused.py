@@ -8,20 +8,25 @@ What is compared, per shape (hidden ``(B, T, H)`` ~ N(0, 1), an ``lm_head`` weig
 forward (per-sequence sums of the label log-probs)
     ``GEMM alone``             ``hidden @ weight.T`` (torch.mm, no grad): the floor
     ``torch unfused``          linear + ``log_softmax`` + ``gather``, masked sum (no grad)
+    ``TRL chunked``            TRL's ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py:
+                               4096-token tiles, TRL's trainer's vocabulary chunk of 32768, the
+                               log-probs only; on the CPU its tiles are folded by torch ops),
+                               when ``trl`` is installed (no grad)
     ``GEMM + sequence_logps``  torch.mm, then dpo_fast.sequence_logps on the logits
     ``dpo_fast fused``         dpo_fast.linear_sequence_logps(hidden, weight, labels)
 forward + backward of sum(logps), hidden and weight leaves that require grad
     ``torch unfused``          the torch form above, ``.sum().backward()``
+    ``TRL chunked``            the TRL form above, ``.sum().backward()``
     ``dpo_fast.torch fused``   dpo_fast.torch.linear_sequence_logps(...).logps.sum().backward()
-f+b frozen head: the same two with a frozen weight (only hidden requires grad)
+f+b frozen head: torch unfused and dpo_fast with a frozen weight (only hidden requires grad)
 
 Columns: median wall time of ``repeats`` calls after one warm-up call; extra peak RSS of one
 call (as in the logps section: VmHWM after minus VmRSS before, glibc's mmap threshold at
 128 KiB) and, for forward + backward, that peak minus the gradients' own bytes (``beyond
 grads``: what the issue's memory target counts); the largest absolute error of the
 per-sequence sums against a float64 reference (the float32 inputs projected in float64, tile
-by tile); the ratio to the GEMM alone and to torch unfused. TRL's ``ChunkedLogProbFunction``
-is not measured (TRL is not a dependency); issue 17 quotes its numbers.
+by tile); the ratio to the GEMM alone, to torch unfused and to TRL (TRL is optional: without
+it those rows and ratios are left out).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from .targets import (
     FUSED_TARGET_TRAIN_X_TORCH,
     FUSED_TARGET_X_GEMM,
     FUSED_TARGET_X_TORCH,
+    FUSED_TARGET_X_TRL,
 )
 
 __all__ = ["QUICK_SHAPES", "SHAPES", "FusedConfig", "add_arguments", "bench_shape",
@@ -104,6 +110,29 @@ def _torch_unfused(torch: Any, hidden, weight, labels):
     return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
+# TRL's trainer calls ChunkedLogProbFunction with this vocabulary chunk
+# (trl/trainer/utils.py, _CHUNKED_LOGPROB_CHUNK_SIZE, TRL 1.16).
+TRL_VOCAB_CHUNK = 32768
+
+
+def load_trl_chunked() -> Any:
+    """TRL's ``ChunkedLogProbFunction``, or None when TRL is not installed (it is optional)."""
+    try:
+        from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    except Exception:  # noqa: BLE001 - missing or broken: that baseline is left out
+        return None
+    return ChunkedLogProbFunction
+
+
+def _trl_chunked(function: Any, hidden, weight, labels):
+    """Per-sequence sums through TRL's fused head, called as its trainer does (no bias,
+    temperature 1, no softcapping, logit scale 1), asking for the log-probs only."""
+    b, t, h = hidden.shape
+    logps = function.apply(hidden.reshape(-1, h), weight, None, labels.reshape(-1), 1.0,
+                           TRL_VOCAB_CHUNK, None, 1.0, ())[0]
+    return logps.view(b, t).sum(-1)
+
+
 def _measure(rows, label, pass_, impls, repeats, ref, grad_bytes=0):
     """Time ``impls`` ({name: (fn, sums or None, traced)}) interleaved call by call (a busy
     machine slows them alike), then one memory call each."""
@@ -154,8 +183,17 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
             logits = torch.mm(flat_hidden, t_weight.T).reshape(b, t, v)
         return dpo_fast.sequence_logps(logits.numpy(), labels).logps
 
+    trl_function = load_trl_chunked()
+
+    def trl_chunked():
+        with torch.no_grad():
+            return _trl_chunked(trl_function, t_hidden, t_weight, t_labels)
+
+    trl_forward = {} if trl_function is None else {
+        "TRL chunked": (trl_chunked, trl_chunked().numpy(), False)}
     forward = {"GEMM alone": (gemm, None, False),
                "torch unfused": (unfused, unfused().numpy(), False),
+               **trl_forward,
                "GEMM + sequence_logps": (gemm_then_fold, gemm_then_fold(), False),
                **forward}
     _measure(rows, label, "forward", forward, repeats, ref)
@@ -175,12 +213,19 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int,
         leaf_h.grad = leaf_w.grad = None
         return grads
 
+    def train_trl():
+        _trl_chunked(trl_function, leaf_h, leaf_w, t_labels).sum().backward()
+        grads = (leaf_h.grad, leaf_w.grad)
+        leaf_h.grad = leaf_w.grad = None
+        return grads
+
     # Both gradients agree to float32 rounding: checked once, not timed.
     theirs, ours = train_unfused(), train_fused()
     diffs = [float((a - c).abs().max() / c.abs().max()) for a, c in zip(ours, theirs)]
     del theirs, ours
+    trl_train = {} if trl_function is None else {"TRL chunked": (train_trl, None, False)}
     _measure(rows, label, "forward+backward", {
-        "torch unfused": (train_unfused, None, False),
+        "torch unfused": (train_unfused, None, False), **trl_train,
         "dpo_fast.torch fused": (train_fused, None, False)}, repeats, ref,
         grad_bytes=(leaf_h.numel() + leaf_w.numel()) * 4)
     rows[-1]["grad_rel_diff"] = {"hidden": diffs[0], "weight": diffs[1]}
@@ -249,23 +294,28 @@ def format_table(rows: Sequence[dict[str, Any]], shapes: dict[str, Sequence[int]
         lines.append(f"\nshape {label}: B={b} T={t} (N={b * t}) H={h} V={v} float32 "
                      f"(logits {b * t * v * 4 / 2**20:.0f} MB)")
         lines.append(f"{'pass':<17} {'implementation':<22} {'median ms':>10} {'x GEMM':>7} "
-                     f"{'x torch':>8} {'peak RSS MB':>12} {'beyond grads':>13} {'seq err':>9}")
+                     f"{'x torch':>8} {'x TRL':>7} {'peak RSS MB':>12} {'beyond grads':>13} "
+                     f"{'seq err':>9}")
         find = {(r["pass_"], r["name"]): r for r in selected}
         for r in selected:
             gemm = find.get(("forward", "GEMM alone"))
             base = find.get((r["pass_"], "torch unfused"))
+            trl = find.get((r["pass_"], "TRL chunked"))
             x_gemm = r["median_ms"] / gemm["median_ms"] if gemm else None
             x_torch = base["median_ms"] / r["median_ms"] if base else None
+            x_trl = trl["median_ms"] / r["median_ms"] if trl else None
             lines.append(
                 f"{r['pass_']:<17} {r['name']:<22} {r['median_ms']:>10.1f} "
-                f"{_fmt(x_gemm, '7.2f'):>7} {_fmt(x_torch, '8.2f'):>8} "
+                f"{_fmt(x_gemm, '7.2f'):>7} {_fmt(x_torch, '8.2f'):>8} {_fmt(x_trl, '7.2f'):>7} "
                 f"{_fmt(r['peak_rss_mb'], '12.1f'):>12} "
                 f"{_fmt(r['beyond_grads_mb'], '13.1f'):>13} {_fmt(r['seq_err'], '9.1e'):>9}")
         fwd = find.get(("forward", "dpo_fast fused"))
         gemm = find.get(("forward", "GEMM alone"))
         torch_fwd = find.get(("forward", "torch unfused"))
+        trl_fwd = find.get(("forward", "TRL chunked"))
         train = find.get(("forward+backward", "dpo_fast.torch fused"))
         torch_train = find.get(("forward+backward", "torch unfused"))
+        trl_train = find.get(("forward+backward", "TRL chunked"))
         checks = []
         if fwd and gemm:
             checks.append(f"forward {fwd['median_ms'] / gemm['median_ms']:.2f}x the GEMM "
@@ -273,10 +323,17 @@ def format_table(rows: Sequence[dict[str, Any]], shapes: dict[str, Sequence[int]
         if fwd and torch_fwd:
             checks.append(f"forward x torch {torch_fwd['median_ms'] / fwd['median_ms']:.2f} "
                           f"(target >= {FUSED_TARGET_X_TORCH:g})")
+        if fwd and trl_fwd:
+            checks.append(f"forward x TRL {trl_fwd['median_ms'] / fwd['median_ms']:.2f} "
+                          f"(target >= {FUSED_TARGET_X_TRL:g})")
         if train and torch_train:
             checks.append(f"forward+backward x torch "
                           f"{torch_train['median_ms'] / train['median_ms']:.2f} (target >= "
                           f"{FUSED_TARGET_TRAIN_X_TORCH:g})")
+        if train and trl_train:
+            checks.append(f"forward+backward x TRL "
+                          f"{trl_train['median_ms'] / train['median_ms']:.2f} (target >= "
+                          f"{FUSED_TARGET_X_TRL:g})")
         if train and train["beyond_grads_mb"] is not None:
             checks.append(f"extra memory beyond grads {train['beyond_grads_mb']:.0f} MB "
                           f"(target <= {FUSED_TARGET_MEMORY_MB:g} at B8 T512 H1024 V32000)")

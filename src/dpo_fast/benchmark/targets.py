@@ -14,6 +14,7 @@ __all__ = [
     "FUSED_TARGET_TRAIN_X_TORCH",
     "FUSED_TARGET_X_GEMM",
     "FUSED_TARGET_X_TORCH",
+    "FUSED_TARGET_X_TRL",
     "LOGPS_TARGET_ERROR",
     "LOGPS_TARGET_MEMORY_SHARE",
     "LOGPS_TARGET_SPEEDUP",
@@ -115,6 +116,7 @@ LOGPS_TARGET_TRAIN_SPEEDUP = 5.0
 # and gradients <= 64 MB at B8 T512 H1024 V32000.
 FUSED_TARGET_X_GEMM = 1.15
 FUSED_TARGET_X_TORCH = 1.6
+FUSED_TARGET_X_TRL = 2.0  # forward and forward + backward against TRL's chunked head
 FUSED_TARGET_TRAIN_X_TORCH = 1.3
 FUSED_TARGET_MEMORY_MB = 64.0
 # Loss types (issue 16): every per-pair type >= 80% of the same-traffic bound or >= 8x its NumPy
