@@ -174,6 +174,25 @@ def test_other_lengths_take_the_general_path(label, kwargs, message, general_spy
     assert len(general_spy) == 1, label
 
 
+def test_long_lengths_and_weights_are_checked_as_short_ones(general_spy):
+    """Above 4096 pairs the fast path checks lengths and weights with NumPy's reductions:
+    good ones stay on it, a bad value anywhere is handed over (and named)."""
+    n = 5000
+    arrays = _data(n, np.float64)
+    lengths = np.full(n, 3.0)
+    preference_loss(*arrays, loss_type="ipo", chosen_lengths=lengths, rejected_lengths=lengths,
+                    weights=np.ones(n))
+    assert not general_spy
+    for key, value, message in (("weights", np.nan, r"weights\[4500\] is nan"),
+                                ("weights", np.inf, r"weights\[4500\] is inf"),
+                                ("chosen_lengths", 0.5, r"chosen_lengths\[4500\] is 0.5")):
+        options = dict(chosen_lengths=lengths.copy(), rejected_lengths=lengths,
+                       weights=np.ones(n))
+        options[key][4500] = value
+        with pytest.raises(ValueError, match=message):
+            preference_loss(*arrays, loss_type="ipo", **options)
+
+
 def test_bad_weights_raise_the_general_paths_errors():
     arrays = _data(6, np.float64)
     for value, message in ((np.nan, r"weights\[4\] is nan"), (-1.0, r"weights\[4\] is -1.0"),

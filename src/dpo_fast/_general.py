@@ -610,14 +610,17 @@ def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
         exponents = [-alpha * a for a in averages]
         rewards = []
         for b in exponents:
-            plain = beta * (-np.expm1(b) / alpha)
-            # |beta r| = exp(b + log(1 - e^{-b}) + log(beta / |alpha|)) for b > 0
-            logs = sign * np.exp(b + np.log(-np.expm1(-b)) + log_scale)
-            rewards.append(np.where((b > 0.0) & ((b > 700.0) | ~np.isfinite(plain)),
-                                    logs, plain))
+            reward = beta * (-np.expm1(b) / alpha)
+            # |beta r| = exp(b + log(1 - e^{-b}) + log(beta / |alpha|)) for b > 0, on the
+            # rows that need it only (the logarithms of every row were most of the time)
+            far = (b > 0.0) & ((b > 700.0) | ~np.isfinite(reward))
+            if far.any():
+                b_far = b[far]
+                reward[far] = sign * np.exp(b_far + np.log(-np.expm1(-b_far)) + log_scale)
+            rewards.append(reward)
         chosen, rejected = rewards
         margins = chosen - rejected
-        log_margins = np.log(np.abs(margins))
+        log_margins = None  # log|margin|, formed only where a mean needs it
         bad = ~np.isfinite(margins)
         if bad.any():  # inf - inf: from logarithms, as the kernel's careful path
             gap = -alpha * (averages[0] - averages[1])
@@ -625,13 +628,15 @@ def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
             log_careful = top + np.log(-np.expm1(-np.abs(gap))) + log_scale
             careful = np.where(gap == 0.0, 0.0, -np.sign(gap) * math.copysign(1.0, alpha)
                                * np.exp(log_careful))
+            log_margins = np.where(bad, log_careful, np.log(np.abs(margins)))
             margins = np.where(bad, careful, margins)
-            log_margins = np.where(bad, log_careful, log_margins)
         length = chosen.shape[0]
         means[_SUM_CHOSEN] = float(np.sum(chosen / length))
         means[_SUM_REJECTED] = float(np.sum(rejected / length))
         margin_mean = float(np.sum(margins / length))
         if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
+            if log_margins is None:
+                log_margins = np.log(np.abs(margins))
             margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
         means[_SUM_MARGIN] = margin_mean
         outputs["chosen_rewards"][...] = chosen  # (float32: beyond its range is inf)
