@@ -170,7 +170,7 @@ def format_report(results: dict[str, Any]) -> str:
             measured = (f"{t['measured']:.0f}%" if t["unit"] == "%"
                         else fmt_ratio(t["measured"]))
             verdict = "met" if t["met"] else "below"
-        target = f">= {t['minimum']:g}{t['unit']}"
+        target = f">= {t['minimum']:.3g}{t['unit']}"
         rows.append([what, measured, target, verdict])
     out += table(["target", "measured", "goal", ""], rows)
     out += ["", "accuracy checks: " + ("all passed" if results["checks_passed"] else "FAILED")]

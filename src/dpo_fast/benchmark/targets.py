@@ -35,7 +35,7 @@ TARGETS = (
     ("f64_pct_bound", "N=1e7 float64 vs bandwidth bound", "pct_bound", 10_000_000, "float64",
      80.0),
     # 1 thread: at most 1.5x the 1-thread bound's time (issue 16).
-    ("f64_pct_bound_1thr", "N=1e7 float64 vs bandwidth bound, 1 thread", "pct_bound_1thr",
+    ("f64_pct_bound_1thr", "N=1e7 float64 vs bandwidth bound", "pct_bound_1thr",
      10_000_000, "float64", 100.0 / 1.5),
     ("f32_pct_bound", "N=1e7 float32 vs bandwidth bound", "pct_bound", 10_000_000, "float32",
      80.0),
