@@ -165,11 +165,55 @@
     }
 
 #if DPO_T_IS_FLOAT
-/* float: the group's inputs converted to double first and its outputs rounded to float after,
- * in loops of their own, so the lane loop holds doubles only. With the float loads and stores
- * inside it, GCC vectorises it in float-sized vectors (8 floats in a ymm register) and so
- * computes the doubles in halves (4 per ymm, with spills): 1.4x the float64 instance's time
- * where the float one should be the faster. Same values, same order: only the speed changes. */
+#ifndef DPO_WIDEN8
+/* A group's 8 floats to 8 doubles and back (exact, and rounded once, as the casts are). As
+ * plain loops, GCC converts them in halves (8 floats as two xmm -> ymm conversions, stored as
+ * two ymm halves that the lane loop then reads back as one zmm: a failed store-to-load
+ * forwarding each): ~50 more instructions per 8 rows and ~1.2 ns a row (float32 sigmoid 5.3
+ * ns a row in cache against float64's 4.1). On AVX-512 one conversion instruction each way
+ * (GCC 12 lowers even the vector extension's 8-wide conversion in halves); elsewhere GCC's
+ * and Clang's vector extension (two per way on AVX2); the scalar level and other compilers
+ * keep the loops. */
+#if defined(__AVX512F__) && !DPO_ISA_SCALAR && DPO_LANES == 8
+#include <immintrin.h>
+#define DPO_WIDEN8(SRC, DST) _mm512_storeu_pd((DST), _mm512_cvtps_pd(_mm256_loadu_ps(SRC)));
+#define DPO_NARROW8(SRC, DST) _mm256_storeu_ps((DST), _mm512_cvtpd_ps(_mm512_loadu_pd(SRC)));
+#elif (defined(__GNUC__) || defined(__clang__)) && !DPO_ISA_SCALAR && DPO_LANES == 8
+typedef float DpoFloat8 __attribute__((vector_size(8 * sizeof(float))));
+typedef double DpoDouble8 __attribute__((vector_size(8 * sizeof(double))));
+#define DPO_WIDEN8(SRC, DST)                                                                \
+    {                                                                                       \
+        DpoFloat8 narrow_;                                                                  \
+        memcpy(&narrow_, (SRC), sizeof narrow_);                                            \
+        DpoDouble8 wide_ = __builtin_convertvector(narrow_, DpoDouble8);                    \
+        memcpy((DST), &wide_, sizeof wide_);                                                \
+    }
+#define DPO_NARROW8(SRC, DST)                                                               \
+    {                                                                                       \
+        DpoDouble8 wide_;                                                                   \
+        memcpy(&wide_, (SRC), sizeof wide_);                                                \
+        DpoFloat8 narrow_ = __builtin_convertvector(wide_, DpoFloat8);                      \
+        memcpy((DST), &narrow_, sizeof narrow_);                                            \
+    }
+#else
+#define DPO_WIDEN8(SRC, DST)                                                                \
+    DPO_NO_UNROLL                                                                           \
+    DPO_LOOP_HINT                                                                           \
+    for (int k_ = 0; k_ < DPO_LANES; k_++)                                                  \
+        (DST)[k_] = (double)(SRC)[k_];
+#define DPO_NARROW8(SRC, DST)                                                               \
+    DPO_NO_UNROLL                                                                           \
+    DPO_LOOP_HINT                                                                           \
+    for (int k_ = 0; k_ < DPO_LANES; k_++)                                                  \
+        (DST)[k_] = (float)(SRC)[k_];
+#endif
+#endif
+/* float: the group's inputs converted to double first and its outputs rounded to float after
+ * (DPO_WIDEN8, DPO_NARROW8), so the lane loop holds doubles only. With the float loads and
+ * stores inside it, GCC vectorises it in float-sized vectors (8 floats in a ymm register) and
+ * so computes the doubles in halves (4 per ymm, with spills): 1.4x the float64 instance's
+ * time where the float one should be the faster. Same values, same order: only the speed
+ * changes. */
 #define DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, NORM)                                            \
     {                                                                                       \
         double pc_staged[DPO_LANES], pr_staged[DPO_LANES], rc_staged[DPO_LANES],            \
@@ -178,29 +222,17 @@
             out_rejected_reward_b_staged[DPO_LANES], out_grad_chosen_staged[DPO_LANES],     \
             out_grad_rejected_staged[DPO_LANES];                                            \
         const ptrdiff_t group = block + i0;                                                 \
-        DPO_NO_UNROLL                                                                       \
-        DPO_LOOP_HINT                                                                       \
-        for (int j = 0; j < DPO_LANES; j++) {                                               \
-            pc_staged[j] = (double)pc[group + j];                                           \
-            pr_staged[j] = (double)pr[group + j];                                           \
-            rc_staged[j] = (double)rc[group + j];                                           \
-            rr_staged[j] = (double)rr[group + j];                                           \
-        }                                                                                   \
+        DPO_WIDEN8(pc + group, pc_staged)                                                   \
+        DPO_WIDEN8(pr + group, pr_staged)                                                   \
+        DPO_WIDEN8(rc + group, rc_staged)                                                   \
+        DPO_WIDEN8(rr + group, rr_staged)                                                   \
         DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, NORM, DPO_IN_STAGED, DPO_OUT_STAGED)              \
-        DPO_NO_UNROLL                                                                       \
-        DPO_LOOP_HINT                                                                       \
-        for (int j = 0; j < DPO_LANES; j++) {                                               \
-            out_loss_b[i0 + j] = (DPO_T)out_loss_b_staged[j];                               \
-            out_chosen_reward_b[i0 + j] = (DPO_T)out_chosen_reward_b_staged[j];             \
-            out_rejected_reward_b[i0 + j] = (DPO_T)out_rejected_reward_b_staged[j];         \
-        }                                                                                   \
+        DPO_NARROW8(out_loss_b_staged, out_loss_b + i0)                                     \
+        DPO_NARROW8(out_chosen_reward_b_staged, out_chosen_reward_b + i0)                   \
+        DPO_NARROW8(out_rejected_reward_b_staged, out_rejected_reward_b + i0)               \
         if (WITH_GRAD) {                                                                    \
-            DPO_NO_UNROLL                                                                   \
-            DPO_LOOP_HINT                                                                   \
-            for (int j = 0; j < DPO_LANES; j++) {                                           \
-                out_grad_chosen[group + j] = (DPO_T)out_grad_chosen_staged[j];              \
-                out_grad_rejected[group + j] = (DPO_T)out_grad_rejected_staged[j];          \
-            }                                                                               \
+            DPO_NARROW8(out_grad_chosen_staged, out_grad_chosen + group)                    \
+            DPO_NARROW8(out_grad_rejected_staged, out_grad_rejected + group)                \
         }                                                                                   \
     }
 #else

@@ -101,9 +101,11 @@ const char *dpo_simd_name(int level);
 #if DPO_CONCAT(DPO_ISA_IS_, DPO_ISA)
 #define DPO_TARGET DPO_NOVEC_ATTR
 #define DPO_LOOP_HINT DPO_NOVEC_HINT
+#define DPO_ISA_SCALAR 1
 #else
 #define DPO_TARGET
 #define DPO_LOOP_HINT DPO_VEC_HINT
+#define DPO_ISA_SCALAR 0
 #endif
 #undef DPO_ISA_IS_scalar
 #endif
