@@ -530,6 +530,30 @@ def test_gradient_out_and_zero_upstream():
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_allocated_zeroed_leaves_zero_rows_unwritten(monkeypatch, dtype):
+    """A large gradient is allocated by np.zeros and the kernel skips the rows that do not
+    count (grad_zeroed): the same bits as writing their zeros, for every thread count."""
+    rng = np.random.default_rng(18)
+    logits, labels, mask = make_batch(rng, b=3, t=40, v=1500, dtype=dtype)
+    upstream = [1.0, 0.0, 2.0]
+    lse = sequence_logps(logits, labels, mask=mask).logsumexp
+    written = sequence_logps_grad(logits, labels, upstream, mask=mask, logsumexp=lse,
+                                  out=np.full(logits.shape, np.nan, dtype=dtype))
+    monkeypatch.setattr(logps_module, "ZEROED_GRAD_MIN_BYTES", 0)
+    calls = []
+    backward = _logps.backward
+    monkeypatch.setattr(_logps, "backward",
+                        lambda *a, **k: calls.append(k["grad_zeroed"]) or backward(*a, **k))
+    for threads in (1, 2):
+        for logsumexp in (lse, None):
+            zeroed = sequence_logps_grad(logits, labels, upstream, mask=mask,
+                                         logsumexp=logsumexp, n_threads=threads)
+            assert zeroed.tobytes() == written.tobytes()
+    assert calls == [True] * 4
+    assert (written[1] == 0).all() and (written[~(mask & (labels != -100))] == 0).all()
+
+
 # ------------------------------------------------------------------ determinism
 
 

@@ -53,6 +53,7 @@ def backward(
     status: _U8,
     *,
     n_threads: int,
+    grad_zeroed: bool = ...,
 ) -> int: ...
 def linear_fold(
     tile: _Float,

@@ -39,6 +39,7 @@ cdef extern from "logps_api.h" nogil:
         const double *row_weight
         const double *lse_in
         void *grad
+        int grad_zeroed
 
     void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, Py_ssize_t k0,
                                Py_ssize_t k1)
@@ -193,6 +194,7 @@ def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.row_weight = NULL
     args.lse_in = NULL
     args.grad = NULL
+    args.grad_zeroed = 0
     per_task = _rows_per_task(n_rows, args.vocab, n_threads)
     n_tasks = (n_rows + per_task - 1) // per_task
     with nogil:
@@ -233,9 +235,10 @@ def sequence_sums(const int64_t[::1] rows, Py_ssize_t n_t, const double[::1] tok
 def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
              const double[::1] row_weight, const double[::1] logsumexp,
              double inv_temperature, floating[:, ::1] grad, uint8_t[::1] status, *,
-             int n_threads):
+             int n_threads, bint grad_zeroed=False):
     """grad[r] = row_weight[r] * (onehot(labels[r]) - softmax(logits[r] * inv_temperature))
     * inv_temperature for every row r (zeros where row_weight[r] == 0), one pass per row.
+    ``grad_zeroed``: grad already holds zeros, so the zero rows are left alone.
 
     logsumexp (from the forward) may be None: it is then recomputed in the same pass over the
     row (from cache), and rows holding a NaN or an infinity get status NONFINITE. Returns the
@@ -273,6 +276,7 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
     if logsumexp is not None:
         args.lse_in = &logsumexp[0]
     args.grad = &grad[0, 0]
+    args.grad_zeroed = grad_zeroed
     per_task = _rows_per_task(n_rows, args.vocab, n_threads)
     n_tasks = (n_rows + per_task - 1) // per_task
     with nogil:
@@ -535,6 +539,7 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     args.row_weight = NULL
     args.lse_in = NULL
     args.grad = NULL
+    args.grad_zeroed = 0
     if n_rows:
         if typenum == cnp.NPY_DOUBLE:
             dpo_logps_forward_f64(&args, row_data, 0, n_rows)

@@ -52,6 +52,8 @@ typedef struct {
     const double *row_weight;
     const double *lse_in;   /* logsumexp from the forward, or NULL: recompute it */
     void *grad;             /* n_b * n_t * V elements, C order, same type as logits */
+    int grad_zeroed;        /* grad holds zeros already (fresh pages): the rows that do not
+                             * count are not written at all */
 } DpoLogpsArgs;
 
 /* The entry points run the instance of SIMD level args->simd_level (simd.h). */

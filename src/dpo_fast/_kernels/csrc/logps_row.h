@@ -171,7 +171,8 @@ DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, 
         LOGPS_T *DPO_RESTRICT g = (LOGPS_T *)args->grad + r * vocab;
         const double weight = args->row_weight[r];
         if (weight == 0.0) {
-            memset(g, 0, (size_t)vocab * sizeof(LOGPS_T));
+            if (!args->grad_zeroed)
+                memset(g, 0, (size_t)vocab * sizeof(LOGPS_T));
             continue;
         }
         const LOGPS_T *DPO_RESTRICT x = LOGPS_ROW(args, r);
