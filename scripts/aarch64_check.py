@@ -23,9 +23,9 @@ Then (unless --no-vec) it runs the vectoriser-report tests of the aarch64 build
 on the loops tests/test_vectorization.py and tests/test_sequence_logps.py check on x86-64),
 which need pytest and the package importable (pip install ".[test]" from the clone).
 
-Missing tools are installed with apt-get (Debian/Ubuntu: gcc-aarch64-linux-gnu and
-qemu-user-static), through sudo when not root; --no-install only reports them. Standard
-library only; exit status 0 when every run matches.
+Missing tools are installed with apt-get (Debian/Ubuntu: gcc-aarch64-linux-gnu,
+libc6-dev-arm64-cross and qemu-user-static), through sudo when not root; --no-install only
+reports them. Standard library only; exit status 0 when every run matches.
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ CSRC = ROOT / "src" / "dpo_fast" / "_kernels" / "csrc"
 HARNESS = ROOT / "scripts" / "aarch64" / "harness.c"
 CROSS_CC = "aarch64-linux-gnu-gcc"
 QEMU = "qemu-aarch64-static"
-PACKAGES = ("gcc-aarch64-linux-gnu", "qemu-user-static")
+# libc6-dev-arm64-cross (the C library's headers for the cross compiler) is only a
+# recommendation of gcc-aarch64-linux-gnu, which --no-install-recommends leaves out: without
+# it every compile stops at <math.h>.
+PACKAGES = ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user-static")
+CROSS_HEADER = pathlib.Path("/usr/aarch64-linux-gnu/include/math.h")
 # The C files around the per-level kernel sources (linked once): the dispatch entry points,
 # the chosen level, the loss registry as data.
 COMMON_SOURCES = ("pairwise.c", "simd.c", "logps.c")
@@ -68,7 +72,11 @@ def setup_constant(name: str):
 
 
 def missing_tools() -> list[str]:
-    return [tool for tool in (CROSS_CC, QEMU) if shutil.which(tool) is None]
+    missing = [tool for tool in (CROSS_CC, QEMU) if shutil.which(tool) is None]
+    if shutil.which(CROSS_CC) is not None and platform.system() == "Linux" \
+            and shutil.which("dpkg") is not None and not CROSS_HEADER.exists():
+        missing.append(f"the cross C library's headers ({CROSS_HEADER})")
+    return missing
 
 
 def ensure_tools(install: bool) -> None:

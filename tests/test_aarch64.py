@@ -13,14 +13,16 @@
    tests/test_vectorization.py (pairwise) and tests/test_sequence_logps.py (log-softmax rows)
    check on x86-64, with 16-byte NEON vectors: `neon` is not a scalar path under a SIMD name.
 
-Skipped without the cross compiler or qemu (the script installs them: apt-get install
-gcc-aarch64-linux-gnu qemu-user-static), unless DPO_FAST_REQUIRE_AARCH64=1 (CI) makes that a
-failure. About 1.5 minutes on 2 idle cores (2.5 on a busy machine), mostly compiling.
+Skipped without the cross compiler, its C library headers or qemu (the script installs them:
+apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static), unless
+DPO_FAST_REQUIRE_AARCH64=1 (CI) makes that a failure. About 1.5 minutes on 2 idle cores (2.5
+on a busy machine), mostly compiling.
 """
 
 import functools
 import importlib.util
 import os
+import pathlib
 import platform
 import re
 import shutil
@@ -36,6 +38,13 @@ SCRIPT = ROOT / "scripts" / "aarch64_check.py"
 HARNESS = ROOT / "scripts" / "aarch64" / "harness.c"
 
 
+def _cross_compiles_math():
+    """Whether the cross compiler finds <math.h> (its headers elsewhere than Debian's path)."""
+    result = subprocess.run([CROSS_CC, "-fsyntax-only", "-x", "c", "-"],
+                            input="#include <math.h>\n", capture_output=True, text=True)
+    return result.returncode == 0
+
+
 def _missing():
     """(why the checks cannot run here, whether for want of the tools), or (None, False)."""
     if not all(path.exists() for path in (CSRC / "pairwise_simd.c", SCRIPT, HARNESS)):
@@ -43,9 +52,13 @@ def _missing():
     if platform.machine() not in ("x86_64", "AMD64"):
         return "compares against an x86-64 host", False
     tools = [tool for tool in (CROSS_CC, QEMU) if shutil.which(tool) is None]
+    if not tools and not (pathlib.Path("/usr/aarch64-linux-gnu/include/math.h").exists()
+                          or _cross_compiles_math()):
+        tools = ["the cross C library's headers"]
     if tools:
         return (f"needs {' and '.join(tools)}: apt-get install gcc-aarch64-linux-gnu "
-                f"qemu-user-static (or python3 scripts/aarch64_check.py --install-only)"), True
+                f"libc6-dev-arm64-cross qemu-user-static (or python3 "
+                f"scripts/aarch64_check.py --install-only)"), True
     return None, False
 
 
