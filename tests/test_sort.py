@@ -61,9 +61,10 @@ def test_small_inputs_match_numpy(kind, n):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_threaded_sizes_match_numpy(kind):
-    """Lengths that split into 1, 2 and 3 chunks (32768 values per thread at least)."""
+    """Lengths around one and two threads (32768 values per thread at least) and one, two
+    and three chunks of the passes (65536 values to twice as many each)."""
     rng = np.random.default_rng(7)
-    for n in (65535, 65536, 65537, 98305, 200_003):
+    for n in (65535, 65536, 65537, 98305, 131_071, 131_072, 200_003):
         values = make(kind, n, rng)
         for n_threads in (1, 2, 3, 8):
             check(values, n_threads)

@@ -42,6 +42,9 @@ cnp.import_array()
 
 # Fewer values than this per thread: one thread (waking a pool costs more than it saves).
 cdef Py_ssize_t MIN_PER_THREAD = 32768
+# The sort's passes over the whole array go in chunks of this many values to twice as many,
+# handed to whichever thread is free.
+cdef Py_ssize_t CHUNK_LENGTH = 65536
 # Positions are kept as uint32: inputs this long or longer are refused.
 MAX_LENGTH = 2**32 - 1
 
@@ -126,14 +129,14 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     job.single = single
     job.scale = scale
     job.n = n
-    job.chunks = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD,
-                                 <Py_ssize_t>DPO_RADIX_MAX_CHUNKS))
+    # Chunks of the passes over the whole array: several per thread, by length alone.
+    job.chunks = <int>max(1, min(n // CHUNK_LENGTH, <Py_ssize_t>DPO_RADIX_MAX_CHUNKS))
     job.keys = <uint64_t *>cnp.PyArray_DATA(keys_array)
     job.scratch_keys = <uint64_t *>cnp.PyArray_DATA(scratch)
     if want_order:
         job.index = <uint32_t *>cnp.PyArray_DATA(index_array)
         job.scratch_index = <uint32_t *>(job.scratch_keys + n)
-    threads = job.chunks
+    threads = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD))
     # One parallel region for the whole sort (dpo_radix_sort_team's passes share it).
     with nogil:
         if threads > 1:
