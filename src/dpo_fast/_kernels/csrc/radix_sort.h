@@ -58,8 +58,10 @@
 
 #if defined(__GNUC__)
 #define DPO_RADIX_INLINE static inline __attribute__((always_inline))
+#define DPO_RADIX_NOINLINE static __attribute__((noinline))
 #else
 #define DPO_RADIX_INLINE static inline
+#define DPO_RADIX_NOINLINE static
 #endif
 
 static inline uint64_t dpo_radix_key(double value)
@@ -84,7 +86,8 @@ static inline void dpo_radix_to_values(uint64_t *keys, ptrdiff_t lo, ptrdiff_t h
  * float64, for i in lo..hi-1, of float64 inputs (single: float32). Returns the AND of the keys
  * and sets *key_or to their OR (the bits that differ are the ones set in OR and not in AND),
  * and *all_finite to 0 if a difference is not finite. (The first split's counts are another
- * pass: counting here too makes this loop scalar, 3.5x slower than both passes.) */
+ * pass: counting here too, block by block from L1, took as long as both passes. Not inlined:
+ * inlined into dpo_radix_sort_team this loop took 3x as long.) */
 #define DPO_RADIX_KEYS_LOOP(T)                                                                 \
     for (ptrdiff_t i = lo; i < hi; i++) {                                                   \
         double value = (double)((const T *)first)[i] * scale;                              \
@@ -97,9 +100,9 @@ static inline void dpo_radix_to_values(uint64_t *keys, ptrdiff_t lo, ptrdiff_t h
         finite &= value - value == 0.0;                                                    \
     }
 
-static inline uint64_t dpo_radix_keys(const void *first, const void *second, int single,
-                                      double scale, ptrdiff_t lo, ptrdiff_t hi, uint64_t *keys,
-                                      uint64_t *key_or, int *all_finite)
+DPO_RADIX_NOINLINE uint64_t dpo_radix_keys(const void *first, const void *second, int single,
+                                           double scale, ptrdiff_t lo, ptrdiff_t hi,
+                                           uint64_t *keys, uint64_t *key_or, int *all_finite)
 {
     uint64_t all_and = ~UINT64_C(0), all_or = 0;
     int finite = 1;
@@ -385,7 +388,47 @@ static void dpo_radix_msd_keys(uint64_t *keys, uint64_t *out_keys, ptrdiff_t n,
 /* The size of the work buffer of dpo_radix_sort_buckets, in bytes. */
 #define DPO_RADIX_WORK_BYTES                                                                   \
     ((sizeof(uint32_t) << DPO_RADIX_MSD_BITS)                                                  \
-     + (sizeof(uint64_t) + sizeof(uint32_t)) * DPO_RADIX_STAGED)
+     + (2 * sizeof(uint64_t) + sizeof(uint32_t)) * DPO_RADIX_STAGED)
+
+/* Sort scratch_keys/scratch_index[lo:hi] (up to DPO_RADIX_STAGED keys) as single words if
+ * they fit in one: the bits the keys differ in, then the keys' places in the bucket (ordered
+ * so, equal keys stay in index order); the positions are looked up from the places at the
+ * end. The sort of words alone is about 25% faster than that of keys with positions
+ * (whose every move and swap is two). Returns 0 (nothing done) when they do not fit. */
+static inline int dpo_radix_sort_packed(const uint64_t *scratch_keys,
+                                        const uint32_t *scratch_index, uint64_t *keys,
+                                        uint32_t *index, ptrdiff_t lo, ptrdiff_t hi,
+                                        uint64_t *packed, uint64_t *sorted, uint32_t *places,
+                                        uint32_t *counts)
+{
+    const ptrdiff_t n = hi - lo;
+    uint64_t all_and = ~UINT64_C(0), all_or = 0;
+    int key_bits = 0, place_bits = 0;
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        all_and &= scratch_keys[i];
+        all_or |= scratch_keys[i];
+    }
+    if (all_and != all_or)
+        key_bits = 64 - __builtin_clzll(all_and ^ all_or);
+    while (((size_t)(n - 1) >> place_bits) != 0)
+        place_bits++;
+    if (key_bits + place_bits > 64 || key_bits == 64)
+        return 0;
+    const uint64_t low = (UINT64_C(1) << key_bits) - 1, high = all_and & ~low;
+    const uint64_t place_mask = (UINT64_C(1) << place_bits) - 1;
+    for (ptrdiff_t i = 0; i < n; i++)
+        packed[i] = ((scratch_keys[lo + i] & low) << place_bits) | (uint64_t)i;
+    /* (Copied in order, so that the lookups below hit the cache.) */
+    memcpy(places, scratch_index + lo, sizeof(uint32_t) * (size_t)n);
+    dpo_radix_msd_keys(packed, sorted, n, counts);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const uint64_t word = sorted[i], key = high | (word >> place_bits);
+        keys[lo + i] = key ^ ((key >> 63) ? UINT64_C(0x8000000000000000)
+                                          : UINT64_C(0xffffffffffffffff));
+        index[lo + i] = places[word & place_mask];
+    }
+    return 1;
+}
 
 /* Sort the top buckets first..last-1, moved to scratch_keys/scratch_index[starts[b]:
  * starts[b + 1]] by dpo_radix_move, into keys/index (index NULL: keys only), as the bits of
@@ -401,11 +444,12 @@ static inline void dpo_radix_sort_buckets(uint64_t *scratch_keys, uint32_t *scra
                                           ptrdiff_t last, void *work)
 {
     uint32_t *counts = (uint32_t *)work;
-    uint64_t *staged_keys = NULL;
+    uint64_t *staged_keys = NULL, *packed = NULL;
     uint32_t *staged_index = NULL;
     if (work != NULL) {
         staged_keys = (uint64_t *)(counts + ((size_t)1 << DPO_RADIX_MSD_BITS));
-        staged_index = (uint32_t *)(staged_keys + DPO_RADIX_STAGED);
+        packed = staged_keys + DPO_RADIX_STAGED;
+        staged_index = (uint32_t *)(packed + DPO_RADIX_STAGED);
     }
     for (ptrdiff_t b = first; b < last; b++) {
         const ptrdiff_t lo = starts[b], hi = starts[b + 1];
@@ -413,6 +457,9 @@ static inline void dpo_radix_sort_buckets(uint64_t *scratch_keys, uint32_t *scra
             continue;
         if (work != NULL && hi - lo <= DPO_RADIX_STAGED) {
             if (index != NULL) {
+                if (dpo_radix_sort_packed(scratch_keys, scratch_index, keys, index, lo, hi,
+                                          packed, staged_keys, staged_index, counts))
+                    continue;
                 dpo_radix_msd(scratch_keys + lo, scratch_index + lo, staged_keys, staged_index,
                               hi - lo, counts);
                 memcpy(index + lo, staged_index, sizeof(uint32_t) * (size_t)(hi - lo));
