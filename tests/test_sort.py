@@ -52,7 +52,7 @@ KINDS = ["normal", "ties", "signed zeros", "specials", "constant", "sorted", "re
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 255, 256, 257, 1000])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 16, 17, 255, 256, 257, 1000, 10_000])
 def test_small_inputs_match_numpy(kind, n):
     values = make(kind, n, np.random.default_rng(n))
     for n_threads in (1, 2):

@@ -385,12 +385,22 @@ static void dpo_radix_msd_keys(uint64_t *keys, uint64_t *out_keys, ptrdiff_t n,
     dpo_radix_msd_body(keys, NULL, out_keys, NULL, n, work);
 }
 
-/* The size of the work buffer of dpo_radix_sort_buckets, in bytes. */
-#define DPO_RADIX_WORK_BYTES                                                                   \
-    ((sizeof(uint32_t) << DPO_RADIX_MSD_BITS)                                                  \
-     + (2 * sizeof(uint64_t) + sizeof(uint32_t)) * DPO_RADIX_STAGED)
+/* The size in bytes of dpo_radix_sort_buckets's work buffer for buckets of up to `largest`
+ * keys: counts for digits of up to count_bits bits, and a bucket's keys (twice) and
+ * positions (sized to the largest bucket: short inputs allocate little). */
+static inline size_t dpo_radix_work_bytes(ptrdiff_t largest, int *count_bits,
+                                          ptrdiff_t *staged)
+{
+    int bits = 1;
+    while (bits < DPO_RADIX_MSD_BITS && ((size_t)largest >> bits) != 0)
+        bits++;
+    *count_bits = bits;
+    *staged = largest < DPO_RADIX_STAGED ? largest : DPO_RADIX_STAGED;
+    return (sizeof(uint32_t) << bits)
+           + (2 * sizeof(uint64_t) + sizeof(uint32_t)) * (size_t)*staged;
+}
 
-/* Sort scratch_keys/scratch_index[lo:hi] (up to DPO_RADIX_STAGED keys) as single words if
+/* Sort scratch_keys/scratch_index[lo:hi] (a staged bucket) as single words if
  * they fit in one: the bits the keys differ in, then the keys' places in the bucket (ordered
  * so, equal keys stay in index order); the positions are looked up from the places at the
  * end. The sort of words alone is about 25% faster than that of keys with positions
@@ -432,30 +442,32 @@ static inline int dpo_radix_sort_packed(const uint64_t *scratch_keys,
 
 /* Sort the top buckets first..last-1, moved to scratch_keys/scratch_index[starts[b]:
  * starts[b + 1]] by dpo_radix_move, into keys/index (index NULL: keys only), as the bits of
- * their values (the caller reads the array as float64). `work` is DPO_RADIX_WORK_BYTES, or
- * NULL (slower: every bucket straight into keys/index, its counts on the heap).
+ * their values (the caller reads the array as float64). `work` is dpo_radix_work_bytes of
+ * the largest bucket (which sets count_bits and staged), or NULL (slower: every bucket
+ * straight into keys/index, its counts on the heap).
  *
- * A bucket of up to DPO_RADIX_STAGED keys is sorted into the work buffer (in cache) and then
- * copied out in order: moved straight into keys/index, every store of the move missed the
- * cache (the destination is not in cache yet, and its lines are touched in random order). */
+ * A bucket of up to `staged` keys is sorted into the work buffer (in cache) and then copied
+ * out in order: moved straight into keys/index, every store of the move missed the cache
+ * (the destination is not in cache yet, and its lines are touched in random order). */
 static inline void dpo_radix_sort_buckets(uint64_t *scratch_keys, uint32_t *scratch_index,
                                           uint64_t *keys, uint32_t *index,
                                           const ptrdiff_t *starts, ptrdiff_t first,
-                                          ptrdiff_t last, void *work)
+                                          ptrdiff_t last, void *work, int count_bits,
+                                          ptrdiff_t staged)
 {
     uint32_t *counts = (uint32_t *)work;
     uint64_t *staged_keys = NULL, *packed = NULL;
     uint32_t *staged_index = NULL;
     if (work != NULL) {
-        staged_keys = (uint64_t *)(counts + ((size_t)1 << DPO_RADIX_MSD_BITS));
-        packed = staged_keys + DPO_RADIX_STAGED;
-        staged_index = (uint32_t *)(packed + DPO_RADIX_STAGED);
+        staged_keys = (uint64_t *)(counts + ((size_t)1 << count_bits));
+        packed = staged_keys + staged;
+        staged_index = (uint32_t *)(packed + staged);
     }
     for (ptrdiff_t b = first; b < last; b++) {
         const ptrdiff_t lo = starts[b], hi = starts[b + 1];
         if (hi == lo)
             continue;
-        if (work != NULL && hi - lo <= DPO_RADIX_STAGED) {
+        if (work != NULL && hi - lo <= staged) {
             if (index != NULL) {
                 if (dpo_radix_sort_packed(scratch_keys, scratch_index, keys, index, lo, hi,
                                           packed, staged_keys, staged_index, counts))
@@ -499,7 +511,7 @@ typedef struct {
     /* Working state, per chunk (DPO_RADIX_MAX_CHUNKS at most) and shared. */
     uint64_t chunk_and[DPO_RADIX_MAX_CHUNKS], chunk_or[DPO_RADIX_MAX_CHUNKS];
     int chunk_finite[DPO_RADIX_MAX_CHUNKS], all_equal;
-    ptrdiff_t *counts, *starts, *edges, n_groups;
+    ptrdiff_t *counts, *starts, *edges, n_groups, largest;
     dpo_radix_plan plan;
 } dpo_radix_job;
 
@@ -576,6 +588,10 @@ static void dpo_radix_sort_team(dpo_radix_job *job)
          * uneven, equal bucket counts per thread would not be. */
         job->n_groups = dpo_radix_groups(job->starts, n_buckets, n / 128 + 1,
                                          job->edges);
+        job->largest = 0;
+        for (ptrdiff_t b = 0; b < n_buckets; b++)
+            if (job->starts[b + 1] - job->starts[b] > job->largest)
+                job->largest = job->starts[b + 1] - job->starts[b];
     }
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < chunks; c++)
@@ -583,11 +599,15 @@ static void dpo_radix_sort_team(dpo_radix_job *job)
                        dpo_radix_chunk_start(job, c + 1), &job->plan,
                        job->counts + n_buckets * c, job->scratch_keys, job->index != NULL
                        ? job->scratch_index : NULL);
-    void *work = malloc(DPO_RADIX_WORK_BYTES); /* (one per thread: NULL is only slower) */
+    int count_bits;
+    ptrdiff_t staged;
+    /* (One per thread: NULL is only slower.) */
+    void *work = malloc(dpo_radix_work_bytes(job->largest, &count_bits, &staged));
 #pragma omp for schedule(dynamic, 1)
     for (ptrdiff_t g = 0; g < job->n_groups; g++)
         dpo_radix_sort_buckets(job->scratch_keys, job->scratch_index, job->keys, job->index,
-                               job->starts, job->edges[g], job->edges[g + 1], work);
+                               job->starts, job->edges[g], job->edges[g + 1], work,
+                               count_bits, staged);
     free(work);
 }
 
