@@ -36,16 +36,15 @@
 #define DPO_RADIX_CLASS_BITS 12
 /* The classes are counted on every this-many-th key (only to size their digits). */
 #define DPO_RADIX_SAMPLE_STRIDE 64
-/* The top buckets' target size: both the bucket and its sorted copy stay in L1/L2 while it
- * is sorted. (Raised for very long inputs so that there are at most ~2^15 of them.) */
-#ifndef DPO_RADIX_BUCKET_KEYS
+/* The top buckets' target size: a bucket and its sorted copy stay in L2 while it is sorted.
+ * (Smaller ones cost more in the move than they save: with 512-2048 keys the move wrote to
+ * thousands of buckets at once and took twice as long. Raised for very long inputs so that
+ * there are at most ~2^15 buckets.) */
 #define DPO_RADIX_BUCKET_KEYS 4096
-#endif
+/* The most bits of a class's digit below the class. */
 #define DPO_RADIX_MAX_DIGIT_BITS 16
 /* Buckets up to this size are sorted in a buffer (see dpo_radix_sort_buckets). */
-#ifndef DPO_RADIX_STAGED
 #define DPO_RADIX_STAGED (4 * DPO_RADIX_BUCKET_KEYS)
-#endif
 /* The widest digit inside a bucket, and the widest whose counts are on the stack (1 KiB a
  * level: the recursion stays shallow in stack even on musl's 128 KiB thread stacks); wider
  * ones are in the caller's work buffer (the top level) or on the heap. */
