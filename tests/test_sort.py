@@ -52,7 +52,7 @@ KINDS = ["normal", "ties", "signed zeros", "specials", "constant", "sorted", "re
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 255, 256, 257, 1000])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 16, 17, 255, 256, 257, 1000, 10_000])
 def test_small_inputs_match_numpy(kind, n):
     values = make(kind, n, np.random.default_rng(n))
     for n_threads in (1, 2):
@@ -61,9 +61,10 @@ def test_small_inputs_match_numpy(kind, n):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_threaded_sizes_match_numpy(kind):
-    """Lengths that split into 1, 2 and 3 chunks (32768 values per thread at least)."""
+    """Lengths around one and two threads (32768 values per thread at least) and one, two
+    and three chunks of the passes (65536 values to twice as many each)."""
     rng = np.random.default_rng(7)
-    for n in (65535, 65536, 65537, 98305, 200_003):
+    for n in (65535, 65536, 65537, 98305, 131_071, 131_072, 200_003):
         values = make(kind, n, rng)
         for n_threads in (1, 2, 3, 8):
             check(values, n_threads)
@@ -112,6 +113,45 @@ def test_clustered_keys_match_numpy(n):
     values = clustered(n, np.random.default_rng(n))
     for n_threads in (1, 2, 3):
         check(values, n_threads)
+
+
+def one_class(n: int, spread: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct values in one octave whose top mantissa bits are alike (1 + k ulps, k below
+    `spread`, shuffled, with a few repeats): a top bucket of about n keys."""
+    ulps = rng.permutation(spread)[:n]
+    ulps[::7] = ulps[0]
+    return 1.0 + np.ldexp(ulps.astype(np.float64), -52)
+
+
+@pytest.mark.parametrize("n", [4095, 4096, 4097, 16_383, 16_384, 16_385, 70_000])
+def test_buckets_around_the_staging_size_match_numpy(n):
+    """A top bucket just below, at and above the sizes sorted in the cache-sized buffer
+    (DPO_RADIX_STAGED keys; larger ones are sorted in place), alone and next to spread values
+    (the planned digit splits the spread class, not this one)."""
+    rng = np.random.default_rng(n)
+    values = one_class(n, 2**20, rng)
+    for n_threads in (1, 2, 3):
+        check(values, n_threads)
+    mixed = np.concatenate([values, rng.normal(0, 100, 2 * n)])
+    rng.shuffle(mixed)
+    for n_threads in (1, 2):
+        check(mixed, n_threads)
+
+
+def test_many_ties_and_all_equal_keys_keep_index_order():
+    """Few distinct keys over many values (each bucket all ties) and all-equal keys, with
+    -0.0 among +0.0 and NaNs of both signs among each other."""
+    rng = np.random.default_rng(21)
+    n = 150_001
+    pool = np.array([0.0, -0.0, 1.5, -1.5, np.nan, -np.nan, np.inf])
+    ties = pool[rng.integers(0, pool.size, n)]
+    for values in (ties, np.full(n, -0.0), np.full(n, np.nan), np.where(ties == 0, ties, 0.0)):
+        first = radix_sort(values, True, 1)
+        for n_threads in (1, 2, 4):
+            check(values, n_threads)
+            again = radix_sort(values, True, n_threads)
+            assert again[0].tobytes() == first[0].tobytes()
+            assert again[1].tobytes() == first[1].tobytes()
 
 
 def test_sorted_differences_forms_the_differences():

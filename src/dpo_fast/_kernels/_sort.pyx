@@ -4,39 +4,47 @@ loss types: dpo_fast._sorted sorts each batch's per-pair differences with it, fo
 the same pass as the keys.
 
 numpy.argsort(kind="stable") on 1e6 doubles is a comparison sort on one core (~130 ms of CPU
-here); this is a most-significant-digit radix sort of (key, position) records: one parallel
-split on up to 16 bits from the top differing one (one contiguous chunk per OpenMP thread),
-then every top bucket sorted on its own (in cache) by the next digit and one insertion pass.
+here); this is a most-significant-digit radix sort of (key, position) records, run in one
+OpenMP parallel region: one parallel split into buckets of a few thousand keys (one
+contiguous chunk per thread), then every top bucket sorted on its own (in cache) by the next
+digit and one insertion pass.
 The result is exactly numpy's stable argsort: ties (and -0.0 with +0.0) in index order, NaNs
 last, the same for every thread count.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 cimport numpy as cnp
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 
 import numpy as np
 
 cdef extern from "radix_sort.h" nogil:
     enum:
-        DPO_RADIX_TOP_BITS
-    uint64_t dpo_radix_keys(const void *first, const void *second, int single, double scale,
-                            Py_ssize_t lo, Py_ssize_t hi, uint64_t *keys, uint64_t *key_or,
-                            int *all_finite)
-    void dpo_radix_count(const uint64_t *keys, Py_ssize_t lo, Py_ssize_t hi, int shift,
-                         uint64_t mask, Py_ssize_t *counts)
-    void dpo_radix_move(const uint64_t *keys, Py_ssize_t lo, Py_ssize_t hi, int shift,
-                        uint64_t mask, Py_ssize_t *offsets, uint64_t *out_keys,
-                        uint32_t *out_index)
-    void dpo_radix_sort_buckets(uint64_t *scratch_keys, uint32_t *scratch_index,
-                                uint64_t *keys, uint32_t *index, const Py_ssize_t *starts,
-                                Py_ssize_t first, Py_ssize_t last, int top)
-    void dpo_radix_to_values(uint64_t *keys, Py_ssize_t lo, Py_ssize_t hi)
+        DPO_RADIX_MAX_CHUNKS
+    ctypedef struct dpo_radix_job:
+        const void *first
+        const void *second
+        int single
+        double scale
+        Py_ssize_t n
+        int chunks
+        uint64_t *keys
+        uint32_t *index
+        uint64_t *scratch_keys
+        uint32_t *scratch_index
+        int all_finite
+        int status
+        Py_ssize_t *counts
+    void dpo_radix_sort_team(dpo_radix_job *job)
 
 cnp.import_array()
 
 # Fewer values than this per thread: one thread (waking a pool costs more than it saves).
 cdef Py_ssize_t MIN_PER_THREAD = 32768
+# The sort's passes over the whole array go in chunks of this many values to twice as many,
+# handed to whichever thread is free.
+cdef Py_ssize_t CHUNK_LENGTH = 65536
 # Positions are kept as uint32: inputs this long or longer are refused.
 MAX_LENGTH = 2**32 - 1
 
@@ -87,9 +95,7 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     if not isinstance(first, cnp.ndarray):
         raise ValueError("first must be a NumPy array")
     cdef Py_ssize_t n = first.shape[0] if first.ndim == 1 else -1
-    cdef Py_ssize_t t, g, n_buckets, n_groups
-    cdef int threads, shift, top, single
-    cdef uint64_t key_and, key_or, mask
+    cdef int threads, single, status
     if n > MAX_LENGTH:
         raise ValueError(f"sorted_differences takes at most {MAX_LENGTH} values, got {n}")
     if n_threads < 1:
@@ -108,55 +114,6 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     index_array = np.empty(n, dtype=np.uint32) if want_order else None
     if n == 0:
         return keys_array.view(np.float64), index_array, True
-    cdef uint64_t[::1] keys = keys_array
-    cdef uint32_t[::1] index
-    cdef uint32_t *index_ptr = NULL
-    if want_order:
-        index = index_array
-        index_ptr = &index[0]
-    threads = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD))
-    cdef Py_ssize_t[::1] bounds = np.array([n * t // threads for t in range(threads + 1)],
-                                           dtype=np.intp)
-    cdef uint64_t[::1] ands = np.empty(threads, dtype=np.uint64)
-    cdef uint64_t[::1] ors = np.empty(threads, dtype=np.uint64)
-    cdef int[::1] finite = np.empty(threads, dtype=np.intc)
-    with nogil:
-        for t in prange(threads, num_threads=threads, schedule="static",
-                        use_threads_if=threads > 1):
-            ands[t] = dpo_radix_keys(first_ptr, second_ptr, single, scale, bounds[t],
-                                     bounds[t + 1], &keys[0], &ors[t], &finite[t])
-    key_and = ands[0]
-    key_or = ors[0]
-    for t in range(1, threads):
-        key_and &= ands[t]
-        key_or |= ors[t]
-    all_finite = all(finite[t] for t in range(threads))
-    if key_and == key_or:
-        # Every value has the same key: already sorted, in index order.
-        dpo_radix_to_values(&keys[0], 0, n)
-        if want_order:
-            index_array[:] = np.arange(n, dtype=np.uint32)
-        return keys_array.view(np.float64), index_array, all_finite
-
-    # The top digit: from the highest bit that differs between keys down, about log2(n / 16)
-    # bits wide (at most DPO_RADIX_TOP_BITS): top buckets of a few dozen keys, or a few
-    # thousand when the top bits are a double's exponent.
-    top = int(key_and ^ key_or).bit_length()
-    shift = max(top - max(1, min(DPO_RADIX_TOP_BITS, n.bit_length() - 4)), 0)
-    mask = (<uint64_t>1 << (top - shift)) - 1
-    n_buckets = <Py_ssize_t>mask + 1
-    counts_array = np.empty((threads, n_buckets), dtype=np.intp)
-    cdef Py_ssize_t[:, ::1] counts = counts_array
-    with nogil:
-        for t in prange(threads, num_threads=threads, schedule="static",
-                        use_threads_if=threads > 1):
-            dpo_radix_count(&keys[0], bounds[t], bounds[t + 1], shift, mask, &counts[t, 0])
-    # Bucket-major, then chunk: chunk t's keys of digit b go after those of every smaller
-    # digit and after chunk t-1's of digit b (stability).
-    offsets_array = np.cumsum(counts_array.T, axis=None).reshape(n_buckets, threads).T
-    offsets_array -= counts_array
-    cdef Py_ssize_t[:, ::1] offsets = np.ascontiguousarray(offsets_array)
-    cdef Py_ssize_t[::1] starts = np.concatenate([offsets_array[0], [n]])
     if scratch is None:
         scratch = np.empty(scratch_length(n), dtype=np.uint64)
     elif (not isinstance(scratch, np.ndarray) or scratch.dtype != np.uint64
@@ -164,29 +121,35 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
           or scratch.shape[0] < scratch_length(n)):
         raise ValueError(f"scratch must be a writeable contiguous uint64 array of at least "
                          f"{scratch_length(n)} values")
-    cdef uint64_t[::1] scratch_keys = scratch[:n]
-    cdef uint32_t[::1] scratch_index
-    cdef uint32_t *scratch_index_ptr = NULL
+    cdef dpo_radix_job *job = <dpo_radix_job *>calloc(1, sizeof(dpo_radix_job))
+    if job == NULL:
+        raise MemoryError()
+    job.first = first_ptr
+    job.second = second_ptr
+    job.single = single
+    job.scale = scale
+    job.n = n
+    # Chunks of the passes over the whole array: several per thread, by length alone.
+    job.chunks = <int>max(1, min(n // CHUNK_LENGTH, <Py_ssize_t>DPO_RADIX_MAX_CHUNKS))
+    job.keys = <uint64_t *>cnp.PyArray_DATA(keys_array)
+    job.scratch_keys = <uint64_t *>cnp.PyArray_DATA(scratch)
     if want_order:
-        scratch_index = scratch[n:].view(np.uint32)[:n]
-        scratch_index_ptr = &scratch_index[0]
-    # The top buckets in groups of about n / (64 threads) keys (cut at bucket ends: a large
-    # bucket is a group of its own), sorted by whichever thread is free: each by one thread,
-    # so the result does not depend on which. (Groups of equal bucket counts left most of
-    # the work in a few groups: a double's top bits put most keys in a few buckets.)
-    cuts = np.searchsorted(starts, np.arange(1, 64 * threads) * n // (64 * threads),
-                           side="right")
-    cdef Py_ssize_t[::1] group_edges = np.unique(np.concatenate([[0], cuts, [n_buckets]]))
-    n_groups = group_edges.shape[0] - 1
+        job.index = <uint32_t *>cnp.PyArray_DATA(index_array)
+        job.scratch_index = <uint32_t *>(job.scratch_keys + n)
+    threads = <int>max(1, min(<Py_ssize_t>n_threads, n // MIN_PER_THREAD))
+    # One parallel region for the whole sort (dpo_radix_sort_team's passes share it).
     with nogil:
-        for t in prange(threads, num_threads=threads, schedule="static",
-                        use_threads_if=threads > 1):
-            dpo_radix_move(&keys[0], bounds[t], bounds[t + 1], shift, mask, &offsets[t, 0],
-                           &scratch_keys[0], scratch_index_ptr)
-        for g in prange(n_groups, num_threads=threads, schedule="dynamic",
-                        use_threads_if=threads > 1):
-            dpo_radix_sort_buckets(&scratch_keys[0], scratch_index_ptr, &keys[0], index_ptr,
-                                   &starts[0], group_edges[g], group_edges[g + 1], shift)
+        if threads > 1:
+            with parallel(num_threads=threads):
+                dpo_radix_sort_team(job)
+        else:
+            dpo_radix_sort_team(job)
+    all_finite = job.all_finite != 0
+    status = job.status
+    free(job.counts)
+    free(job)
+    if status != 0:
+        raise MemoryError()
     return keys_array.view(np.float64), index_array, all_finite
 
 
