@@ -55,6 +55,7 @@ OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "
 # Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
 (_SUM_LOSS, _SUM_CHOSEN, _SUM_REJECTED, _SUM_MARGIN, _SUM_ACCURACY, _SUM_CHOSEN_LOGP,
  _SUM_REJECTED_LOGP) = range(len(_pairwise.SUM_NAMES))
+_REWARD_SUMS = (_SUM_CHOSEN, _SUM_REJECTED, _SUM_MARGIN)
 PREFERENCE_ARG_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
                          "ref_rejected_logps")
 DPO_LOSS_ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
@@ -535,8 +536,9 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     per_pair_wanted = _per_pair_outputs(per_pair_outputs, reduction)
     # The sorted types and alphapo's reward pass work on the per-pair arrays after the kernel:
     # they get them all (the unwanted ones are dropped from the result).
-    internal = any(name in SORTED_TYPES for name in types) or (
-        shape != 0.0 and "alphapo" in types)
+    shaped_in_kernel = _kernel_shapes_rewards(types, type_weights, shape)
+    reward_pass = shape != 0.0 and "alphapo" in types and not shaped_in_kernel
+    internal = any(name in SORTED_TYPES for name in types) or reward_pass
     computed = OUTPUT_NAMES[:3] if internal else per_pair_wanted
     wanted = [*computed, *(OUTPUT_NAMES[3:] if want_grad else ())]
     _refuse_unwanted_out(out, per_pair_wanted)
@@ -577,8 +579,14 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         sums, length, fallback_outputs, arrays, beta_value,
         (per_pair["chosen_lengths"], per_pair["rejected_lengths"])
         if _normalized_rewards(types) else None)
-    if shape != 0.0 and "alphapo" in types:
+    if reward_pass:
         _alphapo_rewards(outputs, means, arrays, per_pair, beta_value, shape)
+    elif shaped_in_kernel and not all(math.isfinite(sums[index]) for index in _REWARD_SUMS):
+        # Rewards or margins beyond double (the kernel wrote them, inf where they overflow):
+        # their means the careful way, from the inputs.
+        _alphapo_rewards(None, means, arrays, per_pair, beta_value, shape,
+                         only=[index for index in _REWARD_SUMS
+                               if not math.isfinite(sums[index])])
     for key in OUTPUT_NAMES[:3]:
         if key not in per_pair_wanted:
             outputs[key] = None
@@ -592,16 +600,28 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     return loss, outputs, means
 
 
-def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
+def _kernel_shapes_rewards(types: Sequence[str], type_weights: Sequence[float],
+                           alpha: float) -> bool:
+    """Whether the kernel writes alphapo's rewards ``beta * r(a)`` itself: alphapo alone with
+    weight 1 and alpha != 0 (LossConfig.shaped_rewards: csrc/alphapo_body.h). In a list the
+    general loop writes ``beta * p / n`` and :func:`_alphapo_rewards` reshapes them."""
+    return alpha != 0.0 and tuple(types) == ("alphapo",) and tuple(type_weights) == (1.0,)
+
+
+def _alphapo_rewards(outputs: Mapping[str, np.ndarray] | None, means: list[float],
                      arrays: Sequence[np.ndarray | None],
                      per_pair: Mapping[str, np.ndarray | None], beta: float,
-                     alpha: float) -> None:
+                     alpha: float, only: Sequence[int] | None = None) -> None:
     """TRL's rewards of AlphaPO (CPOTrainer.cpo_loss with alpha != 0): ``beta * r(a)`` with
     ``r(a) = -expm1(-alpha * a) / alpha`` of the average log-prob ``a = p / n``, in place of
     the kernel's ``beta * a``; the reward means, margin and accuracy follow. (A NumPy pass
     over the rows, in float64: the loss and its gradient are the kernel's.) A reward whose
     true value overflows double is -inf (alpha > 0) or +inf (alpha < 0); a margin of two
-    such rewards is taken from logarithms, so it is NaN for no finite input."""
+    such rewards is taken from logarithms, so it is NaN for no finite input.
+
+    ``only``: the positions in the sums (chosen, rejected, margin) whose means to set, the
+    rest left as they are, with ``outputs`` None: the kernel's rewards stay (alphapo alone,
+    whose rewards the kernel computes, where a reward or margin sum overflowed)."""
     sign = -math.copysign(1.0, alpha)  # the sign of r(a) where it is large
     log_scale = math.log(beta) - math.log(abs(alpha))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -631,14 +651,20 @@ def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
             log_margins = np.where(bad, log_careful, np.log(np.abs(margins)))
             margins = np.where(bad, careful, margins)
         length = chosen.shape[0]
-        means[_SUM_CHOSEN] = float(np.sum(chosen / length))
-        means[_SUM_REJECTED] = float(np.sum(rejected / length))
-        margin_mean = float(np.sum(margins / length))
-        if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
-            if log_margins is None:
-                log_margins = np.log(np.abs(margins))
-            margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
-        means[_SUM_MARGIN] = margin_mean
+        wanted = _REWARD_SUMS if only is None else only
+        if _SUM_CHOSEN in wanted:
+            means[_SUM_CHOSEN] = float(np.sum(chosen / length))
+        if _SUM_REJECTED in wanted:
+            means[_SUM_REJECTED] = float(np.sum(rejected / length))
+        if _SUM_MARGIN in wanted:
+            margin_mean = float(np.sum(margins / length))
+            if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
+                if log_margins is None:
+                    log_margins = np.log(np.abs(margins))
+                margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
+            means[_SUM_MARGIN] = margin_mean
+        if outputs is None:
+            return
         outputs["chosen_rewards"][...] = chosen  # (float32: beyond its range is inf)
         outputs["rejected_rewards"][...] = rejected
     means[_SUM_ACCURACY] = float(np.count_nonzero(chosen > rejected)) / length

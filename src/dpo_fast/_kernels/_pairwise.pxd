@@ -36,6 +36,7 @@ cdef extern from "pairwise.h" nogil:
         DPO_LOSS_SIGMOID_NORM
         DPO_LOSS_SIMPO
         DPO_LOSS_SFT
+        DPO_LOSS_ALPHAPO
         DPO_LOSS_AOT
         DPO_LOSS_AOT_UNPAIRED
         DPO_N_LOSS_TYPES

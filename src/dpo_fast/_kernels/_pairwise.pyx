@@ -172,12 +172,14 @@ cdef class LossConfig:
     ``"normalized"`` (one length-normalised term, weight 1, no f-divergence: the same fused loop
     over c/nc, r/nr), else ``"general"`` (term lists, f-divergences, sft's batch constant:
     csrc/general_body.h). Per-pair weights are allowed in all three. ``weighted``: the call
-    passes per-pair weights. Every field of the C argument struct starts from init_args.
+    passes per-pair weights. ``shaped_rewards``: the kernel writes alphapo's rewards beta * r(a)
+    (alphapo alone, alpha != 0: csrc/alphapo_body.h); else rewards are beta * p / n for the
+    normalised-reward types. Every field of the C argument struct starts from init_args.
     """
 
     cdef DpoChunkArgs args
     cdef readonly str loop
-    cdef readonly bint needs_lengths, weighted, needs_gt_rewards
+    cdef readonly bint needs_lengths, weighted, needs_gt_rewards, shaped_rewards
 
     def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
                  double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
@@ -213,6 +215,7 @@ cdef class LossConfig:
         args.n_terms = len(terms)
         self.needs_lengths = normalized_rewards
         self.needs_gt_rewards = False
+        self.shaped_rewards = False
         for t in range(args.n_terms):
             term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
             if (not 0 <= term_type < DPO_N_LOSS_TYPES
@@ -242,6 +245,8 @@ cdef class LossConfig:
             self.loop = "normalized"
             args.general = 0
             args.loss_type = args.term_types[0]
+            self.shaped_rewards = (args.loss_type == DPO_LOSS_ALPHAPO
+                                   and alphapo_alpha != 0.0)
         else:
             self.loop = "general"
             args.general = 1

@@ -86,6 +86,8 @@
 
 /* Loss-type lists, sft and f-divergences: DPO_GENERAL_FN. */
 #include "general_body.h"
+/* alphapo alone with alpha != 0 (its rewards and a plain vectorised pass): DPO_ALPHAPO_FN. */
+#include "alphapo_body.h"
 
 /* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
  * Near DBL_MAX, c, r or c - r can overflow although beta times them does not. Such rows
@@ -280,6 +282,11 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
         DPO_GENERAL_FN(args, start, n, sums);
         return;
     }
+    if (args->loss_type == DPO_LOSS_ALPHAPO && args->chosen_lengths != NULL
+        && args->params.alphapo_alpha != 0.0) {
+        DPO_ALPHAPO_FN(args, start, n, sums);
+        return;
+    }
     DPO_CHUNK_LOCALS
     /* One loss type of raw log-ratios (DPO_LT_PLAIN), or of length-normalised ones (ipo,
      * sigmoid_norm, simpo), with or without per-pair weights (ones stand in), runs fused
@@ -336,6 +343,7 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
 }
 
 #undef DPO_FIXUP_FN
+#undef DPO_ALPHAPO_FN
 #undef DPO_LOSS_CASE
 #undef DPO_LOSS_CASE_NORM
 #undef DPO_LOSS_CASE_NORMALIZED
