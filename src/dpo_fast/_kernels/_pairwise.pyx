@@ -33,6 +33,9 @@ cdef extern from "simd_math.h" nogil:
     double dpo_log1mexp(double a, double *one_minus_out)
     DpoLogistic dpo_logistic(double z)
 
+cdef extern from "pair_losses.h" nogil:
+    double dpo_orpo_log1mexp(double a, double *one_minus_out)
+
 cdef extern from "simd.h" nogil:
     int dpo_simd_detect()
     int dpo_simd_get()
@@ -385,14 +388,16 @@ def set_simd_level(str name):
     return dpo_simd_name(dpo_simd_set(names[name])).decode()
 
 
-MATH_FUNCTIONS = ("exp", "expm1", "log", "log1m", "log1mexp", "log1p_exp_neg_abs", "sigmoid")
+MATH_FUNCTIONS = ("exp", "expm1", "log", "log1m", "log1mexp", "log1p_exp_neg_abs", "sigmoid",
+                  "orpo_log1mexp")
 
 
 def math_values(str name, double[::1] x):
     """The kernels' own scalar functions (csrc/simd_math.h) at each ``x``, for the accuracy
     tests: ``"exp"``, ``"expm1"``, ``"log"`` (x > 0), ``"log1m"`` (log(1 - x), x in [0, 1)),
     ``"log1mexp"`` (log(1 - exp(x)), x < 0), ``"log1p_exp_neg_abs"`` (log(1 + exp(-|x|)), the
-    softplus core) and ``"sigmoid"``. Returns a new float64 array."""
+    softplus core), ``"sigmoid"`` and ``"orpo_log1mexp"`` (orpo's one-kernel log1mexp,
+    csrc/pair_losses.h: the same bits as ``"log1mexp"``). Returns a new float64 array."""
     if name not in MATH_FUNCTIONS:
         raise ValueError(f"unknown function {name!r}; expected one of {MATH_FUNCTIONS}")
     cdef Py_ssize_t i, n = x.shape[0]
@@ -413,8 +418,10 @@ def math_values(str name, double[::1] x):
             out[i] = dpo_log1mexp(x[i], &scratch)
         elif which == 5:
             out[i] = dpo_logistic(x[i]).log1p_e
-        else:
+        elif which == 6:
             out[i] = dpo_logistic(x[i]).sig_pos
+        else:
+            out[i] = dpo_orpo_log1mexp(x[i], &scratch)
     return result
 
 
