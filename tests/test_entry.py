@@ -193,6 +193,30 @@ def test_long_lengths_and_weights_are_checked_as_short_ones(general_spy):
             preference_loss(*arrays, loss_type="ipo", **options)
 
 
+@pytest.mark.parametrize("n", [6, 5000, 100_003])
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo"])
+def test_bad_lengths_are_caught_by_the_kernel(loss_type, n, general_spy):
+    """The fused loop checks the lengths itself (a count outside [1, inf) makes the loss sum
+    NaN): every bad value, anywhere, either side, either dtype, with or without check_finite,
+    goes to the general path, which names it as before."""
+    bad_values = (0.5, float(np.nextafter(1.0, 0.0)), 0.0, -0.0, -3.0, np.inf, np.nan)
+    for dtype in (np.float64, np.float32):
+        arrays = _data(n, dtype, seed=8)
+        if _registry.LOSS_REGISTRY[loss_type].reference_free:
+            arrays = arrays[:2] + [None, None]
+        for k, value in enumerate(bad_values):
+            side = ("chosen_lengths", "rejected_lengths")[k % 2]
+            index = (0, n // 2, n - 1)[k % 3]
+            lengths = {"chosen_lengths": np.full(n, 7.0), "rejected_lengths": np.full(n, 2.0)}
+            lengths[side][index] = value
+            for check in (True, False):
+                general_spy.clear()
+                with pytest.raises(ValueError, match=rf"{side}\[{index}\] is {value!r}"):
+                    preference_loss(*arrays, loss_type=loss_type, check_finite=check,
+                                    **lengths)
+                assert len(general_spy) == 1
+
+
 def test_bad_weights_raise_the_general_paths_errors():
     arrays = _data(6, np.float64)
     for value, message in ((np.nan, r"weights\[4\] is nan"), (-1.0, r"weights\[4\] is -1.0"),

@@ -55,8 +55,8 @@ cdef dict _FAST_NORMALIZED_TYPES = {
     for name, entry in _registry.LOSS_REGISTRY.items()
     if entry.normalized and name not in ("orpo", "alphapo")}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
-# Per-pair lengths and weights longer than this are checked by NumPy's reductions, shorter
-# ones by a C loop (no call overhead).
+# Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
+# loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
 cdef int _DPOP_ID = _registry.KERNEL_IDS["dpop"]
 cdef int _BCO_ID = _registry.KERNEL_IDS["bco_pair"]
@@ -197,7 +197,7 @@ cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken
 
 
 cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
-    """Per-pair lengths (minimum 1) or weights (minimum 0) the kernels can read as they are:
+    """Per-pair weights (minimum 0; lengths: _lengths) the kernels can read as they are:
     a float64 array accepted by _array_type, of length n, C-contiguous, every value finite and
     >= minimum (the general path's rule; it names a bad one). Else None."""
     cdef cnp.ndarray array
@@ -225,6 +225,18 @@ cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
     if low >= minimum and high < INFINITY:
         return array
     return None
+
+
+cdef inline cnp.ndarray _lengths(object value, Py_ssize_t n):
+    """Per-pair token counts the fused loop can read as they are (a float64 array accepted by
+    _array_type, of length n, C-contiguous), else None. Their values are the kernel's to check:
+    a count outside [1, inf) makes the loss sum NaN (csrc/chunk_body.h, dpo_length_mark), and
+    the call goes to the general path, which names it; so no pass over them here."""
+    cdef Py_ssize_t length = -1
+    if (_array_type(value, &length) != cnp.NPY_DOUBLE or length != n
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
+        return None
+    return <cnp.ndarray>value
 
 
 cdef inline cnp.ndarray _readable(object value):
@@ -370,8 +382,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if normalized:
         if reference and (<tuple>entry)[3]:  # a reference-free type: the general path refuses
             return None
-        chosen_lengths_array = _per_pair(chosen_lengths, n, 1.0)
-        rejected_lengths_array = _per_pair(rejected_lengths, n, 1.0)
+        chosen_lengths_array = _lengths(chosen_lengths, n)
+        rejected_lengths_array = _lengths(rejected_lengths, n)
         if chosen_lengths_array is None or rejected_lengths_array is None:
             return None
     if weights is not None:

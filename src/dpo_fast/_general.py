@@ -328,9 +328,14 @@ def _gt_margins(value: Any, length: int, scale: float) -> np.ndarray:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
     array = kernel_array(array, np.float64)
+    # Two reductions without temporaries: every scale * margin is finite iff the two extremes'
+    # are (NaN propagates through min and max); the index search only when one is not.
     with np.errstate(over="ignore", invalid="ignore"):
-        bad = ~np.isfinite(array * scale)
-    if bad.any():
+        extremes_ok = math.isfinite(scale * float(array.min())) and math.isfinite(
+            scale * float(array.max()))
+    if not extremes_ok:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(array * scale)
         index = int(np.flatnonzero(bad)[0])
         number = float(array[index])
         rule = (f"{name} must be finite" if not math.isfinite(number) else

@@ -34,6 +34,14 @@
                 for (int j = 0; j < DPO_LANES; j++)                                         \
                     lanes[q][j] += buf[q][i + j];                                           \
     }
+/* 0.0 for a token count in [1, inf), else NaN (NaN too): the fused loop's check of the
+ * lengths, which lets the fast path skip NumPy's min and max passes over them. (Two selects
+ * of one compare each: a compare of two compares would not vectorise.) */
+DPO_INLINE double dpo_length_mark(double count)
+{
+    double finite_or_zero = (count < INFINITY) ? count : 0.0;
+    return (finite_or_zero >= 1.0) ? 0.0 : NAN;
+}
 #define DPO_LANES_TO_SUMS                                                                   \
     for (int q = 0; q < DPO_NSUMS; q++) {                                                   \
         const double *l = lanes[q];                                                         \
@@ -119,6 +127,11 @@
      * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
     double weight = pw[row];                                                                \
     double value = dpo_mul0(weight, pl.value);                                              \
+    /* NORM: the loss sum's term carries a NaN where a length is not in [1, inf): the fast  \
+     * path then hands the call to the general one, whose check names it. (value + 0.0 in a \
+     * lane sum is exact: the lanes are never -0.0.) */                                     \
+    double loss_term =                                                                      \
+        (NORM) ? value + (dpo_length_mark(nc[row]) + dpo_length_mark(nr[row])) : value;    \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
     OUT(out_rejected_reward_b, i, j, rejected_reward);                                      \
@@ -135,7 +148,7 @@
 /* The row's terms of the chunk sums, added to lane J (= the row's index in the chunk modulo
  * DPO_LANES: each lane adds the same rows in the same order on every instruction set). */
 #define DPO_ROW_TO_LANES(J)                                                                 \
-    lanes[DPO_SUM_LOSS][J] += value;                                                        \
+    lanes[DPO_SUM_LOSS][J] += loss_term;                                                    \
     lanes[DPO_SUM_CHOSEN_REWARD][J] += chosen_reward;                                       \
     lanes[DPO_SUM_REJECTED_REWARD][J] += rejected_reward;                                   \
     lanes[DPO_SUM_MARGIN][J] += chosen_reward - rejected_reward;                            \
