@@ -116,7 +116,7 @@ def test_weights_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype
                 label_smoothing=smoothing, reduction=reduction, compute_grad=grad))
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo"])
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo", "orpo"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lengths_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype,
                                                                 general_spy):
@@ -194,7 +194,7 @@ def test_long_lengths_and_weights_are_checked_as_short_ones(general_spy):
 
 
 @pytest.mark.parametrize("n", [6, 5000, 100_003])
-@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo"])
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo", "orpo"])
 def test_bad_lengths_are_caught_by_the_kernel(loss_type, n, general_spy):
     """The fused loop checks the lengths itself (a count outside [1, inf) makes the loss sum
     NaN): every bad value, anywhere, either side, either dtype, with or without check_finite,
@@ -215,6 +215,34 @@ def test_bad_lengths_are_caught_by_the_kernel(loss_type, n, general_spy):
                     preference_loss(*arrays, loss_type=loss_type, check_finite=check,
                                     **lengths)
                 assert len(general_spy) == 1
+
+
+@pytest.mark.parametrize("n", [6, 5000, 100_003])
+def test_orpo_log_probs_at_or_above_0_are_caught_by_the_kernel(n, general_spy):
+    """orpo's fused case checks its log-probs are below 0 (the loss sum carries a NaN where
+    one is not), so a bad one anywhere goes to the general path and is named as before; a
+    NaN among them is the finiteness check's."""
+    for dtype in (np.float64, np.float32):
+        pc, pr = (np.full(n, -3.0, dtype) for _ in range(2))
+        lengths = dict(chosen_lengths=np.full(n, 2.0), rejected_lengths=np.full(n, 5.0))
+        general_spy.clear()
+        preference_loss(pc, pr, loss_type="orpo", **lengths)
+        assert not general_spy
+        for k, value in enumerate((0.0, -0.0, 1e-300, 2.0, np.inf)):
+            side, index = ("chosen_logps", "rejected_logps")[k % 2], (0, n // 2, n - 1)[k % 3]
+            arrays = [pc.copy(), pr.copy()]
+            arrays[k % 2][index] = value
+            shown = repr(float(dtype(value)))
+            for check in (True, False):
+                general_spy.clear()
+                with pytest.raises(ValueError, match=rf"{side}\[{index}\] is {shown}: "
+                                                     "loss_type='orpo' needs log-probs"):
+                    preference_loss(*arrays, loss_type="orpo", check_finite=check, **lengths)
+                assert len(general_spy) == 1
+        arrays = [pc.copy(), pr.copy()]
+        arrays[1][n - 1] = np.nan
+        with pytest.raises(ValueError, match=rf"rejected_logps\[{n - 1}\] is nan: inputs"):
+            preference_loss(*arrays, loss_type="orpo", **lengths)
 
 
 def test_bad_weights_raise_the_general_paths_errors():

@@ -46,14 +46,14 @@ cdef dict _FAST_TYPES = {
            _registry.LOSS_REGISTRY[name].smoothing_positive)
     for name in _registry.PLAIN_TYPES}
 # The length-normalised ones (both lengths given: the fused loop over c/nc, r/nr), with the
-# same three fields and whether the type is reference-free and reports beta * p / n; but not
-# orpo (the general path checks its log-probs are below 0) nor alphapo (LossConfig derives its
-# parameters).
+# same three fields and whether the type is reference-free and reports beta * p / n; orpo too
+# (the fused loop checks its log-probs are below 0, as it checks the lengths), but not
+# alphapo (LossConfig derives its parameters).
 cdef dict _FAST_NORMALIZED_TYPES = {
     name: (entry.kernel_id, _registry.SMOOTHING_LIMITS.get(name, 0.0), entry.smoothing_positive,
            entry.reference_free, entry.normalized_rewards)
     for name, entry in _registry.LOSS_REGISTRY.items()
-    if entry.normalized and name not in ("orpo", "alphapo")}
+    if entry.normalized and name != "alphapo"}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).

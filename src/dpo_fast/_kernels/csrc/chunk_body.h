@@ -42,6 +42,11 @@ DPO_INLINE double dpo_length_mark(double count)
     double finite_or_zero = (count < INFINITY) ? count : 0.0;
     return (finite_or_zero >= 1.0) ? 0.0 : NAN;
 }
+/* 0.0 for a log-prob below 0, else NaN (NaN too): orpo's check in the fused loop. */
+DPO_INLINE double dpo_negative_mark(double logp)
+{
+    return (logp < 0.0) ? 0.0 : NAN;
+}
 #define DPO_LANES_TO_SUMS                                                                   \
     for (int q = 0; q < DPO_NSUMS; q++) {                                                   \
         const double *l = lanes[q];                                                         \
@@ -127,11 +132,16 @@ DPO_INLINE double dpo_length_mark(double count)
      * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
     double weight = pw[row];                                                                \
     double value = dpo_mul0(weight, pl.value);                                              \
-    /* NORM: the loss sum's term carries a NaN where a length is not in [1, inf): the fast  \
-     * path then hands the call to the general one, whose check names it. (value + 0.0 in a \
-     * lane sum is exact: the lanes are never -0.0.) */                                     \
+    /* NORM: the loss sum's term carries a NaN where a length is not in [1, inf), and for   \
+     * NORM 2 (orpo) where a log-prob is not below 0: the fast path then hands the call to  \
+     * the general one, whose checks name it. (value + 0.0 in a lane sum is exact: the      \
+     * lanes are never -0.0.) */                                                            \
+    double length_marks = (NORM) ? dpo_length_mark(nc[row]) + dpo_length_mark(nr[row]) : 0.0; \
     double loss_term =                                                                      \
-        (NORM) ? value + (dpo_length_mark(nc[row]) + dpo_length_mark(nr[row])) : value;    \
+        !(NORM) ? value                                                                     \
+        : value + (((NORM) == 2) ? length_marks + (dpo_negative_mark(chosen)                \
+                                                   + dpo_negative_mark(rejected))           \
+                                 : length_marks);                                           \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
     OUT(out_rejected_reward_b, i, j, rejected_reward);                                      \
@@ -286,7 +296,9 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
         }                                                                                   \
         break;
 #define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 0)
-#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 1)
+/* (NORM 2: orpo, whose fused case also checks the log-probs are below 0) */
+#define DPO_NORM_OF(ID) (((ID) == DPO_LOSS_ORPO) ? 2 : 1)
+#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, DPO_NORM_OF(ID))
 
 DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                    double *sums)
@@ -349,7 +361,8 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
             flag += flag_lanes[j];
         if (flag != 0.0) {
             memcpy(lanes, saved, sizeof lanes);
-            DPO_FIXUP_FN(args, start, block, m, normalized, lanes);
+            DPO_FIXUP_FN(args, start, block, m,
+                         normalized ? DPO_NORM_OF(args->loss_type) : 0, lanes);
         }
     }
     DPO_LANES_TO_SUMS
@@ -360,6 +373,7 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
 #undef DPO_LOSS_CASE
 #undef DPO_LOSS_CASE_NORM
 #undef DPO_LOSS_CASE_NORMALIZED
+#undef DPO_NORM_OF
 #undef DPO_ROW_LOOP
 #undef DPO_LANE_GROUP
 #undef DPO_LANE_LOOP
