@@ -3,8 +3,9 @@
  * function calls it in place of the generic normalised case; included there, with its macros
  * DPO_T, DPO_ZEROS, DPO_CHUNK_FN). Two differences from the generic case:
  *   - the rewards are TRL's shaped ones, beta r(a) of the average log-probs a = p / n
- *     (dpo_alphapo_reward), written and summed here: before, a NumPy pass after the kernel
- *     recomputed them, which took longer than the kernel;
+ *     (dpo_alphapo_reward_near on plain rows, from the loss's expm1; dpo_alphapo_reward and
+ *     its logarithm form on the others), written and summed here: before, a NumPy pass after
+ *     the kernel recomputed them, which took longer than the kernel;
  *   - the vectorised pass takes dpo_pair_alphapo's plain path only (dpo_pair_alphapo_plain)
  *     and flags the rows that need a logarithm form (the loss's careful margin or gradients,
  *     a reward beyond e^700, a margin of two overflowed rewards, c - r overflowing, NaN). The
@@ -28,10 +29,14 @@
         double inv_c = 1.0 / nc[row], inv_r = 1.0 / nr[row];                                \
         double x_c = c * inv_c, x_r = r * inv_r;                                            \
         double redo_loss, far_c, far_r;                                                     \
-        DpoPairLoss pl = dpo_pair_alphapo_plain(&params, x_c, x_r, &redo_loss);             \
-        /* (c / n, not c * inv_c: exp(-alpha a) turns an ulp of a into |alpha a| ulps) */   \
-        double chosen_reward = dpo_alphapo_reward(&params, c / nc[row], &far_c);            \
-        double rejected_reward = dpo_alphapo_reward(&params, r / nr[row], &far_r);          \
+        DpoAlphapoMargin mg;                                                                \
+        DpoPairLoss pl = dpo_pair_alphapo_plain(&params, x_c, x_r, &redo_loss, &mg);        \
+        /* (c / n, not c * inv_c: exp(-alpha a) turns an ulp of a into |alpha a| ulps; the  \
+         * loss's expm1 corrected to it, not a second one) */                               \
+        double chosen_reward = dpo_alphapo_reward_near(                                     \
+            &params, c / nc[row], -params.alphapo_alpha * x_c, mg.m_c, mg.e_c, &far_c);     \
+        double rejected_reward = dpo_alphapo_reward_near(                                   \
+            &params, r / nr[row], -params.alphapo_alpha * x_r, mg.m_r, mg.e_r, &far_r);     \
         double margin = chosen_reward - rejected_reward;                                    \
         double weight = pw[row];                                                            \
         double value = dpo_mul0(weight, pl.value);                                          \

@@ -579,6 +579,7 @@ DPO_INLINE double dpo_exp_difference(double p, double q)
 typedef struct {
     double x_c, x_r; /* b = -alpha a, clamped to +-DPO_ALPHAPO_EXP_MAX */
     double e_c, e_r; /* exp(x_c), exp(x_r) */
+    double m_c, m_r; /* expm1(x_c), expm1(x_r) */
     double u_plain;  /* beta (r(a_c) - r(a_r)) - gamma from the two rewards */
     int plain_bad;   /* u_plain is inf, or NaN from inf - inf */
 } DpoAlphapoMargin;
@@ -603,6 +604,8 @@ DPO_INLINE DpoAlphapoMargin dpo_alphapo_margin(const DpoLossParams *params, doub
     double rw_r = small_r ? ((b_r == 0.0) ? a_r : a_r * (m_r / div_r)) : -m_r / alpha_div;
     out.x_c = x_c;
     out.x_r = x_r;
+    out.m_c = m_c;
+    out.m_r = m_r;
     out.u_plain = (b * rw_c - b * rw_r) - params->simpo_gamma;
     out.plain_bad = !(out.u_plain - out.u_plain == 0.0);
     return out;
@@ -675,13 +678,15 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
 /* dpo_pair_alphapo's plain path alone (unscaled a; the fused alphapo loop's vectorised rows):
  * its loss and derivatives wherever it takes neither logarithm path, and *redo = 1 where it
  * would (an exp beyond e^700, an overflowed margin, |u| > 700): such rows must be computed by
- * dpo_pair_alphapo instead. */
+ * dpo_pair_alphapo instead. *margin_out: the margin's pieces (for the rewards). */
 DPO_INLINE DpoPairLoss dpo_pair_alphapo_plain(const DpoLossParams *params, double a_c,
-                                              double a_r, double *redo)
+                                              double a_r, double *redo,
+                                              DpoAlphapoMargin *margin_out)
 {
     DpoPairLoss out;
     const double b = params->beta;
     DpoAlphapoMargin mg = dpo_alphapo_margin(params, a_c, a_r);
+    *margin_out = mg;
     DpoAlphapoLoss lo = dpo_alphapo_loss_of(mg.u_plain, params->label_smoothing);
     out.value = lo.value;
     out.d_chosen = (lo.d_u * mg.e_c) * b;
@@ -703,6 +708,21 @@ DPO_INLINE double dpo_alphapo_reward(const DpoLossParams *params, double a, doub
     double b = -alpha * a;
     double e;
     double reward = params->beta * (-dpo_expm1_exp(b, &e) / alpha);
+    *far = ((b > 0.0) & ((b > 700.0) | !(reward - reward == 0.0))) ? 1.0 : 0.0;
+    return reward;
+}
+
+/* dpo_alphapo_reward from the loss's expm1 instead of one of its own, on a plain row: the
+ * loss takes b_l = -alpha a_l of a_l = c * (1/n), the reward b = -alpha a of a = c / n (an ulp
+ * apart at most), and expm1(b) = expm1(b_l) + e^{b_l} (b - b_l) to within (b - b_l)^2 / 2,
+ * below 1e-25 relative on a row with b <= 700. Same *far rule. */
+DPO_INLINE double dpo_alphapo_reward_near(const DpoLossParams *params, double a, double b_l,
+                                          double expm1_l, double exp_l, double *far)
+{
+    const double alpha = params->alphapo_alpha;
+    double b = -alpha * a;
+    double expm1_b = expm1_l + dpo_mul0(exp_l, b - b_l);
+    double reward = params->beta * (-expm1_b / alpha);
     *far = ((b > 0.0) & ((b > 700.0) | !(reward - reward == 0.0))) ? 1.0 : 0.0;
     return reward;
 }
