@@ -217,6 +217,40 @@ def test_bad_lengths_are_caught_by_the_kernel(loss_type, n, general_spy):
                 assert len(general_spy) == 1
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.25, -1.0, 1e-300])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_alphapo_takes_the_fast_path_with_the_general_paths_bits(alpha, dtype, general_spy):
+    """alphapo (its own fused loop for alpha != 0) runs from the compiled path, with the
+    general path's bits: ordinary rows, rows whose rewards overflow (the general path then
+    takes the means), weights, every reduction; a bad length or alpha is handed over."""
+    n = 3000
+    rng = np.random.default_rng(9)
+    arrays = [(rng.normal(-40.0, 6.0, n)).astype(dtype), rng.normal(-45.0, 6.0, n).astype(dtype),
+              None, None]
+    lengths = dict(chosen_lengths=rng.integers(1, 60, n).astype(np.float64),
+                   rejected_lengths=rng.integers(1, 60, n).astype(np.float64))
+    for extreme in (False, True):
+        if extreme:  # b = -alpha a beyond 700: logarithm forms, maybe non-finite sums
+            arrays[0][::97] = dtype(-3e4)
+        for weights in (None, rng.uniform(0.0, 2.0, n)):
+            for reduction, grad in (("mean", False), ("sum", True), ("none", True)):
+                options = dict(beta=2.0, loss_type="alphapo", alphapo_alpha=alpha,
+                               weights=weights, label_smoothing=0.1, reduction=reduction,
+                               compute_grad=grad, simpo_gamma=0.7, **lengths)
+                general_spy.clear()
+                got = preference_loss(*arrays, **options)
+                if not extreme:
+                    assert not general_spy, "alphapo left the compiled path"
+                _assert_same_bits(got, _general_result(arrays, **options))
+    bad = dict(lengths, rejected_lengths=lengths["rejected_lengths"].copy())
+    bad["rejected_lengths"][n - 5] = 0.5
+    with pytest.raises(ValueError, match=rf"rejected_lengths\[{n - 5}\] is 0.5"):
+        preference_loss(*arrays[:2], loss_type="alphapo", alphapo_alpha=alpha, **bad)
+    for value in (np.nan, np.inf, 1e301, 5e-301):
+        with pytest.raises(ValueError, match="alphapo_alpha"):
+            preference_loss(*arrays[:2], loss_type="alphapo", alphapo_alpha=value, **lengths)
+
+
 @pytest.mark.parametrize("n", [6, 5000, 100_003])
 def test_orpo_log_probs_at_or_above_0_are_caught_by_the_kernel(n, general_spy):
     """orpo's fused case checks its log-probs are below 0 (the loss sum carries a NaN where

@@ -115,6 +115,19 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     args.divergence = DPO_DIV_IDENTITY
 
 
+cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept:
+    """alphapo's shape and the logs of its careful path (pair_losses.h), with the kernels' own
+    log (the same bits on every platform); params.beta must be set."""
+    params.alphapo_alpha = alpha
+    params.alphapo_log_beta = 0.0
+    params.alphapo_log_scale = 0.0
+    if params.beta > 0.0:
+        params.alphapo_log_beta = dpo_log_pos(params.beta)
+    if alpha != 0.0 and params.beta > 0.0:
+        params.alphapo_log_scale = (params.alphapo_log_beta
+                                    - dpo_log_pos(-alpha if alpha < 0 else alpha))
+
+
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1:
     """Run the chunk function over rows [0, n); write the DPO_NSUMS combined sums to totals."""
@@ -204,15 +217,7 @@ cdef class LossConfig:
         args.params.sft_value = sft_value
         args.params.dpop_lambda = dpop_lambda
         args.params.bco_delta = bco_delta
-        # alphapo's shape and the logs of its careful path (pair_losses.h), with the
-        # kernels' own log: the same bits on every platform.
-        args.params.alphapo_alpha = alphapo_alpha
-        if beta > 0.0:
-            args.params.alphapo_log_beta = dpo_log_pos(beta)
-        if alphapo_alpha != 0.0 and beta > 0.0:
-            args.params.alphapo_log_scale = (args.params.alphapo_log_beta
-                                             - dpo_log_pos(-alphapo_alpha if alphapo_alpha < 0
-                                                           else alphapo_alpha))
+        set_alphapo_alpha(&args.params, alphapo_alpha)
         args.params.gt_reward_scale = gt_reward_scale
         args.grad_divisor = grad_divisor
         args.n_terms = len(terms)

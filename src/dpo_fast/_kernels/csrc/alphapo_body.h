@@ -12,7 +12,8 @@
  *     full function computes every path for every row, which is most of its time; the flagged
  *     rows (none in ordinary batches) are redone in scalar code with the full function.
  * The loss and gradients are the generic case's bits (the same expressions on plain rows, the
- * same function on the others) and the row terms go to the same lanes in the same order.
+ * same function on the others) and the row terms go to the same lanes in the same order; the
+ * loss sum carries the generic case's length marks (dpo_length_mark).
  */
 
 #define DPO_ALPHAPO_FN DPO_CONCAT(DPO_CHUNK_FN, _alphapo)
@@ -49,7 +50,8 @@
             out_grad_chosen[row] = (DPO_T)(d_c / grad_divisor);                             \
             out_grad_rejected[row] = (DPO_T)(d_r / grad_divisor);                           \
         }                                                                                   \
-        buf[DPO_SUM_LOSS][i] = value;                                                       \
+        /* (a NaN where a length is not in [1, inf), as in the generic fused loop) */       \
+        buf[DPO_SUM_LOSS][i] = value + (dpo_length_mark(nc[row]) + dpo_length_mark(nr[row])); \
         buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;                                      \
         buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;                                  \
         buf[DPO_SUM_MARGIN][i] = margin;                                                    \
@@ -136,7 +138,8 @@ DPO_TARGET DPO_NOINLINE static void DPO_ALPHAPO_FN(const DpoChunkArgs *args, ptr
                         margin = dpo_alphapo_margin_far(&params, a_c, a_r);
                     out_chosen_reward_b[i] = (DPO_T)chosen_reward;
                     out_rejected_reward_b[i] = (DPO_T)rejected_reward;
-                    buf[DPO_SUM_LOSS][i] = value;
+                    buf[DPO_SUM_LOSS][i] =
+                        value + (dpo_length_mark(nc[row]) + dpo_length_mark(nr[row]));
                     buf[DPO_SUM_CHOSEN_REWARD][i] = chosen_reward;
                     buf[DPO_SUM_REJECTED_REWARD][i] = rejected_reward;
                     buf[DPO_SUM_MARGIN][i] = margin;
