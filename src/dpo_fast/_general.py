@@ -375,23 +375,27 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
     return ids["exp"], -1.0 if f_divergence_type == "forward_kl" else alpha - 1.0
 
 
-def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarray:
+def _per_pair(value: Any, name: str, length: int, *, positive: bool
+              ) -> tuple[np.ndarray, float]:
     """Lengths (finite, >= 1: token counts, which TRL clamps to >= 1; below 1, c/n and 1/n
-    could overflow) or weights (finite, >= 0) as a float64 array of ``length``."""
+    could overflow) or weights (finite, >= 0) as a float64 array of ``length``, and its sum
+    (float(np.sum(array)): sft's token count, its gradient's weight total)."""
     array = _as_input_array(value, name)
     if array.shape[0] != length:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
     array = kernel_array(array, np.float64)
-    # Two reductions without temporaries (NaN propagates through min and max); the index
-    # search only when something is wrong.
-    low, high = float(array.min()), float(array.max())
+    # Two reductions without temporaries (NaN propagates through min and sum); the index
+    # search only when something is wrong. With every value >= 0 a finite sum means every
+    # value is finite (a sum of finite ones that overflowed asks max).
+    low, total = float(array.min()), float(np.sum(array))
+    high = total if total < math.inf else float(array.max())
     if not ((low >= 1.0 if positive else low >= 0.0) and high < math.inf):
         bad = ~np.isfinite(array) | ((array < 1.0) if positive else (array < 0.0))
         index = int(np.flatnonzero(bad)[0])
         rule = "finite and >= 1 (token counts)" if positive else "finite and >= 0"
         raise ValueError(f"{name}[{index}] is {float(array[index])!r}; {name} must be {rule}")
-    return array
+    return array, total
 
 
 def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np.ndarray],
@@ -537,10 +541,14 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
             if lengths[needed] is None:
                 raise ValueError(f"loss_type={name!r} needs {needed} (token counts of the "
                                  "completions)")
-    per_pair = {key: None if value is None else _per_pair(value, key, length, positive=True)
-                for key, value in lengths.items()}
-    pair_weights = None if weights is None else _per_pair(weights, "weights", length,
-                                                          positive=False)
+    checked = {key: None if value is None else _per_pair(value, key, length, positive=True)
+               for key, value in lengths.items()}
+    if weights is not None:
+        checked["weights"] = _per_pair(weights, "weights", length, positive=False)
+    per_pair = {key: None if pair is None else pair[0] for key, pair in checked.items()
+                if key != "weights"}
+    pair_weights = checked["weights"][0] if weights is not None else None
+    totals = {key: pair[1] for key, pair in checked.items() if pair is not None}
     margins = None if not gt_users else _gt_margins(gt_reward_margins, length, gt_scale)
     per_pair_wanted = _per_pair_outputs(per_pair_outputs, reduction)
     # The sorted types and alphapo's reward pass work on the per-pair arrays after the kernel:
@@ -567,7 +575,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
                            beta_value, smoothing, tau, gamma, divergence, divergence_coef,
                            reduction, grad_divisor, resolved_threads, threads,
                            dpop_lambda=penalty, bco_delta=delta, alphapo_alpha=shape,
-                           gt_reward_margins=margins, gt_reward_scale=gt_scale)
+                           gt_reward_margins=margins, gt_reward_scale=gt_scale,
+                           totals=totals)
 
     sums = kernel(outputs)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
@@ -723,7 +732,8 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  grad_divisor: float, resolved_threads: int, threads: int | None, *,
                  dpop_lambda: float = DPOP_LAMBDA_DEFAULT, bco_delta: float = 0.0,
                  alphapo_alpha: float = 0.0, gt_reward_margins: np.ndarray | None = None,
-                 gt_reward_scale: float = 1.0) -> tuple[float, ...]:
+                 gt_reward_scale: float = 1.0,
+                 totals: Mapping[str, float] | None = None) -> tuple[float, ...]:
     """The kernel call for the validated arguments: one LossConfig (which picks the kernel
     loop) for every type but aot / aot_unpaired, whose sorted terms dpo_fast._sorted adds. Returns
     the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
@@ -733,13 +743,19 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
     terms = tuple(
         (KERNEL_IDS[name], int(_takes_normalized(name, both_lengths)), weight)
         for name, weight in zip(types, type_weights) if name not in SORTED_TYPES)
-    weight_total = float(length) if pair_weights is None else float(np.sum(pair_weights))
+    totals = {} if totals is None else totals  # (the sums _per_pair took: float(np.sum(.)))
+
+    def total(key: str, array: np.ndarray) -> float:
+        return totals[key] if key in totals else float(np.sum(array))
+
 
     sft_value = sft_batch_offset = sft_pair_offset = 0.0
     if "sft" in types:
         # sft = -(sum pc)/(sum nc), the same for every pair (TRL); its derivative with
         # respect to every pc_j is -1/(sum nc), times the pair weights the reduction adds up.
-        token_count = float(np.sum(chosen_lengths))
+        token_count = total("chosen_lengths", chosen_lengths)
+        weight_total = float(length) if pair_weights is None else total("weights",
+                                                                        pair_weights)
         logp_total = float(np.sum(arrays[0], dtype=np.float64))
         sft_value = -logp_total / token_count
         if not math.isfinite(sft_value):  # a sum of inputs near DBL_MAX overflowed
