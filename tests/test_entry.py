@@ -116,7 +116,7 @@ def test_weights_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype
                 label_smoothing=smoothing, reduction=reduction, compute_grad=grad))
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo"])
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo", "orpo"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lengths_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype,
                                                                 general_spy):
@@ -191,6 +191,92 @@ def test_long_lengths_and_weights_are_checked_as_short_ones(general_spy):
         options[key][4500] = value
         with pytest.raises(ValueError, match=message):
             preference_loss(*arrays, loss_type="ipo", **options)
+
+
+@pytest.mark.parametrize("n", [6, 5000, 100_003])
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "simpo", "orpo"])
+def test_bad_lengths_are_caught_by_the_kernel(loss_type, n, general_spy):
+    """The fused loop checks the lengths itself (a count outside [1, inf) makes the loss sum
+    NaN): every bad value, anywhere, either side, either dtype, with or without check_finite,
+    goes to the general path, which names it as before."""
+    bad_values = (0.5, float(np.nextafter(1.0, 0.0)), 0.0, -0.0, -3.0, np.inf, np.nan)
+    for dtype in (np.float64, np.float32):
+        arrays = _data(n, dtype, seed=8)
+        if _registry.LOSS_REGISTRY[loss_type].reference_free:
+            arrays = arrays[:2] + [None, None]
+        for k, value in enumerate(bad_values):
+            side = ("chosen_lengths", "rejected_lengths")[k % 2]
+            index = (0, n // 2, n - 1)[k % 3]
+            lengths = {"chosen_lengths": np.full(n, 7.0), "rejected_lengths": np.full(n, 2.0)}
+            lengths[side][index] = value
+            for check in (True, False):
+                general_spy.clear()
+                with pytest.raises(ValueError, match=rf"{side}\[{index}\] is {value!r}"):
+                    preference_loss(*arrays, loss_type=loss_type, check_finite=check,
+                                    **lengths)
+                assert len(general_spy) == 1
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, -1.0, 1e-300])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_alphapo_takes_the_fast_path_with_the_general_paths_bits(alpha, dtype, general_spy):
+    """alphapo (its own fused loop for alpha != 0) runs from the compiled path, with the
+    general path's bits: ordinary rows, rows whose rewards overflow (the general path then
+    takes the means), weights, every reduction; a bad length or alpha is handed over."""
+    n = 3000
+    rng = np.random.default_rng(9)
+    arrays = [(rng.normal(-40.0, 6.0, n)).astype(dtype), rng.normal(-45.0, 6.0, n).astype(dtype),
+              None, None]
+    lengths = dict(chosen_lengths=rng.integers(1, 60, n).astype(np.float64),
+                   rejected_lengths=rng.integers(1, 60, n).astype(np.float64))
+    for extreme in (False, True):
+        if extreme:  # b = -alpha a beyond 700: logarithm forms, maybe non-finite sums
+            arrays[0][::97] = dtype(-3e4)
+        for weights in (None, rng.uniform(0.0, 2.0, n)):
+            for reduction, grad in (("mean", False), ("sum", True), ("none", True)):
+                options = dict(beta=2.0, loss_type="alphapo", alphapo_alpha=alpha,
+                               weights=weights, label_smoothing=0.1, reduction=reduction,
+                               compute_grad=grad, simpo_gamma=0.7, **lengths)
+                general_spy.clear()
+                got = preference_loss(*arrays, **options)
+                if not extreme:
+                    assert not general_spy, "alphapo left the compiled path"
+                _assert_same_bits(got, _general_result(arrays, **options))
+    bad = dict(lengths, rejected_lengths=lengths["rejected_lengths"].copy())
+    bad["rejected_lengths"][n - 5] = 0.5
+    with pytest.raises(ValueError, match=rf"rejected_lengths\[{n - 5}\] is 0.5"):
+        preference_loss(*arrays[:2], loss_type="alphapo", alphapo_alpha=alpha, **bad)
+    for value in (np.nan, np.inf, 1e301, 5e-301):
+        with pytest.raises(ValueError, match="alphapo_alpha"):
+            preference_loss(*arrays[:2], loss_type="alphapo", alphapo_alpha=value, **lengths)
+
+
+@pytest.mark.parametrize("n", [6, 5000, 100_003])
+def test_orpo_log_probs_at_or_above_0_are_caught_by_the_kernel(n, general_spy):
+    """orpo's fused case checks its log-probs are below 0 (the loss sum carries a NaN where
+    one is not), so a bad one anywhere goes to the general path and is named as before; a
+    NaN among them is the finiteness check's."""
+    for dtype in (np.float64, np.float32):
+        pc, pr = (np.full(n, -3.0, dtype) for _ in range(2))
+        lengths = dict(chosen_lengths=np.full(n, 2.0), rejected_lengths=np.full(n, 5.0))
+        general_spy.clear()
+        preference_loss(pc, pr, loss_type="orpo", **lengths)
+        assert not general_spy
+        for k, value in enumerate((0.0, -0.0, 1e-300, 2.0, np.inf)):
+            side, index = ("chosen_logps", "rejected_logps")[k % 2], (0, n // 2, n - 1)[k % 3]
+            arrays = [pc.copy(), pr.copy()]
+            arrays[k % 2][index] = value
+            shown = repr(float(dtype(value)))
+            for check in (True, False):
+                general_spy.clear()
+                with pytest.raises(ValueError, match=rf"{side}\[{index}\] is {shown}: "
+                                                     "loss_type='orpo' needs log-probs"):
+                    preference_loss(*arrays, loss_type="orpo", check_finite=check, **lengths)
+                assert len(general_spy) == 1
+        arrays = [pc.copy(), pr.copy()]
+        arrays[1][n - 1] = np.nan
+        with pytest.raises(ValueError, match=rf"rejected_logps\[{n - 1}\] is nan: inputs"):
+            preference_loss(*arrays, loss_type="orpo", **lengths)
 
 
 def test_bad_weights_raise_the_general_paths_errors():

@@ -79,6 +79,16 @@ def test_orpo_reference_value_and_refusal():
                                          r"needs log-probs below 0"):
         preference_loss(np.array([-1.0, -2.0]), np.array([-1.0, 0.0]), loss_type="orpo",
                         chosen_lengths=[1.0, 1.0], rejected_lengths=[1.0, 1.0])
+    # (a NaN does not hide a log-prob >= 0 from this check; -0.0 is refused too)
+    for dtype in (np.float64, np.float32):
+        with pytest.raises(ValueError, match=r"chosen_logps\[2\] is 2.0: loss_type='orpo'"):
+            preference_loss(np.array([np.nan, -1.0, 2.0], dtype), np.full(3, -1.0, dtype),
+                            loss_type="orpo", chosen_lengths=np.ones(3),
+                            rejected_lengths=np.ones(3))
+        with pytest.raises(ValueError, match=r"rejected_logps\[1\] is -0.0: loss_type="):
+            preference_loss(np.full(3, -1.0, dtype), np.array([-1.0, -0.0, np.nan], dtype),
+                            loss_type="orpo", chosen_lengths=np.ones(3),
+                            rejected_lengths=np.ones(3))
 
 
 def test_new_types_reference_values():

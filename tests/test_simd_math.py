@@ -66,7 +66,8 @@ BOUNDS = [("exp", 1.0), ("expm1", 2.5), ("log", 1.0), ("log1m", 1.0), ("log1mexp
 
 
 def test_every_function_is_measured():
-    assert {name for name, _ in BOUNDS} == set(_pairwise.MATH_FUNCTIONS)
+    # (orpo_log1mexp: log1mexp's bits, test_orpo_log1mexp_is_log1mexp_bit_for_bit)
+    assert {name for name, _ in BOUNDS} | {"orpo_log1mexp"} == set(_pairwise.MATH_FUNCTIONS)
 
 
 @pytest.mark.parametrize(("name", "bound"), BOUNDS, ids=[name for name, _ in BOUNDS])
@@ -96,3 +97,20 @@ def test_special_values():
     assert _pairwise.math_values("exp", np.array([-inf, inf]))[0] == 0.0
     with pytest.raises(ValueError, match="unknown function 'cos'"):
         _pairwise.math_values("cos", np.zeros(1))
+
+
+def test_orpo_log1mexp_is_log1mexp_bit_for_bit():
+    """orpo's one-kernel log1mexp (csrc/pair_losses.h) against simd_math.h's, over the forms'
+    boundaries (a = -ln 2, e^a = 1/2, 1 - e^a near sqrt(2)/2, subnormal 1 - e^a) and the
+    special values."""
+    rng = np.random.default_rng(3)
+    ln2 = 0.6931471805599453
+    edges = np.array([-ln2, -np.log(2.0 - np.sqrt(2.0)), -0.5 * ln2, -np.log(np.sqrt(2.0))])
+    around = (edges[:, None] + np.linspace(-64, 64, 129) * 1e-16 * edges[:, None]).ravel()
+    x = np.concatenate([
+        around, -(10.0 ** rng.uniform(-320.0, 3.0, 20000)), -rng.uniform(0.0, 2.0, 20000),
+        [0.0, -0.0, -5e-324, -1e-310, -745.2, -1e300, -np.inf, np.nan]])
+    x = np.ascontiguousarray(x)
+    got = _pairwise.math_values("orpo_log1mexp", x)
+    want = _pairwise.math_values("log1mexp", x)
+    assert got.tobytes() == want.tobytes()

@@ -27,7 +27,7 @@ from libc.math cimport INFINITY, fabs, isfinite
 from dpo_fast._kernels._pairwise cimport (
     DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
     DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs, init_args,
-    run_loss,
+    run_loss, set_alphapo_alpha,
 )
 
 from dpo_fast import _general, _registry, _threads
@@ -46,20 +46,20 @@ cdef dict _FAST_TYPES = {
            _registry.LOSS_REGISTRY[name].smoothing_positive)
     for name in _registry.PLAIN_TYPES}
 # The length-normalised ones (both lengths given: the fused loop over c/nc, r/nr), with the
-# same three fields and whether the type is reference-free and reports beta * p / n; but not
-# orpo (the general path checks its log-probs are below 0) nor alphapo (LossConfig derives its
-# parameters).
+# same three fields and whether the type is reference-free and reports beta * p / n (orpo:
+# the fused loop checks its log-probs are below 0, as it checks the lengths).
 cdef dict _FAST_NORMALIZED_TYPES = {
     name: (entry.kernel_id, _registry.SMOOTHING_LIMITS.get(name, 0.0), entry.smoothing_positive,
            entry.reference_free, entry.normalized_rewards)
     for name, entry in _registry.LOSS_REGISTRY.items()
-    if entry.normalized and name not in ("orpo", "alphapo")}
+    if entry.normalized}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
-# Per-pair lengths and weights longer than this are checked by NumPy's reductions, shorter
-# ones by a C loop (no call overhead).
+# Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
+# loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
 cdef int _DPOP_ID = _registry.KERNEL_IDS["dpop"]
 cdef int _BCO_ID = _registry.KERNEL_IDS["bco_pair"]
+cdef int _ALPHAPO_ID = _registry.KERNEL_IDS["alphapo"]
 cdef double _DPOP_LAMBDA_DEFAULT = _general.DPOP_LAMBDA_DEFAULT
 cdef tuple _OUTPUT_NAMES = _general.OUTPUT_NAMES
 cdef tuple _PREFERENCE_ARG_NAMES = _general.PREFERENCE_ARG_NAMES
@@ -197,7 +197,7 @@ cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken
 
 
 cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
-    """Per-pair lengths (minimum 1) or weights (minimum 0) the kernels can read as they are:
+    """Per-pair weights (minimum 0; lengths: _lengths) the kernels can read as they are:
     a float64 array accepted by _array_type, of length n, C-contiguous, every value finite and
     >= minimum (the general path's rule; it names a bad one). Else None."""
     cdef cnp.ndarray array
@@ -225,6 +225,18 @@ cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
     if low >= minimum and high < INFINITY:
         return array
     return None
+
+
+cdef inline cnp.ndarray _lengths(object value, Py_ssize_t n):
+    """Per-pair token counts the fused loop can read as they are (a float64 array accepted by
+    _array_type, of length n, C-contiguous), else None. Their values are the kernel's to check:
+    a count outside [1, inf) makes the loss sum NaN (csrc/chunk_body.h, dpo_length_mark), and
+    the call goes to the general path, which names it; so no pass over them here."""
+    cdef Py_ssize_t length = -1
+    if (_array_type(value, &length) != cnp.NPY_DOUBLE or length != n
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
+        return None
+    return <cnp.ndarray>value
 
 
 cdef inline cnp.ndarray _readable(object value):
@@ -267,6 +279,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        object f_alpha_divergence_coef, object reduction, object compute_grad,
                        object check_finite, object n_threads, object out,
                        bint float64_only, object dpop_lambda, object bco_delta,
+                       object alphapo_alpha,
                        object weights, object chosen_lengths, object rejected_lengths):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
@@ -330,6 +343,15 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
             return None
     elif PyFloat_AS_DOUBLE(bco_delta) != 0.0:
         return None
+    if type(alphapo_alpha) is not float:
+        return None
+    if kernel_id == _ALPHAPO_ID:
+        # 0, or a magnitude in [1e-300, 1e300] (log|alpha| must be finite)
+        if not (PyFloat_AS_DOUBLE(alphapo_alpha) == 0.0
+                or 1e-300 <= fabs(PyFloat_AS_DOUBLE(alphapo_alpha)) <= 1e300):
+            return None
+    elif PyFloat_AS_DOUBLE(alphapo_alpha) != 0.0:
+        return None
     if (type(f_alpha_divergence_coef) is not float
             or not fabs(PyFloat_AS_DOUBLE(f_alpha_divergence_coef)) <= 1e300):
         return None
@@ -370,8 +392,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if normalized:
         if reference and (<tuple>entry)[3]:  # a reference-free type: the general path refuses
             return None
-        chosen_lengths_array = _per_pair(chosen_lengths, n, 1.0)
-        rejected_lengths_array = _per_pair(rejected_lengths, n, 1.0)
+        chosen_lengths_array = _lengths(chosen_lengths, n)
+        rejected_lengths_array = _lengths(rejected_lengths, n)
         if chosen_lengths_array is None or rejected_lengths_array is None:
             return None
     if weights is not None:
@@ -426,6 +448,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     init_args(&args, beta_value, smoothing, tau)
     args.params.dpop_lambda = PyFloat_AS_DOUBLE(dpop_lambda)
     args.params.bco_delta = PyFloat_AS_DOUBLE(bco_delta)
+    if kernel_id == _ALPHAPO_ID:
+        set_alphapo_alpha(&args.params, PyFloat_AS_DOUBLE(alphapo_alpha))
     args.loss_type = kernel_id
     args.grad_divisor = <double>n if reduce == MEAN else 1.0
     args.chosen = cnp.PyArray_DATA(chosen_array)
@@ -646,15 +670,15 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
-    if (loss_weights is None and type(alphapo_alpha) is float and <double>alphapo_alpha == 0.0
-            and gt_reward_margins is None
+    if (loss_weights is None and gt_reward_margins is None
             and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0
             and per_pair_outputs is None):
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
-                            bco_delta, weights, chosen_lengths, rejected_lengths)
+                            bco_delta, alphapo_alpha, weights, chosen_lengths,
+                            rejected_lengths)
         if result is not None:
             return result
     loss, outputs, means = _general.run(
@@ -681,7 +705,7 @@ def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, be
             raise TypeError(f"{name} is required, got None")
     result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
                         "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
-                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, None, None, None)
+                        None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, 0.0, None, None, None)
     if result is None:
         loss, outputs, means = _general.run(
             (chosen_policy, rejected_policy, chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES,

@@ -55,6 +55,7 @@ OUTPUT_NAMES = ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "
 # Positions in the kernel's sums (dpo_fast._kernels._pairwise.SUM_NAMES).
 (_SUM_LOSS, _SUM_CHOSEN, _SUM_REJECTED, _SUM_MARGIN, _SUM_ACCURACY, _SUM_CHOSEN_LOGP,
  _SUM_REJECTED_LOGP) = range(len(_pairwise.SUM_NAMES))
+_REWARD_SUMS = (_SUM_CHOSEN, _SUM_REJECTED, _SUM_MARGIN)
 PREFERENCE_ARG_NAMES = ("chosen_logps", "rejected_logps", "ref_chosen_logps",
                          "ref_rejected_logps")
 DPO_LOSS_ARG_NAMES = ("log_probs_chosen_policy", "log_probs_rejected_policy",
@@ -327,9 +328,14 @@ def _gt_margins(value: Any, length: int, scale: float) -> np.ndarray:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
     array = kernel_array(array, np.float64)
+    # Two reductions without temporaries: every scale * margin is finite iff the two extremes'
+    # are (NaN propagates through min and max); the index search only when one is not.
     with np.errstate(over="ignore", invalid="ignore"):
-        bad = ~np.isfinite(array * scale)
-    if bad.any():
+        extremes_ok = math.isfinite(scale * float(array.min())) and math.isfinite(
+            scale * float(array.max()))
+    if not extremes_ok:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(array * scale)
         index = int(np.flatnonzero(bad)[0])
         number = float(array[index])
         rule = (f"{name} must be finite" if not math.isfinite(number) else
@@ -369,23 +375,27 @@ def _divergence(f_divergence_type: Any, f_alpha_divergence_coef: Any,
     return ids["exp"], -1.0 if f_divergence_type == "forward_kl" else alpha - 1.0
 
 
-def _per_pair(value: Any, name: str, length: int, *, positive: bool) -> np.ndarray:
+def _per_pair(value: Any, name: str, length: int, *, positive: bool
+              ) -> tuple[np.ndarray, float]:
     """Lengths (finite, >= 1: token counts, which TRL clamps to >= 1; below 1, c/n and 1/n
-    could overflow) or weights (finite, >= 0) as a float64 array of ``length``."""
+    could overflow) or weights (finite, >= 0) as a float64 array of ``length``, and its sum
+    (float(np.sum(array)): sft's token count, its gradient's weight total)."""
     array = _as_input_array(value, name)
     if array.shape[0] != length:
         raise ValueError(f"length mismatch: chosen_logps has {length} elements but {name} has "
                          f"{array.shape[0]}")
     array = kernel_array(array, np.float64)
-    # Two reductions without temporaries (NaN propagates through min and max); the index
-    # search only when something is wrong.
-    low, high = float(array.min()), float(array.max())
+    # Two reductions without temporaries (NaN propagates through min and sum); the index
+    # search only when something is wrong. With every value >= 0 a finite sum means every
+    # value is finite (a sum of finite ones that overflowed asks max).
+    low, total = float(array.min()), float(np.sum(array))
+    high = total if total < math.inf else float(array.max())
     if not ((low >= 1.0 if positive else low >= 0.0) and high < math.inf):
         bad = ~np.isfinite(array) | ((array < 1.0) if positive else (array < 0.0))
         index = int(np.flatnonzero(bad)[0])
         rule = "finite and >= 1 (token counts)" if positive else "finite and >= 0"
         raise ValueError(f"{name}[{index}] is {float(array[index])!r}; {name} must be {rule}")
-    return array
+    return array, total
 
 
 def _fallback_means(sums: Sequence[float], length: int, outputs: Mapping[str, np.ndarray],
@@ -512,7 +522,11 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     if "orpo" in types:
         # log(1 - p) of an average probability p = exp(logp / n) needs p < 1: logp < 0.
         for array, name in zip(arrays[:2], names[:2]):
-            bad = np.flatnonzero(array >= 0)  # (NaN is the finiteness check's)
+            # One SIMD reduction (no temporaries); the index search only when one is >= 0.
+            # (fmax skips NaN, which is the finiteness check's.)
+            if not np.fmax.reduce(array) >= 0:
+                continue
+            bad = np.flatnonzero(array >= 0)
             if bad.size:
                 raise ValueError(f"{name}[{bad[0]}] is {float(array[bad[0]])!r}: "
                                  "loss_type='orpo' needs log-probs below 0 (an average "
@@ -527,16 +541,21 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
             if lengths[needed] is None:
                 raise ValueError(f"loss_type={name!r} needs {needed} (token counts of the "
                                  "completions)")
-    per_pair = {key: None if value is None else _per_pair(value, key, length, positive=True)
-                for key, value in lengths.items()}
-    pair_weights = None if weights is None else _per_pair(weights, "weights", length,
-                                                          positive=False)
+    checked = {key: None if value is None else _per_pair(value, key, length, positive=True)
+               for key, value in lengths.items()}
+    if weights is not None:
+        checked["weights"] = _per_pair(weights, "weights", length, positive=False)
+    per_pair = {key: None if pair is None else pair[0] for key, pair in checked.items()
+                if key != "weights"}
+    pair_weights = checked["weights"][0] if weights is not None else None
+    totals = {key: pair[1] for key, pair in checked.items() if pair is not None}
     margins = None if not gt_users else _gt_margins(gt_reward_margins, length, gt_scale)
     per_pair_wanted = _per_pair_outputs(per_pair_outputs, reduction)
     # The sorted types and alphapo's reward pass work on the per-pair arrays after the kernel:
     # they get them all (the unwanted ones are dropped from the result).
-    internal = any(name in SORTED_TYPES for name in types) or (
-        shape != 0.0 and "alphapo" in types)
+    shaped_in_kernel = _kernel_shapes_rewards(types, type_weights, shape)
+    reward_pass = shape != 0.0 and "alphapo" in types and not shaped_in_kernel
+    internal = any(name in SORTED_TYPES for name in types) or reward_pass
     computed = OUTPUT_NAMES[:3] if internal else per_pair_wanted
     wanted = [*computed, *(OUTPUT_NAMES[3:] if want_grad else ())]
     _refuse_unwanted_out(out, per_pair_wanted)
@@ -556,7 +575,8 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
                            beta_value, smoothing, tau, gamma, divergence, divergence_coef,
                            reduction, grad_divisor, resolved_threads, threads,
                            dpop_lambda=penalty, bco_delta=delta, alphapo_alpha=shape,
-                           gt_reward_margins=margins, gt_reward_scale=gt_scale)
+                           gt_reward_margins=margins, gt_reward_scale=gt_scale,
+                           totals=totals)
 
     sums = kernel(outputs)
     # Any NaN/inf input makes a reward sum non-finite, so this costs nothing when all is well;
@@ -577,8 +597,14 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
         sums, length, fallback_outputs, arrays, beta_value,
         (per_pair["chosen_lengths"], per_pair["rejected_lengths"])
         if _normalized_rewards(types) else None)
-    if shape != 0.0 and "alphapo" in types:
+    if reward_pass:
         _alphapo_rewards(outputs, means, arrays, per_pair, beta_value, shape)
+    elif shaped_in_kernel and not all(math.isfinite(sums[index]) for index in _REWARD_SUMS):
+        # Rewards or margins beyond double (the kernel wrote them, inf where they overflow):
+        # their means the careful way, from the inputs.
+        _alphapo_rewards(None, means, arrays, per_pair, beta_value, shape,
+                         only=[index for index in _REWARD_SUMS
+                               if not math.isfinite(sums[index])])
     for key in OUTPUT_NAMES[:3]:
         if key not in per_pair_wanted:
             outputs[key] = None
@@ -592,16 +618,28 @@ def run(values: Sequence[Any], names: Sequence[str], *, beta: Any, loss_type: An
     return loss, outputs, means
 
 
-def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
+def _kernel_shapes_rewards(types: Sequence[str], type_weights: Sequence[float],
+                           alpha: float) -> bool:
+    """Whether the kernel writes alphapo's rewards ``beta * r(a)`` itself: alphapo alone with
+    weight 1 and alpha != 0 (LossConfig.shaped_rewards: csrc/alphapo_body.h). In a list the
+    general loop writes ``beta * p / n`` and :func:`_alphapo_rewards` reshapes them."""
+    return alpha != 0.0 and tuple(types) == ("alphapo",) and tuple(type_weights) == (1.0,)
+
+
+def _alphapo_rewards(outputs: Mapping[str, np.ndarray] | None, means: list[float],
                      arrays: Sequence[np.ndarray | None],
                      per_pair: Mapping[str, np.ndarray | None], beta: float,
-                     alpha: float) -> None:
+                     alpha: float, only: Sequence[int] | None = None) -> None:
     """TRL's rewards of AlphaPO (CPOTrainer.cpo_loss with alpha != 0): ``beta * r(a)`` with
     ``r(a) = -expm1(-alpha * a) / alpha`` of the average log-prob ``a = p / n``, in place of
     the kernel's ``beta * a``; the reward means, margin and accuracy follow. (A NumPy pass
     over the rows, in float64: the loss and its gradient are the kernel's.) A reward whose
     true value overflows double is -inf (alpha > 0) or +inf (alpha < 0); a margin of two
-    such rewards is taken from logarithms, so it is NaN for no finite input."""
+    such rewards is taken from logarithms, so it is NaN for no finite input.
+
+    ``only``: the positions in the sums (chosen, rejected, margin) whose means to set, the
+    rest left as they are, with ``outputs`` None: the kernel's rewards stay (alphapo alone,
+    whose rewards the kernel computes, where a reward or margin sum overflowed)."""
     sign = -math.copysign(1.0, alpha)  # the sign of r(a) where it is large
     log_scale = math.log(beta) - math.log(abs(alpha))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -631,14 +669,20 @@ def _alphapo_rewards(outputs: Mapping[str, np.ndarray], means: list[float],
             log_margins = np.where(bad, log_careful, np.log(np.abs(margins)))
             margins = np.where(bad, careful, margins)
         length = chosen.shape[0]
-        means[_SUM_CHOSEN] = float(np.sum(chosen / length))
-        means[_SUM_REJECTED] = float(np.sum(rejected / length))
-        margin_mean = float(np.sum(margins / length))
-        if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
-            if log_margins is None:
-                log_margins = np.log(np.abs(margins))
-            margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
-        means[_SUM_MARGIN] = margin_mean
+        wanted = _REWARD_SUMS if only is None else only
+        if _SUM_CHOSEN in wanted:
+            means[_SUM_CHOSEN] = float(np.sum(chosen / length))
+        if _SUM_REJECTED in wanted:
+            means[_SUM_REJECTED] = float(np.sum(rejected / length))
+        if _SUM_MARGIN in wanted:
+            margin_mean = float(np.sum(margins / length))
+            if not math.isfinite(margin_mean):  # +inf and -inf margins: a signed log-sum-exp
+                if log_margins is None:
+                    log_margins = np.log(np.abs(margins))
+                margin_mean = _signed_log_mean(log_margins, margins > 0, margins < 0, length)
+            means[_SUM_MARGIN] = margin_mean
+        if outputs is None:
+            return
         outputs["chosen_rewards"][...] = chosen  # (float32: beyond its range is inf)
         outputs["rejected_rewards"][...] = rejected
     means[_SUM_ACCURACY] = float(np.count_nonzero(chosen > rejected)) / length
@@ -688,7 +732,8 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
                  grad_divisor: float, resolved_threads: int, threads: int | None, *,
                  dpop_lambda: float = DPOP_LAMBDA_DEFAULT, bco_delta: float = 0.0,
                  alphapo_alpha: float = 0.0, gt_reward_margins: np.ndarray | None = None,
-                 gt_reward_scale: float = 1.0) -> tuple[float, ...]:
+                 gt_reward_scale: float = 1.0,
+                 totals: Mapping[str, float] | None = None) -> tuple[float, ...]:
     """The kernel call for the validated arguments: one LossConfig (which picks the kernel
     loop) for every type but aot / aot_unpaired, whose sorted terms dpo_fast._sorted adds. Returns
     the kernel's sums (with the loss sum of the whole) and fills ``outputs``."""
@@ -698,13 +743,19 @@ def _run_kernel(arrays: Sequence[np.ndarray | None], dtype: type,
     terms = tuple(
         (KERNEL_IDS[name], int(_takes_normalized(name, both_lengths)), weight)
         for name, weight in zip(types, type_weights) if name not in SORTED_TYPES)
-    weight_total = float(length) if pair_weights is None else float(np.sum(pair_weights))
+    totals = {} if totals is None else totals  # (the sums _per_pair took: float(np.sum(.)))
+
+    def total(key: str, array: np.ndarray) -> float:
+        return totals[key] if key in totals else float(np.sum(array))
+
 
     sft_value = sft_batch_offset = sft_pair_offset = 0.0
     if "sft" in types:
         # sft = -(sum pc)/(sum nc), the same for every pair (TRL); its derivative with
         # respect to every pc_j is -1/(sum nc), times the pair weights the reduction adds up.
-        token_count = float(np.sum(chosen_lengths))
+        token_count = total("chosen_lengths", chosen_lengths)
+        weight_total = float(length) if pair_weights is None else total("weights",
+                                                                        pair_weights)
         logp_total = float(np.sum(arrays[0], dtype=np.float64))
         sft_value = -logp_total / token_count
         if not math.isfinite(sft_value):  # a sum of inputs near DBL_MAX overflowed

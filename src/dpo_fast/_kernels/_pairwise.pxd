@@ -36,6 +36,7 @@ cdef extern from "pairwise.h" nogil:
         DPO_LOSS_SIGMOID_NORM
         DPO_LOSS_SIMPO
         DPO_LOSS_SFT
+        DPO_LOSS_ALPHAPO
         DPO_LOSS_AOT
         DPO_LOSS_AOT_UNPAIRED
         DPO_N_LOSS_TYPES
@@ -106,6 +107,8 @@ cdef extern from "pairwise.h" nogil:
 # (in parallel over fixed chunks when n_threads > 1) and writes the DPO_NSUMS combined sums.
 cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
                     double discopop_tau) noexcept
+# alphapo's parameters (its shape and the logs its careful path reads), as LossConfig sets them.
+cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1
 

@@ -16,6 +16,7 @@ class LossConfig:
     needs_lengths: bool
     weighted: bool
     needs_gt_rewards: bool
+    shaped_rewards: bool
     def __init__(
         self,
         terms: tuple[tuple[int, int, float], ...],

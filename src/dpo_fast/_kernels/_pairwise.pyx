@@ -33,6 +33,9 @@ cdef extern from "simd_math.h" nogil:
     double dpo_log1mexp(double a, double *one_minus_out)
     DpoLogistic dpo_logistic(double z)
 
+cdef extern from "pair_losses.h" nogil:
+    double dpo_orpo_log1mexp(double a, double *one_minus_out)
+
 cdef extern from "simd.h" nogil:
     int dpo_simd_detect()
     int dpo_simd_get()
@@ -112,6 +115,19 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
     args.divergence = DPO_DIV_IDENTITY
 
 
+cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept:
+    """alphapo's shape and the logs of its careful path (pair_losses.h), with the kernels' own
+    log (the same bits on every platform); params.beta must be set."""
+    params.alphapo_alpha = alpha
+    params.alphapo_log_beta = 0.0
+    params.alphapo_log_scale = 0.0
+    if params.beta > 0.0:
+        params.alphapo_log_beta = dpo_log_pos(params.beta)
+    if alpha != 0.0 and params.beta > 0.0:
+        params.alphapo_log_scale = (params.alphapo_log_beta
+                                    - dpo_log_pos(-alpha if alpha < 0 else alpha))
+
+
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1:
     """Run the chunk function over rows [0, n); write the DPO_NSUMS combined sums to totals."""
@@ -172,12 +188,14 @@ cdef class LossConfig:
     ``"normalized"`` (one length-normalised term, weight 1, no f-divergence: the same fused loop
     over c/nc, r/nr), else ``"general"`` (term lists, f-divergences, sft's batch constant:
     csrc/general_body.h). Per-pair weights are allowed in all three. ``weighted``: the call
-    passes per-pair weights. Every field of the C argument struct starts from init_args.
+    passes per-pair weights. ``shaped_rewards``: the kernel writes alphapo's rewards beta * r(a)
+    (alphapo alone, alpha != 0: csrc/alphapo_body.h); else rewards are beta * p / n for the
+    normalised-reward types. Every field of the C argument struct starts from init_args.
     """
 
     cdef DpoChunkArgs args
     cdef readonly str loop
-    cdef readonly bint needs_lengths, weighted, needs_gt_rewards
+    cdef readonly bint needs_lengths, weighted, needs_gt_rewards, shaped_rewards
 
     def __init__(self, tuple terms, *, double beta, double label_smoothing=0.0,
                  double discopop_tau=0.05, double simpo_gamma=0.0, double sft_value=0.0,
@@ -199,20 +217,13 @@ cdef class LossConfig:
         args.params.sft_value = sft_value
         args.params.dpop_lambda = dpop_lambda
         args.params.bco_delta = bco_delta
-        # alphapo's shape and the logs of its careful path (pair_losses.h), with the
-        # kernels' own log: the same bits on every platform.
-        args.params.alphapo_alpha = alphapo_alpha
-        if beta > 0.0:
-            args.params.alphapo_log_beta = dpo_log_pos(beta)
-        if alphapo_alpha != 0.0 and beta > 0.0:
-            args.params.alphapo_log_scale = (args.params.alphapo_log_beta
-                                             - dpo_log_pos(-alphapo_alpha if alphapo_alpha < 0
-                                                           else alphapo_alpha))
+        set_alphapo_alpha(&args.params, alphapo_alpha)
         args.params.gt_reward_scale = gt_reward_scale
         args.grad_divisor = grad_divisor
         args.n_terms = len(terms)
         self.needs_lengths = normalized_rewards
         self.needs_gt_rewards = False
+        self.shaped_rewards = False
         for t in range(args.n_terms):
             term_type, args.term_normalized[t], args.term_weights[t] = terms[t]
             if (not 0 <= term_type < DPO_N_LOSS_TYPES
@@ -242,6 +253,8 @@ cdef class LossConfig:
             self.loop = "normalized"
             args.general = 0
             args.loss_type = args.term_types[0]
+            self.shaped_rewards = (args.loss_type == DPO_LOSS_ALPHAPO
+                                   and alphapo_alpha != 0.0)
         else:
             self.loop = "general"
             args.general = 1
@@ -380,14 +393,16 @@ def set_simd_level(str name):
     return dpo_simd_name(dpo_simd_set(names[name])).decode()
 
 
-MATH_FUNCTIONS = ("exp", "expm1", "log", "log1m", "log1mexp", "log1p_exp_neg_abs", "sigmoid")
+MATH_FUNCTIONS = ("exp", "expm1", "log", "log1m", "log1mexp", "log1p_exp_neg_abs", "sigmoid",
+                  "orpo_log1mexp")
 
 
 def math_values(str name, double[::1] x):
     """The kernels' own scalar functions (csrc/simd_math.h) at each ``x``, for the accuracy
     tests: ``"exp"``, ``"expm1"``, ``"log"`` (x > 0), ``"log1m"`` (log(1 - x), x in [0, 1)),
     ``"log1mexp"`` (log(1 - exp(x)), x < 0), ``"log1p_exp_neg_abs"`` (log(1 + exp(-|x|)), the
-    softplus core) and ``"sigmoid"``. Returns a new float64 array."""
+    softplus core), ``"sigmoid"`` and ``"orpo_log1mexp"`` (orpo's one-kernel log1mexp,
+    csrc/pair_losses.h: the same bits as ``"log1mexp"``). Returns a new float64 array."""
     if name not in MATH_FUNCTIONS:
         raise ValueError(f"unknown function {name!r}; expected one of {MATH_FUNCTIONS}")
     cdef Py_ssize_t i, n = x.shape[0]
@@ -408,8 +423,10 @@ def math_values(str name, double[::1] x):
             out[i] = dpo_log1mexp(x[i], &scratch)
         elif which == 5:
             out[i] = dpo_logistic(x[i]).log1p_e
-        else:
+        elif which == 6:
             out[i] = dpo_logistic(x[i]).sig_pos
+        else:
+            out[i] = dpo_orpo_log1mexp(x[i], &scratch)
     return result
 
 

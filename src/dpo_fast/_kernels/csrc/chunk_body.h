@@ -34,6 +34,19 @@
                 for (int j = 0; j < DPO_LANES; j++)                                         \
                     lanes[q][j] += buf[q][i + j];                                           \
     }
+/* 0.0 for a token count in [1, inf), else NaN (NaN too): the fused loop's check of the
+ * lengths, which lets the fast path skip NumPy's min and max passes over them. (Two selects
+ * of one compare each: a compare of two compares would not vectorise.) */
+DPO_INLINE double dpo_length_mark(double count)
+{
+    double finite_or_zero = (count < INFINITY) ? count : 0.0;
+    return (finite_or_zero >= 1.0) ? 0.0 : NAN;
+}
+/* 0.0 for a log-prob below 0, else NaN (NaN too): orpo's check in the fused loop. */
+DPO_INLINE double dpo_negative_mark(double logp)
+{
+    return (logp < 0.0) ? 0.0 : NAN;
+}
 #define DPO_LANES_TO_SUMS                                                                   \
     for (int q = 0; q < DPO_NSUMS; q++) {                                                   \
         const double *l = lanes[q];                                                         \
@@ -86,6 +99,8 @@
 
 /* Loss-type lists, sft and f-divergences: DPO_GENERAL_FN. */
 #include "general_body.h"
+/* alphapo alone with alpha != 0 (its rewards and a plain vectorised pass): DPO_ALPHAPO_FN. */
+#include "alphapo_body.h"
 
 /* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
  * Near DBL_MAX, c, r or c - r can overflow although beta times them does not. Such rows
@@ -117,6 +132,16 @@
      * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
     double weight = DPO_ROW_WEIGHT(row);                                                    \
     double value = dpo_mul0(weight, pl.value);                                              \
+    /* NORM: the loss sum's term carries a NaN where a length is not in [1, inf), and for   \
+     * NORM 2 (orpo) where a log-prob is not below 0: the fast path then hands the call to  \
+     * the general one, whose checks name it. (value + 0.0 in a lane sum is exact: the      \
+     * lanes are never -0.0.) */                                                            \
+    double length_marks = (NORM) ? dpo_length_mark(nc[row]) + dpo_length_mark(nr[row]) : 0.0; \
+    double loss_term =                                                                      \
+        !(NORM) ? value                                                                     \
+        : value + (((NORM) == 2) ? length_marks + (dpo_negative_mark(chosen)                \
+                                                   + dpo_negative_mark(rejected))           \
+                                 : length_marks);                                           \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
     OUT(out_rejected_reward_b, i, j, rejected_reward);                                      \
@@ -138,7 +163,7 @@
 /* The row's terms of the chunk sums, added to lane J (= the row's index in the chunk modulo
  * DPO_LANES: each lane adds the same rows in the same order on every instruction set). */
 #define DPO_ROW_TO_LANES(J)                                                                 \
-    lanes[DPO_SUM_LOSS][J] += value;                                                        \
+    lanes[DPO_SUM_LOSS][J] += loss_term;                                                    \
     lanes[DPO_SUM_CHOSEN_REWARD][J] += chosen_reward;                                       \
     lanes[DPO_SUM_REJECTED_REWARD][J] += rejected_reward;                                   \
     lanes[DPO_SUM_MARGIN][J] += chosen_reward - rejected_reward;                            \
@@ -308,13 +333,20 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
         }                                                                                   \
         break;
 #define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 0)
-#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 1)
+/* (NORM 2: orpo, whose fused case also checks the log-probs are below 0) */
+#define DPO_NORM_OF(ID) (((ID) == DPO_LOSS_ORPO) ? 2 : 1)
+#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, DPO_NORM_OF(ID))
 
 DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                    double *sums)
 {
     if (args->general) {
         DPO_GENERAL_FN(args, start, n, sums);
+        return;
+    }
+    if (args->loss_type == DPO_LOSS_ALPHAPO && args->chosen_lengths != NULL
+        && args->params.alphapo_alpha != 0.0) {
+        DPO_ALPHAPO_FN(args, start, n, sums);
         return;
     }
     DPO_CHUNK_LOCALS
@@ -381,16 +413,19 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
             flag += flag_lanes[j];
         if (flag != 0.0) {
             memcpy(lanes, saved, sizeof lanes);
-            DPO_FIXUP_FN(args, start, block, m, normalized, lanes);
+            DPO_FIXUP_FN(args, start, block, m,
+                         normalized ? DPO_NORM_OF(args->loss_type) : 0, lanes);
         }
     }
     DPO_LANES_TO_SUMS
 }
 
 #undef DPO_FIXUP_FN
+#undef DPO_ALPHAPO_FN
 #undef DPO_LOSS_CASE
 #undef DPO_LOSS_CASE_NORM
 #undef DPO_LOSS_CASE_NORMALIZED
+#undef DPO_NORM_OF
 #undef DPO_ROW_LOOP
 #undef DPO_LANE_GROUP
 #undef DPO_LANE_LOOP

@@ -501,6 +501,48 @@ DPO_INLINE DpoPairLoss dpo_pair_dpop(const DpoLossParams *params, double beta,
  * d log_odds / d a_c = 1/(1 - e^{a_c}), / d a_r = -1/(1 - e^{a_r}). The Python layer keeps
  * a < 0. beta and a come unscaled (params->beta, c * inv_scale), as in ipo: the loss is not
  * linear in a. ["orpo", "sft"] with weights [1, 1] is TRL's ORPO loss. */
+
+/* dpo_log1mexp(a) (simd_math.h), the same bits, with one log kernel instead of three. A
+ * vectorised loop evaluates every form of dpo_log1mexp on every row: log_pos(-expm1(a)),
+ * log1m(e^a)'s near-one form and its log_pos(1 - e^a), three fdlibm kernels with a division
+ * each, most of orpo's time. Here the form a row takes is chosen first (its kernel argument
+ * f, exponent k and correction c, as those functions compute them) and the kernel runs once. */
+DPO_INLINE double dpo_orpo_log1mexp(double a, double *one_minus_out)
+{
+    double e;
+    double near = -dpo_expm1_exp(a, &e); /* 1 - e^a, accurate for a > -ln 2 */
+    double u = 1.0 - e;
+    int close = a > -0.6931471805599453;
+    *one_minus_out = close ? near : u;
+    /* dpo_log1m(e)'s near-one form (e <= 1/2), else dpo_log_pos of near or of u = 1 - e
+     * (one compare of a selected value: `!close & !(e > 0.5)` would not vectorise) */
+    double e_far = close ? 1.0 : e;
+    int one_form = !(e_far > 0.5);
+    double c_one = ((1.0 - u) - e) / u;
+    int lower = u < 0.7071067811865476;
+    double f_one = (lower ? 2.0 * u : u) - 1.0;
+    double k_one = lower ? -1.0 : 0.0;
+    /* dpo_log_pos's reduction of x */
+    double x = close ? near : u;
+    int subnormal = x < 2.2250738585072014e-308;
+    double scaled = subnormal ? x * 18014398509481984.0 : x; /* 2^54 */
+    int64_t bits = dpo_double_bits(scaled);
+    int64_t biased = (bits >> 52) & 0x7ff;
+    double m = dpo_bits_double((bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000));
+    double k = dpo_bits_double(INT64_C(0x4330000000000000) | biased) - 4503599627370496.0
+               - 1023.0 - (subnormal ? 54.0 : 0.0);
+    int upper = m > 1.4142135623730951;
+    m = upper ? 0.5 * m : m;
+    k = upper ? k + 1.0 : k;
+    double result = dpo_log_kernel(one_form ? f_one : m - 1.0, one_form ? k_one : k,
+                                   one_form ? c_one : 0.0);
+    /* dpo_log_pos's special values (0, inf, NaN), on its forms only */
+    double special = (x == 0.0) ? -INFINITY : result;
+    special = (x == INFINITY) ? INFINITY : special;
+    special = (x != x) ? x : special;
+    return one_form ? result : special;
+}
+
 DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
                                      double inv_scale, double c, double r)
 {
@@ -508,8 +550,8 @@ DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,
     (void)beta;
     double a_c = c * inv_scale, a_r = r * inv_scale;
     double one_minus_c, one_minus_r;
-    double log_c = dpo_log1mexp(a_c, &one_minus_c);
-    double log_r = dpo_log1mexp(a_r, &one_minus_r);
+    double log_c = dpo_orpo_log1mexp(a_c, &one_minus_c);
+    double log_r = dpo_orpo_log1mexp(a_r, &one_minus_r);
     double log_odds = (a_c - a_r) - (log_c - log_r);
     DpoLogistic lg = dpo_logistic(log_odds);
     double slope = -params->beta * lg.sig_neg; /* d loss / d log_odds */
@@ -548,6 +590,65 @@ DPO_INLINE double dpo_exp_difference(double p, double q)
  *   exp(b_c - softplus(-+u) + log beta), so no inf * 0. beta and a come unscaled
  * (params->beta, c * inv_scale), as in orpo: the loss is not linear in a. */
 #define DPO_ALPHAPO_EXP_MAX 1.0e6 /* |b| clamp: exp of more is 0 or inf whatever is added */
+
+/* alphapo's margin the plain way, and what its logarithm paths start from: the pieces shared
+ * by dpo_pair_alphapo and the fused alphapo loop's plain rows (alphapo_body.h), so the two
+ * give the same bits there. */
+typedef struct {
+    double x_c, x_r; /* b = -alpha a, clamped to +-DPO_ALPHAPO_EXP_MAX */
+    double e_c, e_r; /* exp(x_c), exp(x_r) */
+    double m_c, m_r; /* expm1(x_c), expm1(x_r) */
+    double u_plain;  /* beta (r(a_c) - r(a_r)) - gamma from the two rewards */
+    int plain_bad;   /* u_plain is inf, or NaN from inf - inf */
+} DpoAlphapoMargin;
+
+DPO_INLINE DpoAlphapoMargin dpo_alphapo_margin(const DpoLossParams *params, double a_c,
+                                               double a_r)
+{
+    DpoAlphapoMargin out;
+    const double alpha = params->alphapo_alpha, b = params->beta;
+    double b_c = -alpha * a_c, b_r = -alpha * a_r; /* +-inf where alpha a overflows */
+    double x_c = (b_c > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_c;
+    x_c = (x_c < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_c;
+    double x_r = (b_r > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_r;
+    x_r = (x_r < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_r;
+    double m_c = dpo_expm1_exp(x_c, &out.e_c), m_r = dpo_expm1_exp(x_r, &out.e_r);
+    /* r = a expm1(b)/b for |b| <= 1 (1 at b = 0: alpha = 0, or alpha a subnormal), else
+     * -expm1(b)/alpha (no cancellation there; right for a clamped b as well) */
+    int small_c = (b_c <= 1.0) & (b_c >= -1.0), small_r = (b_r <= 1.0) & (b_r >= -1.0);
+    double div_c = (b_c == 0.0) ? 1.0 : b_c, div_r = (b_r == 0.0) ? 1.0 : b_r;
+    double alpha_div = (alpha == 0.0) ? 1.0 : alpha;
+    double rw_c = small_c ? ((b_c == 0.0) ? a_c : a_c * (m_c / div_c)) : -m_c / alpha_div;
+    double rw_r = small_r ? ((b_r == 0.0) ? a_r : a_r * (m_r / div_r)) : -m_r / alpha_div;
+    out.x_c = x_c;
+    out.x_r = x_r;
+    out.m_c = m_c;
+    out.m_r = m_r;
+    out.u_plain = (b * rw_c - b * rw_r) - params->simpo_gamma;
+    out.plain_bad = !(out.u_plain - out.u_plain == 0.0);
+    return out;
+}
+
+/* The conservative logistic loss of alphapo's u, its derivative, and the two softplus terms
+ * the logarithm path of the derivatives reads. */
+typedef struct {
+    double value;
+    double d_u;
+    double softplus_neg; /* -logsigmoid(u) */
+    double softplus_pos; /* -logsigmoid(-u) */
+} DpoAlphapoLoss;
+
+DPO_INLINE DpoAlphapoLoss dpo_alphapo_loss_of(double u, double eps)
+{
+    DpoAlphapoLoss out;
+    DpoLogistic lg = dpo_logistic(u);
+    out.softplus_neg = dpo_relu(-u) + lg.log1p_e;
+    out.softplus_pos = dpo_relu(u) + lg.log1p_e;
+    out.value = (1.0 - eps) * out.softplus_neg + dpo_mul0(eps, out.softplus_pos);
+    out.d_u = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
+    return out;
+}
+
 DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta,
                                         double inv_scale, double c, double r)
 {
@@ -556,21 +657,8 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
     const double alpha = params->alphapo_alpha, b = params->beta;
     const double eps = params->label_smoothing;
     double a_c = c * inv_scale, a_r = r * inv_scale;
-    double b_c = -alpha * a_c, b_r = -alpha * a_r; /* +-inf where alpha a overflows */
-    double x_c = (b_c > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_c;
-    x_c = (x_c < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_c;
-    double x_r = (b_r > DPO_ALPHAPO_EXP_MAX) ? DPO_ALPHAPO_EXP_MAX : b_r;
-    x_r = (x_r < -DPO_ALPHAPO_EXP_MAX) ? -DPO_ALPHAPO_EXP_MAX : x_r;
-    double e_c, e_r;
-    double m_c = dpo_expm1_exp(x_c, &e_c), m_r = dpo_expm1_exp(x_r, &e_r);
-    /* r = a expm1(b)/b for |b| <= 1 (1 at b = 0: alpha = 0, or alpha a subnormal), else
-     * -expm1(b)/alpha (no cancellation there; right for a clamped b as well) */
-    int small_c = (b_c <= 1.0) & (b_c >= -1.0), small_r = (b_r <= 1.0) & (b_r >= -1.0);
-    double div_c = (b_c == 0.0) ? 1.0 : b_c, div_r = (b_r == 0.0) ? 1.0 : b_r;
-    double alpha_div = (alpha == 0.0) ? 1.0 : alpha;
-    double rw_c = small_c ? ((b_c == 0.0) ? a_c : a_c * (m_c / div_c)) : -m_c / alpha_div;
-    double rw_r = small_r ? ((b_r == 0.0) ? a_r : a_r * (m_r / div_r)) : -m_r / alpha_div;
-    double u_plain = (b * rw_c - b * rw_r) - params->simpo_gamma;
+    DpoAlphapoMargin mg = dpo_alphapo_margin(params, a_c, a_r);
+    double x_c = mg.x_c, x_r = mg.x_r;
 
     /* the margin from logarithms */
     double top = (x_c > x_r) ? x_c : x_r;
@@ -583,30 +671,105 @@ DPO_INLINE DpoPairLoss dpo_pair_alphapo(const DpoLossParams *params, double beta
                                                             * would not vectorise) */
     double margin_log = dpo_exp(top + log_share + params->alphapo_log_scale);
     double u_log = ((gap == 0.0) ? 0.0 : sign * margin_log) - params->simpo_gamma;
-    int plain_bad = !(u_plain - u_plain == 0.0); /* inf, or NaN from inf - inf */
-    int careful = (alpha != 0.0) & ((top > 700.0) | plain_bad);
-    double u = careful ? u_log : u_plain;
+    int careful = (alpha != 0.0) & ((top > 700.0) | mg.plain_bad);
+    double u = careful ? u_log : mg.u_plain;
 
-    DpoLogistic lg = dpo_logistic(u);
-    double softplus_neg = dpo_relu(-u) + lg.log1p_e; /* -logsigmoid(u) */
-    double softplus_pos = dpo_relu(u) + lg.log1p_e;  /* -logsigmoid(-u) */
-    out.value = (1.0 - eps) * softplus_neg + dpo_mul0(eps, softplus_pos);
-    double d_u = eps * lg.sig_pos - (1.0 - eps) * lg.sig_neg;
-    double g_c = (d_u * e_c) * b, g_r = -(d_u * e_r) * b;
+    DpoAlphapoLoss lo = dpo_alphapo_loss_of(u, eps);
+    out.value = lo.value;
+    double g_c = (lo.d_u * mg.e_c) * b, g_r = -(lo.d_u * mg.e_r) * b;
     int abs_u_big = (u > 700.0) | (u < -700.0);
     /* e^{L_pos} - e^{L_neg}: eps sigmoid(u) = exp(-softplus(-u) + log eps), (1-eps)
      * sigmoid(-u) = exp(-softplus(u) + log(1-eps)), times beta e^{b} */
     double lb = params->alphapo_log_beta;
     double log_eps = (eps > 0.0) ? params->exo_log_eps : -INFINITY;
     double log_keep = (eps > 0.0) ? params->exo_log1m_eps : 0.0;
-    double g_c_log = dpo_exp_difference(x_c - softplus_neg + lb + log_eps,
-                                        x_c - softplus_pos + lb + log_keep);
-    double g_r_log = dpo_exp_difference(x_r - softplus_pos + lb + log_keep,
-                                        x_r - softplus_neg + lb + log_eps);
+    double g_c_log = dpo_exp_difference(x_c - lo.softplus_neg + lb + log_eps,
+                                        x_c - lo.softplus_pos + lb + log_keep);
+    double g_r_log = dpo_exp_difference(x_r - lo.softplus_pos + lb + log_keep,
+                                        x_r - lo.softplus_neg + lb + log_eps);
     int log_grad = careful | ((alpha != 0.0) & abs_u_big);
     out.d_chosen = (log_grad ? g_c_log : g_c) * inv_scale;
     out.d_rejected = (log_grad ? g_r_log : g_r) * inv_scale;
     return out;
+}
+
+/* dpo_pair_alphapo's plain path alone (unscaled a; the fused alphapo loop's vectorised rows):
+ * its loss and derivatives wherever it takes neither logarithm path, and *redo = 1 where it
+ * would (an exp beyond e^700, an overflowed margin, |u| > 700): such rows must be computed by
+ * dpo_pair_alphapo instead. *margin_out: the margin's pieces (for the rewards). */
+DPO_INLINE DpoPairLoss dpo_pair_alphapo_plain(const DpoLossParams *params, double a_c,
+                                              double a_r, double *redo,
+                                              DpoAlphapoMargin *margin_out)
+{
+    DpoPairLoss out;
+    const double b = params->beta;
+    DpoAlphapoMargin mg = dpo_alphapo_margin(params, a_c, a_r);
+    *margin_out = mg;
+    DpoAlphapoLoss lo = dpo_alphapo_loss_of(mg.u_plain, params->label_smoothing);
+    out.value = lo.value;
+    out.d_chosen = (lo.d_u * mg.e_c) * b;
+    out.d_rejected = -(lo.d_u * mg.e_r) * b;
+    double top = (mg.x_c > mg.x_r) ? mg.x_c : mg.x_r;
+    int abs_u_big = (mg.u_plain > 700.0) | (mg.u_plain < -700.0);
+    int logs = (params->alphapo_alpha != 0.0) & ((top > 700.0) | mg.plain_bad | abs_u_big);
+    *redo = logs ? 1.0 : 0.0;
+    return out;
+}
+
+/* AlphaPO's reward beta r(a) as TRL reports it (chosen_rewards, rejected_rewards, the metrics),
+ * of the average log-prob a = p / n (a true division, as TRL's): beta (-expm1(b) / alpha) with
+ * b = -alpha a, alpha != 0. *far = 1 where b > 700 or that value overflowed: there
+ * dpo_alphapo_reward_far gives it. */
+DPO_INLINE double dpo_alphapo_reward(const DpoLossParams *params, double a, double *far)
+{
+    const double alpha = params->alphapo_alpha;
+    double b = -alpha * a;
+    double e;
+    double reward = params->beta * (-dpo_expm1_exp(b, &e) / alpha);
+    *far = ((b > 0.0) & ((b > 700.0) | !(reward - reward == 0.0))) ? 1.0 : 0.0;
+    return reward;
+}
+
+/* dpo_alphapo_reward from the loss's expm1 instead of one of its own, on a plain row: the
+ * loss takes b_l = -alpha a_l of a_l = c * (1/n), the reward b = -alpha a of a = c / n (an ulp
+ * apart at most), and expm1(b) = expm1(b_l) + e^{b_l} (b - b_l) to within (b - b_l)^2 / 2,
+ * below 1e-25 relative on a row with b <= 700. Same *far rule. */
+DPO_INLINE double dpo_alphapo_reward_near(const DpoLossParams *params, double a, double b_l,
+                                          double expm1_l, double exp_l, double *far)
+{
+    const double alpha = params->alphapo_alpha;
+    double b = -alpha * a;
+    double expm1_b = expm1_l + dpo_mul0(exp_l, b - b_l);
+    double reward = params->beta * (-expm1_b / alpha);
+    *far = ((b > 0.0) & ((b > 700.0) | !(reward - reward == 0.0))) ? 1.0 : 0.0;
+    return reward;
+}
+
+/* The reward where b = -alpha a > 0 is large: |beta r| = exp(b + log(1 - e^{-b}) + log beta
+ * - log|alpha|), -inf (alpha > 0) or +inf (alpha < 0) only where the true value overflows. */
+DPO_INLINE double dpo_alphapo_reward_far(const DpoLossParams *params, double a)
+{
+    double b = -params->alphapo_alpha * a;
+    double one_minus;
+    double magnitude = dpo_exp(b + dpo_log1mexp(-b, &one_minus) + params->alphapo_log_scale);
+    return (params->alphapo_alpha > 0.0) ? -magnitude : magnitude;
+}
+
+/* beta (r(a_c) - r(a_r)) from logarithms, where the difference of the two rewards is not
+ * finite (inf - inf): -sign(g) sign(alpha) exp(max(b) + log(1 - e^{-|g|}) + log beta -
+ * log|alpha|), g = b_c - b_r; 0 where g = 0. */
+DPO_INLINE double dpo_alphapo_margin_far(const DpoLossParams *params, double a_c, double a_r)
+{
+    const double alpha = params->alphapo_alpha;
+    double b_c = -alpha * a_c, b_r = -alpha * a_r;
+    double top = (b_c > b_r) ? b_c : b_r;
+    double gap = -alpha * (a_c - a_r);
+    double abs_gap = (gap < 0.0) ? -gap : gap;
+    double one_minus;
+    double log_share = dpo_log1mexp((gap == 0.0) ? -1.0 : -abs_gap, &one_minus);
+    double magnitude = dpo_exp(top + log_share + params->alphapo_log_scale);
+    double sign = ((gap > 0.0) == (alpha > 0.0)) ? -1.0 : 1.0;
+    return (gap == 0.0) ? 0.0 : ((gap == gap) ? sign * magnitude : gap);
 }
 
 /* NeMo-Aligner's reward-aware preference losses (RPO; Nemotron-4 340B technical report,
