@@ -568,46 +568,41 @@ static void pairwise_grid(void)
 
 /* ------------------------------------------------------------------ sorted types, rounding */
 
-/* _sort.pyx's sorted_differences on one thread (its driver, written out): the keys, the top
- * split and the per-bucket sorts. Returns the sorted values and the stable order. */
+/* _sort.pyx's sorted_differences on one thread: a dpo_radix_job filled as it fills it (the
+ * chunks by length alone, as there) and dpo_radix_sort_team run outside any parallel region.
+ * Returns the sorted values and the stable order. */
 static void radix_sort_1t(const double *values, ptrdiff_t n, double *sorted, int64_t *order)
 {
-    uint64_t *keys = xmalloc(n * 8), *scratch = xmalloc(n * 8), key_or;
-    uint32_t *index = xmalloc(n * 4), *scratch_index = xmalloc(n * 4);
-    int finite, top = 0, width = 0;
-    const uint64_t key_and = dpo_radix_keys(values, NULL, 0, 1.0, 0, n, keys, &key_or, &finite);
-    if (key_and == key_or) { /* all one key: already sorted */
-        dpo_radix_to_values(keys, 0, n);
-        for (ptrdiff_t i = 0; i < n; i++)
-            index[i] = (uint32_t)i;
-    } else {
-        while (top < 64 && ((key_and ^ key_or) >> top) != 0)
-            top++;
-        while (width < 64 && ((uint64_t)n >> width) != 0)
-            width++;
-        width = width - 4 < 1 ? 1 : width - 4 > DPO_RADIX_TOP_BITS ? DPO_RADIX_TOP_BITS
-                                                                  : width - 4;
-        const int shift = top > width ? top - width : 0;
-        const uint64_t mask = (UINT64_C(1) << (top - shift)) - 1;
-        ptrdiff_t *counts = xmalloc((ptrdiff_t)(mask + 2) * (ptrdiff_t)sizeof(ptrdiff_t));
-        ptrdiff_t *starts = xmalloc((ptrdiff_t)(mask + 2) * (ptrdiff_t)sizeof(ptrdiff_t));
-        dpo_radix_count(keys, 0, n, shift, mask, counts);
-        ptrdiff_t running = 0;
-        for (uint64_t b = 0; b <= mask; b++) {
-            starts[b] = running;
-            running += counts[b];
-            counts[b] = starts[b]; /* now the offsets the move advances */
-        }
-        starts[mask + 1] = n;
-        dpo_radix_move(keys, 0, n, shift, mask, counts, scratch, scratch_index);
-        dpo_radix_sort_buckets(scratch, scratch_index, keys, index, starts, 0,
-                               (ptrdiff_t)mask + 1, shift);
-        free(counts), free(starts);
+    const ptrdiff_t chunk_length = 65536; /* _sort.pyx's CHUNK_LENGTH */
+    dpo_radix_job *job = calloc(1, sizeof *job);
+    uint64_t *keys = xmalloc(n * 8), *scratch = xmalloc(n * 12);
+    uint32_t *index = xmalloc(n * 4);
+    if (job == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    ptrdiff_t chunks = n / chunk_length;
+    chunks = chunks < 1 ? 1 : chunks > DPO_RADIX_MAX_CHUNKS ? DPO_RADIX_MAX_CHUNKS : chunks;
+    job->first = values;
+    job->second = NULL;
+    job->single = 0;
+    job->scale = 1.0;
+    job->n = n;
+    job->chunks = (int)chunks;
+    job->keys = keys;
+    job->index = index;
+    job->scratch_keys = scratch;
+    job->scratch_index = (uint32_t *)(scratch + n);
+    dpo_radix_sort_team(job);
+    if (job->status != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
     }
     memcpy(sorted, keys, (size_t)n * 8); /* (the keys are the values' bits now) */
     for (ptrdiff_t i = 0; i < n; i++)
         order[i] = index[i];
-    free(keys), free(scratch), free(index), free(scratch_index);
+    free(job->counts);
+    free(job), free(keys), free(scratch), free(index);
 }
 
 /* aot: the batch's chosen and rejected differences sorted, then the sigmoid kernel on the
