@@ -35,7 +35,12 @@ def _samples(name: str, rng: np.random.Generator) -> np.ndarray:
     if name == "log1m":
         return np.concatenate([rng.uniform(0.0, 1.0, N // 2), 0.999 * mag(-300, 0, N // 2)])
     if name == "log1mexp":
-        return -np.concatenate([mag(-300, 2.8, N // 2), rng.uniform(0.01, 3.0, N // 2)])
+        # (plus the neighbourhoods of the worst points found by dense scans: 2.14 ulp near
+        # -0.99476, 2.08 near -0.48634, where exp's ulp is amplified by log(1 - y)'s
+        # condition number y / ((1 - y) |log(1 - y)|) ~ 1.3)
+        return np.concatenate([-mag(-300, 2.8, N // 2), -rng.uniform(0.01, 3.0, N // 2),
+                               np.linspace(-0.99480, -0.99470, 400),
+                               np.linspace(-0.48640, -0.48628, 400)])
     if name == "log1p_exp_neg_abs":
         return rng.uniform(-60.0, 60.0, N)
     if name == "sigmoid":
@@ -61,7 +66,7 @@ def _exact(name: str, x: float):
 
 
 # (function, the bound README.md states, in ulps)
-BOUNDS = [("exp", 1.0), ("expm1", 2.5), ("log", 1.0), ("log1m", 1.0), ("log1mexp", 2.0),
+BOUNDS = [("exp", 1.0), ("expm1", 2.5), ("log", 1.0), ("log1m", 1.0), ("log1mexp", 2.5),
           ("log1p_exp_neg_abs", 1.5), ("sigmoid", 2.0)]
 
 
