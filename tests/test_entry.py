@@ -294,6 +294,23 @@ def test_bad_weights_raise_the_general_paths_errors():
         preference_loss(*arrays, weights=weights, out={"losses": weights})
 
 
+def test_a_nan_weight_is_refused_before_the_kernel_writes_out(general_spy):
+    """A NaN weight followed by ordinary ones (the short arrays' check loop once let the next
+    value replace the NaN) is refused on the fast path: the general path names it and the
+    caller's out= arrays are not written."""
+    arrays = _data(6, np.float64)
+    for index in (0, 2, 5):
+        weights = np.ones(6)
+        weights[index] = np.nan
+        out = {name: np.full(6, 7.0) for name in ("losses", "chosen_rewards",
+                                                  "rejected_rewards")}
+        with pytest.raises(ValueError, match=rf"weights\[{index}\] is nan"):
+            preference_loss(*arrays, weights=weights, out=out)
+        for name, array in out.items():
+            assert (array == 7.0).all(), name
+    assert len(general_spy) == 3
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_strided_and_read_only_inputs_take_the_fast_path(dtype, general_spy):
     arrays = _data(200, dtype)

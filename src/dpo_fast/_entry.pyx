@@ -216,11 +216,12 @@ cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
     else:
         values = <const double *>cnp.PyArray_DATA(array)
         with nogil:
-            # a running min and max that a NaN takes over (it then fails both tests below)
+            # a running min and max that a NaN takes over and keeps (it then fails both tests
+            # below): once low is NaN, no comparison with it is true
             for i in range(n):
-                if not values[i] >= low:
+                if values[i] < low or values[i] != values[i]:
                     low = values[i]
-                if not values[i] <= high:
+                if values[i] > high or values[i] != values[i]:
                     high = values[i]
     if low >= minimum and high < INFINITY:
         return array
