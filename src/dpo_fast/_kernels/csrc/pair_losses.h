@@ -522,25 +522,13 @@ DPO_INLINE double dpo_orpo_log1mexp(double a, double *one_minus_out)
     int lower = u < 0.7071067811865476;
     double f_one = (lower ? 2.0 * u : u) - 1.0;
     double k_one = lower ? -1.0 : 0.0;
-    /* dpo_log_pos's reduction of x */
+    /* dpo_log_pos's reduction of x, and its special values on its forms only */
     double x = close ? near : u;
-    int subnormal = x < 2.2250738585072014e-308;
-    double scaled = subnormal ? x * 18014398509481984.0 : x; /* 2^54 */
-    int64_t bits = dpo_double_bits(scaled);
-    int64_t biased = (bits >> 52) & 0x7ff;
-    double m = dpo_bits_double((bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000));
-    double k = dpo_bits_double(INT64_C(0x4330000000000000) | biased) - 4503599627370496.0
-               - 1023.0 - (subnormal ? 54.0 : 0.0);
-    int upper = m > 1.4142135623730951;
-    m = upper ? 0.5 * m : m;
-    k = upper ? k + 1.0 : k;
-    double result = dpo_log_kernel(one_form ? f_one : m - 1.0, one_form ? k_one : k,
+    double k_pos;
+    double f_pos = dpo_log_reduce(x, &k_pos);
+    double result = dpo_log_kernel(one_form ? f_one : f_pos, one_form ? k_one : k_pos,
                                    one_form ? c_one : 0.0);
-    /* dpo_log_pos's special values (0, inf, NaN), on its forms only */
-    double special = (x == 0.0) ? -INFINITY : result;
-    special = (x == INFINITY) ? INFINITY : special;
-    special = (x != x) ? x : special;
-    return one_form ? result : special;
+    return one_form ? result : dpo_log_special(x, result);
 }
 
 DPO_INLINE DpoPairLoss dpo_pair_orpo(const DpoLossParams *params, double beta,

@@ -205,7 +205,9 @@ DPO_INLINE double dpo_log1p_unit(double e, double u, double inv_u)
  * double through the 2^52 shifter: AVX2 has no int64 -> double conversion), f = m - 1 exact,
  * then fdlibm's kernel. Subnormals are scaled by 2^54 first.
  */
-DPO_INLINE double dpo_log_pos(double x)
+/* dpo_log_pos's reduction, shared with pair_losses.h's dpo_orpo_log1mexp: returns f = m - 1
+ * and sets *k_out (meaningless for 0, inf and NaN, which dpo_log_special then replaces). */
+DPO_INLINE double dpo_log_reduce(double x, double *k_out)
 {
     int subnormal = x < 2.2250738585072014e-308;
     double scaled = subnormal ? x * 18014398509481984.0 : x; /* 2^54 */
@@ -216,12 +218,24 @@ DPO_INLINE double dpo_log_pos(double x)
                - 1023.0 - (subnormal ? 54.0 : 0.0);
     int upper = m > 1.4142135623730951;
     m = upper ? 0.5 * m : m;
-    k = upper ? k + 1.0 : k;
-    double result = dpo_log_kernel(m - 1.0, k, 0.0);
-    /* the special values (0, inf, NaN) by selects, keeping the loop branch-free */
+    *k_out = upper ? k + 1.0 : k;
+    return m - 1.0;
+}
+
+/* log(x)'s special values (0, inf, NaN) over the kernel's result, by selects, keeping the
+ * loop branch-free. */
+DPO_INLINE double dpo_log_special(double x, double result)
+{
     result = (x == 0.0) ? -INFINITY : result;
     result = (x == INFINITY) ? INFINITY : result;
     return (x != x) ? x : result;
+}
+
+DPO_INLINE double dpo_log_pos(double x)
+{
+    double k;
+    double f = dpo_log_reduce(x, &k);
+    return dpo_log_special(x, dpo_log_kernel(f, k, 0.0));
 }
 
 /*
