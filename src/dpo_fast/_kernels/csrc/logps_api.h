@@ -54,6 +54,8 @@ typedef struct {
     void *grad;             /* n_b * n_t * V elements, C order, same type as logits */
     int grad_zeroed;        /* grad holds zeros already (fresh pages): the rows that do not
                              * count are not written at all */
+    int grad_stream;        /* grad is far larger than the caches: written with streaming
+                             * stores (simd.h), which skip reading each line first */
 } DpoLogpsArgs;
 
 /* The entry points run the instance of SIMD level args->simd_level (simd.h). */

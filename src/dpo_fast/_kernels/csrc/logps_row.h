@@ -167,12 +167,22 @@ DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, 
 {
     const ptrdiff_t vocab = args->vocab;
     const double inv_t = args->inv_temperature;
+    const int stream = args->grad_stream;
     for (ptrdiff_t r = r0; r < r1; r++) {
         LOGPS_T *DPO_RESTRICT g = (LOGPS_T *)args->grad + r * vocab;
         const double weight = args->row_weight[r];
         if (weight == 0.0) {
-            if (!args->grad_zeroed)
+            if (!args->grad_zeroed && stream) {
+                LOGPS_T zeros[DPO_LOGPS_BLOCK];
+                memset(zeros, 0, sizeof zeros);
+                for (ptrdiff_t start = 0; start < vocab; start += DPO_LOGPS_BLOCK) {
+                    const ptrdiff_t n = (vocab - start < DPO_LOGPS_BLOCK) ? vocab - start
+                                                                         : DPO_LOGPS_BLOCK;
+                    DPO_STREAM_COPY(g + start, zeros, (size_t)n * sizeof(LOGPS_T));
+                }
+            } else if (!args->grad_zeroed) {
                 memset(g, 0, (size_t)vocab * sizeof(LOGPS_T));
+            }
             continue;
         }
         const LOGPS_T *DPO_RESTRICT x = LOGPS_ROW(args, r);
@@ -196,14 +206,36 @@ DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, 
         /* d(z[label] - lse)/dx_i = (onehot_i - softmax_i) / temperature. z - lse <= 0 for
          * the forward's lse; the clamp keeps softmax <= 1 if a caller passes another. */
         const double c = weight * inv_t;
+        const ptrdiff_t label = (ptrdiff_t)args->labels[r];
+        const double d_label = (double)x[label] * inv_t - lse;
+        const double p_label = LOGPS_EXP((d_label > 0.0) ? 0.0 : d_label);
+        const LOGPS_T g_label = (LOGPS_T)(c * (1.0 - p_label));
+        if (stream) {
+            /* Block by block into an L1 buffer, then streamed out (simd.h): the same values,
+             * without reading each gradient line from memory before it is overwritten. */
+            LOGPS_T buf[DPO_LOGPS_BLOCK];
+            for (ptrdiff_t start = 0; start < vocab; start += DPO_LOGPS_BLOCK) {
+                const ptrdiff_t n = (vocab - start < DPO_LOGPS_BLOCK) ? vocab - start
+                                                                     : DPO_LOGPS_BLOCK;
+                const LOGPS_T *DPO_RESTRICT xb = x + start;
+                DPO_LOOP_HINT
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    double d = (double)xb[i] * inv_t - lse;
+                    buf[i] = (LOGPS_T)(-(c * LOGPS_EXP((d > 0.0) ? 0.0 : d)));
+                }
+                if (label >= start && label < start + n)
+                    buf[label - start] = g_label;
+                DPO_STREAM_COPY(g + start, buf, (size_t)n * sizeof(LOGPS_T));
+            }
+            continue;
+        }
         DPO_LOOP_HINT
         for (ptrdiff_t i = 0; i < vocab; i++) {
             double d = (double)x[i] * inv_t - lse;
             g[i] = (LOGPS_T)(-(c * LOGPS_EXP((d > 0.0) ? 0.0 : d)));
         }
-        const ptrdiff_t label = (ptrdiff_t)args->labels[r];
-        const double d_label = (double)x[label] * inv_t - lse;
-        const double p_label = LOGPS_EXP((d_label > 0.0) ? 0.0 : d_label);
-        g[label] = (LOGPS_T)(c * (1.0 - p_label));
+        g[label] = g_label;
     }
+    if (stream)
+        DPO_STREAM_FENCE();
 }

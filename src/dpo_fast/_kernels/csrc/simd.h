@@ -110,6 +110,55 @@ const char *dpo_simd_name(int level);
 #undef DPO_ISA_IS_scalar
 #endif
 
+/*
+ * Streaming (non-temporal) stores, for outputs far larger than the caches that nothing reads
+ * soon (sequence_logps' gradient): written through the cache, each line of the destination is
+ * first read from memory (read for ownership), so a pass that reads x bytes and writes x bytes
+ * moves 3x; streamed, 2x (measured: a float32 pass of 524 MB, 2 threads, 89 -> 52 ms).
+ * DPO_STREAM_COPY(dst, src, bytes) copies like memcpy, then DPO_STREAM_FENCE() once after the
+ * last copy of a kernel call orders the streamed lines before the call returns. Only the speed
+ * differs: the bytes written are the same. The widest store of the level where the compiler
+ * has one (x86-64); plain memcpy elsewhere and on the scalar level.
+ */
+#if defined(DPO_ISA) && !DPO_ISA_SCALAR && (defined(__SSE2__) || defined(_M_X64))
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#define DPO_STREAM_WIDTH 64
+#define DPO_STREAM_ONE(dst, src)                                                             \
+    _mm512_stream_si512((void *)(dst), _mm512_loadu_si512((const void *)(src)))
+#elif defined(__AVX2__)
+#define DPO_STREAM_WIDTH 32
+#define DPO_STREAM_ONE(dst, src)                                                             \
+    _mm256_stream_si256((__m256i *)(dst), _mm256_loadu_si256((const __m256i *)(src)))
+#else
+#define DPO_STREAM_WIDTH 16
+#define DPO_STREAM_ONE(dst, src)                                                             \
+    _mm_stream_si128((__m128i *)(dst), _mm_loadu_si128((const __m128i *)(src)))
+#endif
+static inline void dpo_stream_copy(void *dst, const void *src, size_t bytes)
+{
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    /* A head to the store's alignment and a tail shorter than one store: plain copies. */
+    size_t head = (size_t)(-(uintptr_t)d) & (DPO_STREAM_WIDTH - 1);
+    if (head > bytes)
+        head = bytes;
+    memcpy(d, s, head);
+    size_t i = head;
+    for (; i + DPO_STREAM_WIDTH <= bytes; i += DPO_STREAM_WIDTH)
+        DPO_STREAM_ONE(d + i, s + i);
+    memcpy(d + i, s + i, bytes - i);
+}
+#define DPO_STREAM_COPY(dst, src, bytes) dpo_stream_copy((dst), (src), (bytes))
+#define DPO_STREAM_FENCE() _mm_sfence()
+#elif defined(DPO_ISA)
+#include <string.h>
+#define DPO_STREAM_COPY(dst, src, bytes) memcpy((dst), (src), (bytes))
+#define DPO_STREAM_FENCE() ((void)0)
+#endif
+
 /* DPO_SIMD_DECLARE(void, name, (params)): the prototypes of name_<level> for every level this
  * build compiles. DPO_SIMD_DISPATCH(level, name, args...): call name_<level>(args...) and
  * return (void functions); a level without an instance in this build runs the baseline. */
