@@ -591,7 +591,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
         Preallocated outputs, keyed by any of ``"losses"``, ``"chosen_rewards"``,
         ``"rejected_rewards"`` and, with ``compute_grad=True``, ``"grad_chosen"``,
         ``"grad_rejected"``: C-contiguous, writeable, of the result dtype and shape ``(n,)``,
-        overlapping no input. Missing keys are allocated.
+        overlapping no input. Missing keys are allocated. When the call raises (a NaN input,
+        say), what these arrays hold is unspecified: the kernel writes rows as it goes and
+        the error is found at the end of the pass.
     dpop_lambda : float, default 50.0
         DPO-Positive's penalty weight ``lambda`` (the paper's value), finite and >= 0:
         ``"dpop"`` is ``-log(sigmoid(beta * (c - r - lambda * max(0, -c))))`` (Pal et al.
