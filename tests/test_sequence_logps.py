@@ -488,8 +488,37 @@ def test_gradient_matches_reference(dtype, average):
         assert with_lse.tobytes() == recomputed.tobytes()
         if dtype == np.float64:
             np.testing.assert_allclose(with_lse, ref, rtol=1e-14, atol=1e-15)
-        else:  # rounded once to float32
-            np.testing.assert_allclose(with_lse, ref, rtol=1e-7, atol=1e-7)
+        else:  # float arithmetic (see the next test)
+            np.testing.assert_allclose(with_lse, ref, rtol=3e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
+def test_float32_gradient_within_its_bound(temperature, scale):
+    """float32 logits: the softmax terms of the gradient come from float arithmetic
+    (csrc/logps_math.h dpo_logps_expf; z - lse in float too at temperature 1), so each is
+    within 3e-7 * |c| of the float64 reference, c = upstream weight / temperature, and within
+    3e-7 + 1.2e-7 * |z - lse| relative wherever it is above 1e-30 * |c| (the float rounding of
+    z - lse, up to a float ulp of it, moves exp by that much; the terms where it matters are
+    small: e^-20 |c| at |z - lse| = 20). The label's term stays double, rounded once."""
+    rng = np.random.default_rng(21)
+    logits = (rng.standard_normal((2, 16, 5000)) * scale).astype(np.float32)
+    labels = rng.integers(0, 5000, size=(2, 16))
+    upstream = np.array([1.7, -0.3])
+    got = sequence_logps_grad(logits, labels, upstream, temperature=temperature)
+    ref = reference(logits, labels, temperature=temperature, grad_logps=upstream)["grad"]
+    c = (np.abs(upstream) / temperature)[:, None, None]
+    err = np.abs(got.astype(np.float64) - ref)
+    assert (err <= 3e-7 * c).all(), (err / c).max()
+    z = logits.astype(np.float64) / temperature
+    lse = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        + z.max(-1, keepdims=True)
+    bound = (3e-7 + 1.2e-7 * np.abs(z - lse)) * np.abs(ref)
+    normal = np.abs(ref) > 1e-30 * c
+    assert (err[normal] <= bound[normal]).all(), (err / bound)[normal].max()
+    onehot = np.zeros(logits.shape, bool)
+    np.put_along_axis(onehot, labels[..., None], True, axis=-1)
+    assert (got[onehot] == ref[onehot].astype(np.float32)).all()
 
 
 def test_gradient_by_finite_differences():
@@ -795,7 +824,8 @@ def _loop_lines():
         "max and NaN check": "key_max = (key > key_max)",
         "exp map": "ebuf[i] = LOGPS_EXP((double)xb[i] * inv_t - m);",
         "exp map with the extras": "const double xd = (double)xb[i];",
-        "gradient": "g[i] = (LOGPS_T)(-(c * LOGPS_EXP(",
+        "gradient": "out[i] = (LOGPS_T)(-(c_grad * LOGPS_GRAD_EXP(",
+        "gradient in float": "out[i] = (LOGPS_T)(-(c_f * dpo_logps_expf(",
     }
     found = {}
     for name, marker in markers.items():
@@ -837,6 +867,65 @@ int main(void)
     return bad != 0;
 }
 """
+
+
+EXPF_CHECK = r"""
+#include <math.h>
+#include <stdio.h>
+#include "logps_math.h"
+/* dpo_logps_expf against exp in double: the largest error in float ulps over [-87, 0] (a grid
+ * of step 2^-24 on [-1, 0], of step 3.1e-5 below), the mean relative error, 0 below -87, NaN
+ * through. */
+int main(void)
+{
+    double worst = 0.0, mean = 0.0;
+    long n = 0, bad = 0;
+    for (float d = -0.0f; d >= -87.0f; n++) {
+        if (d > -1.0f)
+            d = -(float)n * 0x1p-24f;
+        double ref = exp((double)d);
+        double got = (double)dpo_logps_expf(d);
+        double ulp = (double)nextafterf((float)ref, INFINITY) - (double)(float)ref;
+        double err = fabs(got - ref) / ulp;
+        worst = err > worst ? err : worst;
+        mean += (got - ref) / ref;
+        d = (d > -1.0f) ? -(float)(n + 1) * 0x1p-24f : d - 3.1e-5f;
+    }
+    float below[] = {-87.0001f, -88.0f, -104.0f, -1e30f, -INFINITY};
+    for (int i = 0; i < 5; i++)
+        bad += dpo_logps_expf(below[i]) != 0.0f;
+    bad += !isnan(dpo_logps_expf(NAN)) || dpo_logps_expf(-0.0f) != 1.0f;
+    printf("%ld %.4f %.3g %ld\n", n, worst, mean / (double)n, bad);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(not (CSRC / "logps_math.h").exists(), reason="needs the source tree")
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_float_gradient_exp_is_within_its_stated_bound(tmp_path):
+    """dpo_logps_expf (float32 logits' gradient): within 1.05 float ulps of exp over [-87, 0]
+    with no bias (mean relative error below 1e-9), exactly 0 below and 1 at 0, on every
+    level this machine runs."""
+    (tmp_path / "check.c").write_text(EXPF_CHECK)
+    level_flags = setup_constant("SIMD_LEVEL_FLAGS")
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    results = set()
+    for level in level_flags:
+        flags = level_flags[level]["unix"]
+        if not x86 and level in setup_constant("X86_LEVELS"):
+            continue
+        exe = tmp_path / "check"
+        subprocess.run(["gcc", *setup_constant("GCC_FLAGS"), *flags, "-I", str(CSRC),
+                        str(tmp_path / "check.c"), "-o", str(exe), "-lm"], check=True)
+        if flags and not _cpu_runs(flags):
+            continue
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+        count, worst, mean, bad = out.split()
+        assert int(count) > 19_000_000 and float(worst) <= 1.05, out
+        assert abs(float(mean)) < 1e-9 and int(bad) == 0, out
+        results.add(out)
+    assert len(results) == 1  # the same numbers on every level
 
 
 @pytest.mark.skipif(not (CSRC / "logps_math.h").exists(), reason="needs the source tree")
@@ -887,8 +976,10 @@ def test_row_loops_vectorised_in_every_clone(tmp_path):
             widths = re.findall(
                 rf"logps_row\.h:{line}:\d+: optimized: loop vectorized using (\d+) byte", report)
             # float32 and float64 each, except the baseline max over float64 (SSE2 has no
-            # 64-bit integer compare); the scalar path must stay scalar.
-            expected = 1 if (name == "max and NaN check" and width == "16") else 2
+            # 64-bit integer compare) and the float gradient (float32 only); the scalar path
+            # must stay scalar.
+            expected = 1 if ((name == "max and NaN check" and width == "16")
+                             or name == "gradient in float") else 2
             assert widths.count(width) >= expected, (
                 f"{name} loop (logps_row.h:{line}) of {source} {flags} not vectorised with "
                 f"{width}-byte vectors; report:\n{report}")

@@ -594,7 +594,10 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     Returns
     -------
     numpy.ndarray
-        The gradient, of the logits' shape and dtype (computed in double, rounded once).
+        The gradient, of the logits' shape and dtype. float64: computed in double.
+        float32: the softmax terms in float arithmetic (twice the SIMD lanes), each within
+        ``3e-7 * |upstream| / temperature`` of the float64 value (the label's term in double,
+        rounded once).
         Positions whose total upstream weight is 0 (not counted, or a zero upstream) get
         exact zeros and their logits are not read.
 

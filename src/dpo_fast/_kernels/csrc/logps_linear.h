@@ -100,11 +100,7 @@ DPO_TARGET DPO_HIDDEN void LOGPS_TILE_GRAD_FN(const DpoLinearArgs *a, ptrdiff_t 
             const double d = (double)x[label] * inv_t - lse;
             p_label = LOGPS_EXP((d > 0.0) ? 0.0 : d);
         }
-        DPO_LOOP_HINT
-        for (ptrdiff_t j = 0; j < n; j++) {
-            double d = (double)x[j] * inv_t - lse;
-            x[j] = (LOGPS_T)(-(c * LOGPS_EXP((d > 0.0) ? 0.0 : d)));
-        }
+        LOGPS_GRAD_TERMS_FN(x, x, n, inv_t, lse, c);
         if (label >= 0 && label < n)
             x[label] = (LOGPS_T)(c * (1.0 - p_label));
     }

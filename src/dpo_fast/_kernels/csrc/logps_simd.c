@@ -17,6 +17,10 @@
 
 #define LOGPS_T double
 #define LOGPS_EXP dpo_logps_exp
+#define LOGPS_GRAD_T double
+#define LOGPS_GRAD_EXP(d) dpo_logps_exp(d)
+#define LOGPS_GRAD_IN_FLOAT 0
+#define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f64)
 #define LOGPS_BITS int64_t
 #define LOGPS_SIGN_SHIFT 63
 #define LOGPS_KEY_MIN INT64_MIN
@@ -31,6 +35,10 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
+#undef LOGPS_GRAD_T
+#undef LOGPS_GRAD_EXP
+#undef LOGPS_GRAD_IN_FLOAT
+#undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
 #undef LOGPS_KEY_MIN
@@ -44,6 +52,10 @@
 
 #define LOGPS_T float
 #define LOGPS_EXP dpo_logps_exp_short
+#define LOGPS_GRAD_T float
+#define LOGPS_GRAD_EXP(d) dpo_logps_expf((float)(d))
+#define LOGPS_GRAD_IN_FLOAT 1
+#define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f32)
 #define LOGPS_BITS int32_t
 #define LOGPS_SIGN_SHIFT 31
 #define LOGPS_KEY_MIN INT32_MIN
@@ -58,6 +70,10 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
+#undef LOGPS_GRAD_T
+#undef LOGPS_GRAD_EXP
+#undef LOGPS_GRAD_IN_FLOAT
+#undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
 #undef LOGPS_KEY_MIN
