@@ -53,6 +53,7 @@ cdef extern from "pairwise.h" nogil:
         DPO_LT_NORMALIZED
         DPO_LT_SORTED
         DPO_LT_GT_REWARDS
+        DPO_LT_FUSED_AS_GENERAL
         DPO_MAX_TERMS
         DPO_DIV_IDENTITY
         DPO_DIV_EXP

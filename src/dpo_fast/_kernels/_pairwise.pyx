@@ -75,6 +75,7 @@ LOSS_FLAGS = {
     "reference_free": DPO_LT_REFERENCE_FREE, "normalized_rewards": DPO_LT_NORMALIZED_REWARDS,
     "batch_constant": DPO_LT_BATCH_CONSTANT, "smoothing_positive": DPO_LT_SMOOTHING_POSITIVE,
     "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED, "gt_rewards": DPO_LT_GT_REWARDS,
+    "fused_as_general": DPO_LT_FUSED_AS_GENERAL,
 }
 
 
@@ -184,7 +185,8 @@ cdef class LossConfig:
 
     ``terms``: a tuple of (kernel id, normalised 0/1, term weight) -- the loss types of the call
     (sorted types excluded: the Python layer adds them). The loop is picked here, once:
-    ``"plain"`` (one term of raw log-ratios, weight 1, no f-divergence: the fused chunk loop),
+    ``"plain"`` (one term of raw log-ratios, weight 1, no f-divergence: the fused chunk loop;
+    sft and rpo_sq too, with the general loop's bits),
     ``"normalized"`` (one length-normalised term, weight 1, no f-divergence: the same fused loop
     over c/nc, r/nr), else ``"general"`` (term lists, f-divergences, sft's batch constant:
     csrc/general_body.h). Per-pair weights are allowed in all three. ``weighted``: the call
@@ -242,10 +244,15 @@ cdef class LossConfig:
         args.grad_chosen_pair_offset = grad_chosen_pair_offset
         self.weighted = weighted
         single = (args.n_terms == 1 and args.term_weights[0] == 1.0
-                  and divergence == DPO_DIV_IDENTITY and grad_chosen_offset == 0.0
-                  and grad_chosen_pair_offset == 0.0)
+                  and divergence == DPO_DIV_IDENTITY)
+        # The fused cases of sft and rpo_sq finish their rows as the general loop does,
+        # sft's gradient offsets included (csrc/chunk_body.h).
+        as_general = (dpo_loss_registry[args.term_types[0]].flags & DPO_LT_FUSED_AS_GENERAL
+                      if args.n_terms else 0)
+        if not as_general and (grad_chosen_offset != 0.0 or grad_chosen_pair_offset != 0.0):
+            single = False
         if (single and not args.term_normalized[0]
-                and dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN):
+                and (dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN or as_general)):
             self.loop = "plain"
             args.general = 0
             args.loss_type = args.term_types[0]
