@@ -9,6 +9,7 @@ with csrc/; the per-pair formulas of the older loss types come from test_loss_fa
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -1408,9 +1409,11 @@ def test_fast_path_of_general_types_gives_the_general_paths_bits(name, reduction
         arrays[0][:4] = arrays[0][4]
         margins[18:20] = 1e100
         lengths = np.random.default_rng(3).integers(1, 500, 3001).astype(np.float64)
-        kw = ({"chosen_lengths": lengths} if name == "sft"
-              else {"gt_reward_margins": margins, "gt_reward_scale": 0.5})
-        for pair_weights in (None, weights):
+        # sft: integer counts (their exact sum, in parallel) and others (NumPy's sum)
+        for kw, pair_weights in itertools.product(
+                [{"chosen_lengths": lengths}, {"chosen_lengths": lengths + 0.25}]
+                if name == "sft" else [{"gt_reward_margins": margins, "gt_reward_scale": 0.5}],
+                (None, weights)):
             with monkeypatch.context() as patch:
                 def refuse(*args, **kwargs):
                     raise AssertionError("the call left the fast path")
@@ -1426,3 +1429,18 @@ def test_fast_path_of_general_types_gives_the_general_paths_bits(name, reduction
             for key in ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
                         "grad_rejected"):
                 assert getattr(fast, key).tobytes() == getattr(general, key).tobytes(), key
+
+
+def test_exact_count_sum_is_numpys_sum_of_integer_counts():
+    """sft's fast path takes the token count from an exact sum (integers in [1, 2^52) summing
+    below 2^53: every order of the additions gives it); else -1.0 and NumPy's sum is taken."""
+    rng = np.random.default_rng(21)
+    for n in (1, 7, 9, 8192, 8193, 30000):
+        counts = rng.integers(1, 600, n).astype(np.float64)
+        for threads in (1, 2):
+            assert _pairwise.exact_count_sum_of(counts, threads) == float(np.sum(counts))
+            for bad in (0.5, 2.25, np.nan, np.inf, 2.0**52, 0.0):
+                spoiled = counts.copy()
+                spoiled[n // 2] = bad
+                assert _pairwise.exact_count_sum_of(spoiled, threads) == -1.0
+    assert _pairwise.exact_count_sum_of(np.full(3, 2.0**52 - 1)) == -1.0  # sum past 2^53

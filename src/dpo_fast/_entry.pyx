@@ -27,8 +27,8 @@ from libc.math cimport INFINITY, fabs, isfinite
 
 from dpo_fast._kernels._pairwise cimport (
     DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
-    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs, init_args,
-    run_loss, set_alphapo_alpha,
+    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs,
+    exact_count_sum, init_args, run_loss, set_alphapo_alpha,
 )
 
 from dpo_fast import _general, _registry, _threads
@@ -484,8 +484,15 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         # sft's batch constant and gradient offsets, as _general._run_kernel takes them (the
         # same NumPy sums: np.sum(a, dtype=d) is _add_reduce(a, None, d, None), without ~2 us
         # of Python around it); a value that is not finite: the general path's careful way.
-        # The chosen lengths' values are the kernel's to check (dpo_length_mark).
-        token_count = float(_add_reduce(chosen_lengths_array, None, None, None))
+        # Integer counts (the usual ones) with a sum below 2^53: their exact sum, which is
+        # np.sum's, in parallel and checked; then the kernel need not read them. Else the
+        # kernel checks their values (dpo_length_mark).
+        token_count = exact_count_sum(<const double *>cnp.PyArray_DATA(chosen_lengths_array),
+                                      n, threads)
+        if token_count >= 1.0:
+            chosen_lengths_array = None
+        else:
+            token_count = float(_add_reduce(chosen_lengths_array, None, None, None))
         if not 1.0 <= token_count < INFINITY:  # (counts >= 1: at least 1)
             return None
         sft_value = -float(_add_reduce(chosen_array, None, np.float64, None)) / token_count
@@ -524,7 +531,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
         args.rejected_lengths = <const double *>cnp.PyArray_DATA(rejected_lengths_array)
         args.normalized_rewards = (<tuple>entry)[4]
-    elif reads == _CONST:
+    elif reads == _CONST and chosen_lengths_array is not None:
         args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
     args.losses = cnp.PyArray_DATA(losses)
     args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)

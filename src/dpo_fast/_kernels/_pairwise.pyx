@@ -51,6 +51,7 @@ cdef extern from "pairwise.h" nogil:
     void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
                          float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
     int dpo_openmp_enabled()
+    double dpo_exact_count_sum(const double *x, Py_ssize_t n)
     ctypedef struct DpoLossInfo:
         int id
         const char *name
@@ -367,6 +368,31 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
             else:
                 dpo_traffic_f32(&a[0], &b[0], &c[0], &d[0], &x[0], &y[0], &z[0], start,
                                 min(<Py_ssize_t>DPO_CHUNK, n - start))
+
+
+cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexcept nogil:
+    """dpo_exact_count_sum over chunks of DPO_CHUNK rows in parallel: the exact sum of token
+    counts (integers in [1, 2^52), sum below 2^53; any order of the additions gives it, so
+    NumPy's np.sum gives it too), else -1.0."""
+    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
+    cdef Py_ssize_t chunk, start
+    cdef double total = 0.0, bad = 0.0, part
+    for chunk in prange(n_chunks, num_threads=n_threads, schedule="static",
+                        use_threads_if=n_threads > 1 and n_chunks > 1):
+        start = chunk * DPO_CHUNK
+        part = dpo_exact_count_sum(&x[start], min(<Py_ssize_t>DPO_CHUNK, n - start))
+        bad += 1.0 if part < 0.0 else 0.0  # (reductions over the threads)
+        total += part
+    if bad != 0.0 or not total < 9007199254740992.0:  # 2^53
+        return -1.0
+    return total
+
+
+def exact_count_sum_of(const double[::1] counts, int n_threads=1):
+    """exact_count_sum of a float64 array (for the tests)."""
+    if counts.shape[0] == 0:
+        return 0.0
+    return exact_count_sum(&counts[0], counts.shape[0], n_threads)
 
 
 def openmp_enabled():

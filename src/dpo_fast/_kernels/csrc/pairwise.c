@@ -50,6 +50,33 @@ int dpo_openmp_enabled(void)
 #endif
 }
 
+double dpo_exact_count_sum(const double *x, ptrdiff_t n)
+{
+    /* 8 lanes (vectorised without reassociation); a count that is not an integer in
+     * [1, 2^52) -- NaN too -- adds 1 to `bad`: (v + 2^52) - 2^52 rounds v to an integer. */
+    double lanes[8] = {0.0}, bad[8] = {0.0};
+    ptrdiff_t n8 = n / 8 * 8, i;
+    for (i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; j++) {
+            double v = x[i + j];
+            double in_range = (v >= 1.0) ? 0.0 : 1.0;
+            in_range += (v < 0x1p52) ? 0.0 : 1.0;
+            bad[j] += in_range + (((v + 0x1p52) - 0x1p52 == v) ? 0.0 : 1.0);
+            lanes[j] += v;
+        }
+    for (; i < n; i++) {
+        double v = x[i];
+        bad[0] += (v >= 1.0 && v < 0x1p52 && (v + 0x1p52) - 0x1p52 == v) ? 0.0 : 1.0;
+        lanes[0] += v;
+    }
+    double total = 0.0, flags = 0.0;
+    for (int j = 0; j < 8; j++) {
+        total += lanes[j];
+        flags += bad[j];
+    }
+    return (flags == 0.0 && total < 0x1p53) ? total : -1.0;
+}
+
 static double dpo_pairwise_sum(const double *partials, ptrdiff_t n, int q)
 {
     if (n == 1)
