@@ -372,8 +372,8 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
 
 cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexcept nogil:
     """dpo_exact_count_sum over chunks of DPO_CHUNK rows in parallel: the exact sum of token
-    counts (integers in [1, 2^52), sum below 2^53; any order of the additions gives it, so
-    NumPy's np.sum gives it too), else -1.0."""
+    counts (integers >= 1 summing below 2^52; any order of the additions gives it, so NumPy's
+    np.sum gives it too), else -1.0."""
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef Py_ssize_t chunk, start
     cdef double total = 0.0, bad = 0.0, part
@@ -383,7 +383,7 @@ cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexce
         part = dpo_exact_count_sum(&x[start], min(<Py_ssize_t>DPO_CHUNK, n - start))
         bad += 1.0 if part < 0.0 else 0.0  # (reductions over the threads)
         total += part
-    if bad != 0.0 or not total < 9007199254740992.0:  # 2^53
+    if bad != 0.0 or not total < 4503599627370496.0:  # 2^52
         return -1.0
     return total
 
