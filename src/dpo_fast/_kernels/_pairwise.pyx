@@ -377,7 +377,8 @@ cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexce
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef Py_ssize_t chunk, start
     cdef double total = 0.0, bad = 0.0, part
-    for chunk in prange(n_chunks, num_threads=n_threads, schedule="static",
+    # (dynamic, as run_loss: a thread the OS holds back does not hold half the chunks back)
+    for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic", chunksize=1,
                         use_threads_if=n_threads > 1 and n_chunks > 1):
         start = chunk * DPO_CHUNK
         part = dpo_exact_count_sum(&x[start], min(<Py_ssize_t>DPO_CHUNK, n - start))
