@@ -485,10 +485,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         # same NumPy sums: np.sum(a, dtype=d) is _add_reduce(a, None, d, None), without ~2 us
         # of Python around it); a value that is not finite: the general path's careful way.
         # Integer counts (the usual ones) with a sum below 2^52: their exact sum, which is
-        # np.sum's, in parallel and checked; then the kernel need not read them. Else the
+        # np.sum's, checked in the same pass; then the kernel need not read them. Else the
         # kernel checks their values (dpo_length_mark).
         token_count = exact_count_sum(<const double *>cnp.PyArray_DATA(chosen_lengths_array),
-                                      n, threads)
+                                      n)
         if token_count >= 1.0:
             chosen_lengths_array = None
         else:

@@ -113,8 +113,8 @@ cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1
 
-# The exact sum of token counts, or -1.0 (pairwise.h's dpo_exact_count_sum, in parallel).
-cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexcept nogil
+# The exact sum of token counts, or -1.0 (pairwise.h's dpo_exact_count_sum).
+cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil
 
 # The SIMD level (DPO_SIMD_*) the kernels run now: what _logps stores in its C arguments.
 cdef int simd_level_id() noexcept nogil

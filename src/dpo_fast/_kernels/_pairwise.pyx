@@ -370,30 +370,19 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
                                 min(<Py_ssize_t>DPO_CHUNK, n - start))
 
 
-cdef double exact_count_sum(const double *x, Py_ssize_t n, int n_threads) noexcept nogil:
-    """dpo_exact_count_sum over chunks of DPO_CHUNK rows in parallel: the exact sum of token
-    counts (integers >= 1 summing below 2^52; any order of the additions gives it, so NumPy's
-    np.sum gives it too), else -1.0."""
-    cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
-    cdef Py_ssize_t chunk, start
-    cdef double total = 0.0, bad = 0.0, part
-    # (dynamic, as run_loss: a thread the OS holds back does not hold half the chunks back)
-    for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic", chunksize=1,
-                        use_threads_if=n_threads > 1 and n_chunks > 1):
-        start = chunk * DPO_CHUNK
-        part = dpo_exact_count_sum(&x[start], min(<Py_ssize_t>DPO_CHUNK, n - start))
-        bad += 1.0 if part < 0.0 else 0.0  # (reductions over the threads)
-        total += part
-    if bad != 0.0 or not total < 4503599627370496.0:  # 2^52
-        return -1.0
-    return total
+cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil:
+    """dpo_exact_count_sum: the exact sum of token counts (integers >= 1 summing below 2^52;
+    any order of the additions gives it, so NumPy's np.sum gives it too), else -1.0. One
+    thread: a parallel region of its own before the kernel's doubled the cost of a call
+    whenever the other CPU was busy (~4 ms a region on the shared 2-CPU machine)."""
+    return dpo_exact_count_sum(x, n)
 
 
-def exact_count_sum_of(const double[::1] counts, int n_threads=1):
+def exact_count_sum_of(const double[::1] counts):
     """exact_count_sum of a float64 array (for the tests)."""
     if counts.shape[0] == 0:
         return 0.0
-    return exact_count_sum(&counts[0], counts.shape[0], n_threads)
+    return exact_count_sum(&counts[0], counts.shape[0])
 
 
 def openmp_enabled():
