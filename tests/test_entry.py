@@ -572,7 +572,10 @@ def test_loss_config_picks_the_loop_in_one_place():
         ((ids["sigmoid_norm"], 1, 1.0),): "normalized",
         ((ids["sigmoid"], 0, 2.0),): "general",
         ((ids["sigmoid"], 0, 1.0), (ids["hinge"], 0, 1.0)): "general",
-        ((ids["sft"], 0, 1.0),): "general",
+        ((ids["sft"], 0, 1.0),): "plain",  # (with the general loop's bits)
+        ((ids["rpo_sq"], 0, 1.0),): "plain",
+        ((ids["rpo_fwd_kl"], 0, 1.0),): "general",
+        ((ids["sft"], 0, 1.0), (ids["sigmoid"], 0, 1.0)): "general",
         (): "general",
     }
     for terms, loop in loops.items():
@@ -580,6 +583,9 @@ def test_loss_config_picks_the_loop_in_one_place():
     sigmoid = ((ids["sigmoid"], 0, 1.0),)
     assert _pairwise.LossConfig(sigmoid, beta=0.1, weighted=True).loop == "plain"
     assert _pairwise.LossConfig(sigmoid, beta=0.1, divergence=2).loop == "general"
+    assert _pairwise.LossConfig(sigmoid, beta=0.1, grad_chosen_offset=1.0).loop == "general"
+    sft = ((ids["sft"], 0, 1.0),)
+    assert _pairwise.LossConfig(sft, beta=0.1, grad_chosen_offset=1.0).loop == "plain"
     normalized = ((ids["simpo"], 1, 1.0),)
     assert _pairwise.LossConfig(normalized, beta=0.1, weighted=True).loop == "normalized"
     with pytest.raises(ValueError, match="no kernel case"):

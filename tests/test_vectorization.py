@@ -47,16 +47,22 @@ def _terms():  # the general loop's per-term loops (one function serves float64 
 
 
 def _gt_terms():  # its per-term loops of the types that read gt_reward_margins (rpo_*)
-    return _kinds().get("PAIR_GT", 0)
+    return _kinds().get("PAIR_GT", 0) + _kinds().get("GT_TERM", 0)
+
+
+def _fused_general(kind):  # the fused loop's cases of sft (CONST) and rpo_sq (PAIR_GT)
+    return lambda: 4 * _kinds().get(kind, 0)
 
 
 # The loops that must vectorise: (header, a text on the line GCC reports them at, lines after
-# it, how many loops are reported there). The plain and length-normalised row loops of
-# chunk_body.h; the prepare (3 divergences x 2 types per variant pair), per-term and finish
-# passes of general_body.h.
+# it, how many loops are reported there). The plain, length-normalised, batch-constant and
+# ground-truth-margin row loops of chunk_body.h; the prepare (3 divergences x 2 types per
+# variant pair), per-term and finish passes of general_body.h.
 LOOPS = [
     ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE\n", 1, _plain),
     ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_NORMALIZED", 1, _normalized),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_CONST", 1, _fused_general("CONST")),
+    ("chunk_body.h", "#define DPO_EACH_X DPO_LOSS_CASE_GT", 1, _fused_general("PAIR_GT")),
     ("general_body.h", "DPO_GEN_PREPARE_CASE(0, 0)", 0, lambda: 6),
     ("general_body.h", "DPO_GEN_PREPARE_CASE(0, 1)", 0, lambda: 6),
     ("general_body.h", "DPO_GEN_PREPARE_CASE(1, 0)", 0, lambda: 6),

@@ -430,6 +430,37 @@ static void pairwise_grid(void)
                     }
                 }
     }
+    /* 1b. The fused cases with the general loop's bits (sft, rpo_sq: chunk_body.h's CONST
+     * and GT rows), with and without pair weights, without and with sft's gradient offsets. */
+    for (int t = 0; t < DPO_N_LOSS_TYPES; t++) {
+        const DpoLossInfo *info = &dpo_loss_registry[t];
+        if (!(info->flags & DPO_LT_FUSED_AS_GENERAL))
+            continue;
+        for (int f32 = 0; f32 < 2; f32++)
+            for (int grad = 0; grad < 2; grad++)
+                for (int extra = 0; extra < 3; extra++) {
+                    /* extra 0: alone; 1: pair weights; 2: the offsets and a mean's divisor */
+                    DpoChunkArgs args;
+                    type_args(&args, info, extra == 1, 0.1);
+                    args.loss_type = info->id;
+                    args.params.sft_value = -0.8125;
+                    args.params.gt_reward_scale = extra == 1 ? -1.5 : 1.0;
+                    if (extra == 2) {
+                        args.grad_chosen_offset = -0.0625;
+                        args.grad_chosen_pair_offset = 0.375;
+                        args.grad_divisor = 257.0;
+                    }
+                    int inputs = IN_REF | (grad ? IN_GRAD : 0) | (extra == 1 ? IN_WEIGHTS : 0);
+                    FOR_EACH_SIZE(n, {
+                        if (extra && n > 300)
+                            continue;
+                        snprintf(name, sizeof name, "fused-as-general/%s/%s/%s/extra%d/n=%td",
+                                 info->name, f32 ? "f32" : "f64", grad ? "grad" : "nograd",
+                                 extra, n);
+                        pair_case(name, &args, n, f32, inputs);
+                    })
+                }
+    }
     /* 2. The fused loop over length-normalised log-ratios, with and without pair weights. */
     for (int t = 0; t < DPO_N_LOSS_TYPES; t++) {
         const DpoLossInfo *info = &dpo_loss_registry[t];

@@ -19,6 +19,7 @@ double, which would let True through as 1.0.
 
 cimport cython
 cimport numpy as cnp
+import numpy as np
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.ref cimport PyObject
@@ -26,8 +27,8 @@ from libc.math cimport INFINITY, fabs, isfinite
 
 from dpo_fast._kernels._pairwise cimport (
     DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
-    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs, init_args,
-    run_loss, set_alphapo_alpha,
+    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs,
+    exact_count_sum, init_args, run_loss, set_alphapo_alpha,
 )
 
 from dpo_fast import _general, _registry, _threads
@@ -38,13 +39,18 @@ cnp.import_array()
 __all__ = ["PreferenceLossResult", "preference_loss", "dpo_loss_arrays"]
 
 # The loss types the fast path runs: one per-pair type on the plain kernel loop, with its
-# kernel id, label_smoothing's exclusive upper bound (0: the type does not use it) and whether
-# label_smoothing must be > 0 (exo_pair). Read
-# from the registry, as the general path does, so that the two cannot disagree.
+# kernel id, label_smoothing's exclusive upper bound (0: the type does not use it), whether
+# label_smoothing must be > 0 (exo_pair) and what else it reads: nothing (_PLAIN), the chosen
+# lengths and the batch constant computed here (_CONST: sft) or the ground-truth margins
+# (_GT: rpo_sq). Read from the registry, as the general path does, so that the two cannot
+# disagree.
+cdef enum:
+    _PLAIN, _CONST, _GT
 cdef dict _FAST_TYPES = {
-    name: (_registry.KERNEL_IDS[name], _registry.SMOOTHING_LIMITS.get(name, 0.0),
-           _registry.LOSS_REGISTRY[name].smoothing_positive)
-    for name in _registry.PLAIN_TYPES}
+    name: (entry.kernel_id, _registry.SMOOTHING_LIMITS.get(name, 0.0), entry.smoothing_positive,
+           _PLAIN if entry.plain else (_GT if entry.gt_rewards else _CONST))
+    for name, entry in _registry.LOSS_REGISTRY.items()
+    if entry.plain or entry.fused_as_general}
 # The length-normalised ones (both lengths given: the fused loop over c/nc, r/nr), with the
 # same three fields and whether the type is reference-free and reports beta * p / n (orpo:
 # the fused loop checks its log-probs are below 0, as it checks the lengths).
@@ -54,6 +60,7 @@ cdef dict _FAST_NORMALIZED_TYPES = {
     for name, entry in _registry.LOSS_REGISTRY.items()
     if entry.normalized}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
+cdef object _add_reduce = np.add.reduce
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
@@ -281,12 +288,14 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        object check_finite, object n_threads, object out,
                        bint float64_only, object dpop_lambda, object bco_delta,
                        object alphapo_alpha,
-                       object weights, object chosen_lengths, object rejected_lengths):
+                       object weights, object chosen_lengths, object rejected_lengths,
+                       object gt_reward_margins=None, object gt_reward_scale=1.0):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
-    cdef int typenum, kernel_id, reduce, threads, k
-    cdef double beta_value, smoothing, limit, tau
+    cdef int typenum, kernel_id, reduce, threads, k, reads = _PLAIN
+    cdef double beta_value, smoothing, limit, tau, gt_scale = 1.0
+    cdef double token_count = 0.0, sft_value = 0.0, slope
     cdef double sums[DPO_NSUMS]
     cdef bint want_grad, strided = False, reference
     cdef object entry, given
@@ -294,9 +303,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
     cdef cnp.ndarray losses, chosen_rewards, rejected_rewards, weights_array = None
     cdef cnp.ndarray chosen_lengths_array = None, rejected_lengths_array = None
+    cdef cnp.ndarray gt_array = None
     cdef cnp.npy_intp dims[1]
-    cdef char *starts[12]
-    cdef char *ends[12]
+    cdef char *starts[13]
+    cdef char *ends[13]
     cdef bint normalized = chosen_lengths is not None
     cdef int taken, found
     cdef DpoChunkArgs args
@@ -308,10 +318,26 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     beta_value = PyFloat_AS_DOUBLE(beta)
     if not 1e-300 <= beta_value <= 1e300:
         return None
-    if normalized != (rejected_lengths is not None):
+    if type(gt_reward_scale) is not float:
         return None
-    entry = (_FAST_NORMALIZED_TYPES if normalized else _FAST_TYPES).get(loss_type)
-    if entry is None:
+    gt_scale = PyFloat_AS_DOUBLE(gt_reward_scale)
+    entry = _FAST_TYPES.get(loss_type)
+    if entry is not None and (<tuple>entry)[3] != _PLAIN:
+        # sft: the chosen lengths only; rpo_sq: the margins (finite scale), no lengths
+        reads = (<tuple>entry)[3]
+        normalized = False
+        if reads == _CONST and (chosen_lengths is None or rejected_lengths is not None):
+            return None
+        if reads == _GT and (gt_reward_margins is None or chosen_lengths is not None
+                             or rejected_lengths is not None or not isfinite(gt_scale)):
+            return None
+    elif normalized != (rejected_lengths is not None):
+        return None
+    else:
+        entry = (_FAST_NORMALIZED_TYPES if normalized else _FAST_TYPES).get(loss_type)
+        if entry is None:
+            return None
+    if reads != _GT and (gt_reward_margins is not None or gt_scale != 1.0):
         return None
     kernel_id = (<tuple>entry)[0]
     limit = (<tuple>entry)[1]
@@ -397,6 +423,14 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         rejected_lengths_array = _lengths(rejected_lengths, n)
         if chosen_lengths_array is None or rejected_lengths_array is None:
             return None
+    elif reads == _CONST:
+        chosen_lengths_array = _lengths(chosen_lengths, n)
+        if chosen_lengths_array is None:
+            return None
+    elif reads == _GT:
+        gt_array = _lengths(gt_reward_margins, n)  # (the kernel checks scale * each is finite)
+        if gt_array is None:
+            return None
     if weights is not None:
         weights_array = _per_pair(weights, n, 0.0)
         if weights_array is None:
@@ -427,7 +461,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         if type(out) is not dict or strided:
             return None
         for given in (chosen_array, rejected_array, ref_chosen_array, ref_rejected_array,
-                      weights_array, chosen_lengths_array, rejected_lengths_array):
+                      weights_array, chosen_lengths_array, rejected_lengths_array, gt_array):
             if given is not None:
                 _claim(<cnp.ndarray>given, starts, ends, taken)
                 taken += 1
@@ -446,7 +480,39 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     if found < 0 or (out is not None and found != len(<dict>out)):
         return None
 
+    if reads == _CONST:
+        # sft's batch constant and gradient offsets, as _general._run_kernel takes them (the
+        # same NumPy sums: np.sum(a, dtype=d) is _add_reduce(a, None, d, None), without ~2 us
+        # of Python around it); a value that is not finite: the general path's careful way.
+        # Integer counts (the usual ones) with a sum below 2^52: their exact sum, which is
+        # np.sum's, checked in the same pass; then the kernel need not read them. Else the
+        # kernel checks their values (dpo_length_mark).
+        token_count = exact_count_sum(<const double *>cnp.PyArray_DATA(chosen_lengths_array),
+                                      n)
+        if token_count >= 1.0:
+            chosen_lengths_array = None
+        else:
+            token_count = float(_add_reduce(chosen_lengths_array, None, None, None))
+        if not 1.0 <= token_count < INFINITY:  # (counts >= 1: at least 1)
+            return None
+        sft_value = -float(_add_reduce(chosen_array, None, np.float64, None)) / token_count
+        if not isfinite(sft_value):
+            return None
+        slope = 1.0 * (-1.0 / token_count)
+
     init_args(&args, beta_value, smoothing, tau)
+    if reads == _CONST:
+        args.params.sft_value = sft_value
+        if reduce == NONE:
+            args.grad_chosen_pair_offset = slope
+        else:
+            args.grad_chosen_offset = slope * (
+                (<double>n if weights_array is None
+                 else float(_add_reduce(weights_array, None, None, None)))
+                / (<double>n if reduce == MEAN else 1.0))
+    elif reads == _GT:
+        args.gt_reward_margins = <const double *>cnp.PyArray_DATA(gt_array)
+        args.params.gt_reward_scale = gt_scale
     args.params.dpop_lambda = PyFloat_AS_DOUBLE(dpop_lambda)
     args.params.bco_delta = PyFloat_AS_DOUBLE(bco_delta)
     if kernel_id == _ALPHAPO_ID:
@@ -465,6 +531,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
         args.rejected_lengths = <const double *>cnp.PyArray_DATA(rejected_lengths_array)
         args.normalized_rewards = (<tuple>entry)[4]
+    elif reads == _CONST and chosen_lengths_array is not None:
+        args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
     args.losses = cnp.PyArray_DATA(losses)
     args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
     args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
@@ -673,15 +741,13 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
-    if (loss_weights is None and gt_reward_margins is None
-            and type(gt_reward_scale) is float and <double>gt_reward_scale == 1.0
-            and per_pair_outputs is None):
+    if loss_weights is None and per_pair_outputs is None:
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
                             bco_delta, alphapo_alpha, weights, chosen_lengths,
-                            rejected_lengths)
+                            rejected_lengths, gt_reward_margins, gt_reward_scale)
         if result is not None:
             return result
     loss, outputs, means = _general.run(

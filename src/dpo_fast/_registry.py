@@ -57,6 +57,9 @@ class LossType:
         label_smoothing must be > 0 (exo_pair takes its log; TRL 1.16 refuses 0 too).
     gt_rewards : bool
         Needs the pairs' ground-truth reward margins (NeMo-Aligner's rpo_* losses).
+    fused_as_general : bool
+        Alone with weight 1, runs on the fused loop with the general loop's bits (sft with
+        its batch constant, rpo_sq with the margins).
     """
 
     name: str
@@ -74,6 +77,7 @@ class LossType:
     smoothing_max: float
     smoothing_positive: bool
     gt_rewards: bool = False
+    fused_as_general: bool = False
 
     @property
     def uses_lengths(self) -> bool:
@@ -100,7 +104,7 @@ def _record(name: str, kernel_id: int, flags: int, smoothing_max: float) -> Loss
         batch_coupled=has("batch_coupled"), batch_constant=has("batch_constant"),
         reference_free=has("reference_free"), normalized_rewards=has("normalized_rewards"),
         smoothing_max=smoothing_max, smoothing_positive=has("smoothing_positive"),
-        gt_rewards=has("gt_rewards"))
+        gt_rewards=has("gt_rewards"), fused_as_general=has("fused_as_general"))
 
 
 LOSS_REGISTRY: Mapping[str, LossType] = {

@@ -53,6 +53,7 @@ cdef extern from "pairwise.h" nogil:
         DPO_LT_NORMALIZED
         DPO_LT_SORTED
         DPO_LT_GT_REWARDS
+        DPO_LT_FUSED_AS_GENERAL
         DPO_MAX_TERMS
         DPO_DIV_IDENTITY
         DPO_DIV_EXP
@@ -111,6 +112,9 @@ cdef void init_args(DpoChunkArgs *args, double beta, double label_smoothing,
 cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1
+
+# The exact sum of token counts, or -1.0 (pairwise.h's dpo_exact_count_sum).
+cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil
 
 # The SIMD level (DPO_SIMD_*) the kernels run now: what _logps stores in its C arguments.
 cdef int simd_level_id() noexcept nogil

@@ -51,6 +51,7 @@ cdef extern from "pairwise.h" nogil:
     void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
                          float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
     int dpo_openmp_enabled()
+    double dpo_exact_count_sum(const double *x, Py_ssize_t n)
     ctypedef struct DpoLossInfo:
         int id
         const char *name
@@ -75,6 +76,7 @@ LOSS_FLAGS = {
     "reference_free": DPO_LT_REFERENCE_FREE, "normalized_rewards": DPO_LT_NORMALIZED_REWARDS,
     "batch_constant": DPO_LT_BATCH_CONSTANT, "smoothing_positive": DPO_LT_SMOOTHING_POSITIVE,
     "normalized": DPO_LT_NORMALIZED, "sorted": DPO_LT_SORTED, "gt_rewards": DPO_LT_GT_REWARDS,
+    "fused_as_general": DPO_LT_FUSED_AS_GENERAL,
 }
 
 
@@ -184,7 +186,8 @@ cdef class LossConfig:
 
     ``terms``: a tuple of (kernel id, normalised 0/1, term weight) -- the loss types of the call
     (sorted types excluded: the Python layer adds them). The loop is picked here, once:
-    ``"plain"`` (one term of raw log-ratios, weight 1, no f-divergence: the fused chunk loop),
+    ``"plain"`` (one term of raw log-ratios, weight 1, no f-divergence: the fused chunk loop;
+    sft and rpo_sq too, with the general loop's bits),
     ``"normalized"`` (one length-normalised term, weight 1, no f-divergence: the same fused loop
     over c/nc, r/nr), else ``"general"`` (term lists, f-divergences, sft's batch constant:
     csrc/general_body.h). Per-pair weights are allowed in all three. ``weighted``: the call
@@ -242,10 +245,15 @@ cdef class LossConfig:
         args.grad_chosen_pair_offset = grad_chosen_pair_offset
         self.weighted = weighted
         single = (args.n_terms == 1 and args.term_weights[0] == 1.0
-                  and divergence == DPO_DIV_IDENTITY and grad_chosen_offset == 0.0
-                  and grad_chosen_pair_offset == 0.0)
+                  and divergence == DPO_DIV_IDENTITY)
+        # The fused cases of sft and rpo_sq finish their rows as the general loop does,
+        # sft's gradient offsets included (csrc/chunk_body.h).
+        as_general = (dpo_loss_registry[args.term_types[0]].flags & DPO_LT_FUSED_AS_GENERAL
+                      if args.n_terms else 0)
+        if not as_general and (grad_chosen_offset != 0.0 or grad_chosen_pair_offset != 0.0):
+            single = False
         if (single and not args.term_normalized[0]
-                and dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN):
+                and (dpo_loss_registry[args.term_types[0]].flags & DPO_LT_PLAIN or as_general)):
             self.loop = "plain"
             args.general = 0
             args.loss_type = args.term_types[0]
@@ -360,6 +368,21 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
             else:
                 dpo_traffic_f32(&a[0], &b[0], &c[0], &d[0], &x[0], &y[0], &z[0], start,
                                 min(<Py_ssize_t>DPO_CHUNK, n - start))
+
+
+cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil:
+    """dpo_exact_count_sum: the exact sum of token counts (integers >= 1 summing below 2^52;
+    any order of the additions gives it, so NumPy's np.sum gives it too), else -1.0. One
+    thread: a parallel region of its own before the kernel's doubled the cost of a call
+    whenever the other CPU was busy (~4 ms a region on the shared 2-CPU machine)."""
+    return dpo_exact_count_sum(x, n)
+
+
+def exact_count_sum_of(const double[::1] counts):
+    """exact_count_sum of a float64 array (for the tests)."""
+    if counts.shape[0] == 0:
+        return 0.0
+    return exact_count_sum(&counts[0], counts.shape[0])
 
 
 def openmp_enabled():

@@ -69,6 +69,8 @@ DPO_INLINE double dpo_negative_mark(double logp)
         args->chosen_lengths ? args->chosen_lengths + start : NULL;                         \
     const double *DPO_RESTRICT nr =                                                         \
         args->rejected_lengths ? args->rejected_lengths + start : NULL;                     \
+    const double *DPO_RESTRICT gt =                                                         \
+        args->gt_reward_margins ? args->gt_reward_margins + start : NULL;                   \
     DPO_T *DPO_RESTRICT out_loss = args->losses ? (DPO_T *)args->losses + start : NULL;     \
     DPO_T *DPO_RESTRICT out_chosen_reward =                                                 \
         args->chosen_rewards ? (DPO_T *)args->chosen_rewards + start : NULL;                \
@@ -83,7 +85,14 @@ DPO_INLINE double dpo_negative_mark(double logp)
     const double beta = params.beta;                                                        \
     const double beta4 = 4.0 * beta;                                                        \
     const double grad_divisor = args->grad_divisor;                                         \
-    const int normalized_rewards = args->normalized_rewards;
+    const double grad_offset = args->grad_chosen_offset;                                    \
+    const double grad_pair_offset = args->grad_chosen_pair_offset;                          \
+    const double gt_scale = params.gt_reward_scale;                                         \
+    const int normalized_rewards = args->normalized_rewards;                                \
+    (void)gt;                                                                               \
+    (void)gt_scale;                                                                         \
+    (void)grad_offset;                                                                      \
+    (void)grad_pair_offset;
 
 /* The block's per-pair outputs, indexed by the row's place in the block: the caller's arrays,
  * or, for an output the call did not ask for (NULL), SCRATCH (3 x the block size of DPO_T, on
@@ -95,6 +104,38 @@ DPO_INLINE double dpo_negative_mark(double logp)
         out_chosen_reward ? out_chosen_reward + block : (SCRATCH)[1];                       \
     DPO_T *DPO_RESTRICT out_rejected_reward_b =                                             \
         out_rejected_reward ? out_rejected_reward + block : (SCRATCH)[2];
+
+/* The KIND of a fused row: what it reads and checks, and how it finishes. */
+#define DPO_ROW_RAW 0   /* raw log-ratios */
+#define DPO_ROW_NORM 1  /* length-normalised ones; both lengths checked */
+#define DPO_ROW_ORPO 2  /* the same, and the log-probs checked below 0 */
+#define DPO_ROW_CONST 3 /* a batch constant (sft), with the chosen lengths checked */
+#define DPO_ROW_GT 4    /* raw, and g = gt_reward_scale * the pair's margin, checked finite */
+#define DPO_ROW_IS_NORM(KIND) ((KIND) == DPO_ROW_NORM || (KIND) == DPO_ROW_ORPO)
+/* CONST and GT rows finish as the general loop's passes 2 and 3 do (general_body.h: the
+ * chain factor through dpo_mul00, sums started at 0.0, sft's gradient offsets): those types
+ * had only that loop before, and either loop gives their bits (dpo_mul0(w, d) * 0.25 would
+ * not, nor d without the 0.0 + that drops a zero's sign). */
+#define DPO_ROW_AS_GENERAL(KIND) ((KIND) >= DPO_ROW_CONST)
+
+/* The KIND of the fused case for the call's loss type. */
+DPO_INLINE int dpo_row_kind(const DpoChunkArgs *args)
+{
+    switch (args->loss_type) {
+#define DPO_KIND_CASE(ID, PAIR_FN) case ID:
+#define DPO_EACH_X DPO_KIND_CASE
+        DPO_FOR_EACH_CONST_LOSS
+        return DPO_ROW_CONST;
+        DPO_FOR_EACH_FUSED_GT_LOSS
+        return DPO_ROW_GT;
+#undef DPO_EACH_X
+#undef DPO_KIND_CASE
+    default:
+        if (args->chosen_lengths == NULL)
+            return DPO_ROW_RAW;
+        return (args->loss_type == DPO_LOSS_ORPO) ? DPO_ROW_ORPO : DPO_ROW_NORM;
+    }
+}
 #endif
 
 /* Loss-type lists, sft and f-divergences: DPO_GENERAL_FN. */
@@ -102,14 +143,14 @@ DPO_INLINE double dpo_negative_mark(double logp)
 /* alphapo alone with alpha != 0 (its rewards and a plain vectorised pass): DPO_ALPHAPO_FN. */
 #include "alphapo_body.h"
 
-/* One row: inputs -> loss, rewards, gradients, and the row's terms of the chunk sums.
- * Near DBL_MAX, c, r or c - r can overflow although beta times them does not. Such rows
- * (HUGE true) use quarter-scaled log-ratios and 4*beta: x/4 is exact for normal x, so the
- * result is what the plain formula gives wherever nothing overflows; `scale` = d(c)/d(pc)
- * for the chain rule. The vectorised loop runs every row with HUGE = 0 and only flags the
- * rows that overflowed; a scalar fix-up loop then redoes those (a NaN row, possible with
- * check_finite=False, is flagged too and stays NaN). */
-#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE, NORM, IN, OUT)                               \
+/* One row of KIND (DPO_ROW_*): inputs -> loss, rewards, gradients, and the row's terms of
+ * the chunk sums. Near DBL_MAX, c, r or c - r can overflow although beta times them does not.
+ * Such rows (HUGE true) use quarter-scaled log-ratios and 4*beta: x/4 is exact for normal x,
+ * so the result is what the plain formula gives wherever nothing overflows; `scale` =
+ * d(c)/d(pc) for the chain rule. The vectorised loop runs every row with HUGE = 0 and only
+ * flags the rows that overflowed; a scalar fix-up loop then redoes those (a NaN row, possible
+ * with check_finite=False, is flagged too and stays NaN). */
+#define DPO_ROW_BODY(PAIR_FN, WITH_GRAD, HUGE, KIND, IN, OUT)                               \
     ptrdiff_t row = block + i;                                                              \
     double chosen = IN(pc, row, j);                                                         \
     double rejected = IN(pr, row, j);                                                       \
@@ -120,45 +161,63 @@ DPO_INLINE double dpo_negative_mark(double logp)
     double row_beta = huge ? beta4 : beta;                                                  \
     double c = scale * chosen - scale * ref_chosen;                                         \
     double r = scale * rejected - scale * ref_rejected;                                     \
-    /* NORM: length-normalised log-ratios (the reciprocal is the chain factor). */          \
-    double inv_c = (NORM) ? 1.0 / nc[row] : 1.0;                                            \
-    double inv_r = (NORM) ? 1.0 / nr[row] : 1.0;                                            \
-    double x_c = (NORM) ? c * inv_c : c;                                                    \
-    double x_r = (NORM) ? r * inv_r : r;                                                    \
-    DpoPairLoss pl = PAIR_FN(&params, row_beta, 1.0 / scale, x_c, x_r);                    \
-    double chosen_reward = row_beta * (((NORM) && normalized_rewards) ? x_c : c);           \
-    double rejected_reward = row_beta * (((NORM) && normalized_rewards) ? x_r : r);         \
+    /* normalised: length-normalised log-ratios (the reciprocal is the chain factor). */    \
+    const int norm = DPO_ROW_IS_NORM(KIND);                                                 \
+    double inv_c = norm ? 1.0 / nc[row] : 1.0;                                              \
+    double inv_r = norm ? 1.0 / nr[row] : 1.0;                                              \
+    double x_c = norm ? c * inv_c : c;                                                      \
+    double x_r = norm ? r * inv_r : r;                                                      \
+    /* GT: the PAIR_GT functions' last argument (DPO_PAIR_CALL passes it) */                \
+    double g = ((KIND) == DPO_ROW_GT) ? gt_scale * gt[row] : 0.0;                           \
+    DpoPairLoss pl = DPO_PAIR_CALL(PAIR_FN, &params, row_beta, 1.0 / scale, x_c, x_r);      \
+    double chosen_reward = row_beta * ((norm && normalized_rewards) ? x_c : c);             \
+    double rejected_reward = row_beta * ((norm && normalized_rewards) ? x_r : r);           \
     /* Per-pair weights in both variants (ones stand in when none are given, and            \
      * dpo_mul0(1, v) is v, bit for bit): weights cost a multiply, not the general loop. */ \
     double weight = DPO_ROW_WEIGHT(row);                                                    \
-    double value = dpo_mul0(weight, pl.value);                                              \
-    /* NORM: the loss sum's term carries a NaN where a length is not in [1, inf), and for   \
-     * NORM 2 (orpo) where a log-prob is not below 0: the fast path then hands the call to  \
-     * the general one, whose checks name it. (value + 0.0 in a lane sum is exact: the      \
-     * lanes are never -0.0.) */                                                            \
-    double length_marks = (NORM) ? dpo_length_mark(nc[row]) + dpo_length_mark(nr[row]) : 0.0; \
+    double value = dpo_mul0(weight, DPO_ROW_AS_GENERAL(KIND) ? 0.0 + pl.value : pl.value);  \
+    /* The loss sum's term carries a NaN where a length is not in [1, inf) (normalised and  \
+     * CONST rows; CONST: the chosen ones, or ones), for ORPO where a log-prob is not below \
+     * 0, for GT where g is not finite: the fast path then hands the call to the general    \
+     * one, whose checks name it. (value + 0.0 in a lane sum is exact: the lanes are never  \
+     * -0.0.) */                                                                           \
+    double length_marks = norm ? dpo_length_mark(nc[row]) + dpo_length_mark(nr[row]) : 0.0; \
     double loss_term =                                                                      \
-        !(NORM) ? value                                                                     \
-        : value + (((NORM) == 2) ? length_marks + (dpo_negative_mark(chosen)                \
-                                                   + dpo_negative_mark(rejected))           \
-                                 : length_marks);                                           \
+        ((KIND) == DPO_ROW_RAW) ? value                                                     \
+        : ((KIND) == DPO_ROW_CONST) ? value + dpo_length_mark(chosen_counts[row])           \
+        : ((KIND) == DPO_ROW_GT) ? value + g * 0.0                                          \
+        : value + (((KIND) == DPO_ROW_ORPO) ? length_marks + (dpo_negative_mark(chosen)     \
+                                                              + dpo_negative_mark(rejected)) \
+                                            : length_marks);                                \
     OUT(out_loss_b, i, j, value);                                                           \
     OUT(out_chosen_reward_b, i, j, chosen_reward);                                          \
     OUT(out_rejected_reward_b, i, j, rejected_reward);                                      \
     if (WITH_GRAD) {                                                                        \
-        double d_c = (NORM) ? pl.d_chosen * inv_c : pl.d_chosen;                            \
-        double d_r = (NORM) ? pl.d_rejected * inv_r : pl.d_rejected;                        \
-        d_c = dpo_mul0(weight, d_c);                                                        \
-        d_r = dpo_mul0(weight, d_r);                                                        \
-        OUT(out_grad_chosen, row, j, d_c * scale / grad_divisor);                           \
-        OUT(out_grad_rejected, row, j, d_r * scale / grad_divisor);                         \
+        double d_c = norm ? pl.d_chosen * inv_c : pl.d_chosen;                              \
+        double d_r = norm ? pl.d_rejected * inv_r : pl.d_rejected;                          \
+        double g_c, g_r;                                                                    \
+        if (DPO_ROW_AS_GENERAL(KIND)) {                                                     \
+            g_c = dpo_mul0(weight, (0.0 + dpo_mul00(d_c, scale)) + grad_pair_offset)        \
+                      / grad_divisor                                                        \
+                  + grad_offset;                                                            \
+            g_r = dpo_mul0(weight, 0.0 + dpo_mul00(d_r, scale)) / grad_divisor;             \
+        } else {                                                                            \
+            g_c = dpo_mul0(weight, d_c) * scale / grad_divisor;                             \
+            g_r = dpo_mul0(weight, d_r) * scale / grad_divisor;                             \
+        }                                                                                   \
+        OUT(out_grad_chosen, row, j, g_c);                                                  \
+        OUT(out_grad_rejected, row, j, g_r);                                                \
     }                                                                                       \
+    (void)g;                                                                                \
     (void)0;
 
 /* A row's weight: the caller's, or the ones that stand in for none; a loop over unweighted
  * rows redefines it as 1.0 around its expansion (dpo_mul0(1.0, v) folds to v: the same bits
  * without the load, the compare and the multiply). */
 #define DPO_ROW_WEIGHT(ROW) pw[ROW]
+/* The row's call of its loss function; the PAIR_GT cases redefine it around their expansion
+ * to pass g as well. */
+#define DPO_PAIR_CALL(PAIR_FN, ...) PAIR_FN(__VA_ARGS__)
 
 /* The row's terms of the chunk sums, added to lane J (= the row's index in the chunk modulo
  * DPO_LANES: each lane adds the same rows in the same order on every instruction set). */
@@ -184,12 +243,12 @@ DPO_INLINE double dpo_negative_mark(double logp)
  * NaN where c - r overflowed (or a NaN came in): summed into flag lanes, it flags the block
  * without a scalar scan (GCC vectorises neither an OR-reduction of a compare nor the
  * unordered compare itself). */
-#define DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, NORM, IN, OUT)                                    \
+#define DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, KIND, IN, OUT)                                    \
     DPO_NO_UNROLL                                                                           \
     DPO_LOOP_HINT                                                                           \
     for (int j = 0; j < DPO_LANES; j++) {                                                   \
         const ptrdiff_t i = i0 + j;                                                         \
-        DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, NORM, IN, OUT)                                  \
+        DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, KIND, IN, OUT)                                  \
         DPO_ROW_TO_LANES(j)                                                                 \
         flag_lanes[j] += (x_c - x_r) * 0.0;                                                 \
     }
@@ -244,7 +303,7 @@ typedef double DpoDouble8 __attribute__((vector_size(8 * sizeof(double))));
  * so computes the doubles in halves (4 per ymm, with spills): 1.4x the float64 instance's
  * time where the float one should be the faster. Same values, same order: only the speed
  * changes. */
-#define DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, NORM)                                            \
+#define DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, KIND)                                            \
     {                                                                                       \
         double pc_staged[DPO_LANES], pr_staged[DPO_LANES], rc_staged[DPO_LANES],            \
             rr_staged[DPO_LANES];                                                           \
@@ -256,7 +315,7 @@ typedef double DpoDouble8 __attribute__((vector_size(8 * sizeof(double))));
         DPO_WIDEN8(pr + group, pr_staged)                                                   \
         DPO_WIDEN8(rc + group, rc_staged)                                                   \
         DPO_WIDEN8(rr + group, rr_staged)                                                   \
-        DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, NORM, DPO_IN_STAGED, DPO_OUT_STAGED)              \
+        DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, KIND, DPO_IN_STAGED, DPO_OUT_STAGED)              \
         DPO_NARROW8(out_loss_b_staged, out_loss_b + i0)                                     \
         DPO_NARROW8(out_chosen_reward_b_staged, out_chosen_reward_b + i0)                   \
         DPO_NARROW8(out_rejected_reward_b_staged, out_rejected_reward_b + i0)               \
@@ -266,20 +325,20 @@ typedef double DpoDouble8 __attribute__((vector_size(8 * sizeof(double))));
         }                                                                                   \
     }
 #else
-#define DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, NORM)                                            \
-    DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, NORM, DPO_IN_DIRECT, DPO_OUT_DIRECT)
+#define DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, KIND)                                            \
+    DPO_LANE_LOOP(PAIR_FN, WITH_GRAD, KIND, DPO_IN_DIRECT, DPO_OUT_DIRECT)
 #endif
 
 /* The block's rows: whole groups of DPO_LANES, then the last m % DPO_LANES one by one. */
-#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, NORM)                                              \
+#define DPO_ROW_LOOP(PAIR_FN, WITH_GRAD, KIND)                                              \
     {                                                                                       \
         const ptrdiff_t m_lanes = m / DPO_LANES * DPO_LANES;                                \
         for (ptrdiff_t i0 = 0; i0 < m_lanes; i0 += DPO_LANES) {                             \
-            DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, NORM)                                        \
+            DPO_LANE_GROUP(PAIR_FN, WITH_GRAD, KIND)                                        \
         }                                                                                   \
         for (ptrdiff_t i = m_lanes; i < m; i++) {                                           \
             const int j = (int)(i - m_lanes);                                               \
-            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, NORM, DPO_IN_DIRECT, DPO_OUT_DIRECT)        \
+            DPO_ROW_BODY(PAIR_FN, WITH_GRAD, 0, KIND, DPO_IN_DIRECT, DPO_OUT_DIRECT)        \
             DPO_ROW_TO_LANES(j)                                                             \
             flag_lanes[j] += (x_c - x_r) * 0.0;                                             \
         }                                                                                   \
@@ -289,17 +348,20 @@ typedef double DpoDouble8 __attribute__((vector_size(8 * sizeof(double))));
  * they were before the block: a row whose plain log-ratio difference is finite gives what the
  * vectorised loop gave, a flagged one is redone with HUGE = 1, and every row's terms go to
  * the same lane in the same order as there. One function for every loss type
- * (dpo_pair_by_type, general_body.h, calls the type's function) and both variants, with the
- * row body of the vectorised loops, so it computes what a case of its own would: the scalar
- * redo costs no code per case. */
+ * (dpo_pair_by_type, dpo_pair_gt_by_type: general_body.h, call the type's function) and
+ * every KIND of row, with the row body of the vectorised loops, so it computes what a case
+ * of its own would: the scalar redo costs no code per case. */
 #define DPO_FIXUP_FN DPO_CONCAT(DPO_CHUNK_FN, _fixup)
-#define DPO_PAIR_OF_LOSS_TYPE(...) dpo_pair_by_type(loss_type, __VA_ARGS__)
+#define DPO_PAIR_OF_LOSS_TYPE(...)                                                          \
+    ((kind == DPO_ROW_GT) ? dpo_pair_gt_by_type(loss_type, __VA_ARGS__, g)                  \
+                          : dpo_pair_by_type(loss_type, __VA_ARGS__))
 DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdiff_t start,
-                                                 ptrdiff_t block, ptrdiff_t m, int norm,
+                                                 ptrdiff_t block, ptrdiff_t m, int kind,
                                                  double (*lanes)[DPO_LANES])
 {
     DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const double *DPO_RESTRICT chosen_counts = nc ? nc : dpo_ones_f64;
     const int loss_type = args->loss_type;
     DPO_T out_scratch[3][DPO_BLOCK];
     DPO_BLOCK_OUTPUTS(out_scratch)
@@ -308,13 +370,13 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
         const ptrdiff_t row = block + i;
         double plain_c = (double)pc[row] - (double)rc[row];
         double plain_r = (double)pr[row] - (double)rr[row];
-        if (norm) {
+        if (DPO_ROW_IS_NORM(kind)) {
             plain_c *= 1.0 / nc[row];
             plain_r *= 1.0 / nr[row];
         }
         const int flagged = (plain_c - plain_r) * 0.0 != 0.0;
         {
-            DPO_ROW_BODY(DPO_PAIR_OF_LOSS_TYPE, with_grad, flagged, norm, DPO_IN_DIRECT,
+            DPO_ROW_BODY(DPO_PAIR_OF_LOSS_TYPE, with_grad, flagged, kind, DPO_IN_DIRECT,
                          DPO_OUT_DIRECT)
             DPO_ROW_TO_LANES(i % DPO_LANES)
         }
@@ -322,20 +384,20 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
 }
 #undef DPO_PAIR_OF_LOSS_TYPE
 
-/* One switch case of the fused loop: NORM 0 over the raw log-ratios, 1 over the length-
- * normalised ones; per-pair weights (or ones) in both. */
-#define DPO_LOSS_CASE_NORM(ID, PAIR_FN, NORM)                                               \
+/* One switch case of the fused loop, its rows of KIND; per-pair weights (or ones) in all. */
+#define DPO_LOSS_CASE_KIND(ID, PAIR_FN, KIND)                                               \
     case ID:                                                                                \
         if (with_grad) {                                                                    \
-            DPO_ROW_LOOP(PAIR_FN, 1, NORM)                                                  \
+            DPO_ROW_LOOP(PAIR_FN, 1, KIND)                                                  \
         } else {                                                                            \
-            DPO_ROW_LOOP(PAIR_FN, 0, NORM)                                                  \
+            DPO_ROW_LOOP(PAIR_FN, 0, KIND)                                                  \
         }                                                                                   \
         break;
-#define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, 0)
-/* (NORM 2: orpo, whose fused case also checks the log-probs are below 0) */
-#define DPO_NORM_OF(ID) (((ID) == DPO_LOSS_ORPO) ? 2 : 1)
-#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_NORM(ID, PAIR_FN, DPO_NORM_OF(ID))
+#define DPO_LOSS_CASE(ID, PAIR_FN) DPO_LOSS_CASE_KIND(ID, PAIR_FN, DPO_ROW_RAW)
+#define DPO_NORM_OF(ID) (((ID) == DPO_LOSS_ORPO) ? DPO_ROW_ORPO : DPO_ROW_NORM)
+#define DPO_LOSS_CASE_NORMALIZED(ID, PAIR_FN) DPO_LOSS_CASE_KIND(ID, PAIR_FN, DPO_NORM_OF(ID))
+#define DPO_LOSS_CASE_CONST(ID, PAIR_FN) DPO_LOSS_CASE_KIND(ID, PAIR_FN, DPO_ROW_CONST)
+#define DPO_LOSS_CASE_GT(ID, PAIR_FN) DPO_LOSS_CASE_KIND(ID, PAIR_FN, DPO_ROW_GT)
 
 DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n,
                                    double *sums)
@@ -351,12 +413,16 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
     }
     DPO_CHUNK_LOCALS
     /* One loss type of raw log-ratios (DPO_LT_PLAIN), or of length-normalised ones (ipo,
-     * sigmoid_norm, simpo), with or without per-pair weights (ones stand in), runs fused
-     * here; lists, f-divergences and sft take the general loop (_pairwise.pyx's LossConfig
-     * picks). */
-    const int normalized = args->chosen_lengths != NULL;
+     * sigmoid_norm, simpo), a batch constant (sft) or a PAIR_GT type, with or without
+     * per-pair weights (ones stand in), runs fused here; lists and f-divergences take the
+     * general loop (_pairwise.pyx's LossConfig picks). */
+    const int kind = dpo_row_kind(args);
+    const int normalized = DPO_ROW_IS_NORM(kind);
     const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
-    const int unweighted_unsmoothed_sigmoid = !normalized && args->weights == NULL
+    /* the CONST rows' lengths to check: ones when the caller checked them (the general
+     * path) */
+    const double *DPO_RESTRICT chosen_counts = nc ? nc : dpo_ones_f64;
+    const int unweighted_unsmoothed_sigmoid = kind == DPO_ROW_RAW && args->weights == NULL
                                               && args->loss_type == DPO_LOSS_SIGMOID
                                               && params.label_smoothing == 0.0;
 
@@ -393,6 +459,16 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
 #define DPO_EACH_X DPO_LOSS_CASE
                 DPO_FOR_EACH_PLAIN_LOSS
 #undef DPO_EACH_X
+#define DPO_EACH_X DPO_LOSS_CASE_CONST
+                DPO_FOR_EACH_CONST_LOSS
+#undef DPO_EACH_X
+#undef DPO_PAIR_CALL
+#define DPO_PAIR_CALL(PAIR_FN, ...) PAIR_FN(__VA_ARGS__, g)
+#define DPO_EACH_X DPO_LOSS_CASE_GT
+                DPO_FOR_EACH_FUSED_GT_LOSS
+#undef DPO_EACH_X
+#undef DPO_PAIR_CALL
+#define DPO_PAIR_CALL(PAIR_FN, ...) PAIR_FN(__VA_ARGS__)
             default:
                 break;
             }
@@ -413,8 +489,7 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
             flag += flag_lanes[j];
         if (flag != 0.0) {
             memcpy(lanes, saved, sizeof lanes);
-            DPO_FIXUP_FN(args, start, block, m,
-                         normalized ? DPO_NORM_OF(args->loss_type) : 0, lanes);
+            DPO_FIXUP_FN(args, start, block, m, kind, lanes);
         }
     }
     DPO_LANES_TO_SUMS
@@ -423,10 +498,13 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
 #undef DPO_FIXUP_FN
 #undef DPO_ALPHAPO_FN
 #undef DPO_LOSS_CASE
-#undef DPO_LOSS_CASE_NORM
+#undef DPO_LOSS_CASE_KIND
 #undef DPO_LOSS_CASE_NORMALIZED
+#undef DPO_LOSS_CASE_CONST
+#undef DPO_LOSS_CASE_GT
 #undef DPO_NORM_OF
 #undef DPO_ROW_LOOP
 #undef DPO_LANE_GROUP
 #undef DPO_LANE_LOOP
 #undef DPO_ROW_WEIGHT
+#undef DPO_PAIR_CALL

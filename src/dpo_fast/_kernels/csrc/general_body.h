@@ -84,8 +84,8 @@ static DpoScores dpo_scores_careful(int divergence, double coef, double c4, doub
     return out;
 }
 
-/* Any loss type by id, for the scalar redo of rare rows. (Not the PAIR_GT types: they refuse
- * f-divergences, the only reason for this redo in the general loop, and have no fused case.) */
+/* Any loss type by id, for the scalar redo of rare rows (the fused loop's, and the general
+ * loop's of overflowed scores); the PAIR_GT types with their g: dpo_pair_gt_by_type. */
 static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, double beta,
                                     double inv_scale, double c, double r)
 {
@@ -95,6 +95,25 @@ static DpoPairLoss dpo_pair_by_type(int type, const DpoLossParams *params, doubl
         return PAIR_FN(params, beta, inv_scale, c, r);
 #define DPO_EACH_X DPO_PAIR_BY_TYPE_CASE
         DPO_FOR_EACH_TERM_LOSS
+        DPO_FOR_EACH_CONST_LOSS
+#undef DPO_EACH_X
+#undef DPO_PAIR_BY_TYPE_CASE
+    default: {
+        DpoPairLoss none = {0.0, 0.0, 0.0};
+        return none;
+    }
+    }
+}
+
+static DpoPairLoss dpo_pair_gt_by_type(int type, const DpoLossParams *params, double beta,
+                                       double inv_scale, double c, double r, double g)
+{
+    switch (type) {
+#define DPO_PAIR_BY_TYPE_CASE(ID, PAIR_FN) \
+    case ID:                               \
+        return PAIR_FN(params, beta, inv_scale, c, r, g);
+#define DPO_EACH_X DPO_PAIR_BY_TYPE_CASE
+        DPO_FOR_EACH_GT_TERM_LOSS
 #undef DPO_EACH_X
 #undef DPO_PAIR_BY_TYPE_CASE
     default: {
@@ -272,10 +291,6 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
 {
     DPO_CHUNK_LOCALS
     const double *DPO_RESTRICT weights = args->weights ? args->weights + start : NULL;
-    const double *DPO_RESTRICT gt =
-        args->gt_reward_margins ? args->gt_reward_margins + start : NULL;
-    const double grad_offset = args->grad_chosen_offset;
-    const double grad_pair_offset = args->grad_chosen_pair_offset;
     const int divergence = args->divergence;
     const double coef = args->divergence_coef;
     const int n_terms = args->n_terms;

@@ -40,12 +40,18 @@
  *            NORM       of the length-normalised log-ratios only: the fused loop's normalised
  *                       case, and the general loop's terms
  *            CONST      the same value for every pair (params->sft_value, computed by the
- *                       Python layer): no case; the general loop adds the constant
+ *                       Python layer): a case of the fused loop, which adds the general
+ *                       loop's gradient offsets; the general loop adds the constant
  *            SORTED     sorted across the batch by the Python layer, then PAIR_FN on the
  *                       sorted differences (no kernel case of its own)
  *            PAIR_GT    a per-pair function of the raw log-ratios and the pair's
- *                       ground-truth reward margin g (NeMo-Aligner's reward-aware losses):
- *                       a term of the general loop only, PAIR_FN taking g as well
+ *                       ground-truth reward margin g (NeMo-Aligner's reward-aware losses),
+ *                       PAIR_FN taking g as well: a case of the fused loop and a term of
+ *                       the general loop
+ *            GT_TERM    the same, a term of the general loop only (the KLs: a fused case
+ *                       gave other NaN bits than the general loop for NaN inputs on AVX-512)
+ *            (CONST and PAIR_GT had the general loop only at first: their fused cases
+ *            finish a row as it does, so the two loops give the same bits; chunk_body.h.)
  *   ID       the kernel identifier (the enum below is generated from these rows)
  *   NAME     TRL's name of the type
  *   FLAGS    DPO_LT_* below, except those KIND gives (marked "from KIND")
@@ -64,7 +70,9 @@ enum {
     DPO_LT_SMOOTHING_POSITIVE = 1 << 9, /* label_smoothing must be > 0 (EXO takes log eps) */
     DPO_LT_NORMALIZED = 1 << 10,    /* (from KIND) PAIR_NORM, NORM */
     DPO_LT_SORTED = 1 << 11,        /* (from KIND) SORTED */
-    DPO_LT_GT_REWARDS = 1 << 12     /* (from KIND) PAIR_GT: needs gt_reward_margins */
+    DPO_LT_GT_REWARDS = 1 << 12,    /* (from KIND) PAIR_GT, GT_TERM: needs gt_reward_margins */
+    DPO_LT_FUSED_AS_GENERAL = 1 << 13 /* (from KIND) CONST, PAIR_GT: a fused case with the
+                                       * general loop's bits (sft's gradient offsets too) */
 };
 
 #define DPO_LOSS_REGISTRY(X)                                                                   \
@@ -96,45 +104,65 @@ enum {
     X(NORM, DPO_LOSS_ALPHAPO, dpo_pair_alphapo, "alphapo",                                     \
       DPO_LT_LENGTHS_BOTH | DPO_LT_REFERENCE_FREE | DPO_LT_NORMALIZED_REWARDS, 0.5)            \
     X(PAIR_GT, DPO_LOSS_RPO_SQ, dpo_pair_rpo_sq, "rpo_sq", 0, 0.0)                             \
-    X(PAIR_GT, DPO_LOSS_RPO_FWD_KL, dpo_pair_rpo_fwd_kl, "rpo_fwd_kl", 0, 0.0)                 \
-    X(PAIR_GT, DPO_LOSS_RPO_BWD_KL, dpo_pair_rpo_bwd_kl, "rpo_bwd_kl", 0, 0.0)
+    X(GT_TERM, DPO_LOSS_RPO_FWD_KL, dpo_pair_rpo_fwd_kl, "rpo_fwd_kl", 0, 0.0)                 \
+    X(GT_TERM, DPO_LOSS_RPO_BWD_KL, dpo_pair_rpo_bwd_kl, "rpo_bwd_kl", 0, 0.0)
 
 /* Row filters for the loops' switch cases: DPO_IF_PLAIN_##KIND(...) keeps its argument for the
  * loss types with a case in the fused loop over raw log-ratios, DPO_IF_NORMALIZED_##KIND(...)
  * for those with one over normalised log-ratios, DPO_IF_TERM_##KIND(...) for those with a
- * per-pair term in the general loop, DPO_IF_GT_TERM_##KIND(...) for those whose term also
- * takes the ground-truth reward margin; DPO_KIND_FLAGS_##KIND is what KIND tells the Python
- * layer. */
+ * per-pair term in the general loop, DPO_IF_GT_TERM_##KIND(...) for those whose term (and
+ * fused case: DPO_IF_FUSED_GT_##KIND) also takes the ground-truth reward margin,
+ * DPO_IF_CONST_##KIND(...) for the batch constants; DPO_KIND_FLAGS_##KIND is what KIND tells
+ * the Python layer. */
 #define DPO_IF_PLAIN_PAIR(...) __VA_ARGS__
 #define DPO_IF_PLAIN_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_PLAIN_NORM(...)
 #define DPO_IF_PLAIN_CONST(...)
 #define DPO_IF_PLAIN_SORTED(...)
 #define DPO_IF_PLAIN_PAIR_GT(...)
+#define DPO_IF_PLAIN_GT_TERM(...)
 #define DPO_IF_NORMALIZED_PAIR(...)
 #define DPO_IF_NORMALIZED_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_NORM(...) __VA_ARGS__
 #define DPO_IF_NORMALIZED_CONST(...)
 #define DPO_IF_NORMALIZED_SORTED(...)
 #define DPO_IF_NORMALIZED_PAIR_GT(...)
+#define DPO_IF_NORMALIZED_GT_TERM(...)
 #define DPO_IF_TERM_PAIR(...) __VA_ARGS__
 #define DPO_IF_TERM_PAIR_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_NORM(...) __VA_ARGS__
 #define DPO_IF_TERM_CONST(...)
 #define DPO_IF_TERM_SORTED(...)
 #define DPO_IF_TERM_PAIR_GT(...)
+#define DPO_IF_TERM_GT_TERM(...)
 #define DPO_IF_GT_TERM_PAIR(...)
 #define DPO_IF_GT_TERM_PAIR_NORM(...)
 #define DPO_IF_GT_TERM_NORM(...)
 #define DPO_IF_GT_TERM_CONST(...)
 #define DPO_IF_GT_TERM_SORTED(...)
 #define DPO_IF_GT_TERM_PAIR_GT(...) __VA_ARGS__
+#define DPO_IF_GT_TERM_GT_TERM(...) __VA_ARGS__
+#define DPO_IF_CONST_PAIR(...)
+#define DPO_IF_CONST_PAIR_NORM(...)
+#define DPO_IF_CONST_NORM(...)
+#define DPO_IF_CONST_CONST(...) __VA_ARGS__
+#define DPO_IF_CONST_SORTED(...)
+#define DPO_IF_CONST_PAIR_GT(...)
+#define DPO_IF_CONST_GT_TERM(...)
+#define DPO_IF_FUSED_GT_PAIR(...)
+#define DPO_IF_FUSED_GT_PAIR_NORM(...)
+#define DPO_IF_FUSED_GT_NORM(...)
+#define DPO_IF_FUSED_GT_CONST(...)
+#define DPO_IF_FUSED_GT_SORTED(...)
+#define DPO_IF_FUSED_GT_PAIR_GT(...) __VA_ARGS__
+#define DPO_IF_FUSED_GT_GT_TERM(...)
 #define DPO_KIND_FLAGS_PAIR DPO_LT_PLAIN
 #define DPO_KIND_FLAGS_PAIR_NORM (DPO_LT_PLAIN | DPO_LT_NORMALIZED)
 #define DPO_KIND_FLAGS_NORM DPO_LT_NORMALIZED
-#define DPO_KIND_FLAGS_CONST 0
+#define DPO_KIND_FLAGS_CONST DPO_LT_FUSED_AS_GENERAL
 #define DPO_KIND_FLAGS_SORTED DPO_LT_SORTED
-#define DPO_KIND_FLAGS_PAIR_GT DPO_LT_GT_REWARDS
+#define DPO_KIND_FLAGS_PAIR_GT (DPO_LT_GT_REWARDS | DPO_LT_FUSED_AS_GENERAL)
+#define DPO_KIND_FLAGS_GT_TERM DPO_LT_GT_REWARDS
 
 /* Loss identifiers: the registry's rows in order. */
 #define DPO_LOSS_ENUM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) ID,
@@ -829,7 +857,8 @@ DPO_INLINE DpoPairLoss dpo_pair_rpo_bwd_kl(const DpoLossParams *params, double b
 }
 
 /* The loss types with a case in a loop, as X(ID, PAIR_FN), one list per kind of case (the
- * filters above): the fused loop's raw and normalised cases, the general loop's terms. The
+ * filters above): the fused loop's raw and normalised cases, the general loop's terms (and
+ * those with g, of which the PAIR_GT ones are fused cases too), the batch constants. The
  * rows' X is named by the caller: define DPO_EACH_X(ID, PAIR_FN), expand, undefine. */
 #define DPO_PLAIN_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
     DPO_IF_PLAIN_##KIND(DPO_EACH_X(ID, PAIR_FN))
@@ -843,5 +872,11 @@ DPO_INLINE DpoPairLoss dpo_pair_rpo_bwd_kl(const DpoLossParams *params, double b
 #define DPO_GT_TERM_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
     DPO_IF_GT_TERM_##KIND(DPO_EACH_X(ID, PAIR_FN))
 #define DPO_FOR_EACH_GT_TERM_LOSS DPO_LOSS_REGISTRY(DPO_GT_TERM_ROW)
+#define DPO_CONST_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_CONST_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_CONST_LOSS DPO_LOSS_REGISTRY(DPO_CONST_ROW)
+#define DPO_FUSED_GT_ROW(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
+    DPO_IF_FUSED_GT_##KIND(DPO_EACH_X(ID, PAIR_FN))
+#define DPO_FOR_EACH_FUSED_GT_LOSS DPO_LOSS_REGISTRY(DPO_FUSED_GT_ROW)
 
 #endif /* DPO_PAIR_LOSSES_H */

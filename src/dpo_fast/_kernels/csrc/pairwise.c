@@ -50,6 +50,43 @@ int dpo_openmp_enabled(void)
 #endif
 }
 
+double dpo_exact_count_sum(const double *x, ptrdiff_t n)
+{
+    /* 8 lanes of the sum, the smallest count and the distances |v - round(v)| ((v + 2^52) -
+     * 2^52 rounds v < 2^52 to an integer: 0 for integers), vectorised without reassociation.
+     * A NaN or inf makes the sum fail its test; a count of 2^52 or more is refused (not
+     * always an integer away from its rounding). */
+    double lanes[8] = {0.0}, low[8], off[8] = {0.0};
+    ptrdiff_t n8 = n / 8 * 8, i;
+    for (int j = 0; j < 8; j++)
+        low[j] = 1.0;
+    for (i = 0; i < n8; i += 8) {
+        DPO_NO_UNROLL /* (a loop over the lanes: whole vectors, as the chunk loops' lanes) */
+        DPO_VEC_HINT
+        for (int j = 0; j < 8; j++) {
+            double v = x[i + j];
+            double d = ((v + 0x1p52) - 0x1p52) - v;
+            lanes[j] += v;
+            low[j] = (v < low[j]) ? v : low[j];
+            off[j] += (d < 0.0) ? -d : d;
+        }
+    }
+    for (; i < n; i++) {
+        double v = x[i];
+        double d = ((v + 0x1p52) - 0x1p52) - v;
+        lanes[0] += v;
+        low[0] = (v < low[0]) ? v : low[0];
+        off[0] += (d < 0.0) ? -d : d;
+    }
+    double total = 0.0, smallest = 1.0, distance = 0.0;
+    for (int j = 0; j < 8; j++) {
+        total += lanes[j];
+        smallest = (low[j] < smallest) ? low[j] : smallest;
+        distance += off[j];
+    }
+    return (smallest >= 1.0 && distance == 0.0 && total < 0x1p52) ? total : -1.0;
+}
+
 static double dpo_pairwise_sum(const double *partials, ptrdiff_t n, int q)
 {
     if (n == 1)

@@ -92,6 +92,12 @@ void dpo_traffic_f32(const float *a, const float *b, const float *c, const float
 
 int dpo_openmp_enabled(void);
 
+/* The sum of the token counts x[0..n) when every one is an integer >= 1 and the sum is below
+ * 2^52, else -1.0. Such a sum is exact, so every order of the additions gives it (NumPy's
+ * pairwise sum too): sft's fast path takes its token count from here, without a NumPy
+ * pass or the kernel's check of the lengths. */
+double dpo_exact_count_sum(const double *x, ptrdiff_t n);
+
 /* The loss-type registry (pair_losses.h) as data: one entry per loss type, by id. */
 typedef struct {
     int id;
