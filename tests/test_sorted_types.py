@@ -172,3 +172,20 @@ def test_kept_buffers_across_calls_and_threads(monkeypatch):
     assert small is not None and small.shape[0] <= 1000
     assert _call(cases[0], arrays) == expected[0]  # (a fresh buffer: the small one stays)
     assert _sorted._cache.buffer is small
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired", ("sigmoid", "aot")])
+def test_numpy_path_beyond_the_sort_gives_the_same_bits(monkeypatch, name):
+    """Inputs longer than the radix sort's uint32 positions take numpy's stable argsort and
+    scatters (dpo_fast._sorted) with no kept buffers: the same bits (shown on short inputs
+    with the limit lowered)."""
+    from dpo_fast._kernels import _sort
+
+    rng = np.random.default_rng(41)
+    arrays = make("ties", 5000, rng)
+    cases = [(name, 5000, dtype, grad, weighted, 2) for dtype in (np.float64, np.float32)
+             for grad in (False, True) for weighted in (False, True)]
+    expected = [_call(case, arrays) for case in cases]
+    monkeypatch.setattr(_sort, "MAX_LENGTH", 4999)
+    for case, want in zip(cases, expected):
+        assert _call(case, arrays) == want
