@@ -200,6 +200,35 @@ def test_one_scratch_for_several_sorts():
         sorted_differences(values, None, 1.0, True, 1, scratch.view(np.float64))
 
 
+def test_sorted_differences_into_given_arrays():
+    """``values`` and ``order`` are written and returned as they are (a caller's kept
+    buffers); misfits and overlaps with each other, the scratch or the inputs are refused."""
+    rng = np.random.default_rng(14)
+    n = 90_001
+    first, second = rng.normal(0, 5, n), rng.normal(0, 5, n)
+    buffer = np.empty(scratch_length(n) + n + (n + 1) // 2, dtype=np.uint64)
+    scratch = buffer[:scratch_length(n)]
+    values = buffer[scratch_length(n):scratch_length(n) + n].view(np.float64)
+    order = buffer[scratch_length(n) + n:].view(np.uint32)[:n]
+    for n_threads in (1, 2):
+        values[...], order[...] = np.nan, 7
+        got = sorted_differences(first, second, 1.0, True, n_threads, scratch, values, order)
+        fresh = sorted_differences(first, second, 1.0, True, n_threads)
+        assert got[0] is values and got[1] is order
+        assert values.tobytes() == fresh[0].tobytes() and order.tobytes() == fresh[1].tobytes()
+        keys_only = sorted_differences(first, second, 1.0, False, n_threads, scratch, values,
+                                       order)
+        assert keys_only[1] is None and values.tobytes() == fresh[0].tobytes()
+    half = (n + 1) // 2
+    for bad_values, bad_order in [
+            (values[:-1], order), (values, order[:-1]), (values.astype(np.float32), order),
+            (values, order.view(np.int32)), (values[::-1], order),
+            (scratch[:n].view(np.float64), order), (values, scratch[:half].view(np.uint32)[:n]),
+            (first, order), (values, values[:half].view(np.uint32)[:n])]:
+        with pytest.raises(ValueError, match="values|order"):
+            sorted_differences(first, second, 1.0, True, 1, scratch, bad_values, bad_order)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_scatter_puts_values_back_in_pair_order(dtype):
     rng = np.random.default_rng(13)

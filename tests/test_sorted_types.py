@@ -112,3 +112,80 @@ def test_mean_and_no_grad_agree_with_none(name):
                                               n_threads=n_threads)
             assert result.losses.tobytes() == losses.tobytes()
             assert result.loss == float(np.sum(losses)) / losses.shape[0]
+
+
+def _call(case, arrays):
+    name, n, dtype, compute_grad, weighted, n_threads = case
+    given = [a[:n].astype(dtype) for a in arrays]
+    kwargs = {"loss_weights": [0.5, 2.0]} if isinstance(name, tuple) else {}
+    if weighted:
+        kwargs["weights"] = np.linspace(0.0, 2.0, n).astype(dtype)
+    result = dpo_fast.preference_loss(*given, loss_type=list(name) if isinstance(name, tuple)
+                                      else name, beta=BETA, reduction="none",
+                                      compute_grad=compute_grad, n_threads=n_threads, **kwargs)
+    return b"".join(bits(getattr(result, key), dtype) for key in
+                    ("losses", "chosen_rewards", "rejected_rewards", *(
+                        ("grad_chosen", "grad_rejected") if compute_grad else ())))
+
+
+def test_kept_buffers_across_calls_and_threads(monkeypatch):
+    """The sorts' buffers are kept per thread from call to call (dpo_fast._sorted): calls of
+    other lengths, types, dtypes and gradients one after another, and on two Python threads
+    at once, give the bits of calls made with nothing kept; a buffer over CACHED_WORDS is not
+    kept, and one too short for the next call is not used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dpo_fast import _sorted
+
+    rng = np.random.default_rng(31)
+    arrays = make("ties", 120_000, rng)
+    cases = [("aot", 120_000, np.float64, False, False, 2),
+             ("aot_unpaired", 70_001, np.float32, True, False, 1),
+             (("sigmoid", "aot"), 90_000, np.float64, True, True, 2),
+             ("aot_unpaired", 5, np.float64, False, False, 2),
+             ("aot", 100_000, np.float32, True, False, 2),
+             (("aot", "aot_unpaired"), 33_000, np.float32, False, True, 1)]
+    expected = []
+    for case in cases:
+        _sorted._cache.buffer = None
+        expected.append(_call(case, arrays))
+    for case, want in zip(cases + cases[::-1], expected + expected[::-1]):
+        assert _call(case, arrays) == want
+    kept = _sorted._cache.buffer
+    assert kept is not None and kept.shape[0] >= _sorted._workspace_words(120_000, False)
+
+    def run(seed):
+        order = np.random.default_rng(seed).permutation(len(cases) * 2) % len(cases)
+        return [(i, _call(cases[i], arrays)) for i in order]
+
+    with ThreadPoolExecutor(2) as pool:
+        for results in pool.map(run, range(4)):
+            for i, got in results:
+                assert got == expected[i]
+
+    monkeypatch.setattr(_sorted, "CACHED_WORDS", 1000)
+    _sorted._cache.buffer = None
+    assert _call(cases[1], arrays) == expected[1]
+    assert _sorted._cache.buffer is None
+    assert _call(cases[3], arrays) == expected[3]
+    small = _sorted._cache.buffer
+    assert small is not None and small.shape[0] <= 1000
+    assert _call(cases[0], arrays) == expected[0]  # (a fresh buffer: the small one stays)
+    assert _sorted._cache.buffer is small
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired", ("sigmoid", "aot")])
+def test_numpy_path_beyond_the_sort_gives_the_same_bits(monkeypatch, name):
+    """Inputs longer than the radix sort's uint32 positions take numpy's stable argsort and
+    scatters (dpo_fast._sorted) with no kept buffers: the same bits (shown on short inputs
+    with the limit lowered)."""
+    from dpo_fast._kernels import _sort
+
+    rng = np.random.default_rng(41)
+    arrays = make("ties", 5000, rng)
+    cases = [(name, 5000, dtype, grad, weighted, 2) for dtype in (np.float64, np.float32)
+             for grad in (False, True) for weighted in (False, True)]
+    expected = [_call(case, arrays) for case in cases]
+    monkeypatch.setattr(_sort, "MAX_LENGTH", 4999)
+    for case, want in zip(cases, expected):
+        assert _call(case, arrays) == want

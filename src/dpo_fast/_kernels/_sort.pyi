@@ -11,6 +11,8 @@ def sorted_differences(
     want_order: bool,
     n_threads: int,
     scratch: npt.NDArray[np.uint64] | None = None,
+    values: npt.NDArray[np.float64] | None = None,
+    order: npt.NDArray[np.uint32] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint32] | None, bool]: ...
 
 def radix_sort(

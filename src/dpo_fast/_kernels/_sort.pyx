@@ -63,8 +63,16 @@ def scratch_length(Py_ssize_t n):
     return n + (n + 1) // 2
 
 
+cdef _check_out(array, dtype, Py_ssize_t n, str name):
+    if (not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 1
+            or array.shape[0] != n or not array.flags.c_contiguous
+            or not array.flags.writeable):
+        raise ValueError(f"{name} must be a writeable contiguous {np.dtype(dtype).name} array "
+                         f"of length {n}")
+
+
 def sorted_differences(first, second, double scale, bint want_order, int n_threads,
-                       scratch=None):
+                       scratch=None, values=None, order=None):
     """The float64 values ``first * scale - second * scale`` (``second`` None:
     ``first * scale``) sorted, stably, as numpy.argsort(kind="stable") orders them.
 
@@ -82,6 +90,10 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     scratch : numpy.ndarray, optional
         A contiguous uint64 array of at least ``scratch_length(n)`` to work in (its contents
         are left undefined): one buffer for several sorts, whose pages are touched once.
+    values, order : numpy.ndarray, optional
+        Contiguous float64 and uint32 arrays of length n to write the sorted values and their
+        positions into (and return): a caller that keeps its buffers across calls does not
+        fault in fresh pages on every call. None: new arrays.
 
     Returns
     -------
@@ -110,10 +122,20 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     if second is not None:
         second_ptr = _input(second, n, "second")
 
-    keys_array = np.empty(n, dtype=np.uint64)
-    index_array = np.empty(n, dtype=np.uint32) if want_order else None
+    if values is None:
+        keys_array = np.empty(n, dtype=np.uint64)
+    else:
+        _check_out(values, np.float64, n, "values")
+        keys_array = values.view(np.uint64)
+    if not want_order:
+        index_array = None
+    elif order is None:
+        index_array = np.empty(n, dtype=np.uint32)
+    else:
+        _check_out(order, np.uint32, n, "order")
+        index_array = order
     if n == 0:
-        return keys_array.view(np.float64), index_array, True
+        return (keys_array.view(np.float64) if values is None else values), index_array, True
     if scratch is None:
         scratch = np.empty(scratch_length(n), dtype=np.uint64)
     elif (not isinstance(scratch, np.ndarray) or scratch.dtype != np.uint64
@@ -121,6 +143,13 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
           or scratch.shape[0] < scratch_length(n)):
         raise ValueError(f"scratch must be a writeable contiguous uint64 array of at least "
                          f"{scratch_length(n)} values")
+    # (The passes read and write these at once: they must be apart.)
+    written = [keys_array, scratch] + ([] if index_array is None else [index_array])
+    for i, array in enumerate(written):
+        for other in written[i + 1:] + [first] + ([] if second is None else [second]):
+            if np.may_share_memory(array, other):
+                raise ValueError("values, order and scratch must not overlap each other or "
+                                 "the inputs")
     cdef dpo_radix_job *job = <dpo_radix_job *>calloc(1, sizeof(dpo_radix_job))
     if job == NULL:
         raise MemoryError()
@@ -150,7 +179,7 @@ def sorted_differences(first, second, double scale, bint want_order, int n_threa
     free(job)
     if status != 0:
         raise MemoryError()
-    return keys_array.view(np.float64), index_array, all_finite
+    return (keys_array.view(np.float64) if values is None else values), index_array, all_finite
 
 
 def radix_sort(values, bint want_order, int n_threads):
