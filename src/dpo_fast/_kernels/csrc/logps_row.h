@@ -9,10 +9,8 @@
  *   LOGPS_EXP_MASK     the exponent field (all ones: NaN or infinity)
  *   LOGPS_EXP          exp(d) for d <= 0 in double: dpo_logps_exp for double logits, the
  *                      shorter dpo_logps_exp_short for float logits (logps_math.h)
- *   LOGPS_GRAD_T, LOGPS_GRAD_EXP   the type and the exp of a gradient's softmax terms:
- *                      double and dpo_logps_exp for double logits; float and the float
- *                      dpo_logps_expf for float logits (twice the lanes a vector)
- *   LOGPS_GRAD_IN_FLOAT  1 for float logits: at temperature 1, z - lse in float too
+ *   LOGPS_GRAD_IN_FLOAT  1 for float logits: the gradient's softmax terms in float
+ *                      arithmetic (dpo_logps_expf, twice the lanes a vector)
  *   LOGPS_GRAD_TERMS_FN  name of the gradient's row-block helper below
  *   LOGPS_STATS_FN, LOGPS_FWD_FN, LOGPS_BWD_FN   names of the functions to define
  * and simd.h's DPO_TARGET (function attribute) and DPO_LOOP_HINT (loop pragma) of the level.
@@ -172,34 +170,43 @@ DPO_TARGET DPO_HIDDEN void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t 
  * out[i] = -(c * softmax(z)_i) = -(c * exp(x[i] * inv_t - lse)) for n logits: the gradient's
  * terms but the label's (the backward here and the linear head's tile gradient; out may be x,
  * written in place). The clamp keeps softmax <= 1 if a caller passes another lse than the
- * forward's. Float logits at temperature 1 form z - lse in float as well, with lse split in
- * two floats, (x - lse_hi) - lse_lo: each subtraction errs by at most half a float ulp of
- * |z - lse|, which moves exp by a relative 6e-8 |z - lse| (the terms that matter have
- * |z - lse| of a few units); elsewhere z - lse is formed in double, where a large z at a small
- * temperature would lose the difference's digits in float. (|lse| < 1e30 only: lse near
- * FLT_MAX would round to inf.)
+ * forward's. Float logits take float arithmetic (dpo_logps_expf, twice the lanes of double)
+ * where c is well inside float's range: z - lse is formed in float too at temperature 1, with
+ * lse split in two floats, (x - lse_hi) - lse_lo, each subtraction within half a float ulp of
+ * |z - lse| (which moves exp by a relative 6e-8 |z - lse|; the terms that matter have
+ * |z - lse| of a few units), and in double otherwise, where a large z at a small temperature
+ * would lose the difference's digits in float. Elsewhere (double logits; a c or lse beyond
+ * 1e30, e.g. a subnormal temperature) everything is double, rounded once.
  */
 DPO_INLINE void LOGPS_GRAD_TERMS_FN(const LOGPS_T *x, LOGPS_T *out, ptrdiff_t n, double inv_t,
                                     double lse, double c)
 {
 #if LOGPS_GRAD_IN_FLOAT
-    if (inv_t == 1.0 && lse < 1e30 && lse > -1e30) {
-        const float lse_hi = (float)lse;
-        const float lse_lo = (float)(lse - (double)lse_hi);
+    const double c_abs = (c < 0.0) ? -c : c;
+    if (c_abs < 1e30 && c_abs > 1e-30) {
         const float c_f = (float)c;
-        DPO_LOOP_HINT
-        for (ptrdiff_t i = 0; i < n; i++) {
-            float d = ((float)x[i] - lse_hi) - lse_lo;
-            out[i] = (LOGPS_T)(-(c_f * dpo_logps_expf((d > 0.0f) ? 0.0f : d)));
+        if (inv_t == 1.0 && lse < 1e30 && lse > -1e30) {
+            const float lse_hi = (float)lse;
+            const float lse_lo = (float)(lse - (double)lse_hi);
+            DPO_LOOP_HINT
+            for (ptrdiff_t i = 0; i < n; i++) {
+                float d = ((float)x[i] - lse_hi) - lse_lo;
+                out[i] = (LOGPS_T)(-(c_f * dpo_logps_expf((d > 0.0f) ? 0.0f : d)));
+            }
+        } else {
+            DPO_LOOP_HINT
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double d = (double)x[i] * inv_t - lse;
+                out[i] = (LOGPS_T)(-(c_f * dpo_logps_expf((float)((d > 0.0) ? 0.0 : d))));
+            }
         }
         return;
     }
 #endif
-    const LOGPS_GRAD_T c_grad = (LOGPS_GRAD_T)c;
     DPO_LOOP_HINT
     for (ptrdiff_t i = 0; i < n; i++) {
         double d = (double)x[i] * inv_t - lse;
-        out[i] = (LOGPS_T)(-(c_grad * LOGPS_GRAD_EXP((d > 0.0) ? 0.0 : d)));
+        out[i] = (LOGPS_T)(-(c * LOGPS_EXP((d > 0.0) ? 0.0 : d)));
     }
 }
 

@@ -17,8 +17,6 @@
 
 #define LOGPS_T double
 #define LOGPS_EXP dpo_logps_exp
-#define LOGPS_GRAD_T double
-#define LOGPS_GRAD_EXP(d) dpo_logps_exp(d)
 #define LOGPS_GRAD_IN_FLOAT 0
 #define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f64)
 #define LOGPS_BITS int64_t
@@ -35,8 +33,6 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
-#undef LOGPS_GRAD_T
-#undef LOGPS_GRAD_EXP
 #undef LOGPS_GRAD_IN_FLOAT
 #undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
@@ -52,8 +48,6 @@
 
 #define LOGPS_T float
 #define LOGPS_EXP dpo_logps_exp_short
-#define LOGPS_GRAD_T float
-#define LOGPS_GRAD_EXP(d) dpo_logps_expf((float)(d))
 #define LOGPS_GRAD_IN_FLOAT 1
 #define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f32)
 #define LOGPS_BITS int32_t
@@ -70,8 +64,6 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
-#undef LOGPS_GRAD_T
-#undef LOGPS_GRAD_EXP
 #undef LOGPS_GRAD_IN_FLOAT
 #undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
