@@ -414,8 +414,11 @@ def sequence_logps(logits: Any, labels: Any, *, ignore_index: int = -100, mask: 
     ``logp = (z[label] - m) - log(s)``, ``entropy = log(s) - sum(exp(z - m) * (z - m)) / s``
     with ``z = logits * (1 / temperature)``; the sum over the row uses fixed lanes and the sum
     over a sequence runs in position order, so results are the same bits for every thread
-    count and SIMD code path. Measured against a float64 reference on float32 logits of shape
-    (8, 512, 32000): per-sequence sums within 3.2e-12, per-token values within 3.6e-15
+    count and SIMD code path. float64 logits: within ~1e-15 of a float64 reference. float32
+    logits (contract: token log-probs within 1e-6): each ``exp(z - m)`` comes from a float
+    exp at temperature 1 (1.05 float ulps, twice the SIMD lanes; z - m is one float
+    subtraction) and from a short double one otherwise (2.2e-10 relative), the sums staying
+    double: token log-probs and entropies within ~4e-8, per-sequence sums within ~3e-9 a token
     (bench/README-logps.md).
 
     TRL's WPO (``DPOConfig(use_weighting=True)``) from one call on the concatenated batch

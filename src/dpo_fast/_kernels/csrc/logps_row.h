@@ -9,8 +9,9 @@
  *   LOGPS_EXP_MASK     the exponent field (all ones: NaN or infinity)
  *   LOGPS_EXP          exp(d) for d <= 0 in double: dpo_logps_exp for double logits, the
  *                      shorter dpo_logps_exp_short for float logits (logps_math.h)
- *   LOGPS_GRAD_IN_FLOAT  1 for float logits: the gradient's softmax terms in float
- *                      arithmetic (dpo_logps_expf, twice the lanes a vector)
+ *   LOGPS_FLOAT_EXP    1 for float logits: the row sums at temperature 1 and the gradient's
+ *                      softmax terms take the float exp (dpo_logps_expf, twice the lanes a
+ *                      vector)
  *   LOGPS_GRAD_TERMS_FN  name of the gradient's row-block helper below
  *   LOGPS_STATS_FN, LOGPS_FWD_FN, LOGPS_BWD_FN   names of the functions to define
  * and simd.h's DPO_TARGET (function attribute) and DPO_LOOP_HINT (loop pragma) of the level.
@@ -53,6 +54,14 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
         return st;
 
     const double m = st.m;
+    /* Float logits at temperature 1: m is the largest logit itself (a float), so z - m is one
+     * float subtraction (<= 0, exact or within half a float ulp of its value) and exp runs in
+     * float, twice the lanes of the double one (dpo_logps_expf: 1.05 float ulps); the sums
+     * stay double. Token log-probs stay within ~4e-8 of float64; the terms' rounding is not
+     * mean-zero over a row's narrow range of z - m, so a sequence's sum drifts by up to
+     * ~3e-9 a token (bench/README-logps.md). */
+    const int float_exp = LOGPS_FLOAT_EXP && inv_t == 1.0;
+    const float m_f = (float)m;
     double s_lanes[DPO_LOGPS_LANES], w_lanes[DPO_LOGPS_LANES];
     double q_lanes[DPO_LOGPS_LANES], x_lanes[DPO_LOGPS_LANES];
     double ebuf[DPO_LOGPS_BLOCK], wbuf[DPO_LOGPS_BLOCK], qbuf[DPO_LOGPS_BLOCK],
@@ -66,7 +75,23 @@ DPO_INLINE DpoLogpsRowStats LOGPS_STATS_FN(const LOGPS_T *DPO_RESTRICT x, ptrdif
             for (ptrdiff_t i = 0; i < n; i += 64 / (ptrdiff_t)sizeof(LOGPS_T))
                 DPO_PREFETCH(next + start + i);
         /* z - m <= 0 (rounding is monotone), so exp never overflows and the largest term is 1 */
-        if (want_extras) {
+        if (float_exp && want_extras) {
+            /* As below, from the float exp (see float_exp). */
+            DPO_LOOP_HINT
+            for (ptrdiff_t i = 0; i < n; i++) {
+                float d_f = (float)xb[i] - m_f;
+                d_f = (d_f < -800.0f) ? -800.0f : d_f; /* x - m can overflow to -inf */
+                const double e = (double)dpo_logps_expf(d_f);
+                ebuf[i] = e;
+                wbuf[i] = e * (double)d_f;
+                qbuf[i] = e * e;
+                xbuf[i] = (double)xb[i];
+            }
+        } else if (float_exp) {
+            DPO_LOOP_HINT
+            for (ptrdiff_t i = 0; i < n; i++)
+                ebuf[i] = (double)dpo_logps_expf((float)xb[i] - m_f);
+        } else if (want_extras) {
             /* Everything the optional outputs need, from the same exp: the entropy's
              * e * (z - m), WPO's e^2 (sum p^2 = sum e^2 / s^2) and the raw logit. One loop
              * for all of them keeps each value's arithmetic the same whichever are wanted. */
@@ -181,7 +206,7 @@ DPO_TARGET DPO_HIDDEN void LOGPS_FWD_FN(const DpoLogpsArgs *args, const int64_t 
 DPO_INLINE void LOGPS_GRAD_TERMS_FN(const LOGPS_T *x, LOGPS_T *out, ptrdiff_t n, double inv_t,
                                     double lse, double c)
 {
-#if LOGPS_GRAD_IN_FLOAT
+#if LOGPS_FLOAT_EXP
     const double c_abs = (c < 0.0) ? -c : c;
     if (c_abs < 1e30 && c_abs > 1e-30) {
         const float c_f = (float)c;

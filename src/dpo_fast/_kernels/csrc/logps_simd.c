@@ -17,7 +17,7 @@
 
 #define LOGPS_T double
 #define LOGPS_EXP dpo_logps_exp
-#define LOGPS_GRAD_IN_FLOAT 0
+#define LOGPS_FLOAT_EXP 0
 #define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f64)
 #define LOGPS_BITS int64_t
 #define LOGPS_SIGN_SHIFT 63
@@ -33,7 +33,7 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
-#undef LOGPS_GRAD_IN_FLOAT
+#undef LOGPS_FLOAT_EXP
 #undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
@@ -48,7 +48,7 @@
 
 #define LOGPS_T float
 #define LOGPS_EXP dpo_logps_exp_short
-#define LOGPS_GRAD_IN_FLOAT 1
+#define LOGPS_FLOAT_EXP 1
 #define LOGPS_GRAD_TERMS_FN DPO_SIMD_FN(dpo_logps_grad_terms_f32)
 #define LOGPS_BITS int32_t
 #define LOGPS_SIGN_SHIFT 31
@@ -64,7 +64,7 @@
 #include "logps_linear.h"
 #undef LOGPS_T
 #undef LOGPS_EXP
-#undef LOGPS_GRAD_IN_FLOAT
+#undef LOGPS_FLOAT_EXP
 #undef LOGPS_GRAD_TERMS_FN
 #undef LOGPS_BITS
 #undef LOGPS_SIGN_SHIFT
