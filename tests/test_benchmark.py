@@ -424,8 +424,9 @@ def test_section_logps_quick(tmp_path):
     if results["machine"]["torch"] is not None:
         assert ("forward+backward", "dpo_fast.torch") in names
     ours = section["rows"][0]
-    # float32 logits: the short row exp keeps sums within 1e-8 (test_sequence_logps.FLOAT32_TOL)
-    assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-8
+    # float32 logits: the float exp keeps a sequence's sum within ~3e-9 a token (64 here;
+    # test_sequence_logps.FLOAT32_TOL)
+    assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-6
     assert "shape tiny" in report
 
 
@@ -576,7 +577,7 @@ def test_bench_logps_script(tmp_path):
         assert f"forward           {name}" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("forward ")]
     dpo_row = next(r for r in rows if r[1] == "dpo_fast" and r[2].replace(".", "").isdigit())
-    assert float(dpo_row[-2]) < 1e-8                     # seq err against float64
+    assert float(dpo_row[-2]) < 1e-6                     # seq err against float64
     assert set(json.loads(path.read_text())) == {"machine", "rows"}
 
 
