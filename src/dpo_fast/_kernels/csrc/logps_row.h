@@ -245,8 +245,7 @@ DPO_TARGET DPO_HIDDEN void LOGPS_BWD_FN(const DpoLogpsArgs *args, ptrdiff_t r0, 
         const double weight = args->row_weight[r];
         if (weight == 0.0) {
             if (!args->grad_zeroed && stream) {
-                LOGPS_T zeros[DPO_LOGPS_BLOCK];
-                memset(zeros, 0, sizeof zeros);
+                static const LOGPS_T zeros[DPO_LOGPS_BLOCK]; /* all +0.0 */
                 for (ptrdiff_t start = 0; start < vocab; start += DPO_LOGPS_BLOCK) {
                     const ptrdiff_t n = (vocab - start < DPO_LOGPS_BLOCK) ? vocab - start
                                                                          : DPO_LOGPS_BLOCK;
