@@ -152,8 +152,16 @@ def test_lengths_take_the_fast_path_with_the_general_paths_bits(loss_type, dtype
 
 @pytest.mark.parametrize(("label", "kwargs", "message"), [
     ("one length", dict(loss_type="ipo", chosen_lengths=np.ones(6)), None),
-    ("float32 lengths", dict(loss_type="ipo", chosen_lengths=np.ones(6, np.float32),
-                             rejected_lengths=np.ones(6, np.float32)), None),
+    # (float64, float32, int64 and int32 lengths stay: test_fused_cases.py)
+    ("float16 lengths", dict(loss_type="ipo", chosen_lengths=np.ones(6, np.float16),
+                             rejected_lengths=np.ones(6, np.float16)), None),
+    ("uint32 lengths", dict(loss_type="sigmoid_norm", chosen_lengths=np.ones(6, np.uint32),
+                            rejected_lengths=np.ones(6, np.uint32)), None),
+    ("strided int64 lengths", dict(loss_type="sigmoid_norm",
+                                   chosen_lengths=np.ones(12, np.int64)[::2],
+                                   rejected_lengths=np.ones(6, np.int64)), None),
+    ("int64 length below 1", dict(loss_type="sft", chosen_lengths=np.array([1, 2, 0, 4, 5, 6])),
+     r"chosen_lengths\[2\] is 0"),
     ("lengths for a plain type", dict(loss_type="sigmoid", chosen_lengths=np.ones(6),
                                       rejected_lengths=np.ones(6)), None),
     ("length below 1", dict(loss_type="sigmoid_norm", chosen_lengths=np.full(6, 0.5),

@@ -203,3 +203,120 @@ def test_exact_count_sum_is_numpys_sum_of_integer_counts():
             assert _pairwise.exact_count_sum_of(spoiled) == -1.0
     assert _pairwise.exact_count_sum_of(np.full(2, 2.0**51 + 1)) == -1.0  # sum past 2^52
     assert _pairwise.exact_count_sum_of(np.full(2, 2.0**51 - 1)) == 2.0**52 - 2
+
+
+# The fast path's types that read side arrays, with the keyword arguments of a call.
+SIDE_ARRAY_CALLS = {
+    "sigmoid_norm": {"lengths": ("chosen_lengths", "rejected_lengths")},
+    "ipo": {"lengths": ("chosen_lengths", "rejected_lengths")},
+    "simpo": {"lengths": ("chosen_lengths", "rejected_lengths"), "reference_free": True,
+              "simpo_gamma": 0.5},
+    "orpo": {"lengths": ("chosen_lengths", "rejected_lengths"), "reference_free": True},
+    "alphapo": {"lengths": ("chosen_lengths", "rejected_lengths"), "reference_free": True,
+                "alphapo_alpha": 0.25, "simpo_gamma": 0.5},
+    "sft": {"lengths": ("chosen_lengths",)},
+    "rpo_sq": {"lengths": (), "margins": True},
+}
+SIDE_DTYPES = [np.float32, np.int64, np.int32]
+
+
+def _side_array_call(name, dtype, side_dtype, n, seed, **extra):
+    """preference_loss's arguments for ``name`` with its lengths or margins in
+    ``side_dtype``, and the same with them cast to float64."""
+    spec = SIDE_ARRAY_CALLS[name]
+    rng = np.random.default_rng(seed)
+    logps = [-rng.uniform(1.0, 300.0, n).astype(dtype) for _ in range(4)]
+    if spec.get("reference_free"):
+        logps = logps[:2]
+    kwargs = {key: value for key, value in spec.items()
+              if key not in ("lengths", "reference_free", "margins")}
+    typed = dict(kwargs)
+    for key in spec["lengths"]:
+        typed[key] = rng.integers(1, 700, n).astype(side_dtype)
+    if spec.get("margins"):
+        margins = rng.normal(0.0, 3.0, n)
+        typed["gt_reward_margins"] = (margins.astype(side_dtype) if side_dtype == np.float32
+                                      else np.round(margins * 10).astype(side_dtype))
+    as_float64 = {key: (np.asarray(value, np.float64) if isinstance(value, np.ndarray)
+                        else value) for key, value in typed.items()}
+    return logps, {**typed, **extra}, {**as_float64, **extra}
+
+
+def _result_bytes(result):
+    return ([np.asarray(result.loss).tobytes()]
+            + [v.hex() for v in result.metrics.values()]
+            + [getattr(result, key).tobytes() for key in
+               ("losses", "chosen_rewards", "rejected_rewards", "grad_chosen", "grad_rejected")])
+
+
+@pytest.mark.parametrize("side_dtype", SIDE_DTYPES)
+@pytest.mark.parametrize("name", sorted(SIDE_ARRAY_CALLS))
+def test_side_arrays_of_other_dtypes_stay_on_the_fast_path_with_float64s_bits(
+        name, side_dtype, simd_levels, monkeypatch):
+    """int64 token counts (what mask.sum(-1) gives), int32 ones and float32 lengths or
+    margins next to float32 log-probs run on the compiled fast path (the chunk entry points
+    convert each chunk's rows to double), with the bits of the same call with the arrays
+    cast to float64: every dtype of the log-probs, SIMD level, thread count, one chunk and
+    several, weights and reductions."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the call left the fast path")
+
+    for dtype, n in itertools.product((np.float32, np.float64), (5, 40000)):
+        weights = np.random.default_rng(n).uniform(0.0, 2.0, n)
+        logps, typed, as_float64 = _side_array_call(name, dtype, side_dtype, n, 41)
+        for reduction, pair_weights in (("mean", None), ("none", weights)):
+            call = {"beta": 0.1, "loss_type": name, "reduction": reduction,
+                    "weights": pair_weights, "compute_grad": True}
+            expected = None
+            for level in simd_levels:
+                _pairwise.set_simd_level(level)
+                for threads in (1, 2):
+                    with monkeypatch.context() as patch:
+                        patch.setattr(_general, "run", refuse)
+                        fast = preference_loss(*logps, **call, **typed, n_threads=threads)
+                    if expected is None:
+                        expected = _result_bytes(preference_loss(*logps, **call, **as_float64))
+                    assert _result_bytes(fast) == expected, (name, dtype, level, threads)
+            _pairwise.set_simd_level(simd_levels[-1])
+
+
+@pytest.mark.parametrize("side_dtype", SIDE_DTYPES)
+def test_bad_side_values_of_other_dtypes_are_named(side_dtype):
+    """A count below 1 (or a NaN float32 one, or an infinite float32 margin) in a converted
+    side array leaves the fast path, and the general path names it,
+    whatever chunk it is in; the caller's arrays are not written."""
+    for name, key, bad in (("sigmoid_norm", "rejected_lengths", 0),
+                           ("sft", "chosen_lengths", -3),
+                           ("simpo", "chosen_lengths", 0)):
+        for where in (2, 17000):
+            logps, typed, _ = _side_array_call(name, np.float32, side_dtype, 20000, 5)
+            typed[key][where] = bad
+            before = typed[key].copy()
+            with pytest.raises(ValueError, match=rf"{key}\[{where}\] is"):
+                preference_loss(*logps, beta=0.1, loss_type=name, **typed)
+            assert typed[key].tobytes() == before.tobytes()
+    if side_dtype == np.float32:
+        logps, typed, _ = _side_array_call("sigmoid_norm", np.float32, side_dtype, 20000, 6)
+        typed["chosen_lengths"][9000] = np.nan
+        with pytest.raises(ValueError, match=r"chosen_lengths\[9000\]"):
+            preference_loss(*logps, beta=0.1, loss_type="sigmoid_norm", **typed)
+        logps, typed, _ = _side_array_call("rpo_sq", np.float32, side_dtype, 20000, 7)
+        typed["gt_reward_margins"][12345] = np.inf
+        with pytest.raises(ValueError, match=r"gt_reward_margins"):
+            preference_loss(*logps, beta=0.1, loss_type="rpo_sq", **typed)
+
+
+def test_exact_count_sum_of_other_dtypes():
+    """The exact token count of int64, int32 and float32 counts is NumPy's sum of their
+    float64 cast; non-integers, counts below 1 and sums past 2^52 give -1.0."""
+    rng = np.random.default_rng(22)
+    for dtype, n in itertools.product((np.int64, np.int32, np.float32), (1, 9, 8193)):
+        counts = rng.integers(1, 600, n).astype(dtype)
+        assert _pairwise.exact_count_sum_of(counts) == float(np.sum(counts.astype(np.float64)))
+        for bad in (0, -3) + ((0.5, np.nan, np.inf) if dtype == np.float32 else ()):
+            spoiled = counts.copy()
+            spoiled[n // 2] = bad
+            assert _pairwise.exact_count_sum_of(spoiled) == -1.0
+    assert _pairwise.exact_count_sum_of(np.full(2, 2**51 + 1, np.int64)) == -1.0
+    assert _pairwise.exact_count_sum_of(np.full(3, 2**62, np.int64)) == -1.0
+    assert _pairwise.exact_count_sum_of(np.full(2, 2**51 - 1, np.int64)) == 2.0**52 - 2

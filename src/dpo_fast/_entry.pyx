@@ -27,8 +27,9 @@ from libc.math cimport INFINITY, fabs, isfinite
 
 from dpo_fast._kernels._pairwise cimport (
     DPO_NSUMS, DPO_SUM_ACCURACY, DPO_SUM_CHOSEN_LOGP, DPO_SUM_CHOSEN_REWARD, DPO_SUM_LOSS,
-    DPO_SUM_MARGIN, DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs,
-    exact_count_sum, init_args, run_loss, set_alphapo_alpha,
+    DPO_SIDE_F32, DPO_SIDE_F64, DPO_SIDE_I32, DPO_SIDE_I64, DPO_SUM_MARGIN,
+    DPO_SUM_REJECTED_LOGP, DPO_SUM_REJECTED_REWARD, DpoChunkArgs, exact_count_sum_typed,
+    init_args, run_loss, set_alphapo_alpha,
 )
 
 from dpo_fast import _general, _registry, _threads
@@ -235,16 +236,54 @@ cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
     return None
 
 
+cdef inline int _side_type(cnp.ndarray array) noexcept:
+    """The DPO_SIDE_* dtype of a side array the kernels convert per chunk (float64 as it is;
+    float32, int64 and int32 as NumPy's cast to float64 gives them), else -1."""
+    cdef int typenum = cnp.PyArray_TYPE(array)
+    if typenum == cnp.NPY_DOUBLE:
+        return DPO_SIDE_F64
+    if typenum == cnp.NPY_FLOAT:
+        return DPO_SIDE_F32
+    if cnp.PyArray_ISSIGNED(array):  # (int64 is NPY_LONG or NPY_LONGLONG by platform)
+        if cnp.PyArray_ITEMSIZE(array) == 8:
+            return DPO_SIDE_I64
+        if cnp.PyArray_ITEMSIZE(array) == 4:
+            return DPO_SIDE_I32
+    return -1
+
+
 cdef inline cnp.ndarray _lengths(object value, Py_ssize_t n):
-    """Per-pair token counts the fused loop can read as they are (a float64 array accepted by
-    _array_type, of length n, C-contiguous), else None. Their values are the kernel's to check:
-    a count outside [1, inf) makes the loss sum NaN (csrc/chunk_body.h, dpo_length_mark), and
-    the call goes to the general path, which names it; so no pass over them here."""
-    cdef Py_ssize_t length = -1
-    if (_array_type(value, &length) != cnp.NPY_DOUBLE or length != n
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
+    """Per-pair token counts or margins the kernels can read as they are (exactly ndarray,
+    1-D, of length n, C-contiguous, aligned, native byte order, a _side_type dtype: the usual
+    int64 counts and float32 ones next to float32 log-probs too), else None. Their values are
+    the kernel's to check: a count outside [1, inf) makes the loss sum NaN (csrc/chunk_body.h,
+    dpo_length_mark), and the call goes to the general path, which names it; so no pass over
+    them here."""
+    cdef cnp.ndarray array
+    if type(value) is not cnp.ndarray:
         return None
-    return <cnp.ndarray>value
+    array = <cnp.ndarray>value
+    if (cnp.PyArray_NDIM(array) != 1 or cnp.PyArray_DIM(array, 0) != n
+            or _side_type(array) < 0 or not cnp.PyArray_ISBEHAVED_RO(array)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(array)):
+        return None
+    return array
+
+
+cdef inline void _set_side(DpoChunkArgs *args, int slot, cnp.ndarray array) noexcept:
+    """Side array ``slot`` (0 chosen lengths, 1 rejected lengths, 2 margins) of args: the
+    double pointer for float64, else the source the chunk entry points convert."""
+    cdef int side_type = _side_type(array)
+    if side_type == DPO_SIDE_F64:
+        if slot == 0:
+            args.chosen_lengths = <const double *>cnp.PyArray_DATA(array)
+        elif slot == 1:
+            args.rejected_lengths = <const double *>cnp.PyArray_DATA(array)
+        else:
+            args.gt_reward_margins = <const double *>cnp.PyArray_DATA(array)
+    else:
+        args.side_sources[slot] = cnp.PyArray_DATA(array)
+        args.side_types[slot] = side_type
 
 
 cdef inline cnp.ndarray _readable(object value):
@@ -487,10 +526,12 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         # Integer counts (the usual ones) with a sum below 2^52: their exact sum, which is
         # np.sum's, checked in the same pass; then the kernel need not read them. Else the
         # kernel checks their values (dpo_length_mark).
-        token_count = exact_count_sum(<const double *>cnp.PyArray_DATA(chosen_lengths_array),
-                                      n)
+        token_count = exact_count_sum_typed(cnp.PyArray_DATA(chosen_lengths_array),
+                                            _side_type(chosen_lengths_array), n)
         if token_count >= 1.0:
             chosen_lengths_array = None
+        elif _side_type(chosen_lengths_array) != DPO_SIDE_F64:
+            return None  # (the general path sums their float64 cast in NumPy's order)
         else:
             token_count = float(_add_reduce(chosen_lengths_array, None, None, None))
         if not 1.0 <= token_count < INFINITY:  # (counts >= 1: at least 1)
@@ -511,7 +552,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                  else float(_add_reduce(weights_array, None, None, None)))
                 / (<double>n if reduce == MEAN else 1.0))
     elif reads == _GT:
-        args.gt_reward_margins = <const double *>cnp.PyArray_DATA(gt_array)
+        _set_side(&args, 2, gt_array)
         args.params.gt_reward_scale = gt_scale
     args.params.dpop_lambda = PyFloat_AS_DOUBLE(dpop_lambda)
     args.params.bco_delta = PyFloat_AS_DOUBLE(bco_delta)
@@ -528,11 +569,11 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.weights = <const double *>cnp.PyArray_DATA(weights_array)
     args.params.simpo_gamma = PyFloat_AS_DOUBLE(simpo_gamma)
     if normalized:
-        args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
-        args.rejected_lengths = <const double *>cnp.PyArray_DATA(rejected_lengths_array)
+        _set_side(&args, 0, chosen_lengths_array)
+        _set_side(&args, 1, rejected_lengths_array)
         args.normalized_rewards = (<tuple>entry)[4]
     elif reads == _CONST and chosen_lengths_array is not None:
-        args.chosen_lengths = <const double *>cnp.PyArray_DATA(chosen_lengths_array)
+        _set_side(&args, 0, chosen_lengths_array)
     args.losses = cnp.PyArray_DATA(losses)
     args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
     args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
@@ -637,7 +678,9 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     chosen_lengths, rejected_lengths : array_like, shape (n,), optional
         Completion lengths in tokens (finite, >= 1): needed by ``"sigmoid_norm"`` and
         ``"simpo"`` (both) and ``"sft"`` (chosen); ``"ipo"`` normalises by them when both
-        are given; other types ignore them.
+        are given; other types ignore them. Contiguous float64, float32, int64 and int32
+        arrays (``mask.sum(-1)``'s int64 counts, say) are read as they are, a chunk at a
+        time; other dtypes are cast to float64 first. The values are the same either way.
     weights : array_like, shape (n,), optional
         Per-pair multipliers (finite, >= 0) applied to each pair's loss before the
         reduction (WPO-style weights computed elsewhere); ``"mean"`` stays the plain mean.

@@ -102,6 +102,17 @@ cdef extern from "pairwise.h" nogil:
         int normalized_rewards
         double grad_chosen_offset
         double grad_chosen_pair_offset
+        const void *side_sources[3]
+        int side_types[3]
+        double *side_scratch
+        Py_ssize_t side_rows
+        Py_ssize_t side_start
+
+    enum:
+        DPO_SIDE_F64
+        DPO_SIDE_F32
+        DPO_SIDE_I64
+        DPO_SIDE_I32
 
 # The one kernel boundary of the package: init_args fills every field of a DpoChunkArgs with
 # the defaults of a plain single-loss call; run_loss runs the chunk function over rows [0, n)
@@ -113,8 +124,9 @@ cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1
 
-# The exact sum of token counts, or -1.0 (pairwise.h's dpo_exact_count_sum).
-cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil
+# The exact sum of token counts of a DPO_SIDE_* dtype, or -1.0 (pairwise.h's
+# dpo_exact_count_sum_typed).
+cdef double exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n) noexcept nogil
 
 # The SIMD level (DPO_SIMD_*) the kernels run now: what _logps stores in its C arguments.
 cdef int simd_level_id() noexcept nogil

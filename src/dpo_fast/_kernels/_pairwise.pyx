@@ -51,7 +51,7 @@ cdef extern from "pairwise.h" nogil:
     void dpo_traffic_f32(const float *a, const float *b, const float *c, const float *d,
                          float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
     int dpo_openmp_enabled()
-    double dpo_exact_count_sum(const double *x, Py_ssize_t n)
+    double dpo_exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n)
     ctypedef struct DpoLossInfo:
         int id
         const char *name
@@ -132,14 +132,37 @@ cdef void set_alphapo_alpha(DpoLossParams *params, double alpha) noexcept:
 
 cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint single,
                   double *totals) except -1:
-    """Run the chunk function over rows [0, n); write the DPO_NSUMS combined sums to totals."""
+    """Run the chunk function over rows [0, n); write the DPO_NSUMS combined sums to totals.
+    Side arrays of another dtype than float64 (args.side_sources) get their scratch here: one
+    slice per thread of the team, which the chunk entry points convert a chunk's rows into."""
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
-    cdef Py_ssize_t chunk, start
-    cdef double *partials
+    cdef DpoChunkArgs with_scratch
+    cdef Py_ssize_t rows
     if n <= 0:
         raise ValueError("empty input")
     if n_threads < 1:
         raise ValueError("n_threads must be >= 1")
+    if (args.side_sources[0] == NULL and args.side_sources[1] == NULL
+            and args.side_sources[2] == NULL):
+        return _run_chunks(args, n, n_chunks, n_threads, single, totals)
+    rows = min(n, <Py_ssize_t>DPO_CHUNK)
+    with_scratch = args[0]
+    with_scratch.side_rows = rows
+    with_scratch.side_scratch = <double *>malloc(
+        (n_threads if n_chunks > 1 else 1) * 3 * rows * sizeof(double))
+    if with_scratch.side_scratch == NULL:
+        raise MemoryError()
+    try:
+        return _run_chunks(&with_scratch, n, n_chunks, n_threads, single, totals)
+    finally:
+        free(with_scratch.side_scratch)
+
+
+cdef int _run_chunks(const DpoChunkArgs *args, Py_ssize_t n, Py_ssize_t n_chunks,
+                     int n_threads, bint single, double *totals) except -1:
+    """run_loss's loop: the chunks, in parallel when there are several."""
+    cdef Py_ssize_t chunk, start
+    cdef double *partials
     if n_chunks == 1:
         # One chunk: its sums are the totals (dpo_combine_sums of one chunk copies them), and
         # no team, no malloc: the cost of a small call is the arithmetic. Small ones keep the
@@ -370,19 +393,26 @@ def memory_traffic(const floating[::1] a, const floating[::1] b, const floating[
                                 min(<Py_ssize_t>DPO_CHUNK, n - start))
 
 
-cdef double exact_count_sum(const double *x, Py_ssize_t n) noexcept nogil:
-    """dpo_exact_count_sum: the exact sum of token counts (integers >= 1 summing below 2^52;
-    any order of the additions gives it, so NumPy's np.sum gives it too), else -1.0. One
-    thread: a parallel region of its own before the kernel's doubled the cost of a call
-    whenever the other CPU was busy (~4 ms a region on the shared 2-CPU machine)."""
-    return dpo_exact_count_sum(x, n)
+cdef double exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n) noexcept nogil:
+    """dpo_exact_count_sum_typed: the exact sum of token counts of a DPO_SIDE_* dtype (integers
+    >= 1 summing below 2^52; any order of the additions gives it, so NumPy's np.sum of their
+    float64 cast gives it too), else -1.0. One thread: a parallel region of its own before
+    the kernel's doubled the cost of a call whenever the other CPU was busy (~4 ms a region
+    on the shared 2-CPU machine)."""
+    return dpo_exact_count_sum_typed(x, side_type, n)
 
 
-def exact_count_sum_of(const double[::1] counts):
-    """exact_count_sum of a float64 array (for the tests)."""
-    if counts.shape[0] == 0:
+_COUNT_SIDE_TYPES = {np.dtype(np.float64): DPO_SIDE_F64, np.dtype(np.float32): DPO_SIDE_F32,
+                     np.dtype(np.int64): DPO_SIDE_I64, np.dtype(np.int32): DPO_SIDE_I32}
+
+
+def exact_count_sum_of(counts):
+    """exact_count_sum of a 1-D float64, float32, int64 or int32 array (for the tests)."""
+    cdef cnp.ndarray array = np.ascontiguousarray(counts)
+    if array.shape[0] == 0:
         return 0.0
-    return exact_count_sum(&counts[0], counts.shape[0])
+    return exact_count_sum_typed(cnp.PyArray_DATA(array), _COUNT_SIDE_TYPES[array.dtype],
+                                 array.shape[0])
 
 
 def openmp_enabled():

@@ -54,7 +54,8 @@ DPO_INLINE double dpo_negative_mark(double logp)
     }
 
 /* The locals both chunk loops start from: the chunk's rows of every array (a missing
- * reference reads zeros, missing lengths are NULL) and copies of the scalars. DPO_RESTRICT:
+ * reference reads zeros, missing lengths are NULL; converted side arrays begin at the
+ * chunk's row, side_start) and copies of the scalars. DPO_RESTRICT:
  * the Python layer guarantees outputs never overlap inputs or each other; it also lets the
  * vectoriser drop run-time alias checks it would otherwise give up on. Local copies of the
  * parameters: read through args inside the loop, they could alias the outputs. */
@@ -65,12 +66,12 @@ DPO_INLINE double dpo_negative_mark(double logp)
         args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;             \
     const DPO_T *DPO_RESTRICT rr =                                                          \
         args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;         \
-    const double *DPO_RESTRICT nc =                                                         \
-        args->chosen_lengths ? args->chosen_lengths + start : NULL;                         \
-    const double *DPO_RESTRICT nr =                                                         \
-        args->rejected_lengths ? args->rejected_lengths + start : NULL;                     \
-    const double *DPO_RESTRICT gt =                                                         \
-        args->gt_reward_margins ? args->gt_reward_margins + start : NULL;                   \
+    const double *DPO_RESTRICT nc = args->chosen_lengths                                   \
+        ? args->chosen_lengths + (start - args->side_start) : NULL;                         \
+    const double *DPO_RESTRICT nr = args->rejected_lengths                                  \
+        ? args->rejected_lengths + (start - args->side_start) : NULL;                       \
+    const double *DPO_RESTRICT gt = args->gt_reward_margins                                 \
+        ? args->gt_reward_margins + (start - args->side_start) : NULL;                      \
     DPO_T *DPO_RESTRICT out_loss = args->losses ? (DPO_T *)args->losses + start : NULL;     \
     DPO_T *DPO_RESTRICT out_chosen_reward =                                                 \
         args->chosen_rewards ? (DPO_T *)args->chosen_rewards + start : NULL;                \

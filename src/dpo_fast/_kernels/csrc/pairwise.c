@@ -6,6 +6,9 @@
  */
 #include "pairwise.h"
 
+#include <stdint.h>
+#include <string.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -26,14 +29,60 @@ const double dpo_ones_f64[DPO_CHUNK] = {
 #undef DPO_ONES_16
 };
 
+/* dpo_side_to_double (pairwise_simd.c) of the chosen SIMD level. */
+static void dpo_side_rows(const void *source, int type, ptrdiff_t start, ptrdiff_t n,
+                          double *out)
+{
+    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_side_to_double, source, type, start, n, out)
+}
+
+/* dpo_count_sum (pairwise_simd.c) of the chosen SIMD level. */
+static void dpo_count_sum_rows(const void *x, int type, ptrdiff_t n, double *total)
+{
+    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_count_sum, x, type, n, total)
+}
+
+/* args as the instance reads it: itself, or, with side arrays to convert, `local` (a copy
+ * whose side pointers are the chunk's rows as doubles, in this thread's scratch slice). Per
+ * chunk, so the converted rows are read from L2 and no n-row copy is ever made. */
+static const DpoChunkArgs *dpo_sides_as_double(const DpoChunkArgs *args, ptrdiff_t start,
+                                               ptrdiff_t n, DpoChunkArgs *local)
+{
+    if (args->side_scratch == NULL)
+        return args;
+    int thread = 0;
+#ifdef _OPENMP
+    thread = omp_get_thread_num(); /* < the team size the caller sized the scratch for */
+#endif
+    double *slot = args->side_scratch + (ptrdiff_t)thread * 3 * args->side_rows;
+    const double **targets[3];
+    *local = *args;
+    targets[0] = &local->chosen_lengths;
+    targets[1] = &local->rejected_lengths;
+    targets[2] = &local->gt_reward_margins;
+    for (int k = 0; k < 3; k++) {
+        if (args->side_sources[k] == NULL)
+            continue;
+        dpo_side_rows(args->side_sources[k], args->side_types[k], start, n,
+                      slot + k * args->side_rows);
+        *targets[k] = slot + k * args->side_rows;
+    }
+    local->side_start = start;
+    return local;
+}
+
 void dpo_chunk_f64(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums)
 {
-    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_chunk_f64, args, start, n, sums)
+    DpoChunkArgs local;
+    const DpoChunkArgs *read = dpo_sides_as_double(args, start, n, &local);
+    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_chunk_f64, read, start, n, sums)
 }
 
 void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, double *sums)
 {
-    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_chunk_f32, args, start, n, sums)
+    DpoChunkArgs local;
+    const DpoChunkArgs *read = dpo_sides_as_double(args, start, n, &local);
+    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_chunk_f32, read, start, n, sums)
 }
 
 #define DPO_REGISTRY_ENTRY(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
@@ -50,41 +99,11 @@ int dpo_openmp_enabled(void)
 #endif
 }
 
-double dpo_exact_count_sum(const double *x, ptrdiff_t n)
+double dpo_exact_count_sum_typed(const void *x, int type, ptrdiff_t n)
 {
-    /* 8 lanes of the sum, the smallest count and the distances |v - round(v)| ((v + 2^52) -
-     * 2^52 rounds v < 2^52 to an integer: 0 for integers), vectorised without reassociation.
-     * A NaN or inf makes the sum fail its test; a count of 2^52 or more is refused (not
-     * always an integer away from its rounding). */
-    double lanes[8] = {0.0}, low[8], off[8] = {0.0};
-    ptrdiff_t n8 = n / 8 * 8, i;
-    for (int j = 0; j < 8; j++)
-        low[j] = 1.0;
-    for (i = 0; i < n8; i += 8) {
-        DPO_NO_UNROLL /* (a loop over the lanes: whole vectors, as the chunk loops' lanes) */
-        DPO_VEC_HINT
-        for (int j = 0; j < 8; j++) {
-            double v = x[i + j];
-            double d = ((v + 0x1p52) - 0x1p52) - v;
-            lanes[j] += v;
-            low[j] = (v < low[j]) ? v : low[j];
-            off[j] += (d < 0.0) ? -d : d;
-        }
-    }
-    for (; i < n; i++) {
-        double v = x[i];
-        double d = ((v + 0x1p52) - 0x1p52) - v;
-        lanes[0] += v;
-        low[0] = (v < low[0]) ? v : low[0];
-        off[0] += (d < 0.0) ? -d : d;
-    }
-    double total = 0.0, smallest = 1.0, distance = 0.0;
-    for (int j = 0; j < 8; j++) {
-        total += lanes[j];
-        smallest = (low[j] < smallest) ? low[j] : smallest;
-        distance += off[j];
-    }
-    return (smallest >= 1.0 && distance == 0.0 && total < 0x1p52) ? total : -1.0;
+    double total = -1.0;
+    dpo_count_sum_rows(x, type, n, &total);
+    return total;
 }
 
 static double dpo_pairwise_sum(const double *partials, ptrdiff_t n, int q)

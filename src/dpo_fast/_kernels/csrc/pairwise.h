@@ -67,7 +67,23 @@ typedef struct {
      * + offset. */
     double grad_chosen_offset;
     double grad_chosen_pair_offset;
+    /* Side arrays (chosen_lengths, rejected_lengths, gt_reward_margins, in that order) held in
+     * another dtype than float64: side_sources[k] points at the caller's array (NULL: none,
+     * or the double pointer above is used as it is) and side_types[k] says its DPO_SIDE_*.
+     * The entry points (pairwise.c) convert a chunk's rows to double, as NumPy's cast does,
+     * into the calling OpenMP thread's slice of side_scratch (slices of
+     * 3 * side_rows doubles, side_rows >= the rows of any chunk) and hand the instance a
+     * copy of the arguments whose double pointers start at row side_start (0 when nothing is
+     * converted). The caller sizes side_scratch for the team it runs the chunks with. */
+    const void *side_sources[3];
+    int side_types[3];
+    double *side_scratch;
+    ptrdiff_t side_rows;
+    ptrdiff_t side_start;
 } DpoChunkArgs;
+
+/* The dtypes a side array can have (DpoChunkArgs.side_types). */
+enum { DPO_SIDE_F64 = 0, DPO_SIDE_F32 = 1, DPO_SIDE_I64 = 2, DPO_SIDE_I32 = 3 };
 
 /* Process rows [start, start + n) (n <= DPO_CHUNK) and write the chunk's DPO_NSUMS sums, with
  * the instance of the chosen SIMD level (simd.h). */
@@ -77,6 +93,8 @@ void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, doubl
  * place of a missing reference, ones in place of missing per-pair weights. */
 DPO_SIMD_DECLARE(void, dpo_chunk_f64, (const DpoChunkArgs *, ptrdiff_t, ptrdiff_t, double *))
 DPO_SIMD_DECLARE(void, dpo_chunk_f32, (const DpoChunkArgs *, ptrdiff_t, ptrdiff_t, double *))
+/* Rows [start, start + n) of a side array of dtype DPO_SIDE_* as doubles (pairwise_simd.c). */
+DPO_SIMD_DECLARE(void, dpo_side_to_double, (const void *, int, ptrdiff_t, ptrdiff_t, double *))
 extern const double dpo_zeros_f64[DPO_CHUNK];
 extern const float dpo_zeros_f32[DPO_CHUNK];
 extern const double dpo_ones_f64[DPO_CHUNK];
@@ -92,11 +110,13 @@ void dpo_traffic_f32(const float *a, const float *b, const float *c, const float
 
 int dpo_openmp_enabled(void);
 
-/* The sum of the token counts x[0..n) when every one is an integer >= 1 and the sum is below
- * 2^52, else -1.0. Such a sum is exact, so every order of the additions gives it (NumPy's
- * pairwise sum too): sft's fast path takes its token count from here, without a NumPy
- * pass or the kernel's check of the lengths. */
-double dpo_exact_count_sum(const double *x, ptrdiff_t n);
+/* The sum of the token counts x[0..n) (of dtype DPO_SIDE_*, each converted to double) when
+ * every one is an integer >= 1 and the sum is below 2^52, else -1.0. Such a sum is exact, so
+ * every order of the additions gives it (NumPy's pairwise sum of the float64 cast too): sft's
+ * fast path takes its token count from here, without a NumPy pass or the kernel's check of
+ * the lengths. */
+double dpo_exact_count_sum_typed(const void *x, int type, ptrdiff_t n);
+DPO_SIMD_DECLARE(void, dpo_count_sum, (const void *, int, ptrdiff_t, double *))
 
 /* The loss-type registry (pair_losses.h) as data: one entry per loss type, by id. */
 typedef struct {
