@@ -368,7 +368,8 @@ def _unaligned(n, dtype):
     ("numpy beta", lambda a: ((a[0], a[1]), {"beta": np.float64(0.1)})),
     ("loss list", lambda a: ((a[0], a[1]), {"loss_type": ["sigmoid"]})),
     ("sorted type", lambda a: ((a[0], a[1]), {"loss_type": "aot"})),
-    ("float32 weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size, np.float32)})),
+    # (float32 weights stay: test_fused_cases.py)
+    ("int64 weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size, np.int64)})),
     ("weights list", lambda a: ((a[0], a[1]), {"weights": [1.0] * a[0].size})),
     ("strided weights", lambda a: ((a[0], a[1]), {"weights": np.ones(2 * a[0].size)[::2]})),
     ("f-divergence", lambda a: ((a[0], a[1]), {"f_divergence_type": "js_divergence"})),

@@ -278,6 +278,14 @@ def test_side_arrays_of_other_dtypes_stay_on_the_fast_path_with_float64s_bits(
                         expected = _result_bytes(preference_loss(*logps, **call, **as_float64))
                     assert _result_bytes(fast) == expected, (name, dtype, level, threads)
             _pairwise.set_simd_level(simd_levels[-1])
+        # mixed: float64 chosen lengths (read in place) next to converted rejected ones
+        if "rejected_lengths" in typed:
+            mixed = {**typed, "chosen_lengths": as_float64["chosen_lengths"]}
+            with monkeypatch.context() as patch:
+                patch.setattr(_general, "run", refuse)
+                fast = preference_loss(*logps, **call, **mixed, n_threads=2)
+            assert _result_bytes(fast) == _result_bytes(
+                preference_loss(*logps, **call, **as_float64)), (name, dtype, "mixed")
 
 
 @pytest.mark.parametrize("side_dtype", SIDE_DTYPES)
@@ -320,3 +328,43 @@ def test_exact_count_sum_of_other_dtypes():
     assert _pairwise.exact_count_sum_of(np.full(2, 2**51 + 1, np.int64)) == -1.0
     assert _pairwise.exact_count_sum_of(np.full(3, 2**62, np.int64)) == -1.0
     assert _pairwise.exact_count_sum_of(np.full(2, 2**51 - 1, np.int64)) == 2.0**52 - 2
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "robust", "sigmoid_norm", "alphapo", "rpo_sq",
+                                  "sft"])
+def test_float32_weights_stay_on_the_fast_path_with_float64s_bits(name, monkeypatch):
+    """float32 per-pair weights (next to float32 log-probs, say) are checked (by a loop, or by
+    NumPy's min and max above 4096 pairs) and converted per chunk like the side arrays: the
+    bits of the same call with the weights cast to float64, on the fast path (sft, whose
+    weight total is NumPy's sum of the float64 cast, hands such a call over)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the call left the fast path")
+
+    for dtype, n in itertools.product((np.float32, np.float64), (5, 4096, 5000, 40000)):
+        side = name if name in SIDE_ARRAY_CALLS else None
+        if side:
+            logps, typed, _ = _side_array_call(name, dtype, np.float64, n, 43)
+        else:
+            rng = np.random.default_rng(43)
+            logps, typed = [-rng.uniform(1.0, 300.0, n).astype(dtype) for _ in range(4)], {}
+            if name == "robust":
+                typed["label_smoothing"] = 0.1
+        weights = np.random.default_rng(n).uniform(0.0, 2.0, n).astype(np.float32)
+        weights[::5] = 0.0
+        for reduction in ("mean", "none"):
+            call = {"beta": 0.1, "loss_type": name, "reduction": reduction,
+                    "compute_grad": True, **typed}
+            with monkeypatch.context() as patch:
+                if name != "sft":
+                    patch.setattr(_general, "run", refuse)
+                got = preference_loss(*logps, **call, weights=weights, n_threads=2)
+            expected = preference_loss(*logps, **call, weights=weights.astype(np.float64))
+            assert _result_bytes(got) == _result_bytes(expected), (name, dtype, n)
+    logps = [np.full(5000, -3.0, np.float32)] * 4
+    for where, bad in ((7, -1.0), (4999, np.nan), (100, np.inf)):
+        for n in (5000, 100 + 1):
+            weights = np.ones(n, np.float32)
+            if where < n:
+                weights[where] = bad
+                with pytest.raises(ValueError, match=rf"weights\[{where}\] is"):
+                    preference_loss(*(a[:n] for a in logps), weights=weights)

@@ -206,17 +206,27 @@ cdef inline bint _claim(cnp.ndarray array, char **starts, char **ends, int taken
 
 cdef inline cnp.ndarray _per_pair(object value, Py_ssize_t n, double minimum):
     """Per-pair weights (minimum 0; lengths: _lengths) the kernels can read as they are:
-    a float64 array accepted by _array_type, of length n, C-contiguous, every value finite and
-    >= minimum (the general path's rule; it names a bad one). Else None."""
+    a float64 or float32 array accepted by _array_type (float32 ones converted a chunk at a
+    time, as for _lengths), of length n, C-contiguous, every value finite and >= minimum (the
+    general path's rule; it names a bad one). Else None."""
     cdef cnp.ndarray array
     cdef const double *values
+    cdef const float *floats
     cdef Py_ssize_t i, length = -1
     cdef double low = minimum, high = minimum
-    if (_array_type(value, &length) != cnp.NPY_DOUBLE or length != n
+    if (_array_type(value, &length) < 0 or length != n
             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
         return None
     array = <cnp.ndarray>value
-    if n > _PER_PAIR_LOOP_MAX:
+    if cnp.PyArray_TYPE(array) == cnp.NPY_FLOAT and n <= _PER_PAIR_LOOP_MAX:
+        floats = <const float *>cnp.PyArray_DATA(array)
+        with nogil:
+            for i in range(n):  # (as the loop below)
+                if floats[i] < low or floats[i] != floats[i]:
+                    low = floats[i]
+                if floats[i] > high or floats[i] != floats[i]:
+                    high = floats[i]
+    elif n > _PER_PAIR_LOOP_MAX:
         # NumPy's SIMD reductions (NaN propagates through both): this branchy loop costs
         # ~2 ns a value, which at 1e6 pairs was more than the kernel call itself
         low = array.min()
@@ -271,16 +281,18 @@ cdef inline cnp.ndarray _lengths(object value, Py_ssize_t n):
 
 
 cdef inline void _set_side(DpoChunkArgs *args, int slot, cnp.ndarray array) noexcept:
-    """Side array ``slot`` (0 chosen lengths, 1 rejected lengths, 2 margins) of args: the
-    double pointer for float64, else the source the chunk entry points convert."""
+    """Side array ``slot`` (0 chosen lengths, 1 rejected lengths, 2 margins, 3 weights) of
+    args: the double pointer for float64, else the source the chunk entry points convert."""
     cdef int side_type = _side_type(array)
     if side_type == DPO_SIDE_F64:
         if slot == 0:
             args.chosen_lengths = <const double *>cnp.PyArray_DATA(array)
         elif slot == 1:
             args.rejected_lengths = <const double *>cnp.PyArray_DATA(array)
-        else:
+        elif slot == 2:
             args.gt_reward_margins = <const double *>cnp.PyArray_DATA(array)
+        else:
+            args.weights = <const double *>cnp.PyArray_DATA(array)
     else:
         args.side_sources[slot] = cnp.PyArray_DATA(array)
         args.side_types[slot] = side_type
@@ -474,6 +486,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         weights_array = _per_pair(weights, n, 0.0)
         if weights_array is None:
             return None
+        if reads == _CONST and cnp.PyArray_TYPE(weights_array) != cnp.NPY_DOUBLE:
+            return None  # (sft's weight total: the general path sums their float64 cast)
 
     if n_threads is None:
         threads = 1
@@ -566,7 +580,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.ref_chosen = cnp.PyArray_DATA(ref_chosen_array)
         args.ref_rejected = cnp.PyArray_DATA(ref_rejected_array)
     if weights_array is not None:
-        args.weights = <const double *>cnp.PyArray_DATA(weights_array)
+        _set_side(&args, 3, weights_array)
     args.params.simpo_gamma = PyFloat_AS_DOUBLE(simpo_gamma)
     if normalized:
         _set_side(&args, 0, chosen_lengths_array)
@@ -684,6 +698,8 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     weights : array_like, shape (n,), optional
         Per-pair multipliers (finite, >= 0) applied to each pair's loss before the
         reduction (WPO-style weights computed elsewhere); ``"mean"`` stays the plain mean.
+        Contiguous float64 and float32 arrays are read as they are (float32 a chunk at a
+        time); other dtypes are cast to float64 first, with the same values.
     reduction : {"mean", "sum", "none"}, default "mean"
         How ``loss`` reduces the per-pair losses.
     compute_grad : bool, default False

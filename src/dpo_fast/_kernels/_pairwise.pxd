@@ -102,13 +102,14 @@ cdef extern from "pairwise.h" nogil:
         int normalized_rewards
         double grad_chosen_offset
         double grad_chosen_pair_offset
-        const void *side_sources[3]
-        int side_types[3]
+        const void *side_sources[4]
+        int side_types[4]
         double *side_scratch
         Py_ssize_t side_rows
         Py_ssize_t side_start
 
     enum:
+        DPO_SIDE_SLOTS
         DPO_SIDE_F64
         DPO_SIDE_F32
         DPO_SIDE_I64

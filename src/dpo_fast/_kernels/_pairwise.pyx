@@ -138,18 +138,21 @@ cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint si
     cdef Py_ssize_t n_chunks = (n + DPO_CHUNK - 1) // DPO_CHUNK
     cdef DpoChunkArgs with_scratch
     cdef Py_ssize_t rows
+    cdef int slot
     if n <= 0:
         raise ValueError("empty input")
     if n_threads < 1:
         raise ValueError("n_threads must be >= 1")
-    if (args.side_sources[0] == NULL and args.side_sources[1] == NULL
-            and args.side_sources[2] == NULL):
+    for slot in range(DPO_SIDE_SLOTS):
+        if args.side_sources[slot] != NULL:
+            break
+    else:
         return _run_chunks(args, n, n_chunks, n_threads, single, totals)
     rows = min(n, <Py_ssize_t>DPO_CHUNK)
     with_scratch = args[0]
     with_scratch.side_rows = rows
     with_scratch.side_scratch = <double *>malloc(
-        (n_threads if n_chunks > 1 else 1) * 3 * rows * sizeof(double))
+        (n_threads if n_chunks > 1 else 1) * DPO_SIDE_SLOTS * rows * sizeof(double))
     if with_scratch.side_scratch == NULL:
         raise MemoryError()
     try:

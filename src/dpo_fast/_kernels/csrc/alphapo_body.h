@@ -66,7 +66,7 @@ DPO_TARGET DPO_NOINLINE static void DPO_ALPHAPO_FN(const DpoChunkArgs *args, ptr
                                                    ptrdiff_t n, double *sums)
 {
     DPO_CHUNK_LOCALS
-    const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const double *DPO_RESTRICT pw = args->weights ? DPO_SIDE_ROWS(args->weights) : dpo_ones_f64;
     (void)normalized_rewards;
     double lanes[DPO_NSUMS][DPO_LANES];
     double buf[DPO_NSUMS][DPO_BLOCK];

@@ -53,6 +53,10 @@ DPO_INLINE double dpo_negative_mark(double logp)
         sums[q] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));       \
     }
 
+/* A side array's (lengths, margins, weights) rows from the chunk's start: a converted one
+ * (pairwise.c) holds the chunk's rows only and begins at row side_start. */
+#define DPO_SIDE_ROWS(P) ((P) + (start - args->side_start))
+
 /* The locals both chunk loops start from: the chunk's rows of every array (a missing
  * reference reads zeros, missing lengths are NULL; converted side arrays begin at the
  * chunk's row, side_start) and copies of the scalars. DPO_RESTRICT:
@@ -66,12 +70,12 @@ DPO_INLINE double dpo_negative_mark(double logp)
         args->ref_chosen ? (const DPO_T *)args->ref_chosen + start : DPO_ZEROS;             \
     const DPO_T *DPO_RESTRICT rr =                                                          \
         args->ref_rejected ? (const DPO_T *)args->ref_rejected + start : DPO_ZEROS;         \
-    const double *DPO_RESTRICT nc = args->chosen_lengths                                   \
-        ? args->chosen_lengths + (start - args->side_start) : NULL;                         \
-    const double *DPO_RESTRICT nr = args->rejected_lengths                                  \
-        ? args->rejected_lengths + (start - args->side_start) : NULL;                       \
-    const double *DPO_RESTRICT gt = args->gt_reward_margins                                 \
-        ? args->gt_reward_margins + (start - args->side_start) : NULL;                      \
+    const double *DPO_RESTRICT nc =                                                         \
+        args->chosen_lengths ? DPO_SIDE_ROWS(args->chosen_lengths) : NULL;                  \
+    const double *DPO_RESTRICT nr =                                                         \
+        args->rejected_lengths ? DPO_SIDE_ROWS(args->rejected_lengths) : NULL;              \
+    const double *DPO_RESTRICT gt =                                                         \
+        args->gt_reward_margins ? DPO_SIDE_ROWS(args->gt_reward_margins) : NULL;            \
     DPO_T *DPO_RESTRICT out_loss = args->losses ? (DPO_T *)args->losses + start : NULL;     \
     DPO_T *DPO_RESTRICT out_chosen_reward =                                                 \
         args->chosen_rewards ? (DPO_T *)args->chosen_rewards + start : NULL;                \
@@ -361,7 +365,7 @@ DPO_TARGET DPO_NOINLINE static void DPO_FIXUP_FN(const DpoChunkArgs *args, ptrdi
                                                  double (*lanes)[DPO_LANES])
 {
     DPO_CHUNK_LOCALS
-    const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const double *DPO_RESTRICT pw = args->weights ? DPO_SIDE_ROWS(args->weights) : dpo_ones_f64;
     const double *DPO_RESTRICT chosen_counts = nc ? nc : dpo_ones_f64;
     const int loss_type = args->loss_type;
     DPO_T out_scratch[3][DPO_BLOCK];
@@ -419,7 +423,7 @@ DPO_TARGET DPO_HIDDEN void DPO_CHUNK_FN(const DpoChunkArgs *args, ptrdiff_t star
      * general loop (_pairwise.pyx's LossConfig picks). */
     const int kind = dpo_row_kind(args);
     const int normalized = DPO_ROW_IS_NORM(kind);
-    const double *DPO_RESTRICT pw = args->weights ? args->weights + start : dpo_ones_f64;
+    const double *DPO_RESTRICT pw = args->weights ? DPO_SIDE_ROWS(args->weights) : dpo_ones_f64;
     /* the CONST rows' lengths to check: ones when the caller checked them (the general
      * path) */
     const double *DPO_RESTRICT chosen_counts = nc ? nc : dpo_ones_f64;

@@ -290,7 +290,7 @@ DPO_TARGET static void DPO_GENERAL_FN(const DpoChunkArgs *args, ptrdiff_t start,
                                       double *sums)
 {
     DPO_CHUNK_LOCALS
-    const double *DPO_RESTRICT weights = args->weights ? args->weights + start : NULL;
+    const double *DPO_RESTRICT weights = args->weights ? DPO_SIDE_ROWS(args->weights) : NULL;
     const int divergence = args->divergence;
     const double coef = args->divergence_coef;
     const int n_terms = args->n_terms;

@@ -54,18 +54,23 @@ static const DpoChunkArgs *dpo_sides_as_double(const DpoChunkArgs *args, ptrdiff
 #ifdef _OPENMP
     thread = omp_get_thread_num(); /* < the team size the caller sized the scratch for */
 #endif
-    double *slot = args->side_scratch + (ptrdiff_t)thread * 3 * args->side_rows;
-    const double **targets[3];
+    double *slot = args->side_scratch + (ptrdiff_t)thread * DPO_SIDE_SLOTS * args->side_rows;
+    const double **targets[DPO_SIDE_SLOTS];
     *local = *args;
     targets[0] = &local->chosen_lengths;
     targets[1] = &local->rejected_lengths;
     targets[2] = &local->gt_reward_margins;
-    for (int k = 0; k < 3; k++) {
-        if (args->side_sources[k] == NULL)
-            continue;
-        dpo_side_rows(args->side_sources[k], args->side_types[k], start, n,
-                      slot + k * args->side_rows);
-        *targets[k] = slot + k * args->side_rows;
+    targets[3] = &local->weights;
+    /* Every side array of the copy begins at row `start`: the converted ones in the slice,
+     * the float64 ones (given as they are next to converted ones) in place. */
+    for (int k = 0; k < DPO_SIDE_SLOTS; k++) {
+        if (args->side_sources[k] != NULL) {
+            dpo_side_rows(args->side_sources[k], args->side_types[k], start, n,
+                          slot + k * args->side_rows);
+            *targets[k] = slot + k * args->side_rows;
+        } else if (*targets[k] != NULL) {
+            *targets[k] += start;
+        }
     }
     local->side_start = start;
     return local;

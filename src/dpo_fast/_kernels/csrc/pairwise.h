@@ -27,6 +27,9 @@ enum {
     DPO_NSUMS
 };
 
+/* Side arrays a chunk may convert (DpoChunkArgs.side_sources). */
+#define DPO_SIDE_SLOTS 4
+
 /* The general path (general_body.h): at most this many loss types combined in one call. */
 #define DPO_MAX_TERMS 16
 
@@ -67,16 +70,16 @@ typedef struct {
      * + offset. */
     double grad_chosen_offset;
     double grad_chosen_pair_offset;
-    /* Side arrays (chosen_lengths, rejected_lengths, gt_reward_margins, in that order) held in
-     * another dtype than float64: side_sources[k] points at the caller's array (NULL: none,
+    /* Side arrays (chosen_lengths, rejected_lengths, gt_reward_margins, weights, in that
+     * order) held in another dtype than float64: side_sources[k] points at the caller's array (NULL: none,
      * or the double pointer above is used as it is) and side_types[k] says its DPO_SIDE_*.
      * The entry points (pairwise.c) convert a chunk's rows to double, as NumPy's cast does,
-     * into the calling OpenMP thread's slice of side_scratch (slices of
-     * 3 * side_rows doubles, side_rows >= the rows of any chunk) and hand the instance a
-     * copy of the arguments whose double pointers start at row side_start (0 when nothing is
+     * into the calling OpenMP thread's slice of side_scratch (slices of DPO_SIDE_SLOTS *
+     * side_rows doubles, side_rows >= the rows of any chunk) and hand the instance a copy of
+     * the arguments whose double pointers start at row side_start (0 when nothing is
      * converted). The caller sizes side_scratch for the team it runs the chunks with. */
-    const void *side_sources[3];
-    int side_types[3];
+    const void *side_sources[DPO_SIDE_SLOTS];
+    int side_types[DPO_SIDE_SLOTS];
     double *side_scratch;
     ptrdiff_t side_rows;
     ptrdiff_t side_start;
