@@ -105,6 +105,7 @@ cdef extern from "pairwise.h" nogil:
         const void *side_sources[4]
         int side_types[4]
         double *side_scratch
+        int side_threads
         Py_ssize_t side_rows
         Py_ssize_t side_start
 

@@ -151,8 +151,9 @@ cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint si
     rows = min(n, <Py_ssize_t>DPO_CHUNK)
     with_scratch = args[0]
     with_scratch.side_rows = rows
+    with_scratch.side_threads = n_threads if n_chunks > 1 else 1
     with_scratch.side_scratch = <double *>malloc(
-        (n_threads if n_chunks > 1 else 1) * DPO_SIDE_SLOTS * rows * sizeof(double))
+        with_scratch.side_threads * DPO_SIDE_SLOTS * rows * sizeof(double))
     if with_scratch.side_scratch == NULL:
         raise MemoryError()
     try:

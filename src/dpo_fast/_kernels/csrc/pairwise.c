@@ -52,7 +52,11 @@ static const DpoChunkArgs *dpo_sides_as_double(const DpoChunkArgs *args, ptrdiff
         return args;
     int thread = 0;
 #ifdef _OPENMP
-    thread = omp_get_thread_num(); /* < the team size the caller sized the scratch for */
+    /* In the caller's team, the thread's number there (< the team's size, which the caller
+     * sized the scratch for); a call outside one (side_threads 1) takes slice 0, whatever
+     * team the calling thread may belong to. */
+    if (args->side_threads > 1)
+        thread = omp_get_thread_num();
 #endif
     double *slot = args->side_scratch + (ptrdiff_t)thread * DPO_SIDE_SLOTS * args->side_rows;
     const double **targets[DPO_SIDE_SLOTS];

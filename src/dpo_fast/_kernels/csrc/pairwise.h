@@ -81,6 +81,7 @@ typedef struct {
     const void *side_sources[DPO_SIDE_SLOTS];
     int side_types[DPO_SIDE_SLOTS];
     double *side_scratch;
+    int side_threads; /* slices in side_scratch: the team's size, 1 outside a team */
     ptrdiff_t side_rows;
     ptrdiff_t side_start;
 } DpoChunkArgs;
