@@ -20,7 +20,7 @@ from a dump of both runs, its first differing output value.
 
 Then (unless --no-vec) it runs the vectoriser-report tests of the aarch64 build
 (tests/test_aarch64.py -k vectorised: the cross compiler's -fopt-info-vec-optimized report
-on the loops tests/test_vectorization.py and tests/test_sequence_logps.py check on x86-64),
+on the loops tests/test_vectorization.py and tests/test_logps_vectorisation.py check on x86-64),
 which need pytest and the package importable (pip install ".[test]" from the clone).
 
 Missing tools are installed with apt-get (Debian/Ubuntu: gcc-aarch64-linux-gnu,

@@ -30,8 +30,8 @@ t_start=$(date +%s.%N)
 # preference_loss and the loss family through the plain and the general kernel loops with
 # weights, lengths and f-divergences, sequence_logps forward and backward, the validation and
 # error paths). About 4 minutes for the build plus 1-2 for the tests on 2 cores.
-QUICK_TESTS=(tests/test_loss_family.py tests/test_loss_modifiers.py tests/test_validation.py
-             tests/test_dpo_loss.py tests/test_sequence_logps.py
+QUICK_TESTS=(tests/test_loss_family.py tests/test_modifiers_*.py tests/test_validation.py
+             tests/test_dpo_loss.py tests/test_logps_*.py
              tests/test_sanitizer_regressions.py)
 
 # Left out of every run, each with its reason:

@@ -10,7 +10,7 @@
    have x86-64's sse2 bits. The full grid (every x86-64 level, more sizes) is
    `python3 scripts/aarch64_check.py`.
 2. Vectorisation: the cross compiler's vectoriser report on the row loops that
-   tests/test_vectorization.py (pairwise) and tests/test_sequence_logps.py (log-softmax rows)
+   tests/test_vectorization.py (pairwise) and tests/test_logps_vectorisation.py (log-softmax rows)
    check on x86-64, with 16-byte NEON vectors: `neon` is not a scalar path under a SIMD name.
 
 Skipped without the cross compiler, its C library headers or qemu (the script installs them:
@@ -127,7 +127,7 @@ def test_aarch64_pairwise_row_loops_vectorised(header, text, offset, count):
 
 
 def test_aarch64_logps_row_loops_vectorised():
-    from test_sequence_logps import _loop_lines
+    from test_logps_vectorisation import _loop_lines
 
     report = _report("logps_simd.c")
     for name, line in _loop_lines().items():

@@ -292,7 +292,7 @@ def test_no_nan_for_random_extreme_inputs(dtype):
 
 # ------------------------------------------------------------------ regressions
 #
-# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# Failures the fuzzing found (tests/test_fuzz_*.py, scripts/fuzz_atheris.py; docs/reliability.md,
 # section 6), pinned beside the code they guard. A crash runs in a subprocess.
 
 

@@ -36,7 +36,7 @@ state one left behind may be the cause), and the rest of the chunk goes on in a 
 Every problem is collected; the test fails once with the whole list, grouped by origin, each
 group with a variant that reproduces it (its description says how it was made).
 
-``DPO_FAST_FUZZ_SCALE`` (as in test_fuzz.py) scales the number of random and sampled
+``DPO_FAST_FUZZ_SCALE`` (as in test_fuzz_*.py) scales the number of random and sampled
 structured variants (scale 1: ~430 variants, ~2,200 runs, ~25 s on 2 cores);
 ``DPO_FAST_FUZZ_FILES_REPORT=PATH`` writes the findings as JSON.
 """

@@ -374,7 +374,7 @@ def test_non_finite_logits_name_the_position_and_the_cause(small_tiles):
 def test_tile_loops_vectorised_in_every_clone(tmp_path):
     """The linear head's own loops (bias add, tile gradient) are vectorised at every level,
     float32 and float64 (the fold's statistics are logps_row.h's loops, checked in
-    tests/test_sequence_logps.py)."""
+    tests/test_logps_vectorisation.py)."""
     lines = (CSRC / "logps_linear.h").read_text().splitlines()
     wanted = {}
     for name, marker in {"bias add": "x[j] = x[j] + bias[j];",

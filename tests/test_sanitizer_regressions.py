@@ -172,7 +172,7 @@ def test_nan_inputs_without_the_finite_check_propagate(simd_levels, kwargs, dtyp
 
 # ------------------------------------------------------------------ regressions
 #
-# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# Failures the fuzzing found (tests/test_fuzz_*.py, scripts/fuzz_atheris.py; docs/reliability.md,
 # section 6), pinned beside the code they guard. A crash runs in a subprocess.
 
 

@@ -357,7 +357,7 @@ def test_env_scalar_gives_same_bits():
 
 # ------------------------------------------------------------------ regressions
 #
-# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# Failures the fuzzing found (tests/test_fuzz_*.py, scripts/fuzz_atheris.py; docs/reliability.md,
 # section 6), pinned beside the code they guard. A crash runs in a subprocess.
 
 TH = _threads.PARALLEL_MIN_ROWS

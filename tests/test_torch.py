@@ -526,7 +526,7 @@ def test_regression_create_graph_raises(which, how):
 
 # ------------------------------------------------------------------ regressions
 #
-# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# Failures the fuzzing found (tests/test_fuzz_*.py, scripts/fuzz_atheris.py; docs/reliability.md,
 # section 6), pinned beside the code they guard. A crash runs in a subprocess.
 
 

@@ -487,7 +487,7 @@ def test_dpo_loss_list_resized_by_float_conversion_is_an_error_not_a_crash():
 
 # ------------------------------------------------------------------ regressions
 #
-# Failures the fuzzing found (tests/test_fuzz.py, scripts/fuzz_atheris.py; docs/reliability.md,
+# Failures the fuzzing found (tests/test_fuzz_*.py, scripts/fuzz_atheris.py; docs/reliability.md,
 # section 6), pinned beside the code they guard. A crash runs in a subprocess.
 
 

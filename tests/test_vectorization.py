@@ -10,7 +10,7 @@ macro-expanded once per loss type, so GCC reports many at one source line: the c
 vectorised loops there must reach the count of loops (from the registry in pair_losses.h),
 so that no single loss type's loop can stay scalar unnoticed. Those lines host row loops only.
 It needs the source tree, GCC and x86-64; elsewhere it is skipped.
-(tests/test_sequence_logps.py checks the log-softmax rows of logps_simd.c the same way;
+(tests/test_logps_vectorisation.py checks the log-softmax rows of logps_simd.c the same way;
 tests/test_aarch64.py checks the same LOOPS, and those rows, in the aarch64 cross compiler's
 report of the NEON instance.)
 """

@@ -42,7 +42,7 @@ typedef struct {
  * there is no upper clamp and one 2^k factor, and results below 2^-1021 (d < -708) are
  * flushed to 0: a sum that holds the term exp(0) = 1 cannot see them, nor can a float32
  * gradient. For -708 <= d <= 0 the result is bit-identical to dpo_exp (p * 2^k is exact
- * while normal; tests/test_sequence_logps.py compiles both and compares them). Measured:
+ * while normal; tests/test_logps_vectorisation.py compiles both and compares them). Measured:
  * ~20% less time than dpo_exp in the row loop (AVX-512). NaN propagates; d > 0 gives an
  * unspecified finite or infinite value (no undefined behaviour: the shift is unsigned).
  */
