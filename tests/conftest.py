@@ -50,7 +50,7 @@ def simd_levels():
 def _fuzz_report(request):
     """Print how many fuzz cases ran (and write them to $DPO_FAST_FUZZ_STATS), once, after
     the last test of the session: the counts of every fuzz module of the run together."""
-    from helpers import FUZZ_COUNTS, SCALE
+    from fuzz_support import FUZZ_COUNTS, SCALE
 
     yield
     total = sum(FUZZ_COUNTS.values())

@@ -425,7 +425,7 @@ def test_section_logps_quick(tmp_path):
         assert ("forward+backward", "dpo_fast.torch") in names
     ours = section["rows"][0]
     # float32 logits: the float exp keeps a sequence's sum within ~3e-9 a token (64 here;
-    # helpers.FLOAT32_TOL)
+    # reference_logps.FLOAT32_TOL)
     assert ours["shape"] == "tiny" and ours["seq_err"] < 1e-6
     assert "shape tiny" in report
 

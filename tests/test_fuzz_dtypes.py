@@ -2,7 +2,7 @@
 float16/32/64, longdouble, the integers, bool, object, complex, datetime64, timedelta64,
 str, bytes, structured and big-endian arrays.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import call_checked, check_preference_result, count, fuzz
-from helpers import reference as logps_reference
+from fuzz_support import call_checked, check_preference_result, count, fuzz
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_logps import reference as logps_reference
 
 from dpo_fast import preference_loss, sequence_logps, sequence_logps_grad
 

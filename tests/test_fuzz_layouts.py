@@ -2,7 +2,7 @@
 0-d, 2-d, empty, strides up to 32 KiB, negative and zero strides, read-only, Fortran order,
 and views that are not aligned (guard bytes around every buffer checked after the call).
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (
+from fuzz_support import (
     OUTPUTS,
-    Guarded,
     call_checked,
     check_preference_result,
     count,
@@ -23,9 +22,10 @@ from helpers import (
     logps_arrays,
     loss_kwargs,
 )
-from helpers import reference as logps_reference
+from helpers import Guarded
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_logps import reference as logps_reference
 from test_threads_simd import fingerprint
 
 from dpo_fast import preference_loss, sequence_logps, sequence_logps_grad

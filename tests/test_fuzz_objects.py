@@ -3,7 +3,7 @@
 nested and ragged lists, complex, Decimal, Fraction, NumPy scalars, huge ints, and objects
 whose ``__float__`` raises (passed through unchanged).
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -19,20 +19,19 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import (
+from fuzz_support import (
     OUTPUTS,
     PREF_NAMES,
     FloatRaises,
     FloatSubclassRaises,
     RealFloatRaises,
-    assert_no_nan,
     call_checked,
     count,
     fuzz,
     logps_arrays,
     loss_kwargs,
-    result_no_nan,
 )
+from helpers import assert_no_nan, result_no_nan
 from hypothesis import given
 from hypothesis import strategies as st
 

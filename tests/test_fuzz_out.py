@@ -3,7 +3,7 @@ ones inside guard bytes, wrong dtypes and shapes, strided, read-only, Fortran-or
 byte-swapped ones, aliases of an input or of another output, lists, None, unknown keys, and
 gradient buffers without ``compute_grad``.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import OUTPUTS, Guarded, call_checked, count, fuzz, logps_arrays
+from fuzz_support import OUTPUTS, call_checked, count, fuzz, logps_arrays
+from helpers import Guarded
 from hypothesis import given
 from hypothesis import strategies as st
 from test_threads_simd import fingerprint

@@ -2,7 +2,7 @@
 ``label_smoothing``, ``discopop_tau``, ``simpo_gamma``, ``f_alpha_divergence_coef`` of
 ``preference_loss``, and ``temperature`` and ``ignore_index`` of ``sequence_logps``.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -18,20 +18,19 @@ import numbers
 
 import numpy as np
 import pytest
-from helpers import (
+from fuzz_support import (
     DBL_MAX,
     DBL_MIN,
     F_DIV_TYPES,
-    assert_no_nan,
     call_checked,
     check_preference_result,
     count,
     fuzz,
     logps_arrays,
     loss_kwargs,
-    result_no_nan,
 )
-from helpers import FUZZ_SMOOTHED as SMOOTHED
+from fuzz_support import FUZZ_SMOOTHED as SMOOTHED
+from helpers import assert_no_nan, result_no_nan
 from hypothesis import given
 from hypothesis import strategies as st
 

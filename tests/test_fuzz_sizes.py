@@ -2,7 +2,7 @@
 threshold (``_threads.PARALLEL_MIN_ROWS``) for ``preference_loss`` and ``dpo_loss``, bit
 for bit against the serial call.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (
+from fuzz_support import (
     CHUNK,
     COUPLED,
     TH,
@@ -24,8 +24,8 @@ from helpers import (
     fuzz,
     logps_arrays,
     loss_kwargs,
-    result_no_nan,
 )
+from helpers import result_no_nan
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import reference_preference_loss

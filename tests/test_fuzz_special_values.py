@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis) NaN, +-inf, subnormals, +-0.0 and the largest finites at every
 position of every array of ``preference_loss``, and in the logits of ``sequence_logps``.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -14,25 +14,24 @@ import math
 
 import numpy as np
 import pytest
-from helpers import (
+from fuzz_support import (
     COUPLED,
     DBL_MAX,
     DBL_MIN,
     FLT_MAX,
     FLT_MIN,
     PREF_NAMES,
-    assert_no_nan,
     call_checked,
     check_preference_result,
     count,
     fuzz,
     logps_arrays,
     loss_kwargs,
-    result_no_nan,
 )
-from helpers import reference as logps_reference
+from helpers import assert_no_nan, result_no_nan
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_logps import reference as logps_reference
 
 from dpo_fast import preference_loss, sequence_logps, sequence_logps_grad
 

@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis) the ``dpo_fast.torch`` adapters with tensors of every dtype and
 layout, with and without ``requires_grad``.
 
-The invariant checked for every case (tests/helpers.py, ``call_checked`` and
+The invariant checked for every case (tests/fuzz_support.py, ``call_checked`` and
 ``check_preference_result``): either a correct result (against the plain references) or
 ``ValueError`` / ``TypeError``; never a crash, a hang, a ``SystemError``, a NaN from finite
 inputs, or a changed input. Examples are derandomized and counted (the ``_fuzz_report``
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import NEEDS_TORCH, call_checked, count, fuzz
+from fuzz_support import call_checked, count, fuzz
+from helpers import NEEDS_TORCH
 from hypothesis import given
 from hypothesis import strategies as st
 

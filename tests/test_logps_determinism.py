@@ -1,16 +1,16 @@
 """sequence_logps gives the same bits for every thread count and every SIMD path, and a
 property test of random batches against the plain float64 reference.
 
-The reference (``reference`` in tests/helpers.py) is written the textbook way (log_softmax of the
-whole array, then a gather), in float64, independently of dpo_fast.
+The reference (``reference`` in tests/reference_logps.py) is written the textbook way
+(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from helpers import assert_matches, assert_same_result, full, make_batch, reference
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_logps import assert_matches, assert_same_result, full, make_batch, reference
 
 from dpo_fast import logps as logps_module
 from dpo_fast import sequence_logps_grad

@@ -3,15 +3,15 @@ float32 gradients at extreme temperatures and within their bound, ``out`` and a 
 upstream gradient, zero rows left unwritten, and the streamed gradient's bits equal to the
 cached store's.
 
-The reference (``reference`` in tests/helpers.py) is written the textbook way (log_softmax of the
-whole array, then a gather), in float64, independently of dpo_fast.
+The reference (``reference`` in tests/reference_logps.py) is written the textbook way
+(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_batch, reference
+from reference_logps import make_batch, reference
 
 from dpo_fast import logps as logps_module
 from dpo_fast import sequence_logps, sequence_logps_grad

@@ -2,14 +2,14 @@
 vocabulary axis copied, inputs never written (read-only ones work), (N, V) logits as one
 sequence, and empty batches.
 
-The reference (``reference`` in tests/helpers.py) is written the textbook way (log_softmax of the
-whole array, then a gather), in float64, independently of dpo_fast.
+The reference (``reference`` in tests/reference_logps.py) is written the textbook way
+(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from helpers import assert_matches, assert_same_result, full, make_batch, reference
+from reference_logps import assert_matches, assert_same_result, full, make_batch, reference
 
 from dpo_fast import sequence_logps_grad
 

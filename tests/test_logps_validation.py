@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import make_batch
+from reference_logps import make_batch
 
 from dpo_fast import logps as logps_module
 from dpo_fast import sequence_logps, sequence_logps_grad

@@ -3,8 +3,8 @@
 and ignore_index (skipped positions are never read), all-masked rows, large float32 logits,
 extreme spreads within a row and the token accuracy's argmax.
 
-The reference (``reference`` in tests/helpers.py) is written the textbook way (log_softmax of the
-whole array, then a gather), in float64, independently of dpo_fast.
+The reference (``reference`` in tests/reference_logps.py) is written the textbook way
+(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import math
 
 import numpy as np
 import pytest
-from helpers import FLOAT32_TOL, assert_matches, assert_same_result, full, make_batch, reference
+from reference_logps import (
+    FLOAT32_TOL,
+    assert_matches,
+    assert_same_result,
+    full,
+    make_batch,
+    reference,
+)
 
 import dpo_fast
 from dpo_fast import sequence_logps, sequence_logps_grad

@@ -2,7 +2,8 @@
 NaN for the new loss types nor for any f-divergence (the losses may be inf), a forward-KL
 score that overflows gives +inf, and ipo's gradient of an overflowed score is exact.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -13,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import DIVERGENCES, F_DIVERGENCE_TYPES, fdiv
+from reference_modifiers import DIVERGENCES, F_DIVERGENCE_TYPES, fdiv
 
 from dpo_fast import preference_loss
 

@@ -3,7 +3,8 @@ alpha 0 as forward KL), TRL 1.16's order for the length-normalised types (checke
 60-digit arithmetic), rewards left alone, and a property test of every divergence with every
 loss type that takes one.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -14,7 +15,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_modifiers import (
     DIVERGENCES,
     F_DIVERGENCE_TYPES,
     SMOOTHED,
@@ -29,8 +32,6 @@ from helpers import (
     slope_near,
     trl_score,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_loss_family import reference_pair
 
 from dpo_fast import preference_loss

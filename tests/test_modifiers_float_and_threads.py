@@ -2,7 +2,8 @@
 of the float64 result rounded to float32, and every SIMD path and thread count gives the
 same bits above the parallel threshold.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import CASE_IDS, CASES, build
+from reference_modifiers import CASE_IDS, CASES, build
 
 from dpo_fast import preference_loss
 from dpo_fast._kernels import _pairwise

@@ -2,7 +2,8 @@
 central differences of the plain reference (for each reduction), and a property test of
 aot / aot_unpaired on small batches with ties, their losses and scattered gradients.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_modifiers import (
     CASE_IDS,
     CASES,
     assert_close_scaled,
@@ -23,8 +26,6 @@ from helpers import (
     ref_reduced,
     score,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dpo_fast import preference_loss
 

@@ -3,7 +3,8 @@
 reference table, per-pair losses, reductions, rewards and metrics against the plain
 reference, and hand-worked aot, aot_unpaired, simpo and sft batches.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -14,7 +15,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import (
+from reference import log_sigmoid as logsig
+from reference import sigmoid as sig
+from reference_modifiers import (
     CASE_IDS,
     CASES,
     assert_metrics_consistent,
@@ -23,8 +26,6 @@ from helpers import (
     ref_losses,
     ref_rewards,
 )
-from reference import log_sigmoid as logsig
-from reference import sigmoid as sig
 
 from dpo_fast import _registry, preference_loss
 

@@ -3,7 +3,8 @@
 change nothing, weights scale each pair, lengths are ignored where unused, lists are the
 weighted sum of their types, and property tests of the length-normalised types.
 
-Everything is checked against the plain float64 reference of the loss modifiers in tests/helpers.py
+Everything is checked against the plain float64 reference of the loss modifiers in
+tests/reference_modifiers.py
 (``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
 notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
 """
@@ -14,7 +15,10 @@ import math
 
 import numpy as np
 import pytest
-from helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import sigmoid as sig
+from reference_modifiers import (
     CASES,
     Case,
     assert_close_scaled,
@@ -23,9 +27,6 @@ from helpers import (
     ref_losses,
     smoothed_sigmoid,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from reference import sigmoid as sig
 
 from dpo_fast import preference_loss
 

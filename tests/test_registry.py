@@ -93,8 +93,9 @@ def test_preference_loss_docstring_names_every_type(name):
 
 @pytest.mark.parametrize("name", _registry.LOSS_TYPES)
 def test_every_type_has_a_reference_formula(name):
-    """The plain float64 reference (tests/helpers.py's ref_losses) knows the type and agrees."""
-    from helpers import ref_losses
+    """The plain float64 reference (tests/reference_modifiers.py's ref_losses) knows the type and
+    agrees."""
+    from reference_modifiers import ref_losses
 
     rng = np.random.default_rng(3)
     pc, pr, rc, rr = (rng.normal(-20, 4, 9) for _ in range(4))
@@ -119,7 +120,7 @@ def test_benchmarks_cover_every_type():
 
 def test_tests_enumerate_the_registry():
     """The suites that run every loss type take the list from the registry."""
-    from helpers import LOSS_TYPES as fuzz_types
+    from fuzz_support import LOSS_TYPES as fuzz_types
     from test_loss_family import FAMILY
     from test_torch_parity import ALL_TYPES
 
