@@ -8,6 +8,8 @@ references of the other test modules.
 
 from __future__ import annotations
 
+import fractions
+
 import numpy as np
 import pytest
 
@@ -364,8 +366,9 @@ def _unaligned(n, dtype):
     ("mixed dtypes", lambda a: ((a[0], a[1].astype(np.float32)), {})),
     ("big-endian", lambda a: ((a[0].astype(">f8"), a[1]), {})),
     ("subclass", lambda a: ((a[0].view(np.matrix)[0].A1.view(np.recarray), a[1]), {})),
-    ("int beta", lambda a: ((a[0], a[1]), {"beta": 1})),
-    ("numpy beta", lambda a: ((a[0], a[1]), {"beta": np.float64(0.1)})),
+    # (int and NumPy float64 scalars stay: test_int_and_numpy_scalars_stay_on_the_fast_path)
+    ("numpy float32 beta", lambda a: ((a[0], a[1]), {"beta": np.float32(0.1)})),
+    ("Fraction beta", lambda a: ((a[0], a[1]), {"beta": fractions.Fraction(1, 10)})),
     ("loss list", lambda a: ((a[0], a[1]), {"loss_type": ["sigmoid"]})),
     ("sorted type", lambda a: ((a[0], a[1]), {"loss_type": "aot"})),
     # (float32 weights stay: test_fused_cases.py)
@@ -388,6 +391,37 @@ def test_unusual_calls_take_the_general_path_with_the_same_results(label, make_c
     assert isinstance(got, PreferenceLossResult)
 
 
+@pytest.mark.parametrize(("loss_type", "kwargs"), [
+    ("sigmoid", {"beta": 1, "label_smoothing": 0}),
+    ("sigmoid", {"beta": np.float64(0.25), "label_smoothing": np.float64(0.1)}),
+    ("robust", {"beta": 2, "label_smoothing": np.float64(0.2)}),
+    ("discopop", {"discopop_tau": 1}),
+    ("dpop", {"dpop_lambda": 3}),
+    ("bco_pair", {"bco_delta": -1}),
+    ("simpo", {"simpo_gamma": 0, "beta": 2}),
+    ("alphapo", {"alphapo_alpha": 1, "simpo_gamma": np.float64(0.5)}),
+    ("rpo_sq", {"gt_reward_scale": 2}),
+    ("sigmoid", {"f_alpha_divergence_coef": 1}),
+])
+def test_int_and_numpy_scalars_stay_on_the_fast_path(loss_type, kwargs, general_spy):
+    """``label_smoothing=0``, ``beta=1`` or a NumPy float64 parameter is float(value) to the
+    general path too: the compiled path takes them, with the bits of the float call."""
+    n = 50
+    arrays = _data(n, np.float64)
+    extra = {}
+    if loss_type in ("simpo", "alphapo"):
+        arrays = arrays[:2]
+        lengths = np.arange(1, n + 1)
+        extra = {"chosen_lengths": lengths, "rejected_lengths": lengths[::-1].copy()}
+    if loss_type == "rpo_sq":
+        extra = {"gt_reward_margins": np.linspace(-2.0, 2.0, n)}
+    got = preference_loss(*arrays, loss_type=loss_type, compute_grad=True, **kwargs, **extra)
+    assert not general_spy, kwargs
+    as_floats = {key: float(value) for key, value in kwargs.items()}
+    _assert_same_bits(got, preference_loss(*arrays, loss_type=loss_type, compute_grad=True,
+                                           **as_floats, **extra))
+
+
 class _Mapping(dict):
     """A dict subclass: not exactly dict, so the general path checks it."""
 
@@ -395,6 +429,8 @@ class _Mapping(dict):
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"beta": 0.0}, ValueError, "beta must be finite and in"),
     ({"beta": True}, TypeError, "beta must be a real number"),
+    ({"label_smoothing": False}, TypeError, "label_smoothing must be a real number"),
+    ({"loss_type": "dpop", "dpop_lambda": 10**400}, ValueError, "dpop_lambda must be finite"),
     ({"loss_type": "nope"}, ValueError, "unknown loss_type 'nope'"),
     ({"label_smoothing": 0.7}, ValueError, "label_smoothing must be in"),
     ({"loss_type": "hinge", "label_smoothing": 0.1}, ValueError, "not used by"),

@@ -62,6 +62,7 @@ cdef dict _FAST_NORMALIZED_TYPES = {
     if entry.normalized}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 cdef object _add_reduce = np.add.reduce
+cdef object _NUMPY_FLOAT64 = np.float64
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
@@ -332,6 +333,23 @@ cdef cnp.ndarray _output(object out, str key, cnp.npy_intp *dims, int typenum, c
     return array
 
 
+cdef inline bint _scalar(object value, double *out):
+    """A scalar parameter as the general path takes it (``float(value)``), where that needs no
+    question: a float, a NumPy float64 (whose float() is its value) or an int within double's
+    range (``label_smoothing=0``, ``beta=1``). Else False: the general path decides (bools,
+    other types, ints too large, which it names)."""
+    if type(value) is float or type(value) is _NUMPY_FLOAT64:
+        out[0] = PyFloat_AS_DOUBLE(value)
+        return True
+    if type(value) is int:
+        try:
+            out[0] = float(value)
+        except OverflowError:
+            return False
+        return True
+    return False
+
+
 cdef object _fast_call(object chosen, object rejected, object ref_chosen, object ref_rejected,
                        object beta, object loss_type, object label_smoothing,
                        object discopop_tau, object simpo_gamma, object f_divergence_type,
@@ -345,7 +363,9 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
     cdef int typenum, kernel_id, reduce, threads, k, reads = _PLAIN
-    cdef double beta_value, smoothing, limit, tau, gt_scale = 1.0
+    cdef double beta_value = 0.0, smoothing = 0.0, limit, tau = 0.0, gt_scale = 1.0
+    cdef double gamma = 0.0, dpop_value = 0.0, bco_value = 0.0, alpha_value = 0.0
+    cdef double divergence_coef = 0.0
     cdef double token_count = 0.0, sft_value = 0.0, slope
     cdef double sums[DPO_NSUMS]
     cdef bint want_grad, strided = False, reference
@@ -364,14 +384,16 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef PreferenceLossResult result
 
     # Scalars: exactly the types and ranges the general path accepts as they are.
-    if type(beta) is not float or type(loss_type) is not str:
+    if type(loss_type) is not str:
         return None
-    beta_value = PyFloat_AS_DOUBLE(beta)
+    if not (_scalar(beta, &beta_value) and _scalar(gt_reward_scale, &gt_scale)
+            and _scalar(label_smoothing, &smoothing) and _scalar(discopop_tau, &tau)
+            and _scalar(simpo_gamma, &gamma) and _scalar(dpop_lambda, &dpop_value)
+            and _scalar(bco_delta, &bco_value) and _scalar(alphapo_alpha, &alpha_value)
+            and _scalar(f_alpha_divergence_coef, &divergence_coef)):
+        return None
     if not 1e-300 <= beta_value <= 1e300:
         return None
-    if type(gt_reward_scale) is not float:
-        return None
-    gt_scale = PyFloat_AS_DOUBLE(gt_reward_scale)
     entry = _FAST_TYPES.get(loss_type)
     if entry is not None and (<tuple>entry)[3] != _PLAIN:
         # sft: the chosen lengths only; rpo_sq: the margins (finite scale), no lengths
@@ -392,9 +414,6 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         return None
     kernel_id = (<tuple>entry)[0]
     limit = (<tuple>entry)[1]
-    if type(label_smoothing) is not float or type(discopop_tau) is not float:
-        return None
-    smoothing = PyFloat_AS_DOUBLE(label_smoothing)
     if limit > 0.0:
         # (0 for a type that needs > 0: the general path raises the error)
         if not 0.0 <= smoothing < limit or (smoothing == 0.0 and (<tuple>entry)[2]):
@@ -403,35 +422,28 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         return None
     else:
         smoothing = 0.0  # (-0.0 too, as the general path returns)
-    tau = PyFloat_AS_DOUBLE(discopop_tau)
     if not 1e-300 <= tau <= 1e300:
         return None
-    if type(simpo_gamma) is not float or not isfinite(PyFloat_AS_DOUBLE(simpo_gamma)):
+    if not isfinite(gamma):
         return None
     # The parameters of one loss type: finite (lambda >= 0) for it, the default otherwise.
-    if type(dpop_lambda) is not float or type(bco_delta) is not float:
-        return None
     if kernel_id == _DPOP_ID:
-        if not (isfinite(PyFloat_AS_DOUBLE(dpop_lambda)) and PyFloat_AS_DOUBLE(dpop_lambda) >= 0):
+        if not (isfinite(dpop_value) and dpop_value >= 0):
             return None
-    elif PyFloat_AS_DOUBLE(dpop_lambda) != _DPOP_LAMBDA_DEFAULT:
+    elif dpop_value != _DPOP_LAMBDA_DEFAULT:
         return None
     if kernel_id == _BCO_ID:
-        if not isfinite(PyFloat_AS_DOUBLE(bco_delta)):
+        if not isfinite(bco_value):
             return None
-    elif PyFloat_AS_DOUBLE(bco_delta) != 0.0:
-        return None
-    if type(alphapo_alpha) is not float:
+    elif bco_value != 0.0:
         return None
     if kernel_id == _ALPHAPO_ID:
         # 0, or a magnitude in [1e-300, 1e300] (log|alpha| must be finite)
-        if not (PyFloat_AS_DOUBLE(alphapo_alpha) == 0.0
-                or 1e-300 <= fabs(PyFloat_AS_DOUBLE(alphapo_alpha)) <= 1e300):
+        if not (alpha_value == 0.0 or 1e-300 <= fabs(alpha_value) <= 1e300):
             return None
-    elif PyFloat_AS_DOUBLE(alphapo_alpha) != 0.0:
+    elif alpha_value != 0.0:
         return None
-    if (type(f_alpha_divergence_coef) is not float
-            or not fabs(PyFloat_AS_DOUBLE(f_alpha_divergence_coef)) <= 1e300):
+    if not fabs(divergence_coef) <= 1e300:
         return None
     if type(f_divergence_type) is not str or f_divergence_type != "reverse_kl":
         return None
@@ -568,10 +580,10 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     elif reads == _GT:
         _set_side(&args, 2, gt_array)
         args.params.gt_reward_scale = gt_scale
-    args.params.dpop_lambda = PyFloat_AS_DOUBLE(dpop_lambda)
-    args.params.bco_delta = PyFloat_AS_DOUBLE(bco_delta)
+    args.params.dpop_lambda = dpop_value
+    args.params.bco_delta = bco_value
     if kernel_id == _ALPHAPO_ID:
-        set_alphapo_alpha(&args.params, PyFloat_AS_DOUBLE(alphapo_alpha))
+        set_alphapo_alpha(&args.params, alpha_value)
     args.loss_type = kernel_id
     args.grad_divisor = <double>n if reduce == MEAN else 1.0
     args.chosen = cnp.PyArray_DATA(chosen_array)
@@ -581,7 +593,7 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.ref_rejected = cnp.PyArray_DATA(ref_rejected_array)
     if weights_array is not None:
         _set_side(&args, 3, weights_array)
-    args.params.simpo_gamma = PyFloat_AS_DOUBLE(simpo_gamma)
+    args.params.simpo_gamma = gamma
     if normalized:
         _set_side(&args, 0, chosen_lengths_array)
         _set_side(&args, 1, rejected_lengths_array)
