@@ -27,7 +27,7 @@ from dpo_fast.score import writers as score_writers
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(dpo_fast.__file__)))
 
 
-def _cli(*args, timeout=120, cwd=None):
+def cli(*args, timeout=120, cwd=None):
     """``python -m dpo_fast ARGS`` in a child importing the same dpo_fast as the tests."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
@@ -36,7 +36,7 @@ def _cli(*args, timeout=120, cwd=None):
                           stdin=subprocess.DEVNULL)
 
 
-def _one_line_error(proc, *texts):
+def one_line_error(proc, *texts):
     """Exit 1 or 2 with exactly one stderr line holding ``texts``: no traceback, no crash."""
     assert proc.returncode in (1, 2), (proc.returncode, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -76,10 +76,10 @@ def test_corrupted_arrow_ipc_is_a_one_line_error_not_a_crash(tmp_path, stream, o
                       "note": pa.array([f"note-{i % 10}" for i in range(n)])})
     source = tmp_path / ("bad.arrows" if stream else "bad.arrow")
     source.write_bytes(_corrupt_string_offset(_ipc_bytes(table, stream), 500))
-    proc = _cli("score", str(source), "--input-format", "ipc", "--reference-free",
-                "--out", str(tmp_path / out))
-    _one_line_error(proc, str(source), "malformed Arrow IPC", "record batch 0",
-                    "out of bounds")
+    proc = cli("score", str(source), "--input-format", "ipc", "--reference-free",
+               "--out", str(tmp_path / out))
+    one_line_error(proc, str(source), "malformed Arrow IPC", "record batch 0",
+                   "out of bounds")
     assert not (tmp_path / out).exists()
 
 
@@ -112,7 +112,7 @@ def test_two_link_loops_end_and_count_every_file_once(tmp_path):
     (sub / "again").symlink_to(".")
     (folder / "loop").symlink_to("sub")
     (folder / "alias.parquet").symlink_to("part-0.parquet")  # a second name of one file
-    proc = _cli("score", str(folder), "--format", "json", timeout=60)
+    proc = cli("score", str(folder), "--format", "json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert '"pairs": 1500' in proc.stdout
 
@@ -120,8 +120,8 @@ def test_two_link_loops_end_and_count_every_file_once(tmp_path):
 def test_a_dangling_link_in_the_input_is_a_one_line_error(tmp_path):
     folder = _directory_of_parts(tmp_path / "data")
     (folder / "gone.parquet").symlink_to(tmp_path / "nowhere.parquet")
-    proc = _cli("score", str(folder))
-    _one_line_error(proc, "gone.parquet", "cannot read it")
+    proc = cli("score", str(folder))
+    one_line_error(proc, "gone.parquet", "cannot read it")
 
 
 @pytest.mark.parametrize("how", ["link to the input", "link inside the input", "dot-dot"])
@@ -254,9 +254,9 @@ def test_directory_files_with_clashing_column_types_are_one_error(tmp_path):
     other = make_pairs(100, seed=1)
     other["id"] = np.array([f"id-{i}" for i in range(100)], dtype=object)
     write(folder / "b.parquet", other)
-    proc = _cli("score", str(folder), "--out", str(tmp_path / "o.parquet"))
-    _one_line_error(proc, "b.parquet", "column 'id' is string here but int64 in",
-                    "a.parquet")
+    proc = cli("score", str(folder), "--out", str(tmp_path / "o.parquet"))
+    one_line_error(proc, "b.parquet", "column 'id' is string here but int64 in",
+                   "a.parquet")
 
 
 @pytest.mark.parametrize("on_invalid", ["error", "skip"])
@@ -335,8 +335,8 @@ def test_a_duplicated_role_column_is_a_one_line_error(tmp_path):
                                  names=["chosen_logps", "chosen_logps", "rejected_logps"])
     source = tmp_path / "dup.parquet"
     pq.write_table(table, source)
-    _one_line_error(_cli("score", str(source), "--reference-free"), "column 'chosen_logps'",
-                    "the input has 2 columns of this name")
+    one_line_error(cli("score", str(source), "--reference-free"), "column 'chosen_logps'",
+                   "the input has 2 columns of this name")
 
 
 @pytest.mark.parametrize("kind", [pa.int64(), pa.uint64()])
@@ -366,7 +366,7 @@ def test_json_summary_of_an_infinite_loss_is_valid_json(tmp_path):
                       "rejected_logps": pa.array([1e308] * 4)})
     source = tmp_path / "inf.parquet"
     pq.write_table(table, source)
-    proc = _cli("score", str(source), "--reference-free", "--beta", "1e300", "--format", "json")
+    proc = cli("score", str(source), "--reference-free", "--beta", "1e300", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # strict: no Infinity / NaN literals
     assert summary["loss"] == "inf"
@@ -424,8 +424,8 @@ def test_concurrent_runs_writing_one_out_never_collide(tmp_path):
 
 def test_huge_batch_rows_allocates_only_what_the_data_needs(tmp_path):
     source = write(tmp_path / "in.parquet", make_pairs(1000))
-    proc = _cli("score", source, "--batch-rows", "1e12", "--out", str(tmp_path / "o.parquet"),
-                "--format", "json")
+    proc = cli("score", source, "--batch-rows", "1e12", "--out", str(tmp_path / "o.parquet"),
+               "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["pairs"] == 1000
 
