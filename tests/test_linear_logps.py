@@ -190,7 +190,9 @@ def test_default_tiles_and_a_vocabulary_over_several_tiles():
 
 def test_results_do_not_depend_on_threads_and_barely_on_rows_per_tile(monkeypatch):
     """The fold is the same bits for every thread count; the rows per tile only change the
-    shape of the BLAS call, which OpenBLAS may round differently (float32: ~1e-9)."""
+    shape of the BLAS call, which OpenBLAS may round differently: float32 products can differ
+    in their last bits, so a token log-prob by about an ulp of the largest logit (1.1e-7 of
+    the largest value seen on an AMD EPYC's OpenBLAS kernels, ~1e-9 elsewhere)."""
     hidden, weight, bias, labels, mask = _data(np.float32, b=4, t=40, v=50, h=16)
     monkeypatch.setattr(linear, "VOCAB_TILE", 16)
     kw = dict(bias=bias, mask=mask, return_token_logps=True, return_entropy=True,
@@ -206,7 +208,7 @@ def test_results_do_not_depend_on_threads_and_barely_on_rows_per_tile(monkeypatc
         assert one.token_accuracy == two.token_accuracy
         first = first or one
         for field in fields:
-            _close(getattr(one, field), getattr(first, field), 1e-7, field)
+            _close(getattr(one, field), getattr(first, field), 1e-6, field)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
