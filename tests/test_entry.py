@@ -422,6 +422,47 @@ def test_int_and_numpy_scalars_stay_on_the_fast_path(loss_type, kwargs, general_
                                            **as_floats, **extra))
 
 
+@pytest.mark.parametrize("wanted", [(), ("losses",), ["chosen_rewards", "rejected_rewards"],
+                                    ("rejected_rewards", "losses", "losses")])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n", [3, 40_000])
+def test_per_pair_outputs_stay_on_the_fast_path(wanted, reduction, n, general_spy):
+    """A call that leaves per-pair outputs out (``per_pair_outputs``, a tuple or list of
+    names) runs compiled too, the left-out arrays not made (the kernels write them to
+    scratch): the general path's bits for what it returns, None for the rest; with out= for a
+    wanted output; what the general path refuses (no losses with reduction='none', an out=
+    array for an output left out, an unknown name) still reaches it and is named."""
+    arrays = _data(n, np.float64)
+    if reduction == "none" and "losses" not in wanted:
+        with pytest.raises(ValueError, match="include 'losses'"):
+            preference_loss(*arrays, reduction=reduction, per_pair_outputs=wanted)
+        return
+    for grad in (False, True):
+        got = preference_loss(*arrays, reduction=reduction, compute_grad=grad,
+                              per_pair_outputs=wanted, n_threads=2)
+        assert not general_spy, wanted
+        expected = _general_result(arrays, reduction=reduction, compute_grad=grad,
+                                   per_pair_outputs=wanted)
+        _assert_same_bits(got, expected)
+        for key in ("losses", "chosen_rewards", "rejected_rewards"):
+            assert (getattr(got, key) is None) == (key not in wanted), key
+    if wanted:
+        key = wanted[0]
+        out = {key: np.empty(n)}
+        got = preference_loss(*arrays, reduction=reduction, per_pair_outputs=wanted, out=out)
+        assert not general_spy and getattr(got, key) is out[key]
+    left_out = [key for key in ("losses", "chosen_rewards", "rejected_rewards")
+                if key not in wanted]
+    if left_out:
+        with pytest.raises(ValueError, match="per_pair_outputs leaves"):
+            preference_loss(*arrays, reduction=reduction, per_pair_outputs=wanted,
+                            out={left_out[0]: np.empty(n)})
+    with pytest.raises(ValueError, match="unknown name 'loss'"):
+        preference_loss(*arrays, per_pair_outputs=(*wanted, "loss"))
+    with pytest.raises(TypeError, match="per_pair_outputs must be None or a collection"):
+        preference_loss(*arrays, per_pair_outputs="losses")
+
+
 class _Mapping(dict):
     """A dict subclass: not exactly dict, so the general path checks it."""
 

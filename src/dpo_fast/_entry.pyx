@@ -333,6 +333,36 @@ cdef cnp.ndarray _output(object out, str key, cnp.npy_intp *dims, int typenum, c
     return array
 
 
+# per_pair_outputs as bits: what _wanted_outputs returns.
+cdef enum:
+    _WANT_LOSSES = 1
+    _WANT_CHOSEN = 2
+    _WANT_REJECTED = 4
+
+
+cdef inline int _wanted_outputs(object value):
+    """The per-pair outputs a call asks for, as _WANT_* bits: all three for None, those named
+    by a tuple or list of their names (repeats allowed, as the general path allows them); -1
+    for anything else, which the general path checks and names."""
+    cdef int wanted = 0
+    if value is None:
+        return _WANT_LOSSES | _WANT_CHOSEN | _WANT_REJECTED
+    if type(value) is not tuple and type(value) is not list:
+        return -1
+    for name in value:
+        if type(name) is not str:
+            return -1
+        if name == "losses":
+            wanted |= _WANT_LOSSES
+        elif name == "chosen_rewards":
+            wanted |= _WANT_CHOSEN
+        elif name == "rejected_rewards":
+            wanted |= _WANT_REJECTED
+        else:
+            return -1
+    return wanted
+
+
 cdef inline bint _scalar(object value, double *out):
     """A scalar parameter as the general path takes it (``float(value)``), where that needs no
     question: a float, a NumPy float64 (whose float() is its value) or an int within double's
@@ -358,7 +388,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
                        bint float64_only, object dpop_lambda, object bco_delta,
                        object alphapo_alpha,
                        object weights, object chosen_lengths, object rejected_lengths,
-                       object gt_reward_margins=None, object gt_reward_scale=1.0):
+                       object gt_reward_margins=None, object gt_reward_scale=1.0,
+                       object per_pair_outputs=None):
     """The result of the common call, or None: then the general path takes the call (and
     raises for what is wrong)."""
     cdef Py_ssize_t n = 0, other = 0
@@ -372,7 +403,9 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
     cdef object entry, given
     cdef cnp.ndarray chosen_array, rejected_array, ref_chosen_array = None
     cdef cnp.ndarray ref_rejected_array = None, grad_chosen = None, grad_rejected = None
-    cdef cnp.ndarray losses, chosen_rewards, rejected_rewards, weights_array = None
+    cdef cnp.ndarray losses = None, chosen_rewards = None, rejected_rewards = None
+    cdef cnp.ndarray weights_array = None
+    cdef int wanted = _wanted_outputs(per_pair_outputs)
     cdef cnp.ndarray chosen_lengths_array = None, rejected_lengths_array = None
     cdef cnp.ndarray gt_array = None
     cdef cnp.npy_intp dims[1]
@@ -457,6 +490,8 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         reduce = NONE
     else:
         return None
+    if wanted < 0 or (reduce == NONE and not wanted & _WANT_LOSSES):
+        return None
     if compute_grad is True:
         want_grad = True
     elif compute_grad is False:
@@ -530,18 +565,25 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
             if given is not None:
                 _claim(<cnp.ndarray>given, starts, ends, taken)
                 taken += 1
-    losses = _output(out, "losses", dims, typenum, starts, ends, taken, &found)
-    chosen_rewards = _output(out, "chosen_rewards", dims, typenum, starts, ends, taken + 1,
-                             &found)
-    rejected_rewards = _output(out, "rejected_rewards", dims, typenum, starts, ends, taken + 2,
-                               &found)
+    # (A per-pair output the call leaves out is not made: the kernels write it to scratch.)
+    if wanted & _WANT_LOSSES:
+        losses = _output(out, "losses", dims, typenum, starts, ends, taken, &found)
+        taken += 1
+    if wanted & _WANT_CHOSEN:
+        chosen_rewards = _output(out, "chosen_rewards", dims, typenum, starts, ends, taken,
+                                 &found)
+        taken += 1
+    if wanted & _WANT_REJECTED:
+        rejected_rewards = _output(out, "rejected_rewards", dims, typenum, starts, ends, taken,
+                                   &found)
+        taken += 1
     if want_grad:
-        grad_chosen = _output(out, "grad_chosen", dims, typenum, starts, ends, taken + 3,
-                              &found)
-        grad_rejected = _output(out, "grad_rejected", dims, typenum, starts, ends, taken + 4,
+        grad_chosen = _output(out, "grad_chosen", dims, typenum, starts, ends, taken, &found)
+        grad_rejected = _output(out, "grad_rejected", dims, typenum, starts, ends, taken + 1,
                                 &found)
-    # An out= array we cannot write as it is, or a key we did not take (unknown, or a gradient
-    # without compute_grad): the general path stages it or names it.
+    # An out= array we cannot write as it is, or a key we did not take (unknown, a gradient
+    # without compute_grad, an output the call leaves out): the general path stages it or
+    # names it.
     if found < 0 or (out is not None and found != len(<dict>out)):
         return None
 
@@ -600,9 +642,12 @@ cdef object _fast_call(object chosen, object rejected, object ref_chosen, object
         args.normalized_rewards = (<tuple>entry)[4]
     elif reads == _CONST and chosen_lengths_array is not None:
         _set_side(&args, 0, chosen_lengths_array)
-    args.losses = cnp.PyArray_DATA(losses)
-    args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
-    args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
+    if losses is not None:
+        args.losses = cnp.PyArray_DATA(losses)
+    if chosen_rewards is not None:
+        args.chosen_rewards = cnp.PyArray_DATA(chosen_rewards)
+    if rejected_rewards is not None:
+        args.rejected_rewards = cnp.PyArray_DATA(rejected_rewards)
     if want_grad:
         args.grad_chosen = cnp.PyArray_DATA(grad_chosen)
         args.grad_rejected = cnp.PyArray_DATA(grad_rejected)
@@ -812,13 +857,14 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
-    if loss_weights is None and per_pair_outputs is None:
+    if loss_weights is None:
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
                             bco_delta, alphapo_alpha, weights, chosen_lengths,
-                            rejected_lengths, gt_reward_margins, gt_reward_scale)
+                            rejected_lengths, gt_reward_margins, gt_reward_scale,
+                            per_pair_outputs)
         if result is not None:
             return result
     loss, outputs, means = _general.run(
