@@ -12,6 +12,7 @@ import fractions
 
 import numpy as np
 import pytest
+from helpers import NEEDS_TORCH
 
 import dpo_fast
 from dpo_fast import _entry, _general, _registry
@@ -461,6 +462,29 @@ def test_per_pair_outputs_stay_on_the_fast_path(wanted, reduction, n, general_sp
         preference_loss(*arrays, per_pair_outputs=(*wanted, "loss"))
     with pytest.raises(TypeError, match="per_pair_outputs must be None or a collection"):
         preference_loss(*arrays, per_pair_outputs="losses")
+
+
+def test_cpu_tensors_take_the_fast_path_as_their_views(general_spy):
+    """CPU torch tensors that do not require grad (log-probs, lengths, weights) run compiled,
+    read as the NumPy views the general path takes: the arrays' bits; a tensor that requires
+    grad is still the general path's TypeError naming the argument."""
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
+    n = 40
+    for dtype in (np.float64, np.float32):
+        arrays = _data(n, dtype)
+        lengths = np.arange(1, n + 1)
+        weights = np.linspace(0.0, 2.0, n)
+        tensors = [torch.from_numpy(a) for a in arrays]
+        for kwargs in ({}, {"loss_type": "sigmoid_norm", "chosen_lengths": lengths,
+                            "rejected_lengths": lengths[::-1].copy(), "weights": weights}):
+            as_tensors = {key: torch.from_numpy(value) for key, value in kwargs.items()
+                          if isinstance(value, np.ndarray)}
+            got = preference_loss(*tensors, compute_grad=True, **{**kwargs, **as_tensors})
+            assert not general_spy
+            _assert_same_bits(got, preference_loss(*arrays, compute_grad=True, **kwargs))
+    leaf = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match="rejected_logps is a torch.Tensor that requires grad"):
+        preference_loss(tensors[0].double(), leaf)
 
 
 class _Mapping(dict):

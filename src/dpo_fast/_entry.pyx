@@ -33,6 +33,7 @@ from dpo_fast._kernels._pairwise cimport (
 )
 
 from dpo_fast import _general, _registry, _threads
+from dpo_fast._arrays import tensor_as_array
 from dpo_fast._seed import round4, round4_list
 
 cnp.import_array()
@@ -62,6 +63,16 @@ cdef dict _FAST_NORMALIZED_TYPES = {
     if entry.normalized}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 cdef object _add_reduce = np.add.reduce
+cdef tuple _TENSOR_ARG_NAMES = (*_general.PREFERENCE_ARG_NAMES, "weights", "chosen_lengths",
+                                "rejected_lengths", "gt_reward_margins")
+
+
+cdef object _tensor_view(object value, str name):
+    """A torch tensor as the general path reads it (a NumPy view; its TypeError, naming
+    ``name``, for one on another device, requiring grad or of a dtype NumPy lacks); anything
+    else as it is."""
+    cdef object array = tensor_as_array(value, name, "dpo_fast.torch.preference_loss")
+    return value if array is None else array
 cdef object _NUMPY_FLOAT64 = np.float64
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).
@@ -857,6 +868,15 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
+    if type(chosen_logps) is not cnp.ndarray and type(chosen_logps).__module__ == "torch":
+        # CPU tensors that do not require grad, as the views the general path would take
+        # (its errors for the others, naming the argument), so that they run compiled too.
+        (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, weights,
+         chosen_lengths, rejected_lengths, gt_reward_margins) = [
+            value if value is None else _tensor_view(value, name)
+            for value, name in zip((chosen_logps, rejected_logps, ref_chosen_logps,
+                                    ref_rejected_logps, weights, chosen_lengths,
+                                    rejected_lengths, gt_reward_margins), _TENSOR_ARG_NAMES)]
     if loss_weights is None:
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
