@@ -467,7 +467,8 @@ def test_per_pair_outputs_stay_on_the_fast_path(wanted, reduction, n, general_sp
 def test_cpu_tensors_take_the_fast_path_as_their_views(general_spy):
     """CPU torch tensors that do not require grad (log-probs, lengths, weights) run compiled,
     read as the NumPy views the general path takes: the arrays' bits; a tensor that requires
-    grad is still the general path's TypeError naming the argument."""
+    grad is still the general path's TypeError naming the argument. dpo_fast.torch's call with
+    length and weight tensors (which it passes on as they are) stays compiled too."""
     torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     n = 40
     for dtype in (np.float64, np.float32):
@@ -485,6 +486,21 @@ def test_cpu_tensors_take_the_fast_path_as_their_views(general_spy):
     leaf = torch.zeros(n, dtype=torch.float64, requires_grad=True)
     with pytest.raises(TypeError, match="rejected_logps is a torch.Tensor that requires grad"):
         preference_loss(tensors[0].double(), leaf)
+    # dpo_fast.torch passes lengths and weights on as the tensors it was given
+    import dpo_fast.torch as dft
+    arrays = _data(n, np.float64)
+    lengths = torch.arange(1, n + 1)
+    chosen = torch.from_numpy(arrays[0].copy()).requires_grad_(True)
+    got = dft.preference_loss(chosen, *(torch.from_numpy(a) for a in arrays[1:]),
+                              loss_type="sigmoid_norm", chosen_lengths=lengths,
+                              rejected_lengths=lengths.flip(0), weights=torch.ones(n))
+    got.loss.backward()
+    assert not general_spy
+    expected = preference_loss(*arrays, loss_type="sigmoid_norm", compute_grad=True,
+                               chosen_lengths=lengths.numpy(),
+                               rejected_lengths=lengths.flip(0).numpy(), weights=np.ones(n))
+    assert chosen.grad.numpy().tobytes() == expected.grad_chosen.tobytes()
+    assert got.loss.item() == expected.loss
 
 
 class _Mapping(dict):

@@ -63,15 +63,16 @@ cdef dict _FAST_NORMALIZED_TYPES = {
     if entry.normalized}
 cdef Py_ssize_t _PARALLEL_MIN_ROWS = _threads.PARALLEL_MIN_ROWS
 cdef object _add_reduce = np.add.reduce
-cdef tuple _TENSOR_ARG_NAMES = (*_general.PREFERENCE_ARG_NAMES, "weights", "chosen_lengths",
-                                "rejected_lengths", "gt_reward_margins")
 
 
-cdef object _tensor_view(object value, str name):
+cdef inline object _tensor_view(object value, str name):
     """A torch tensor as the general path reads it (a NumPy view; its TypeError, naming
     ``name``, for one on another device, requiring grad or of a dtype NumPy lacks); anything
-    else as it is."""
-    cdef object array = tensor_as_array(value, name, "dpo_fast.torch.preference_loss")
+    else (arrays and None at the cost of two pointer compares) as it is."""
+    cdef object array
+    if value is None or type(value) is cnp.ndarray or type(value).__module__ != "torch":
+        return value
+    array = tensor_as_array(value, name, "dpo_fast.torch.preference_loss")
     return value if array is None else array
 cdef object _NUMPY_FLOAT64 = np.float64
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
@@ -868,15 +869,17 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     1.0
     """
     cdef object result
-    if type(chosen_logps) is not cnp.ndarray and type(chosen_logps).__module__ == "torch":
-        # CPU tensors that do not require grad, as the views the general path would take
-        # (its errors for the others, naming the argument), so that they run compiled too.
-        (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, weights,
-         chosen_lengths, rejected_lengths, gt_reward_margins) = [
-            value if value is None else _tensor_view(value, name)
-            for value, name in zip((chosen_logps, rejected_logps, ref_chosen_logps,
-                                    ref_rejected_logps, weights, chosen_lengths,
-                                    rejected_lengths, gt_reward_margins), _TENSOR_ARG_NAMES)]
+    # CPU tensors that do not require grad (log-probs, or the lengths and weights that
+    # dpo_fast.torch passes on as they are), as the views the general path would take (its
+    # errors for the others, naming the argument), so that they run compiled too.
+    chosen_logps = _tensor_view(chosen_logps, "chosen_logps")
+    rejected_logps = _tensor_view(rejected_logps, "rejected_logps")
+    ref_chosen_logps = _tensor_view(ref_chosen_logps, "ref_chosen_logps")
+    ref_rejected_logps = _tensor_view(ref_rejected_logps, "ref_rejected_logps")
+    weights = _tensor_view(weights, "weights")
+    chosen_lengths = _tensor_view(chosen_lengths, "chosen_lengths")
+    rejected_lengths = _tensor_view(rejected_lengths, "rejected_lengths")
+    gt_reward_margins = _tensor_view(gt_reward_margins, "gt_reward_margins")
     if loss_weights is None:
         result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
