@@ -1,4 +1,11 @@
-"""The fuzzing's settings, counting, invariants and data builders (tests/test_fuzz_*.py)."""
+"""The fuzzing's settings, counting, invariants and data builders (tests/test_fuzz_*.py).
+
+The invariant checked for every case (``call_checked`` and ``check_preference_result``):
+either a correct result (against the plain references) or ``ValueError`` / ``TypeError``;
+never a crash, a hang, a ``SystemError``, a NaN from finite inputs, or a changed input.
+Examples are derandomized and counted (the ``_fuzz_report`` fixture of tests/conftest.py);
+``DPO_FAST_FUZZ_SCALE=10`` runs ten times as many.
+"""
 
 from __future__ import annotations
 

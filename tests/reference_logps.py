@@ -1,5 +1,9 @@
 """sequence_logps' plain float64 reference and the batches and comparisons its tests use
-(tests/test_logps_*.py, tests/test_fuzz_*.py)."""
+(tests/test_logps_*.py, tests/test_fuzz_*.py).
+
+``reference`` is written the textbook way (log_softmax of the whole array, then a gather), in
+float64, independently of dpo_fast.
+"""
 
 from __future__ import annotations
 

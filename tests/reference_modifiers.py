@@ -1,6 +1,10 @@
 """The loss modifiers' plain float64 reference and the cases the tests run it on (loss lists,
 weights, lengths, f-divergences, label smoothing, sorted and reward-aware types), for
-tests/test_modifiers_*.py, tests/test_fuzz_*.py and tests/test_registry.py."""
+tests/test_modifiers_*.py, tests/test_fuzz_*.py and tests/test_registry.py.
+
+``ref_losses`` is written with the math module and loops, straight from
+/work/shared/loss-family.md and the API notes; it shares nothing with csrc/.
+"""
 
 from __future__ import annotations
 

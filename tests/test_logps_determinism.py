@@ -1,8 +1,7 @@
 """sequence_logps gives the same bits for every thread count and every SIMD path, and a
 property test of random batches against the plain float64 reference.
 
-The reference (``reference`` in tests/reference_logps.py) is written the textbook way
-(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
+Checked against the plain float64 reference of tests/reference_logps.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@ float32 gradients at extreme temperatures and within their bound, ``out`` and a 
 upstream gradient, zero rows left unwritten, and the streamed gradient's bits equal to the
 cached store's.
 
-The reference (``reference`` in tests/reference_logps.py) is written the textbook way
-(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
+Checked against the plain float64 reference of tests/reference_logps.py.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 vocabulary axis copied, inputs never written (read-only ones work), (N, V) logits as one
 sequence, and empty batches.
 
-The reference (``reference`` in tests/reference_logps.py) is written the textbook way
-(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
+Checked against the plain float64 reference of tests/reference_logps.py.
 """
 
 from __future__ import annotations

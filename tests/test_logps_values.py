@@ -3,8 +3,7 @@
 and ignore_index (skipped positions are never read), all-masked rows, large float32 logits,
 extreme spreads within a row and the token accuracy's argmax.
 
-The reference (``reference`` in tests/reference_logps.py) is written the textbook way
-(log_softmax of the whole array, then a gather), in float64, independently of dpo_fast.
+Checked against the plain float64 reference of tests/reference_logps.py.
 """
 
 from __future__ import annotations

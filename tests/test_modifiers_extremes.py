@@ -2,10 +2,8 @@
 NaN for the new loss types nor for any f-divergence (the losses may be inf), a forward-KL
 score that overflows gives +inf, and ipo's gradient of an overflowed score is exact.
 
-Everything is checked against the plain float64 reference of the loss modifiers in
-tests/reference_modifiers.py
-(``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
-notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
+Checked against the plain float64 reference of tests/reference_modifiers.py (``ref_losses``)
+on its cases ``CASES``.
 """
 
 from __future__ import annotations

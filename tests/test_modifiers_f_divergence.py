@@ -3,10 +3,8 @@ alpha 0 as forward KL), TRL 1.16's order for the length-normalised types (checke
 60-digit arithmetic), rewards left alone, and a property test of every divergence with every
 loss type that takes one.
 
-Everything is checked against the plain float64 reference of the loss modifiers in
-tests/reference_modifiers.py
-(``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
-notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
+Checked against the plain float64 reference of tests/reference_modifiers.py (``ref_losses``)
+on its cases ``CASES``.
 """
 
 from __future__ import annotations

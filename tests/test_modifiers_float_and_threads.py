@@ -2,10 +2,8 @@
 of the float64 result rounded to float32, and every SIMD path and thread count gives the
 same bits above the parallel threshold.
 
-Everything is checked against the plain float64 reference of the loss modifiers in
-tests/reference_modifiers.py
-(``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
-notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
+Checked against the plain float64 reference of tests/reference_modifiers.py (``ref_losses``)
+on its cases ``CASES``.
 """
 
 from __future__ import annotations

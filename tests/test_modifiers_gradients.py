@@ -2,10 +2,8 @@
 central differences of the plain reference (for each reduction), and a property test of
 aot / aot_unpaired on small batches with ties, their losses and scattered gradients.
 
-Everything is checked against the plain float64 reference of the loss modifiers in
-tests/reference_modifiers.py
-(``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
-notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
+Checked against the plain float64 reference of tests/reference_modifiers.py (``ref_losses``)
+on its cases ``CASES``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,8 @@
 reference table, per-pair losses, reductions, rewards and metrics against the plain
 reference, and hand-worked aot, aot_unpaired, simpo and sft batches.
 
-Everything is checked against the plain float64 reference of the loss modifiers in
-tests/reference_modifiers.py
-(``ref_losses``: the math module and loops, straight from /work/shared/loss-family.md and the API
-notes; it shares nothing with csrc/), on the cases ``CASES`` listed there.
+Checked against the plain float64 reference of tests/reference_modifiers.py (``ref_losses``)
+on its cases ``CASES``.
 """
 
 from __future__ import annotations
