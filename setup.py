@@ -56,7 +56,7 @@ KERNEL_SOURCES = {
 CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 # DPO_FAST_SANITIZE=<checks> (GCC/Clang only; unset or empty: the normal build, unchanged):
 # the comma list goes to -fsanitize=, e.g. address,undefined. These flags are appended after
-# GCC_FLAGS (-g overrides -g0; -O3 stays, so the instrumented code is the optimised code) to
+# GCC_FLAGS (-g1 overrides -g0; -O3 stays, so the instrumented code is the optimised code) to
 # the compile and link arguments of every extension and of the per-ISA clone objects. A UB
 # report then aborts instead of printing and carrying on. -fno-wrapv undoes the -fwrapv of
 # CPython's own CFLAGS, which makes signed overflow and shifts defined in GCC and so hides them
@@ -64,8 +64,11 @@ CSRC_DIR = os.path.join(KERNEL_DIR, "csrc")
 # sanitizer runtimes dynamically, so the interpreter (not itself instrumented) must load them
 # first: LD_PRELOAD="$(gcc -print-file-name=libasan.so)". scripts/sanitize.sh does all of it
 # and runs the test suite. Like DPO_FAST_NO_OPENMP below, for development builds, never wheels.
+# -g1 (line tables and functions, no variable locations) is all a report's symbolised stack
+# needs, inlined frames included; full -g makes GCC track variables through the large chunk
+# kernels, exceed its limit and compile them twice: 139 s against 67 s for one SIMD level.
 SANITIZE_FLAGS = ["-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-fno-wrapv",
-                  "-g"]
+                  "-g1"]
 
 OPENMP_PROBE = textwrap.dedent(
     """

@@ -127,10 +127,13 @@ def x86_levels_here() -> list[str]:
     return levels
 
 
-def build(target: str, levels: list[str], workdir: pathlib.Path, jobs: int,
-          extra_flags: tuple[str, ...] = ()) -> pathlib.Path:
-    """The harness for target ("x86_64" or "aarch64") with the kernel instances of `levels`
-    (scalar and baseline always: the dispatch falls back to them). Returns the executable."""
+def build_plan(target: str, levels: list[str], workdir: pathlib.Path,
+               extra_flags: tuple[str, ...] = (), vec_report: bool = False):
+    """The compiles and the link of the harness for target ("x86_64" or "aarch64") with the
+    kernel instances of `levels` (scalar and baseline always: the dispatch falls back to them):
+    ([(key, compile command)], link command, executable). A kernel instance's key is
+    (source, level), other objects' None. With vec_report, the kernel instances are compiled
+    with -fopt-info-vec-optimized too: a report on stderr, the same code."""
     gcc_flags = [*setup_constant("GCC_FLAGS"), *extra_flags]
     level_flags = setup_constant("SIMD_LEVEL_FLAGS")
     kernel_sources = list(setup_constant("KERNEL_SOURCES").values())
@@ -141,36 +144,52 @@ def build(target: str, levels: list[str], workdir: pathlib.Path, jobs: int,
     if clones:  # DPO_X86_CLONES declares both x86 instances: build them both
         levels = list(dict.fromkeys([*levels, *x86_levels]))
     defines = ["-DDPO_X86_CLONES=1"] if clones else []
+    report = ["-fopt-info-vec-optimized"] if vec_report else []
     out = workdir / target
     out.mkdir(parents=True, exist_ok=True)
     compiles = []
     for level in levels:
         for source in kernel_sources:
             obj = out / f"{pathlib.Path(source).stem}_{level}.o"
-            compiles.append([cc, *gcc_flags, f"-DDPO_ISA={level}",
-                             *level_flags[level]["unix"], *defines, "-I", str(CSRC), "-c",
-                             str(CSRC / source), "-o", str(obj)])
+            compiles.append(((source, level), [
+                cc, *gcc_flags, f"-DDPO_ISA={level}", *level_flags[level]["unix"], *defines,
+                *report, "-I", str(CSRC), "-c", str(CSRC / source), "-o", str(obj)]))
     for source in COMMON_SOURCES:
-        compiles.append([cc, *gcc_flags, *defines, "-I", str(CSRC), "-c", str(CSRC / source),
-                         "-o", str(out / f"{pathlib.Path(source).stem}.o")])
-    compiles.append([cc, *gcc_flags, *defines, "-I", str(CSRC), "-c", str(HARNESS), "-o",
-                     str(out / "harness.o")])
-
-    def run(cmd):
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"aarch64_check: compile failed: {' '.join(cmd)}\n"
-                             f"{result.stderr}")
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(run, compiles))
+        compiles.append((None, [cc, *gcc_flags, *defines, "-I", str(CSRC), "-c",
+                                str(CSRC / source), "-o",
+                                str(out / f"{pathlib.Path(source).stem}.o")]))
+    compiles.append((None, [cc, *gcc_flags, *defines, "-I", str(CSRC), "-c", str(HARNESS),
+                            "-o", str(out / "harness.o")]))
     exe = out / "harness"
     # Static for aarch64: qemu then needs no aarch64 sysroot at run time.
-    link = [cc, *gcc_flags, *[cmd[-1] for cmd in compiles], "-o", str(exe), "-lm"]
+    link = [cc, *gcc_flags, *[cmd[-1] for _, cmd in compiles], "-o", str(exe), "-lm"]
     if target == "aarch64":
         link.insert(1, "-static")
-    run(link)
-    return exe
+    return compiles, link, exe
+
+
+def _compile(cmd: list[str]) -> str:
+    """Run one compile or link; its stderr (the vectoriser report, if asked for)."""
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"aarch64_check: compile failed: {' '.join(cmd)}\n{result.stderr}")
+    return result.stderr
+
+
+def build(plans: dict, jobs: int) -> dict:
+    """Every target's compiles in one pool (the longest first, so that the two targets' builds
+    overlap on every core), then the links; {target: {key: stderr}} of the kernel instances."""
+    compiles = [(target, key, cmd) for target, (commands, _, _) in plans.items()
+                for key, cmd in commands]
+    compiles.sort(key=lambda item: item[1] is None)  # kernel instances (the long ones) first
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        stderrs = list(pool.map(lambda item: _compile(item[2]), compiles))
+        list(pool.map(_compile, [link for _, link, _ in plans.values()]))
+    reports = {target: {} for target in plans}
+    for (target, key, _), stderr in zip(compiles, stderrs):
+        if key is not None:
+            reports[target][key] = stderr
+    return reports
 
 
 def run_harness(exe: pathlib.Path, target: str, level: str, quick: bool,
@@ -222,8 +241,11 @@ def first_difference(exes, ref_key, other_key, case, quick) -> str:
 
 def check(quick: bool = False, x86_levels: list[str] | None = None, jobs: int | None = None,
           workdir: pathlib.Path | None = None, log=print,
-          cross_flags: tuple[str, ...] = ()) -> bool:
-    """Build, run and compare; True when every run gives the reference's bits."""
+          cross_flags: tuple[str, ...] = (), vec_reports: dict | None = None) -> bool:
+    """Build, run and compare; True when every run gives the reference's bits. Given a dict as
+    vec_reports, the aarch64 kernel instances are compiled with the vectoriser report, which
+    goes into it as {(source, level): report} (tests/test_aarch64.py reads it: one compile of
+    each instance serves both checks)."""
     if platform.machine() not in ("x86_64", "AMD64"):
         raise SystemExit("aarch64_check: runs on an x86-64 host (it compares against it)")
     if missing_tools():
@@ -235,8 +257,13 @@ def check(quick: bool = False, x86_levels: list[str] | None = None, jobs: int | 
         work = workdir or pathlib.Path(tmp)
         log(f"aarch64_check: building the harness for x86-64 ({', '.join(x86_levels)}) and "
             f"aarch64 ({', '.join(AARCH64_LEVELS)}) with {' '.join(setup_constant('GCC_FLAGS'))}")
-        exes = {"x86_64": build("x86_64", x86_levels, work, jobs),
-                "aarch64": build("aarch64", list(AARCH64_LEVELS), work, jobs, cross_flags)}
+        plans = {"x86_64": build_plan("x86_64", x86_levels, work),
+                 "aarch64": build_plan("aarch64", list(AARCH64_LEVELS), work, cross_flags,
+                                       vec_report=vec_reports is not None)}
+        reports = build(plans, jobs)
+        if vec_reports is not None:
+            vec_reports.update(reports["aarch64"])
+        exes = {target: plan[2] for target, plan in plans.items()}
         log(f"aarch64_check: built in {time.monotonic() - started:.0f} s; running "
             f"{'the reduced' if quick else 'the full'} grid")
         runs = [("x86_64", level) for level in x86_levels]

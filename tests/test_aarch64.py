@@ -16,10 +16,9 @@
 Skipped without the cross compiler, its C library headers or qemu (the script installs them:
 apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static), unless
 DPO_FAST_REQUIRE_AARCH64=1 (CI) makes that a failure. About 1.5 minutes on 2 idle cores (2.5
-on a busy machine), mostly compiling.
+on a busy machine), mostly compiling; each kernel instance is compiled once, for both checks.
 """
 
-import functools
 import importlib.util
 import os
 import pathlib
@@ -27,10 +26,9 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 
 import pytest
-from helpers import CSRC, ROOT, setup_constant
+from helpers import CSRC, ROOT
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 QEMU = "qemu-aarch64-static"
@@ -80,9 +78,19 @@ def _script():
     return module
 
 
-def test_aarch64_kernels_bit_identical_to_x86_64_reduced_grid():
-    lines = []
-    ok = _script().check(quick=True, x86_levels=["scalar", "baseline"], log=lines.append)
+@pytest.fixture(scope="module")
+def aarch64_run():
+    """The reduced grid's check: (whether every run matched, its log lines, the cross
+    compiler's vectoriser reports {(source, level): report} of the aarch64 kernel instances
+    it built, compiled with setup.py's flags plus -fopt-info-vec-optimized)."""
+    lines, reports = [], {}
+    ok = _script().check(quick=True, x86_levels=["scalar", "baseline"], log=lines.append,
+                         vec_reports=reports)
+    return ok, lines, reports
+
+
+def test_aarch64_kernels_bit_identical_to_x86_64_reduced_grid(aarch64_run):
+    ok, lines, _ = aarch64_run
     assert ok, "\n".join(lines)
     # Both aarch64 levels ran and matched (neon is the aarch64 baseline's name).
     assert any(line.lstrip().startswith("aarch64 neon") for line in lines), "\n".join(lines)
@@ -90,19 +98,6 @@ def test_aarch64_kernels_bit_identical_to_x86_64_reduced_grid():
 
 
 # ------------------------------------------------------------------ vectoriser report
-
-
-@functools.cache
-def _report(source):
-    """The cross compiler's vectoriser report for the baseline (NEON) instance of source."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return subprocess.run(
-            [CROSS_CC, *setup_constant("GCC_FLAGS"), "-DDPO_ISA=baseline",
-             *setup_constant("SIMD_LEVEL_FLAGS")["baseline"]["unix"],
-             "-fopt-info-vec-optimized", "-I", str(CSRC), "-c", str(CSRC / source), "-o",
-             os.path.join(tmp, "out.o")],
-            capture_output=True, text=True, check=True,
-        ).stderr
 
 
 def _pairwise_loops():
@@ -113,11 +108,11 @@ def _pairwise_loops():
 
 
 @pytest.mark.parametrize("header, text, offset, count", _pairwise_loops())
-def test_aarch64_pairwise_row_loops_vectorised(header, text, offset, count):
+def test_aarch64_pairwise_row_loops_vectorised(aarch64_run, header, text, offset, count):
     import test_vectorization
 
     line = test_vectorization._line_of(header, text, offset)
-    report = _report("pairwise_simd.c")
+    report = aarch64_run[2]["pairwise_simd.c", "baseline"]  # the NEON instance
     widths = re.findall(
         rf"{re.escape(header)}:{line}:\d+: optimized: loop vectorized using (\d+) byte",
         report)
@@ -126,10 +121,10 @@ def test_aarch64_pairwise_row_loops_vectorised(header, text, offset, count):
         f"with 16-byte vectors; report:\n{report}")
 
 
-def test_aarch64_logps_row_loops_vectorised():
+def test_aarch64_logps_row_loops_vectorised(aarch64_run):
     from test_logps_vectorisation import _loop_lines
 
-    report = _report("logps_simd.c")
+    report = aarch64_run[2]["logps_simd.c", "baseline"]
     for name, line in _loop_lines().items():
         widths = re.findall(
             rf"logps_row\.h:{line}:\d+: optimized: loop vectorized using (\d+) byte", report)
@@ -140,14 +135,8 @@ def test_aarch64_logps_row_loops_vectorised():
             f"with 16-byte vectors; report:\n{report}")
 
 
-def test_aarch64_scalar_level_not_vectorised():
+def test_aarch64_scalar_level_not_vectorised(aarch64_run):
     """The scalar level's instance (vectorisation off, simd.h) has no vectorised loop in the
     cross build either: the levels compared above really are two code paths."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = subprocess.run(
-            [CROSS_CC, *setup_constant("GCC_FLAGS"), "-DDPO_ISA=scalar",
-             "-fopt-info-vec-optimized", "-I", str(CSRC), "-c", str(CSRC / "pairwise_simd.c"),
-             "-o", os.path.join(tmp, "out.o")],
-            capture_output=True, text=True, check=True,
-        ).stderr
+    report = aarch64_run[2]["pairwise_simd.c", "scalar"]
     assert "loop vectorized" not in report, report
