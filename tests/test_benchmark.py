@@ -323,7 +323,7 @@ def test_small_batch_section_measures_and_reports():
     section = small.bench_small((2, 8), 1, 1e-4, 0, torch)
     assert [row["n"] for row in section["rows"]] == [2, 8]
     for row in section["rows"]:
-        assert row["ratios"]["x_numpy"] > 0
+        assert row["ratios"]["x_numpy"] > 0 and row["ratios"]["lists_x_numpy"] > 0
         assert ("torch_x_torch" in row["ratios"]) == (torch is not None)
     assert (section["logps"] is None) == (torch is None)
     lines = small.format_small(section)

@@ -361,7 +361,9 @@ def _unaligned(n, dtype):
 
 
 @pytest.mark.parametrize(("label", "make_call"), [
-    ("list input", lambda a: ((a[0].tolist(), a[1].tolist()), {})),
+    ("list with an int", lambda a: ((a[0].tolist()[:-1] + [-3], a[1].tolist()), {})),
+    ("list next to float32", lambda a: ((a[0].tolist(), a[1].astype(np.float32)), {})),
+    ("list of NumPy floats", lambda a: ((list(a[0]), a[1]), {})),
     ("float16", lambda a: ((a[0].astype(np.float16), a[1].astype(np.float16)), {})),
     ("int64", lambda a: ((a[0].astype(np.int64), a[1].astype(np.int64)), {})),
     ("mixed dtypes", lambda a: ((a[0], a[1].astype(np.float32)), {})),
@@ -374,7 +376,7 @@ def _unaligned(n, dtype):
     ("sorted type", lambda a: ((a[0], a[1]), {"loss_type": "aot"})),
     # (float32 weights stay: test_fused_cases.py)
     ("int64 weights", lambda a: ((a[0], a[1]), {"weights": np.ones(a[0].size, np.int64)})),
-    ("weights list", lambda a: ((a[0], a[1]), {"weights": [1.0] * a[0].size})),
+    ("weights list of ints", lambda a: ((a[0], a[1]), {"weights": [1] * a[0].size})),
     ("strided weights", lambda a: ((a[0], a[1]), {"weights": np.ones(2 * a[0].size)[::2]})),
     ("f-divergence", lambda a: ((a[0], a[1]), {"f_divergence_type": "js_divergence"})),
     ("numpy bool", lambda a: ((a[0], a[1]), {"compute_grad": np.bool_(True)})),
@@ -390,6 +392,57 @@ def test_unusual_calls_take_the_general_path_with_the_same_results(label, make_c
     got = preference_loss(*args, **kwargs)
     assert len(general_spy) == 1, label
     assert isinstance(got, PreferenceLossResult)
+
+
+@pytest.mark.parametrize("n", [1, 64, 20_000])
+@pytest.mark.parametrize("sequence", [list, tuple])
+def test_lists_of_floats_take_the_fast_path(sequence, n, general_spy):
+    """Lists and tuples of Python floats (lengths and margins: or of ints) run compiled, with
+    the bits of the float64 arrays NumPy makes of them, which is what the general path
+    computes with; the caller's lists are left as they were."""
+    arrays = _data(n, np.float64)
+    given = [sequence(a.tolist()) for a in arrays]
+    copies = [list(g) for g in given]
+    lengths = np.arange(1, n + 1)
+    cases = [
+        ("sigmoid", given, {}),
+        ("ipo", given[:2] + [None, None], {}),
+        ("hinge", given, {"weights": sequence(np.linspace(0.5, 2.0, n).tolist())}),
+        ("simpo", given[:2] + [None, None],
+         {"chosen_lengths": sequence(lengths.tolist()),
+          "rejected_lengths": sequence((lengths * 0.5 + 1).tolist())}),
+        ("rpo_sq", given, {"gt_reward_margins": sequence((lengths % 7 - 3).tolist())}),
+    ]
+    for loss_type, inputs, side in cases:
+        for grad in (False, True):
+            got = preference_loss(*inputs, loss_type=loss_type, compute_grad=grad, **side)
+            assert not general_spy, loss_type
+            as_arrays = [None if x is None else np.asarray(x) for x in inputs]
+            side_arrays = {key: np.asarray(value) for key, value in side.items()}
+            _assert_same_bits(got, _general_result(as_arrays, loss_type=loss_type,
+                                                   compute_grad=grad, **side_arrays))
+    assert [list(g) for g in given] == copies and all(type(g) is sequence for g in given)
+
+
+def test_lists_the_fast_path_leaves_get_the_general_paths_errors(general_spy):
+    """A list the fast path does not read (bools, NaN, nesting, an int beyond int64) reaches
+    the general path as it was given, which names the argument and the index."""
+    a, b, c, d = (x.tolist() for x in _data(6, np.float64))
+    cases = [
+        ((a, b[:3] + [True] + b[4:], c, d), {}, TypeError, r"rejected_logps\[3\] must be a real"),
+        ((a, b[:2] + [float("nan")] + b[3:], c, d), {}, ValueError,
+         r"^rejected_logps\[2\] is nan"),
+        ((a, [[x] for x in b], c, d), {}, ValueError, "rejected_logps must be 1-D"),
+        ((a, b, c), {}, ValueError, "ref_chosen_logps was given but ref_rejected_logps"),
+        ((a, b[:5], c, d), {}, ValueError, "length mismatch"),
+        ((a, b), {"loss_type": "simpo", "chosen_lengths": [2**70] * 6,
+                  "rejected_lengths": [3] * 6}, TypeError, "chosen_lengths must hold real"),
+    ]
+    for args, kwargs, error, message in cases:
+        general_spy.clear()
+        with pytest.raises(error, match=message):
+            preference_loss(*args, **kwargs)
+        assert len(general_spy) == 1
 
 
 @pytest.mark.parametrize(("loss_type", "kwargs"), [
@@ -579,6 +632,11 @@ def test_dpo_loss_with_arrays_takes_the_compiled_path(general_spy):
     arrays = _data(5, np.float64)
     lists = [a.tolist() for a in arrays]
     assert dpo_fast.dpo_loss(*arrays, 0.5) == dpo_fast.dpo_loss(*lists, 0.5)
+    assert not general_spy
+    # lists longer than its list reader takes: compiled too
+    long_arrays = _data(20_000, np.float64, seed=3)
+    long_lists = [a.tolist() for a in long_arrays]
+    assert dpo_fast.dpo_loss(*long_lists, 0.5) == dpo_fast.dpo_loss(*long_arrays, 0.5)
     assert not general_spy
     # float32 arrays: the general path (dpo_loss is float64 throughout), same numbers
     single = [a.astype(np.float32) for a in arrays]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import importlib.metadata
 import importlib.util
@@ -136,6 +137,14 @@ def test_stub_next_to_compiled_module(module):
     assert origin.suffix in {".so", ".pyd"}, f"{module} is not compiled: {origin}"
     stub = origin.parent / (module.rsplit(".", 1)[1] + ".pyi")
     assert stub.is_file(), f"missing type stub {stub}"
+    # ...and it declares every public function and class the module defines.
+    declared = {node.name for node in ast.parse(stub.read_text()).body
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    compiled = importlib.import_module(module)
+    public = {name for name, value in vars(compiled).items()
+              if not name.startswith("_") and callable(value)
+              and getattr(value, "__module__", module) == module}
+    assert public <= declared, f"{stub.name} lacks {sorted(public - declared)}"
 
 
 def test_py_typed_marker():

@@ -1,13 +1,14 @@
 # cython: language_level=3, annotation_typing=False
 """The compiled entry point of preference_loss (and of dpo_loss for NumPy arrays).
 
-The common call -- 1-D float64 or float32 NumPy arrays (contiguous, strided or read-only),
-a float beta, one per-pair loss type with its default options (a length-normalised one with
-both ``chosen_lengths`` and ``rejected_lengths``), optionally per-pair ``weights`` (lengths and
-weights as float64 arrays) and ``out=`` -- is checked, allocated, run through the kernel
-boundary of dpo_fast._kernels._pairwise and packed into its result here, in C, with no Python
-helper on the way. Anything else (lists, other dtypes, loss lists, f-divergences, non-finite
-sums, ...) goes to the
+The common call -- 1-D float64 or float32 NumPy arrays (contiguous, strided or read-only), or
+lists and tuples of Python floats (read into float64 arrays, as NumPy would), a float beta,
+one per-pair loss type with its default options (a length-normalised one with both
+``chosen_lengths`` and ``rejected_lengths``), optionally per-pair ``weights``, lengths and
+margins (float64, float32, int64 or int32 arrays; weights float64 or float32) and ``out=`` --
+is checked, allocated, run through the kernel boundary of dpo_fast._kernels._pairwise and
+packed into its result here, in C, with no Python helper on the way. Anything else (other
+sequences, other dtypes, loss lists, f-divergences, non-finite sums, ...) goes to the
 validated general path, dpo_fast._general, which gives the same bits and names every bad
 argument. The fast path never raises for a bad argument: it hands the call over instead, so
 every error message is the general path's.
@@ -19,6 +20,8 @@ double, which would let True through as 1.0.
 
 cimport cython
 cimport numpy as cnp
+import sysconfig
+
 import numpy as np
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE
@@ -35,6 +38,15 @@ from dpo_fast._kernels._pairwise cimport (
 from dpo_fast import _general, _registry, _threads
 from dpo_fast._arrays import tensor_as_array
 from dpo_fast._seed import round4, round4_list
+
+cdef extern from "Python.h":
+    PyObject **PySequence_Fast_ITEMS(object o)
+    # On borrowed item pointers: reading an exact float or int runs no Python code, so the
+    # sequence cannot change while _list_array reads it (with the GIL; see _FREE_THREADED).
+    bint _is_exact_float "PyFloat_CheckExact"(PyObject *o)
+    bint _is_exact_int "PyLong_CheckExact"(PyObject *o)
+    double _borrowed_float_value "PyFloat_AS_DOUBLE"(PyObject *o)
+    long long _borrowed_int_value "PyLong_AsLongLongAndOverflow"(PyObject *o, int *overflow)
 
 cnp.import_array()
 
@@ -75,6 +87,52 @@ cdef inline object _tensor_view(object value, str name):
     array = tensor_as_array(value, name, "dpo_fast.torch.preference_loss")
     return value if array is None else array
 cdef object _NUMPY_FLOAT64 = np.float64
+# Free-threaded CPython (3.13t+): another thread may resize a list while its items are read.
+cdef bint _FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+cdef object _list_array(object value, bint ints):
+    """A non-empty list or tuple of Python floats -- or, with ``ints``, of Python ints in
+    int64's range -- as the float64 (int64) array np.asarray makes of it, which is what the
+    general path computes with; anything else (mixed or other items, bools) as it is, for the
+    general path to convert or name. Lists are what a user types and what .tolist() gives:
+    without this they pay the general path's ~40 µs at 64 pairs."""
+    cdef object sequence = value
+    cdef Py_ssize_t n, i
+    cdef PyObject **items
+    cdef cnp.ndarray array
+    cdef cnp.npy_intp dims[1]
+    cdef double *floats
+    cdef long long *counts
+    cdef int overflow = 0
+    if type(value) is not list and type(value) is not tuple:
+        return value
+    if _FREE_THREADED and type(value) is list:
+        sequence = tuple(value)  # a snapshot, copied under the list's lock
+    n = len(sequence)
+    if n == 0:
+        return value
+    items = PySequence_Fast_ITEMS(sequence)
+    dims[0] = n
+    if _is_exact_float(items[0]):
+        array = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        floats = <double *>cnp.PyArray_DATA(array)
+        for i in range(n):
+            if not _is_exact_float(items[i]):
+                return value
+            floats[i] = _borrowed_float_value(items[i])
+        return array
+    if ints and _is_exact_int(items[0]):
+        array = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        counts = <long long *>cnp.PyArray_DATA(array)
+        for i in range(n):
+            if not _is_exact_int(items[i]):
+                return value
+            counts[i] = _borrowed_int_value(items[i], &overflow)
+            if overflow:
+                return value
+        return array
+    return value
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
@@ -881,12 +939,18 @@ def preference_loss(chosen_logps: Any, rejected_logps: Any, ref_chosen_logps: An
     rejected_lengths = _tensor_view(rejected_lengths, "rejected_lengths")
     gt_reward_margins = _tensor_view(gt_reward_margins, "gt_reward_margins")
     if loss_weights is None:
-        result = _fast_call(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        # Lists of floats (lengths and margins: or of ints) run compiled too; a call the fast path leaves
+        # gets the arguments as they were given, so every error is the general path's.
+        result = _fast_call(_list_array(chosen_logps, False), _list_array(rejected_logps, False),
+                            _list_array(ref_chosen_logps, False),
+                            _list_array(ref_rejected_logps, False),
                             beta, loss_type, label_smoothing, discopop_tau, simpo_gamma,
                             f_divergence_type, f_alpha_divergence_coef, reduction,
                             compute_grad, check_finite, n_threads, out, False, dpop_lambda,
-                            bco_delta, alphapo_alpha, weights, chosen_lengths,
-                            rejected_lengths, gt_reward_margins, gt_reward_scale,
+                            bco_delta, alphapo_alpha, _list_array(weights, False),
+                            _list_array(chosen_lengths, True),
+                            _list_array(rejected_lengths, True),
+                            _list_array(gt_reward_margins, True), gt_reward_scale,
                             per_pair_outputs)
         if result is not None:
             return result
@@ -912,7 +976,9 @@ def dpo_loss_arrays(chosen_policy, rejected_policy, chosen_ref, rejected_ref, be
     for value, name in zip((chosen_ref, rejected_ref), _DPO_LOSS_ARG_NAMES[2:]):
         if value is None:
             raise TypeError(f"{name} is required, got None")
-    result = _fast_call(chosen_policy, rejected_policy, chosen_ref, rejected_ref, beta,
+    # (Lists and tuples here are longer than dpo_loss's list reader takes.)
+    result = _fast_call(_list_array(chosen_policy, False), _list_array(rejected_policy, False),
+                        _list_array(chosen_ref, False), _list_array(rejected_ref, False), beta,
                         "sigmoid", 0.0, 0.05, 0.5, "reverse_kl", 1.0, "mean", False, True,
                         None, None, True, _DPOP_LAMBDA_DEFAULT, 0.0, 0.0, None, None, None)
     if result is None:

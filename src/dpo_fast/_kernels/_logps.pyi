@@ -14,6 +14,19 @@ STREAM_GRAD_MIN_BYTES: int
 
 def simd_level_id() -> int: ...
 
+def common_call(
+    logits: object,
+    labels: object,
+    ignore_index: object,
+    mask: object,
+    average: object,
+    temperature: object,
+    return_token_logps: object,
+    return_entropy: object,
+    n_threads: object,
+    max_elements: int,
+) -> tuple[_F64, _I64, float, _F64, _F64 | None, _F64 | None, float | None] | None: ...
+
 def select_rows(
     labels: _I64,
     mask: _U8 | None,

@@ -2,7 +2,8 @@
 evaluation code uses (8-512 pairs), where a per-call overhead, not the kernel, decides.
 
 Baselines are what a user would write by hand, timed interleaved with dpo_fast in the same
-run (:mod:`.harness`): the three-line NumPy formula, and the same formula in plain torch
+run (:mod:`.harness`): the three-line NumPy formula (on arrays; on Python lists, after the
+``np.asarray`` that formula needs), and the same formula in plain torch
 autograd (forward and backward) against ``dpo_fast.torch.preference_loss``; for the log-probs,
 torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch.
 """
@@ -35,6 +36,10 @@ def _dpo_fast_torch_step(tensors: list[Any], beta: float) -> None:
     dft.preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta).loss.backward()
 
 
+def _numpy_on_lists(lists: list[list[float]]) -> None:
+    numpy_array_solution(*(np.asarray(values) for values in lists), BETA)
+
+
 def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: int,
                 torch: Any) -> dict[str, Any]:
     """Time the small-batch section: one row per size, and the log-probs row.
@@ -65,12 +70,16 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
     rows = []
     for n in sizes:
         arrays = [rng.standard_normal(n) * 5.0 - 50.0 for _ in range(4)]
+        lists = [array.tolist() for array in arrays]
         entries = {
             "dpo_fast": harness.Entry(functools.partial(
                 dpo_fast.preference_loss, *arrays, beta=BETA)),
             "dpo_fast_grad": harness.Entry(functools.partial(
                 dpo_fast.preference_loss, *arrays, beta=BETA, compute_grad=True)),
             "numpy": harness.Entry(functools.partial(numpy_array_solution, *arrays, BETA)),
+            "dpo_fast_lists": harness.Entry(functools.partial(
+                dpo_fast.preference_loss, *lists, beta=BETA)),
+            "numpy_lists": harness.Entry(functools.partial(_numpy_on_lists, lists)),
         }
         if torch is not None:
             tensors = [torch.from_numpy(a.copy()) for a in arrays]
@@ -82,7 +91,8 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
                 functools.partial(torch_formula_step, torch, tensors, BETA), single)
         times = harness.measure_group(entries, repeats, min_seconds)
         median = {name: timing.median for name, timing in times.items()}
-        ratios = {"x_numpy": median["numpy"] / median["dpo_fast"]}
+        ratios = {"x_numpy": median["numpy"] / median["dpo_fast"],
+                  "lists_x_numpy": median["numpy_lists"] / median["dpo_fast_lists"]}
         if torch is not None:
             ratios["torch_x_torch"] = median["torch"] / median["dpo_fast_torch"]
         rows.append({"n": n, "times": {name: t.to_json() for name, t in times.items()},
@@ -118,15 +128,17 @@ def format_small(section: dict[str, Any]) -> list[str]:
     list of str
         A blank line, the title, the table and the log-probs line.
     """
-    headers = ["N", "preference_loss", "+ grad", "NumPy formula", "x NumPy",
-               "dpo_fast.torch f+b", "torch f+b", "x torch"]
-    lines = ["", "Small batches (float64, 1 thread; torch: forward + backward)"]
+    headers = ["N", "preference_loss", "+ grad", "NumPy formula", "x NumPy", "on lists",
+               "x NumPy", "dpo_fast.torch f+b", "torch f+b", "x torch"]
+    lines = ["", "Small batches (float64, 1 thread; on lists: Python lists in, the NumPy formula "
+             "after np.asarray; torch: forward + backward)"]
     body = []
     for row in section["rows"]:
         times = {name: t["median"] for name, t in row["times"].items()}
         body.append([
             str(row["n"]), fmt_time(times["dpo_fast"]), fmt_time(times["dpo_fast_grad"]),
             fmt_time(times["numpy"]), fmt_ratio(row["ratios"]["x_numpy"]),
+            fmt_time(times["dpo_fast_lists"]), fmt_ratio(row["ratios"]["lists_x_numpy"]),
             fmt_time(times.get("dpo_fast_torch")), fmt_time(times.get("torch")),
             fmt_ratio(row["ratios"].get("torch_x_torch")),
         ])
