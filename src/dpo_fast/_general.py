@@ -112,6 +112,11 @@ def _raise_for_object_array(array: np.ndarray, name: str) -> None:
         except OverflowError:
             raise ValueError(f"{name}[{index}] = {item!r} is not representable as a finite "
                              "float") from None
+    for index, item in enumerate(array):
+        if isinstance(item, int) and not -2**63 <= item < 2**63:
+            # NumPy keeps a list with an int beyond int64 as objects rather than round it.
+            raise ValueError(f"{name}[{index}] = {item!r} does not fit in int64; pass it as a "
+                             f"float ({float(item)!r}) if that is the value you mean")
     raise TypeError(f"{name} must hold real numbers, got dtype object")
 
 
