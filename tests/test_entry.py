@@ -719,14 +719,65 @@ def test_sequence_logps_common_call_gives_the_general_paths_bits(shape, dtype,
         for options in ({}, {"average": True}, {"temperature": 0.7},
                         {"return_token_logps": True, "return_entropy": True},
                         {"ignore_index": -100, "n_threads": 2}):
+            logps_general_spy.clear()
             got = dpo_fast.sequence_logps(view, token_labels, **options)
             # (Empty logits have zero strides in NumPy 2: the general path takes them.)
             assert not logps_general_spy or view.size == 0, options
-            # mask of ones: the general path, the same positions counted
-            want = dpo_fast.sequence_logps(view, token_labels,
-                                           mask=np.ones(token_labels.shape, bool), **options)
-            logps_general_spy.clear()
-            _assert_same_logps(got, want)
+            _assert_same_logps(got, _general_logps(view, token_labels, **options))
+
+
+def _general_logps(logits, labels, **options):
+    """sequence_logps through its general path (the common call declined)."""
+    from dpo_fast import logps
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logps._logps, "common_call", lambda *args: None)
+        return dpo_fast.sequence_logps(logits, labels, **options)
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 1, 5), (17, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_logps_masks_take_the_common_call(shape, dtype, logps_general_spy):
+    """A mask -- bool or any integer dtype, contiguous or a strided slice of an attention mask
+    -- runs compiled with the general path's bits: a position counts where the mask is non-zero
+    and the label is not ignore_index; a label out of range where the mask is 0 is not read."""
+    rng = np.random.default_rng(sum(shape))
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    labels.reshape(-1)[::4] = -100
+    wide = rng.integers(0, 3, shape[:-2] + (shape[-2] + 1,))  # an attention mask, one longer
+    wide.reshape(-1)[:2] = 0
+    masks = {
+        "bool": wide[..., 1:] != 0,
+        "bool slice": (wide != 0)[..., 1:],
+        "int64 slice": wide[..., 1:],
+        "uint8": wide[..., 1:].astype(np.uint8),
+        "int32 of 2s": (wide[..., 1:] * 2).astype(np.int32),
+        "uint16 Fortran": np.asfortranarray(wide[..., 1:].astype(np.uint16)),
+        "zeros": np.zeros(shape[:-1], bool),
+    }
+    hidden = labels.copy()
+    hidden[masks["bool"] == 0] = shape[-1] + 5  # out of range where nothing reads it
+    for name, mask in masks.items():
+        for token_labels in (labels, hidden):
+            for options in ({}, {"average": True},
+                            {"return_token_logps": True, "return_entropy": True}):
+                logps_general_spy.clear()
+                got = dpo_fast.sequence_logps(logits, token_labels, mask=mask, **options)
+                assert not logps_general_spy, (name, options)
+                _assert_same_logps(got, _general_logps(logits, token_labels, mask=mask,
+                                                       **options))
+    # What the common call does not read reaches the general path, which names it.
+    logps_general_spy.clear()
+    with pytest.raises(ValueError, match="mask has shape"):
+        dpo_fast.sequence_logps(logits, labels, mask=masks["bool"][..., 1:])
+    with pytest.raises(TypeError, match="mask must be boolean or integer"):
+        dpo_fast.sequence_logps(logits, labels, mask=masks["bool"].astype(np.float32))
+    assert len(logps_general_spy) == 2
+    logps_general_spy.clear()
+    listed = dpo_fast.sequence_logps(logits, labels, mask=masks["bool"].tolist())
+    assert len(logps_general_spy) == 1
+    _assert_same_logps(listed, _general_logps(logits, labels, mask=masks["bool"]))
 
 
 def test_sequence_logps_common_call_hands_errors_over(logps_general_spy):

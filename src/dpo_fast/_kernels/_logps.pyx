@@ -11,7 +11,7 @@ the sums are taken afterwards in a fixed order, so the results do not depend on 
 from cython.parallel cimport prange
 cimport numpy as cnp
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from dpo_fast._kernels._pairwise cimport simd_level_id as chosen_simd_level
 
@@ -404,6 +404,29 @@ def linear_tile_grad(floating[:, :] tile, object bias, Py_ssize_t v0, const int6
 # ----------------------------------------------------------------------------- the common call
 
 
+cdef inline int _mask_item_size(cnp.ndarray mask) noexcept:
+    """Bytes per element of a mask the common call reads (bool, or any integer dtype of 1, 2,
+    4 or 8 bytes), else 0."""
+    cdef int typenum = cnp.PyArray_TYPE(mask)
+    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(mask)
+    if typenum == cnp.NPY_BOOL:
+        return 1
+    if cnp.PyTypeNum_ISINTEGER(typenum) and size in (1, 2, 4, 8):
+        return <int>size
+    return 0
+
+
+cdef inline bint _mask_counts(const char *item, int size) noexcept nogil:
+    """Whether a mask element (aligned, native order, of `size` bytes) is non-zero."""
+    if size == 1:
+        return (<const uint8_t *>item)[0] != 0
+    if size == 2:
+        return (<const uint16_t *>item)[0] != 0
+    if size == 4:
+        return (<const uint32_t *>item)[0] != 0
+    return (<const uint64_t *>item)[0] != 0
+
+
 cdef inline int _float_type(object value) noexcept:
     """NPY_FLOAT / NPY_DOUBLE for an exact ndarray the row loops can read in place (aligned,
     native byte order, a contiguous last axis, strides in whole items), else -1."""
@@ -435,7 +458,8 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     or None for anything else, which dpo_fast.logps then validates and runs (and raises for).
 
     The common call: exact float32/float64 ndarray logits (B, T, V) or (N, V) read in place,
-    C-contiguous int64 labels of the matching shape, no mask, an int ignore_index, a float
+    C-contiguous int64 labels of the matching shape, no mask or a bool or integer ndarray mask
+    of the labels' shape (any strides: an attention mask's slice), an int ignore_index, a float
     temperature, exact bools, n_threads None or an int, and fewer than ``max_elements`` logits
     (below the parallel threshold: larger calls run threaded through the general path, where the
     per-call cost does not matter). Every row and sum is computed exactly as there."""
@@ -457,8 +481,12 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     cdef double inv_temperature, value, entropy_sum = 0.0
     cdef bint want_average, want_tokens, want_entropy
     cdef DpoLogpsArgs args
+    cdef cnp.ndarray mask_array = None
+    cdef const char *mask_data = NULL
+    cdef Py_ssize_t mask_stride_b = 0, mask_stride_t = 0
+    cdef int mask_size = 0
 
-    if typenum < 0 or mask is not None or type(ignore_index) is not int:
+    if typenum < 0 or type(ignore_index) is not int:
         return None
     if type(temperature) is not float:
         return None
@@ -498,6 +526,25 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     for k in range(ndim - 1):
         if cnp.PyArray_DIM(label_array, k) != cnp.PyArray_DIM(logit_array, k):
             return None
+    if mask is not None:
+        # A position counts where the mask's element is non-zero, as logps.as_mask reads it:
+        # a bool or integer array of the labels' shape, read in place through its strides.
+        if type(mask) is not cnp.ndarray:
+            return None
+        mask_array = <cnp.ndarray>mask
+        mask_size = _mask_item_size(mask_array)
+        if (mask_size == 0 or cnp.PyArray_NDIM(mask_array) != ndim - 1
+                or not cnp.PyArray_ISBEHAVED_RO(mask_array)):
+            return None
+        for k in range(ndim - 1):
+            if cnp.PyArray_DIM(mask_array, k) != cnp.PyArray_DIM(label_array, k):
+                return None
+        mask_data = <const char *>cnp.PyArray_DATA(mask_array)
+        if ndim == 3:
+            mask_stride_b = cnp.PyArray_STRIDE(mask_array, 0)
+            mask_stride_t = cnp.PyArray_STRIDE(mask_array, 1)
+        else:
+            mask_stride_t = cnp.PyArray_STRIDE(mask_array, 0)
 
     # The rows that count, and their labels checked (a bad one: the general path names it).
     dims[0] = n_b * n_t
@@ -511,7 +558,8 @@ def common_call(object logits, object labels, object ignore_index, object mask,
         count = 0
         for t in range(n_t):
             label = label_data[b * n_t + t]
-            if label == ignore:
+            if label == ignore or (mask_size != 0 and not _mask_counts(
+                    mask_data + b * mask_stride_b + t * mask_stride_t, mask_size)):
                 continue
             if label < 0 or label >= vocab:
                 return None
