@@ -29,11 +29,12 @@ t_start=$(date +%s.%N)
 # --quick: the tests that drive every compiled entry point hardest (dpo_loss's list fast path,
 # preference_loss and the loss family through the plain and the general kernel loops with
 # weights, lengths and f-divergences, sequence_logps forward and backward, the validation and
-# error paths, the fused cases and the side arrays of other dtypes converted per chunk). About
-# 4 minutes for the build plus 1-2 for the tests on 2 cores.
+# error paths, the fused cases and the side arrays of other dtypes converted per chunk, and the
+# compiled entry points' readers of lists, tensors and masks). About 3-5 minutes for the build
+# (-g1, see setup.py) plus 1 for the tests on 2 cores.
 QUICK_TESTS=(tests/test_loss_family.py tests/test_modifiers_*.py tests/test_validation.py
              tests/test_dpo_loss.py tests/test_logps_*.py tests/test_fused_cases.py
-             tests/test_sanitizer_regressions.py)
+             tests/test_entry.py tests/test_sanitizer_regressions.py)
 
 # Left out of every run, each with its reason:
 # - test_memory_does_not_grow_with_the_input asserts that a CLI run's peak RSS grows by less
