@@ -795,6 +795,69 @@ def test_sequence_logps_common_call_hands_errors_over(logps_general_spy):
     assert len(logps_general_spy) == 3  # (average=1 is refused before the inputs are read)
 
 
+def _general_grad(*args, **options):
+    """sequence_logps_grad through its general path (the common call declined)."""
+    from dpo_fast import logps
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logps._logps, "common_grad_call", lambda *args: None)
+        return dpo_fast.sequence_logps_grad(*args, **options)
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 1, 5), (17, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_logps_grad_common_call_gives_the_general_paths_bits(shape, dtype,
+                                                                       logps_general_spy):
+    """The backward dpo_fast.torch runs (upstream per sequence as an array or a float, a mask,
+    the forward's logsumexp or none, average, a temperature) is one compiled step with the
+    general path's bits."""
+    rng = np.random.default_rng(sum(shape) + 1)
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    labels.reshape(-1)[::5] = -100
+    seq_shape = shape[:-2]
+    wide = rng.integers(0, 2, shape[:-2] + (shape[-2] + 1,)) != 0
+    wide.reshape(-1)[1] = True
+    upstreams = [1.0, -0.25, rng.standard_normal(seq_shape),
+                 rng.standard_normal(seq_shape).astype(np.float32)]
+    if seq_shape:
+        upstreams.append(rng.standard_normal(seq_shape[0] * 2)[::2])  # strided
+    for mask in (None, wide[..., 1:]):
+        for options in ({}, {"average": True}, {"temperature": 0.7}):
+            forward = dpo_fast.sequence_logps(logits, labels, mask=mask, **options)
+            for upstream in upstreams:
+                for lse in (None, forward.logsumexp):
+                    logps_general_spy.clear()
+                    got = dpo_fast.sequence_logps_grad(logits, labels, upstream, mask=mask,
+                                                       logsumexp=lse, **options)
+                    assert not logps_general_spy, options
+                    want = _general_grad(logits, labels, upstream, mask=mask, logsumexp=lse,
+                                         **options)
+                    assert got.dtype == want.dtype and got.shape == want.shape == shape
+                    assert got.tobytes() == want.tobytes(), (options, upstream, lse is None)
+
+
+def test_sequence_logps_grad_common_call_hands_errors_over(logps_general_spy):
+    """What is wrong reaches the general path, which names it."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((2, 3, 4))
+    labels = np.array([[0, 1, 2], [3, 0, -100]])
+    lse = dpo_fast.sequence_logps(logits, labels).logsumexp
+    cases = [
+        ((logits, labels, np.array([1.0, np.inf])), {}, r"grad_logps\[1\] is inf"),
+        ((logits, labels, 1.0), {"logsumexp": np.where(labels == 3, np.nan, lse)},
+         r"logsumexp\[1, 0\] is nan"),
+        ((np.where(labels[..., None] == 2, np.nan, logits), labels, 1.0), {},
+         r"logits\[0, 2, 0\] is nan"),
+        ((logits, np.array([[0, 1, 2], [4, 0, -100]]), 1.0), {}, r"labels\[1, 0\] = 4"),
+    ]
+    for args, options, message in cases:
+        logps_general_spy.clear()
+        with pytest.raises(ValueError, match=message):
+            dpo_fast.sequence_logps_grad(*args, **options)
+        assert len(logps_general_spy) == 1, message
+
+
 # --------------------------------------------------------------------------- the kernel boundary
 
 def test_loss_config_picks_the_loop_in_one_place():

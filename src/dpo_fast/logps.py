@@ -623,6 +623,13 @@ def sequence_logps_grad(logits: Any, labels: Any, grad_logps: Any, *, ignore_ind
     array([[[-0.09  , -0.2447,  0.3348],
             [ 0.6667, -0.3333, -0.3333]]])
     """
+    # The common call (what dpo_fast.torch's backward passes, below the parallel threshold) in
+    # one compiled step; anything else, or anything wrong, is validated below.
+    grad = _logps.common_grad_call(logits, labels, grad_logps, ignore_index, mask, average,
+                                   temperature, grad_token_logps, logsumexp, n_threads, out,
+                                   PARALLEL_MIN_ELEMENTS)
+    if grad is not None:
+        return grad
     want_average = check_flag(average, "average")
     threads = _threads.validate_n_threads(n_threads)
     prep = _prepare(logits, labels, ignore_index, mask, temperature)

@@ -26,6 +26,20 @@ def common_call(
     n_threads: object,
     max_elements: int,
 ) -> tuple[_F64, _I64, float, _F64, _F64 | None, _F64 | None, float | None] | None: ...
+def common_grad_call(
+    logits: object,
+    labels: object,
+    grad_logps: object,
+    ignore_index: object,
+    mask: object,
+    average: object,
+    temperature: object,
+    grad_token_logps: object,
+    logsumexp: object,
+    n_threads: object,
+    out: object,
+    max_elements: int,
+) -> _Float | None: ...
 
 def select_rows(
     labels: _I64,

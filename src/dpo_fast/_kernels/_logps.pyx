@@ -10,7 +10,7 @@ the sums are taken afterwards in a fixed order, so the results do not depend on 
 
 from cython.parallel cimport prange
 cimport numpy as cnp
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from dpo_fast._kernels._pairwise cimport simd_level_id as chosen_simd_level
@@ -450,37 +450,33 @@ cdef inline int _float_type(object value) noexcept:
     return typenum
 
 
-def common_call(object logits, object labels, object ignore_index, object mask,
-                object average, object temperature, object return_token_logps,
-                object return_entropy, object n_threads, Py_ssize_t max_elements):
-    """dpo_fast.sequence_logps's common call in one compiled step: the fields of its result
-    as a tuple (logps, counts, token_accuracy, logsumexp, token_logps, entropy, mean_entropy),
-    or None for anything else, which dpo_fast.logps then validates and runs (and raises for).
+cdef struct _Common:
+    # What _common_rows found: the logits' dtype and layout, and the counted rows.
+    int typenum
+    int ndim
+    Py_ssize_t n_b, n_t, vocab, n_rows
+    double inv_temperature
 
-    The common call: exact float32/float64 ndarray logits (B, T, V) or (N, V) read in place,
-    C-contiguous int64 labels of the matching shape, no mask or a bool or integer ndarray mask
-    of the labels' shape (any strides: an attention mask's slice), an int ignore_index, a float
-    temperature, exact bools, n_threads None or an int, and fewer than ``max_elements`` logits
-    (below the parallel threshold: larger calls run threaded through the general path, where the
-    per-call cost does not matter). Every row and sum is computed exactly as there."""
+
+cdef tuple _common_rows(object logits, object labels, object ignore_index, object mask,
+                        object temperature, object n_threads, Py_ssize_t max_elements,
+                        _Common *common):
+    """The checks the common calls share, and the rows that count: (rows, counts) -- the
+    flat indices of the counted positions (in rows[:n_rows]) and the count per sequence -- or
+    None for a call the general path takes. Fills `common`. A position counts where its label
+    is not ignore_index and the mask (if any) is non-zero there; a counted label outside the
+    vocabulary is the general path's to name."""
     cdef int typenum = _float_type(logits)
-    cdef cnp.ndarray logit_array, label_array, rows, counts, token_logps, logsumexp
-    cdef cnp.ndarray entropy = None, status, sums
+    cdef cnp.ndarray logit_array, label_array, rows, counts
     cdef int ndim, k
-    cdef Py_ssize_t n_b, n_t, vocab, n_rows = 0, b, t, r, count, n_argmax = 0
-    cdef cnp.npy_intp dims[2]
+    cdef Py_ssize_t n_b, n_t, vocab, n_rows = 0, b, t, count
+    cdef cnp.npy_intp dims[1]
     cdef cnp.npy_intp seq_dims[1]
     cdef int64_t ignore, label
     cdef int64_t *label_data
     cdef int64_t *row_data
     cdef int64_t *count_data
-    cdef double *sum_data
-    cdef double *token_data
-    cdef double *entropy_data = NULL
-    cdef uint8_t *status_data
-    cdef double inv_temperature, value, entropy_sum = 0.0
-    cdef bint want_average, want_tokens, want_entropy
-    cdef DpoLogpsArgs args
+    cdef double value
     cdef cnp.ndarray mask_array = None
     cdef const char *mask_data = NULL
     cdef Py_ssize_t mask_stride_b = 0, mask_stride_t = 0
@@ -493,17 +489,11 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     value = temperature
     if not (value > 0.0 and value < INFINITY):
         return None
-    for flag in (average, return_token_logps, return_entropy):
-        if flag is not True and flag is not False:
-            return None
     if n_threads is not None and not (type(n_threads) is int and n_threads >= 1):
         return None
     if not -(2**63) <= ignore_index < 2**63:
         return None
     ignore = ignore_index
-    want_average = average is True
-    want_tokens = return_token_logps is True
-    want_entropy = return_entropy is True
 
     logit_array = <cnp.ndarray>logits
     ndim = cnp.PyArray_NDIM(logit_array)
@@ -546,7 +536,6 @@ def common_call(object logits, object labels, object ignore_index, object mask,
         else:
             mask_stride_t = cnp.PyArray_STRIDE(mask_array, 0)
 
-    # The rows that count, and their labels checked (a bad one: the general path names it).
     dims[0] = n_b * n_t
     rows = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
     seq_dims[0] = n_b
@@ -567,6 +556,90 @@ def common_call(object logits, object labels, object ignore_index, object mask,
             n_rows += 1
             count += 1
         count_data[b] = count
+    common.typenum = typenum
+    common.ndim = ndim
+    common.n_b = n_b
+    common.n_t = n_t
+    common.vocab = vocab
+    common.n_rows = n_rows
+    common.inv_temperature = 1.0 / value
+    return rows, counts
+
+
+cdef void _common_args(DpoLogpsArgs *args, cnp.ndarray logit_array, cnp.ndarray label_array,
+                       const _Common *common) noexcept:
+    """The kernel arguments of a common call's logits and labels; every output pointer NULL."""
+    cdef int ndim = common.ndim
+    args.logits = cnp.PyArray_DATA(logit_array)
+    args.stride_b = (cnp.PyArray_STRIDE(logit_array, 0) // cnp.PyArray_ITEMSIZE(logit_array)
+                     if ndim == 3 else 0)
+    args.stride_t = (cnp.PyArray_STRIDE(logit_array, ndim - 2)
+                     // cnp.PyArray_ITEMSIZE(logit_array))
+    args.n_t = common.n_t
+    args.vocab = common.vocab
+    args.labels = <int64_t *>cnp.PyArray_DATA(label_array)
+    args.inv_temperature = common.inv_temperature
+    args.simd_level = chosen_simd_level()
+    args.token_logps = NULL
+    args.logsumexp = NULL
+    args.entropy = NULL
+    args.log_sum_p2 = NULL
+    args.logit_sum = NULL
+    args.status = NULL
+    args.row_weight = NULL
+    args.lse_in = NULL
+    args.grad = NULL
+    args.grad_zeroed = 0
+    args.grad_stream = 0
+
+
+def common_call(object logits, object labels, object ignore_index, object mask,
+                object average, object temperature, object return_token_logps,
+                object return_entropy, object n_threads, Py_ssize_t max_elements):
+    """dpo_fast.sequence_logps's common call in one compiled step: the fields of its result
+    as a tuple (logps, counts, token_accuracy, logsumexp, token_logps, entropy, mean_entropy),
+    or None for anything else, which dpo_fast.logps then validates and runs (and raises for).
+
+    The common call: exact float32/float64 ndarray logits (B, T, V) or (N, V) read in place,
+    C-contiguous int64 labels of the matching shape, no mask or a bool or integer ndarray mask
+    of the labels' shape (any strides: an attention mask's slice), an int ignore_index, a float
+    temperature, exact bools, n_threads None or an int, and fewer than ``max_elements`` logits
+    (below the parallel threshold: larger calls run threaded through the general path, where the
+    per-call cost does not matter). Every row and sum is computed exactly as there."""
+    cdef _Common common
+    cdef tuple found
+    cdef cnp.ndarray label_array, rows, counts, token_logps, logsumexp
+    cdef cnp.ndarray entropy = None, status, sums
+    cdef int ndim, k
+    cdef Py_ssize_t n_b, n_t, n_rows, b, r, n_argmax = 0
+    cdef cnp.npy_intp dims[2]
+    cdef cnp.npy_intp seq_dims[1]
+    cdef int64_t *row_data
+    cdef int64_t *count_data
+    cdef double *sum_data
+    cdef double *token_data
+    cdef double *entropy_data = NULL
+    cdef uint8_t *status_data
+    cdef double entropy_sum = 0.0
+    cdef bint want_average, want_tokens, want_entropy
+    cdef DpoLogpsArgs args
+
+    for flag in (average, return_token_logps, return_entropy):
+        if flag is not True and flag is not False:
+            return None
+    found = _common_rows(logits, labels, ignore_index, mask, temperature, n_threads,
+                         max_elements, &common)
+    if found is None:
+        return None
+    rows, counts = found
+    want_average = average is True
+    want_tokens = return_token_logps is True
+    want_entropy = return_entropy is True
+    label_array = <cnp.ndarray>labels
+    ndim, n_b, n_t, n_rows = common.ndim, common.n_b, common.n_t, common.n_rows
+    row_data = <int64_t *>cnp.PyArray_DATA(rows)
+    count_data = <int64_t *>cnp.PyArray_DATA(counts)
+    seq_dims[0] = n_b
 
     # Per-row results (zeros where a position does not count), in the token shape.
     for k in range(ndim - 1):
@@ -577,30 +650,13 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     if want_entropy:
         entropy = cnp.PyArray_ZEROS(ndim - 1, dims, cnp.NPY_DOUBLE, 0)
         entropy_data = <double *>cnp.PyArray_DATA(entropy)
-    inv_temperature = 1.0 / value
-    args.logits = cnp.PyArray_DATA(logit_array)
-    args.stride_b = (cnp.PyArray_STRIDE(logit_array, 0) // cnp.PyArray_ITEMSIZE(logit_array)
-                     if ndim == 3 else 0)
-    args.stride_t = (cnp.PyArray_STRIDE(logit_array, ndim - 2)
-                     // cnp.PyArray_ITEMSIZE(logit_array))
-    args.n_t = n_t
-    args.vocab = vocab
-    args.labels = label_data
-    args.inv_temperature = inv_temperature
-    args.simd_level = chosen_simd_level()
+    _common_args(&args, <cnp.ndarray>logits, label_array, &common)
     args.token_logps = <double *>cnp.PyArray_DATA(token_logps)
     args.logsumexp = <double *>cnp.PyArray_DATA(logsumexp)
     args.entropy = entropy_data
-    args.log_sum_p2 = NULL
-    args.logit_sum = NULL
     args.status = <uint8_t *>cnp.PyArray_DATA(status)
-    args.row_weight = NULL
-    args.lse_in = NULL
-    args.grad = NULL
-    args.grad_zeroed = 0
-    args.grad_stream = 0
     if n_rows:
-        if typenum == cnp.NPY_DOUBLE:
+        if common.typenum == cnp.NPY_DOUBLE:
             dpo_logps_forward_f64(&args, row_data, 0, n_rows)
         else:
             dpo_logps_forward_f32(&args, row_data, 0, n_rows)
@@ -624,3 +680,122 @@ def common_call(object logits, object labels, object ignore_index, object mask,
     return (sums, counts, n_argmax / <double>n_rows if n_rows else 0.0, logsumexp,
             token_logps if want_tokens else None, entropy,
             (entropy_sum / n_rows if n_rows else 0.0) if want_entropy else None)
+
+
+def common_grad_call(object logits, object labels, object grad_logps, object ignore_index,
+                     object mask, object average, object temperature, object grad_token_logps,
+                     object logsumexp, object n_threads, object out, Py_ssize_t max_elements):
+    """dpo_fast.sequence_logps_grad's common call in one compiled step: the gradient, or None
+    for anything else, which dpo_fast.logps then validates and runs (and raises for).
+
+    The common call is common_call's (logits, labels, mask, ignore_index, temperature,
+    n_threads, size) with a bool average, grad_logps a float or a float64/float32 ndarray of
+    the sequences' shape (any strides), no grad_token_logps, logsumexp None or the forward's
+    (float64, C-contiguous, the labels' shape) and no out: what dpo_fast.torch's backward
+    passes. Every row weight and gradient is computed exactly as there."""
+    cdef _Common common
+    cdef tuple found
+    cdef cnp.ndarray rows, counts, grad, status, weight, upstream
+    cdef Py_ssize_t n_b, n_t, n_rows, k, r, b
+    cdef double upstream_value = 0.0, value
+    cdef double *weight_data
+    cdef const double *lse_data = NULL
+    cdef const char *upstream_data = NULL
+    cdef Py_ssize_t upstream_stride = 0
+    cdef int upstream_type = 0, i
+    cdef int64_t *row_data
+    cdef int64_t *count_data
+    cdef uint8_t *status_data
+    cdef cnp.npy_intp dims[3]
+    cdef DpoLogpsArgs args
+    cdef bint want_average
+
+    if out is not None or grad_token_logps is not None:
+        return None
+    if average is not True and average is not False:
+        return None
+    want_average = average is True
+    found = _common_rows(logits, labels, ignore_index, mask, temperature, n_threads,
+                         max_elements, &common)
+    if found is None:
+        return None
+    rows, counts = found
+    n_b, n_t, n_rows = common.n_b, common.n_t, common.n_rows
+    # The upstream gradient of each sequence: a float, or an array of the sequences' shape.
+    if type(grad_logps) is float:
+        upstream_value = grad_logps
+    elif type(grad_logps) is cnp.ndarray:
+        upstream = <cnp.ndarray>grad_logps
+        upstream_type = cnp.PyArray_TYPE(upstream)
+        if ((upstream_type != cnp.NPY_DOUBLE and upstream_type != cnp.NPY_FLOAT)
+                or not cnp.PyArray_ISBEHAVED_RO(upstream)
+                or cnp.PyArray_NDIM(upstream) != common.ndim - 2):
+            return None
+        if common.ndim == 3:
+            if cnp.PyArray_DIM(upstream, 0) != n_b:
+                return None
+            upstream_stride = cnp.PyArray_STRIDE(upstream, 0)
+        upstream_data = <const char *>cnp.PyArray_DATA(upstream)
+    else:
+        return None
+    if logsumexp is not None:
+        if (type(logsumexp) is not cnp.ndarray
+                or cnp.PyArray_TYPE(<cnp.ndarray>logsumexp) != cnp.NPY_DOUBLE
+                or not cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>logsumexp)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>logsumexp)
+                or cnp.PyArray_NDIM(<cnp.ndarray>logsumexp) != common.ndim - 1):
+            return None
+        for i in range(common.ndim - 1):
+            if cnp.PyArray_DIM(<cnp.ndarray>logsumexp, i) != cnp.PyArray_DIM(
+                    <cnp.ndarray>labels, i):
+                return None
+        lse_data = <const double *>cnp.PyArray_DATA(<cnp.ndarray>logsumexp)
+
+    # Row weights (zeros where a position does not count), as the general path forms them;
+    # one whose weight / temperature is not finite, or whose logsumexp is not where it is
+    # used, is the general path's to name.
+    dims[0] = n_b * n_t
+    weight = cnp.PyArray_ZEROS(1, dims, cnp.NPY_DOUBLE, 0)
+    status = cnp.PyArray_ZEROS(1, dims, cnp.NPY_UINT8, 0)
+    weight_data = <double *>cnp.PyArray_DATA(weight)
+    status_data = <uint8_t *>cnp.PyArray_DATA(status)
+    row_data = <int64_t *>cnp.PyArray_DATA(rows)
+    count_data = <int64_t *>cnp.PyArray_DATA(counts)
+    for k in range(n_rows):
+        r = row_data[k]
+        b = r // n_t
+        value = upstream_value
+        if upstream_data != NULL:
+            if upstream_type == cnp.NPY_DOUBLE:
+                value = (<const double *>(upstream_data + b * upstream_stride))[0]
+            else:
+                value = (<const float *>(upstream_data + b * upstream_stride))[0]
+        if want_average:
+            value = value / <double>count_data[b]  # (a counted row: its count is >= 1)
+        weight_data[r] = value
+        if not isfinite(value * common.inv_temperature):
+            return None
+        if lse_data != NULL and value != 0.0 and not isfinite(lse_data[r]):
+            return None
+
+    # A fresh gradient of the logits' shape and dtype (the general path zeroes only gradients
+    # of 64 MB and more, far above the common call's size), every row written by the kernel.
+    for i in range(common.ndim):
+        dims[i] = cnp.PyArray_DIM(<cnp.ndarray>logits, i)
+    grad = cnp.PyArray_EMPTY(common.ndim, dims, common.typenum, 0)
+    _common_args(&args, <cnp.ndarray>logits, <cnp.ndarray>labels, &common)
+    args.status = status_data
+    args.row_weight = weight_data
+    args.lse_in = lse_data
+    args.grad = cnp.PyArray_DATA(grad)
+    if n_b * n_t:
+        if common.typenum == cnp.NPY_DOUBLE:
+            dpo_logps_backward_f64(&args, 0, n_b * n_t)
+        else:
+            dpo_logps_backward_f32(&args, 0, n_b * n_t)
+    if lse_data == NULL:
+        for k in range(n_rows):
+            r = row_data[k]
+            if weight_data[r] != 0.0 and status_data[r] == DPO_LOGPS_NONFINITE:
+                return None
+    return grad
