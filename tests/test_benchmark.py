@@ -326,6 +326,8 @@ def test_small_batch_section_measures_and_reports():
         assert row["ratios"]["x_numpy"] > 0 and row["ratios"]["lists_x_numpy"] > 0
         assert ("torch_x_torch" in row["ratios"]) == (torch is not None)
     assert (section["logps"] is None) == (torch is None)
+    if torch is not None:
+        assert section["logps"]["ratios"]["step_x_torch"] > 0
     lines = small.format_small(section)
     assert lines[1].startswith("Small batches")
     assert any(line.startswith("2 ") for line in lines)

@@ -5,7 +5,8 @@ Baselines are what a user would write by hand, timed interleaved with dpo_fast i
 run (:mod:`.harness`): the three-line NumPy formula (on arrays; on Python lists, after the
 ``np.asarray`` that formula needs), and the same formula in plain torch
 autograd (forward and backward) against ``dpo_fast.torch.preference_loss``; for the log-probs,
-torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch.
+torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch, and the same with
+an attention mask, forward and backward, against ``dpo_fast.torch.sequence_logps``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def _dpo_fast_torch_step(tensors: list[Any], beta: float) -> None:
     chosen, rejected, ref_chosen, ref_rejected = tensors
     chosen.grad = rejected.grad = None
     dft.preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta).loss.backward()
+
+
+def _dpo_fast_torch_logps_step(logits: Any, labels: Any, mask: Any) -> None:
+    import dpo_fast.torch as dft
+
+    logits.grad = None
+    dft.sequence_logps(logits, labels, mask=mask).logps.sum().backward()
+
+
+def _torch_logps_step(torch: Any, logits: Any, labels: Any, mask: Any) -> None:
+    logits.grad = None
+    token_logps = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    (token_logps * mask).sum(-1).sum().backward()
 
 
 def _numpy_on_lists(lists: list[list[float]]) -> None:
@@ -112,6 +126,20 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
         logps = {"shape": list(LOGPS_SHAPE), "dtype": "float32",
                  "times": {name: t.to_json() for name, t in times.items()},
                  "ratios": {"x_torch": times["torch"].median / times["dpo_fast"].median}}
+        # Forward + backward through dpo_fast.torch, with the shifted attention mask a
+        # training step passes, against the same in plain torch autograd.
+        trainable = logits_tensor.clone().requires_grad_(True)
+        attention = torch.from_numpy(rng.random((batch, length + 1)) < 0.9)
+        mask = attention[:, 1:]
+        step_times = harness.measure_group({
+            "dpo_fast": harness.Entry(functools.partial(
+                _dpo_fast_torch_logps_step, trainable, labels_tensor, mask), single),
+            "torch": harness.Entry(functools.partial(
+                _torch_logps_step, torch, trainable, labels_tensor, mask), single),
+        }, repeats, min_seconds)
+        logps["step_times"] = {name: t.to_json() for name, t in step_times.items()}
+        logps["ratios"]["step_x_torch"] = (step_times["torch"].median
+                                           / step_times["dpo_fast"].median)
     return {"rows": rows, "logps": logps}
 
 
@@ -150,5 +178,8 @@ def format_small(section: dict[str, Any]) -> list[str]:
             f"sequence_logps {shape} {logps['dtype']}: "
             f"{fmt_time(logps['times']['dpo_fast']['median'])} vs torch log_softmax + gather "
             f"{fmt_time(logps['times']['torch']['median'])} "
-            f"({fmt_ratio(logps['ratios']['x_torch'])})")
+            f"({fmt_ratio(logps['ratios']['x_torch'])}); with a mask, forward + backward "
+            f"through dpo_fast.torch {fmt_time(logps['step_times']['dpo_fast']['median'])} vs "
+            f"torch autograd {fmt_time(logps['step_times']['torch']['median'])} "
+            f"({fmt_ratio(logps['ratios']['step_x_torch'])})")
     return lines
