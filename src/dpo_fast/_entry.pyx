@@ -116,6 +116,11 @@ cdef object _list_array(object value, bint ints):
     dims[0] = n
     if _is_exact_float(items[0]):
         array = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        # (The allocation may have run a garbage collection, and a finalizer may have
+        # resized the list: read its item array again, after checking its length.)
+        if len(sequence) != n:
+            return value
+        items = PySequence_Fast_ITEMS(sequence)
         floats = <double *>cnp.PyArray_DATA(array)
         for i in range(n):
             if not _is_exact_float(items[i]):
@@ -124,6 +129,9 @@ cdef object _list_array(object value, bint ints):
         return array
     if ints and _is_exact_int(items[0]):
         array = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        if len(sequence) != n:
+            return value
+        items = PySequence_Fast_ITEMS(sequence)
         counts = <long long *>cnp.PyArray_DATA(array)
         for i in range(n):
             if not _is_exact_int(items[i]):
@@ -133,6 +141,8 @@ cdef object _list_array(object value, bint ints):
                 return value
         return array
     return value
+
+
 # Per-pair weights longer than this are checked by NumPy's reductions, shorter ones by a C
 # loop (no call overhead).
 cdef Py_ssize_t _PER_PAIR_LOOP_MAX = 4096
