@@ -253,6 +253,11 @@ def _extensions():
             **numpy_api,
         ),
         Extension(
+            "dpo_fast._kernels._exact",
+            sources=[os.path.join(KERNEL_DIR, "_exact.pyx")],
+            **numpy_api,
+        ),
+        Extension(
             "dpo_fast._kernels._sort",
             sources=[os.path.join(KERNEL_DIR, "_sort.pyx")],
             **numpy_api,

@@ -34,7 +34,8 @@ t_start=$(date +%s.%N)
 # (-g1, see setup.py) plus 1 for the tests on 2 cores.
 QUICK_TESTS=(tests/test_loss_family.py tests/test_modifiers_*.py tests/test_validation.py
              tests/test_dpo_loss.py tests/test_logps_*.py tests/test_fused_cases.py
-             tests/test_entry.py tests/test_sanitizer_regressions.py)
+             tests/test_entry.py tests/test_sanitizer_regressions.py tests/test_exact_sum.py
+             tests/test_kto.py)
 
 # Left out of every run, each with its reason:
 # - test_memory_does_not_grow_with_the_input asserts that a CLI run's peak RSS grows by less

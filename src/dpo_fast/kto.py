@@ -16,7 +16,6 @@ and the mean over all completions. Rewards are ``beta * x``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dpo_fast._arrays import check_finite_real, check_flag, tensor_as_array
+from dpo_fast._kernels._exact import fsum, fsum_split
 from dpo_fast._seed import validate_beta
 
 __all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "KTORows", "kl_estimate", "kto_loss", "kto_metrics",
@@ -174,9 +174,9 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
     losses, grad = rows.losses, rows.grad
     n = losses.shape[0]
     if reduction == "mean":
-        loss: float | np.ndarray = math.fsum(losses.tolist()) / n
+        loss: float | np.ndarray = fsum(losses) / n
     elif reduction == "sum":
-        loss = math.fsum(losses.tolist())
+        loss = fsum(losses)
     else:
         loss = losses
     if grad is not None and reduction == "mean":
@@ -252,14 +252,17 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
     if policy.shape != reference.shape or policy.shape[0] == 0:
         raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
                          f"{policy.shape[0]} and {reference.shape[0]}")
-    return kl_estimate(math.fsum((policy - reference).tolist()), policy.shape[0])
+    return kl_estimate(fsum(policy - reference), policy.shape[0])
 
 
 def _side_sums(rewards: np.ndarray, policy: np.ndarray, labels: np.ndarray) -> tuple:
-    chosen, rejected = labels, ~labels
-    return (math.fsum(rewards[chosen].tolist()), math.fsum(rewards[rejected].tolist()),
-            math.fsum(policy[chosen].tolist()), math.fsum(policy[rejected].tolist()),
-            int(np.count_nonzero(chosen)), int(np.count_nonzero(rejected)))
+    """Per side (desirable, undesirable): the correctly rounded sums of the rewards and the
+    log-probs (``math.fsum``'s values, in one compiled pass each), and the counts."""
+    rewards_chosen, rewards_rejected = fsum_split(rewards, labels)
+    logps_chosen, logps_rejected = fsum_split(policy, labels)
+    count_chosen = int(np.count_nonzero(labels))
+    return (rewards_chosen, rewards_rejected, logps_chosen, logps_rejected, count_chosen,
+            labels.shape[0] - count_chosen)
 
 
 def kto_metrics(kl: float, rewards_chosen_sum: float, rewards_rejected_sum: float,

@@ -5,8 +5,9 @@ Pure NumPy, like :mod:`dpo_fast.score.summary` (:mod:`dpo_fast.dask` merges part
 it). Every sum here is *exact*, not NumPy's float sum of a batch: :func:`exact_units` adds the
 values of an array as integers in units of ``2**-1074``. So the summary does not depend on how
 the rows were cut into batches or Dask partitions at all (bit-identical local and Dask runs),
-and its sums are the correctly rounded ones :func:`dpo_fast.kto_loss` computes with
-``math.fsum`` on the whole arrays: the metrics are the same numbers, bit for bit.
+and its sums are the correctly rounded ones :func:`dpo_fast.kto_loss` computes on the whole
+arrays (``math.fsum``'s values, from ``dpo_fast._kernels._exact``): the metrics are the same
+numbers, bit for bit.
 """
 
 from __future__ import annotations
