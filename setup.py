@@ -253,8 +253,8 @@ def _extensions():
             **numpy_api,
         ),
         Extension(
-            "dpo_fast._kernels._exact",
-            sources=[os.path.join(KERNEL_DIR, "_exact.pyx")],
+            "dpo_fast._kernels._kto",
+            sources=[os.path.join(KERNEL_DIR, "_kto.pyx")],
             **numpy_api,
         ),
         Extension(

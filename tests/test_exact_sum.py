@@ -1,4 +1,4 @@
-"""The correctly rounded sums behind kto_loss's metrics (dpo_fast._kernels._exact) against an
+"""The correctly rounded sums behind kto_loss's metrics (dpo_fast._kernels._kto) against an
 exact reference: the sum of the values as Fractions, rounded once by float(Fraction) (an
 integer true division, correctly rounded), and math.fsum where it does not raise."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_fast._kernels._exact import fsum, fsum_split
+from dpo_fast._kernels._kto import fsum, fsum_split
 
 MAX = np.finfo(np.float64).max
 TINY = 5e-324

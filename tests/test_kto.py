@@ -126,6 +126,58 @@ def test_errors_name_the_argument(kwargs, error, match):
         kto_loss(**call)
 
 
+@pytest.mark.parametrize("n", [1, 511, 512, 513, 3000])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_sums_are_correctly_rounded(n, reduction):
+    """The loss and every metric sum are math.fsum's values of the per-completion arrays
+    (the compiled pass accumulates them exactly, block by block of 512 rows)."""
+    rng = np.random.default_rng(n)
+    ref = rng.normal(-40.0, 5.0, n) * 10.0 ** rng.integers(-3, 4, n)
+    logps = ref + rng.normal(0.0, 3.0, n)
+    desirable = rng.random(n) < 0.4
+    kl_logps = rng.normal(-30.0, 3.0, 50)
+    result = kto_loss(logps, ref, desirable, beta=0.3, kl_logps=kl_logps,
+                      ref_kl_logps=kl_logps - 0.5, reduction=reduction,
+                      desirable_weight=1.5, compute_grad=True)
+    assert result.kl == max(0.0, math.fsum((kl_logps - (kl_logps - 0.5)).tolist()) / 50)
+    total = math.fsum(result.losses.tolist())
+    if reduction == "mean":
+        assert result.loss == total / n
+    elif reduction == "sum":
+        assert result.loss == total
+    m = result.metrics
+    assert m["rewards/chosen_sum"] == math.fsum(result.rewards[desirable].tolist())
+    assert m["rewards/rejected_sum"] == math.fsum(result.rewards[~desirable].tolist())
+    assert m["logps/chosen_sum"] == math.fsum(logps[desirable].tolist())
+    assert m["logps/rejected_sum"] == math.fsum(logps[~desirable].tolist())
+    assert m["count/chosen"] == desirable.sum() and m["count/rejected"] == (~desirable).sum()
+    want = reference(logps, ref, desirable, beta=0.3, z=result.kl, wd=1.5)
+    np.testing.assert_allclose(result.losses, want, rtol=1e-14)
+    # Strided inputs (copied to contiguous float64 first) give the same bits.
+    strided = kto_loss(np.repeat(logps, 2)[::2], np.repeat(ref, 2)[::2],
+                       np.repeat(desirable, 2)[::2], beta=0.3, kl=result.kl,
+                       reduction=reduction, desirable_weight=1.5)
+    assert strided.losses.tobytes() == result.losses.tobytes()
+    assert strided.metrics == result.metrics
+
+
+def test_a_bad_value_is_named_beyond_the_first_block():
+    logps, ref = np.full(2000, -3.0), np.full(2000, -4.0)
+    logps[1500] = math.inf
+    with pytest.raises(ValueError, match=r"logps\[1500\] is inf"):
+        kto_loss(logps, ref, np.arange(2000) % 2 == 0)
+    logps[1500], ref[1999] = -3.0, math.nan
+    with pytest.raises(ValueError, match=r"ref_logps\[1999\] is nan"):
+        kto_loss(logps, ref, np.arange(2000) % 2 == 0)
+
+
+def test_an_overflowing_reference_point_is_named():
+    # Finite log-probs whose differences overflow float64: the estimate would be inf and
+    # every loss NaN.
+    with pytest.raises(ValueError, match=r"mean\(kl_logps - ref_kl_logps\) is inf.*pass kl"):
+        kto_loss([-1.0], [-2.0], [True], kl_logps=[1e308, 1e308], ref_kl_logps=[-1e308, -1e308])
+
+
 def test_inputs_are_not_modified():
     logps, ref, desirable = batch(8)
     copies = [a.copy() for a in (logps, ref, desirable)]

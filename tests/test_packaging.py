@@ -120,7 +120,7 @@ def test_version_has_one_source():
 
 
 COMPILED = ["dpo_fast._seed", "dpo_fast._entry", "dpo_fast._kernels._pairwise",
-            "dpo_fast._kernels._logps", "dpo_fast._kernels._sort", "dpo_fast._kernels._exact"]
+            "dpo_fast._kernels._logps", "dpo_fast._kernels._sort", "dpo_fast._kernels._kto"]
 
 
 def test_every_compiled_module_is_listed():

@@ -16,6 +16,7 @@ and the mean over all completions. Rewards are ``beta * x``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dpo_fast._arrays import check_finite_real, check_flag, tensor_as_array
-from dpo_fast._kernels._exact import fsum, fsum_split
+from dpo_fast._kernels import _kto
 from dpo_fast._seed import validate_beta
 
 __all__ = ["KTO_LOSS_TYPES", "KTOLossResult", "KTORows", "kl_estimate", "kto_loss", "kto_metrics",
@@ -85,10 +86,9 @@ def _finite(array: np.ndarray, name: str) -> np.ndarray:
     return values
 
 
-def _sigmoid(u: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-u)) without overflow or cancellation, elementwise."""
-    e = np.exp(-np.abs(u))
-    return np.where(u >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+def _float64(array: np.ndarray) -> np.ndarray:
+    """Contiguous float64 values of a checked real array (no copy when they are already)."""
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
@@ -153,8 +153,8 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
             raise ValueError(f"{name} must be >= 0, got {value!r}")
         weights.append(number)
 
-    policy = _finite(_float_array(logps, "logps"), "logps")
-    reference = _finite(_float_array(ref_logps, "ref_logps"), "ref_logps")
+    policy = _float64(_float_array(logps, "logps"))
+    reference = _float64(_float_array(ref_logps, "ref_logps"))
     labels = tensor_as_array(desirable, "desirable", _ADAPTER)
     labels = np.asarray(desirable) if labels is None else labels
     if labels.dtype != np.bool_:
@@ -168,22 +168,26 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
         raise ValueError("logps is empty: the loss of no completions is undefined")
 
     point = _reference_point(loss_type, kl, kl_logps, ref_kl_logps)
-    rows = kto_rows(policy, reference, labels, beta=beta_value, kl=point,
-                    desirable_weight=weights[0], undesirable_weight=weights[1],
-                    compute_grad=want_grad)
-    losses, grad = rows.losses, rows.grad
+    finite, losses, rewards, grad, sums = _kto.kto_rows(
+        policy, reference, labels, beta_value, point, weights[0], weights[1], want_grad,
+        1 if reduction == "none" else 2)
+    if not finite:
+        _finite(policy, "logps")        # raises, naming the first value that is not finite
+        _finite(reference, "ref_logps")
     n = losses.shape[0]
+    loss_sum = sums[0]
     if reduction == "mean":
-        loss: float | np.ndarray = fsum(losses) / n
+        loss: float | np.ndarray = loss_sum / n
     elif reduction == "sum":
-        loss = fsum(losses)
+        loss = loss_sum
     else:
         loss = losses
     if grad is not None and reduction == "mean":
         grad = grad / n
-    rewards = rows.rewards
+    count_chosen = sums[5]
+    metrics = kto_metrics(point, *sums[1:5], count_chosen, n - count_chosen)
     return KTOLossResult(loss=loss, losses=losses, rewards=rewards, grad=grad, kl=point,
-                         metrics=kto_metrics(point, *_side_sums(rewards, policy, labels)))
+                         metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -207,18 +211,9 @@ def kto_rows(policy: np.ndarray, reference: np.ndarray, desirable: np.ndarray, *
     valid beta; ``kl`` the reference point ``z`` (0 for ``apo_zero_unpaired``, whose rows
     are the ``kto`` rows at ``z = 0``). Returns :class:`KTORows`.
     """
-    with np.errstate(over="ignore"):  # finite log-probs 1e308 apart: x = +-inf, rewards too
-        x = policy - reference
-        u = beta * (x - kl)
-        rewards = beta * x
-    sig_pos = _sigmoid(u)
-    sig_neg = _sigmoid(-u)
-    # desirable: wd * sigmoid(-u); undesirable: wu * sigmoid(u) (both forms of the TRL rows)
-    losses = np.where(desirable, desirable_weight * sig_neg, undesirable_weight * sig_pos)
-    grad = None
-    if compute_grad:
-        slope = beta * sig_pos * sig_neg
-        grad = np.where(desirable, -desirable_weight * slope, undesirable_weight * slope)
+    _, losses, rewards, grad, _ = _kto.kto_rows(
+        _float64(policy), _float64(reference), desirable, beta, kl, desirable_weight,
+        undesirable_weight, compute_grad, 0)
     return KTORows(losses=losses, rewards=rewards, grad=grad)
 
 
@@ -252,17 +247,13 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
     if policy.shape != reference.shape or policy.shape[0] == 0:
         raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
                          f"{policy.shape[0]} and {reference.shape[0]}")
-    return kl_estimate(fsum(policy - reference), policy.shape[0])
-
-
-def _side_sums(rewards: np.ndarray, policy: np.ndarray, labels: np.ndarray) -> tuple:
-    """Per side (desirable, undesirable): the correctly rounded sums of the rewards and the
-    log-probs (``math.fsum``'s values, in one compiled pass each), and the counts."""
-    rewards_chosen, rewards_rejected = fsum_split(rewards, labels)
-    logps_chosen, logps_rejected = fsum_split(policy, labels)
-    count_chosen = int(np.count_nonzero(labels))
-    return (rewards_chosen, rewards_rejected, logps_chosen, logps_rejected, count_chosen,
-            labels.shape[0] - count_chosen)
+    with np.errstate(over="ignore"):   # an overflow makes the estimate infinite: named below
+        differences = policy - reference
+    z = kl_estimate(_kto.fsum(differences), policy.shape[0])
+    if not math.isfinite(z):
+        raise ValueError(f"the reference point mean(kl_logps - ref_kl_logps) is {z!r}: the "
+                         "differences overflow float64; pass kl instead")
+    return z
 
 
 def kto_metrics(kl: float, rewards_chosen_sum: float, rewards_rejected_sum: float,

@@ -35,6 +35,7 @@ __all__ = [
     "float64_logps_reference",
     "float64_reference",
     "numpy_array_solution",
+    "numpy_kto_formula",
     "numpy_logps",
     "numpy_loss_type_solution",
     "numpy_losses",
@@ -137,6 +138,36 @@ def numpy_array_solution(policy_chosen, policy_rejected, ref_chosen, ref_rejecte
     z = chosen_rewards - rejected_rewards
     losses = np.logaddexp(0, -z)
     return float(losses.mean()), losses, chosen_rewards, rejected_rewards
+
+
+def numpy_kto_formula(logps, ref_logps, desirable, kl_logps, ref_kl_logps, beta):
+    """KTO (TRL 1.16's ``KTOTrainer.kto_loss``) as a user writes it in NumPy: the reference
+    point from the KL batch, the two sides' ``1 - sigmoid``, the mean, and the per-side sums
+    TRL logs.
+
+    Parameters
+    ----------
+    logps, ref_logps : numpy.ndarray
+        Float64 summed log-probs of the completions.
+    desirable : numpy.ndarray
+        Bool labels.
+    kl_logps, ref_kl_logps : numpy.ndarray
+        The KL batch's log-probs.
+    beta : float
+
+    Returns
+    -------
+    tuple
+        ``(loss, losses, rewards, sums)``, ``sums`` the per-side reward and log-prob sums.
+    """
+    kl = max(float(np.mean(kl_logps - ref_kl_logps)), 0.0)
+    log_ratios = logps - ref_logps
+    losses = np.where(desirable, 1.0 - 1.0 / (1.0 + np.exp(-beta * (log_ratios - kl))),
+                      1.0 - 1.0 / (1.0 + np.exp(-beta * (kl - log_ratios))))
+    rewards = beta * log_ratios
+    sums = (rewards[desirable].sum(), rewards[~desirable].sum(), logps[desirable].sum(),
+            logps[~desirable].sum())
+    return float(losses.mean()), losses, rewards, sums
 
 
 def torch_array_solution(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):

@@ -6,7 +6,9 @@ run (:mod:`.harness`): the three-line NumPy formula (on arrays; on Python lists,
 ``np.asarray`` that formula needs), and the same formula in plain torch
 autograd (forward and backward) against ``dpo_fast.torch.preference_loss``; for the log-probs,
 torch's ``log_softmax`` + ``gather`` + sum on a (2, 16, 64) float32 batch, and the same with
-an attention mask, forward and backward, against ``dpo_fast.torch.sequence_logps``.
+an attention mask, forward and backward, against ``dpo_fast.torch.sequence_logps``; for
+``kto_loss`` (unpaired completions, the reference point from a KL batch of the same size), the
+same in NumPy (:func:`.baselines.numpy_kto_formula`), up to 100,000 completions.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ import numpy as np
 import dpo_fast
 
 from . import harness
-from .baselines import numpy_array_solution, torch_formula_step, torch_logps_sum
+from .baselines import (
+    numpy_array_solution,
+    numpy_kto_formula,
+    torch_formula_step,
+    torch_logps_sum,
+)
 from .harness import fmt_ratio, fmt_time, table
 
 __all__ = ["LOGPS_SHAPE", "SMALL_SIZES", "bench_small", "format_small"]
 
 SMALL_SIZES = (2, 8, 64, 512, 4096)
+# kto_loss also at a scoring-sized batch: its rows and exact sums are one compiled pass.
+KTO_EXTRA_SIZES = (100_000,)
 LOGPS_SHAPE = (2, 16, 64)
 BETA = 0.1
 
@@ -140,7 +149,32 @@ def bench_small(sizes: tuple[int, ...], repeats: int, min_seconds: float, seed: 
         logps["step_times"] = {name: t.to_json() for name, t in step_times.items()}
         logps["ratios"]["step_x_torch"] = (step_times["torch"].median
                                            / step_times["dpo_fast"].median)
-    return {"rows": rows, "logps": logps}
+    return {"rows": rows, "logps": logps, "kto": _bench_kto(sizes, repeats, min_seconds, rng)}
+
+
+def _bench_kto(sizes: tuple[int, ...], repeats: int, min_seconds: float,
+               rng: np.random.Generator) -> list[dict[str, Any]]:
+    rows = []
+    for n in tuple(sizes) + KTO_EXTRA_SIZES:
+        ref = rng.standard_normal(n) * 5.0 - 50.0
+        logps = ref + rng.standard_normal(n)
+        desirable = rng.random(n) < 0.5
+        ref_kl = rng.standard_normal(n) * 5.0 - 50.0
+        kl_logps = ref_kl + rng.standard_normal(n) + 0.1
+        inputs = (logps, ref, desirable)
+        times = harness.measure_group({
+            "dpo_fast": harness.Entry(functools.partial(
+                dpo_fast.kto_loss, *inputs, beta=BETA, kl_logps=kl_logps,
+                ref_kl_logps=ref_kl)),
+            "numpy": harness.Entry(functools.partial(
+                numpy_kto_formula, *inputs, kl_logps, ref_kl, BETA)),
+        }, repeats, min_seconds)
+        ours = dpo_fast.kto_loss(*inputs, beta=BETA, kl_logps=kl_logps, ref_kl_logps=ref_kl)
+        theirs = numpy_kto_formula(*inputs, kl_logps, ref_kl, BETA)
+        rows.append({"n": n, "times": {name: t.to_json() for name, t in times.items()},
+                     "ratios": {"x_numpy": times["numpy"].median / times["dpo_fast"].median},
+                     "loss_rel_diff": abs(ours.loss - theirs[0]) / abs(theirs[0])})
+    return rows
 
 
 def format_small(section: dict[str, Any]) -> list[str]:
@@ -182,4 +216,12 @@ def format_small(section: dict[str, Any]) -> list[str]:
             f"through dpo_fast.torch {fmt_time(logps['step_times']['dpo_fast']['median'])} vs "
             f"torch autograd {fmt_time(logps['step_times']['torch']['median'])} "
             f"({fmt_ratio(logps['ratios']['step_x_torch'])})")
+    kto = section.get("kto")
+    if kto:
+        lines += ["", "kto_loss (float64; the reference point from a KL batch of N; the NumPy "
+                  "formula: TRL's, with its per-side sums)"]
+        lines += table(["N", "kto_loss", "NumPy formula", "x NumPy", "loss rel diff"], [
+            [str(row["n"]), fmt_time(row["times"]["dpo_fast"]["median"]),
+             fmt_time(row["times"]["numpy"]["median"]), fmt_ratio(row["ratios"]["x_numpy"]),
+             f"{row['loss_rel_diff']:.1e}"] for row in kto])
     return lines

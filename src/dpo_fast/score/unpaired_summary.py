@@ -6,7 +6,7 @@ it). Every sum here is *exact*, not NumPy's float sum of a batch: :func:`exact_u
 values of an array as integers in units of ``2**-1074``. So the summary does not depend on how
 the rows were cut into batches or Dask partitions at all (bit-identical local and Dask runs),
 and its sums are the correctly rounded ones :func:`dpo_fast.kto_loss` computes on the whole
-arrays (``math.fsum``'s values, from ``dpo_fast._kernels._exact``): the metrics are the same
+arrays (``math.fsum``'s values, from ``dpo_fast._kernels._kto``): the metrics are the same
 numbers, bit for bit.
 """
 

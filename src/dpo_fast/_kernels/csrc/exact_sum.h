@@ -109,6 +109,7 @@ static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when
                                        ptrdiff_t n)
 {
     int non_finite = 0;
+    int64_t *digits[2] = {flags != NULL ? when_false->digit : NULL, when_true->digit};
     for (ptrdiff_t start = 0; start < n; start += DPO_EXACT_CARRY_EVERY) {
         ptrdiff_t stop = n - start < DPO_EXACT_CARRY_EVERY ? n : start + DPO_EXACT_CARRY_EVERY;
         for (ptrdiff_t i = start; i < stop; i++) {
@@ -119,9 +120,9 @@ static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when
                 non_finite = 1;
                 continue;
             }
-            int64_t *digit = (flags == NULL || flags[i * flag_stride]) ? when_true->digit
-                                                                       : when_false->digit;
-            dpo_exact_add_bits(digit, bits, biased);
+            /* The side by index, not by a branch: labels come in no order. */
+            int side = flags == NULL || flags[i * flag_stride] != 0;
+            dpo_exact_add_bits(digits[side], bits, biased);
         }
         dpo_exact_carry(when_true);
         if (flags != NULL)
