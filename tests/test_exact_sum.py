@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_fast._kernels._kto import fsum, fsum_split
+from dpo_fast._kernels._kto import fsum, fsum_differences, fsum_split
 
 MAX = np.finfo(np.float64).max
 TINY = 5e-324
@@ -144,6 +144,36 @@ def test_fsum_split_checks_lengths_and_keeps_non_finite_per_side():
     assert chosen == np.inf and math.isnan(rejected)
     with pytest.raises(ValueError, match="-inf \\+ inf"):
         fsum_split(values, np.array([True, True, True, False, False]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 512, 1500])
+def test_fsum_differences_sums_the_rounded_differences(kind, n):
+    rng = np.random.default_rng(11 + n)
+    first = make(kind, n, rng)
+    second = make(kind, n, rng)[::-1][:first.size].copy()
+    first = first[:second.size]
+    with np.errstate(over="ignore"):
+        differences = first - second
+    try:
+        want = exact(differences) if np.isfinite(differences).all() else fsum(differences)
+    except (OverflowError, ValueError) as error:
+        with pytest.raises(type(error)):
+            fsum_differences(first, second)
+        return
+    total, finite = fsum_differences(first, second)
+    assert finite and same(total, want)
+
+
+def test_fsum_differences_flags_non_finite_inputs_and_overflow():
+    assert fsum_differences(np.array([1.0, np.nan]), np.zeros(2)) == (None, False)
+    assert fsum_differences(np.zeros(2), np.array([0.0, -np.inf])) == (None, False)
+    assert fsum_differences(np.array([MAX]), np.array([-MAX])) == (np.inf, True)
+    with pytest.raises(ValueError, match="-inf \\+ inf"):
+        fsum_differences(np.array([MAX, -MAX]), np.array([-MAX, MAX]))
+    with pytest.raises(ValueError, match="lengths differ"):
+        fsum_differences(np.zeros(2), np.zeros(3))
+    assert fsum_differences(np.zeros(0), np.zeros(0)) == (0.0, True)
 
 
 def test_inputs_are_not_modified():

@@ -174,8 +174,16 @@ def test_a_bad_value_is_named_beyond_the_first_block():
 def test_an_overflowing_reference_point_is_named():
     # Finite log-probs whose differences overflow float64: the estimate would be inf and
     # every loss NaN.
-    with pytest.raises(ValueError, match=r"mean\(kl_logps - ref_kl_logps\) is inf.*pass kl"):
+    with pytest.raises(ValueError, match=r"overflow float64, so their mean .* is inf; pass kl"):
         kto_loss([-1.0], [-2.0], [True], kl_logps=[1e308, 1e308], ref_kl_logps=[-1e308, -1e308])
+    with pytest.raises(ValueError, match=r"overflow float64, so their mean .* is undefined"):
+        kto_loss([-1.0], [-2.0], [True], kl_logps=[1e308, -1e308], ref_kl_logps=[-1e308, 1e308])
+    # Overflowing only below zero: the estimate is clamped at 0, as TRL's clamp(min=0) does.
+    assert kto_loss([-1.0], [-2.0], [True], kl_logps=[-1e308], ref_kl_logps=[1e308]).kl == 0.0
+    with pytest.raises(ValueError, match=r"kl_logps\[1\] is nan"):
+        kto_loss([-1.0], [-2.0], [True], kl_logps=[-1.0, math.nan], ref_kl_logps=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"ref_kl_logps\[0\] is -inf"):
+        kto_loss([-1.0], [-2.0], [True], kl_logps=[-1.0], ref_kl_logps=[-math.inf])
 
 
 def test_inputs_are_not_modified():

@@ -242,17 +242,23 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
         raise ValueError(f"kl_logps and ref_kl_logps come together: {missing} is missing")
     if kl_logps is None:
         return 0.0
-    policy = _finite(_float_array(kl_logps, "kl_logps"), "kl_logps")
-    reference = _finite(_float_array(ref_kl_logps, "ref_kl_logps"), "ref_kl_logps")
+    policy = _float64(_float_array(kl_logps, "kl_logps"))
+    reference = _float64(_float_array(ref_kl_logps, "ref_kl_logps"))
     if policy.shape != reference.shape or policy.shape[0] == 0:
         raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
                          f"{policy.shape[0]} and {reference.shape[0]}")
-    with np.errstate(over="ignore"):   # an overflow makes the estimate infinite: named below
-        differences = policy - reference
-    z = kl_estimate(_kto.fsum(differences), policy.shape[0])
+    overflow = ("the differences kl_logps - ref_kl_logps overflow float64, so their mean (the "
+                "reference point) is {}; pass kl instead")
+    try:
+        total, finite = _kto.fsum_differences(policy, reference)
+    except ValueError:   # differences overflowing to +inf and to -inf
+        raise ValueError(overflow.format("undefined")) from None
+    if not finite:
+        _finite(policy, "kl_logps")        # raises, naming the first value that is not finite
+        _finite(reference, "ref_kl_logps")
+    z = kl_estimate(total, policy.shape[0])
     if not math.isfinite(z):
-        raise ValueError(f"the reference point mean(kl_logps - ref_kl_logps) is {z!r}: the "
-                         "differences overflow float64; pass kl instead")
+        raise ValueError(overflow.format(repr(z)))
     return z
 
 

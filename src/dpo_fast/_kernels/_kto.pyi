@@ -4,6 +4,9 @@ import numpy.typing as npt
 _Sums = tuple[float | None, float, float, float, float, int]
 
 def fsum(values: npt.NDArray[np.float64]) -> float: ...
+def fsum_differences(
+    first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]
+) -> tuple[float | None, bool]: ...
 def fsum_split(
     values: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_]
 ) -> tuple[float, float]: ...

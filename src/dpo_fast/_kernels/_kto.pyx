@@ -23,6 +23,8 @@ cdef extern from "exact_sum.h" nogil:
         pass
     void dpo_exact_init(DpoExactSum *acc)
     double dpo_exact_result(DpoExactSum *acc, int *status)
+    int dpo_exact_add_differences(DpoExactSum *acc, const double *a, const double *b,
+                                  Py_ssize_t n)
     void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when_false,
                              const double *x, Py_ssize_t stride, const unsigned char *flags,
                              Py_ssize_t flag_stride, Py_ssize_t n)
@@ -78,6 +80,25 @@ def fsum(const double[:] values):
         with nogil:
             dpo_exact_add_array(&acc, NULL, &values[0], step, NULL, 0, n)
     return _result(&acc)
+
+
+def fsum_differences(const double[::1] first, const double[::1] second):
+    """``fsum(first - second)`` for contiguous float64 arrays of one length (the differences
+    rounded as NumPy's subtraction rounds them), without the temporary and without
+    NumPy's overflow warning: ``(total, True)``, or ``(None, False)`` when a value of either
+    array is not finite (the caller names it). A difference that overflows is +-inf."""
+    cdef DpoExactSum acc
+    cdef Py_ssize_t n = first.shape[0]
+    cdef int finite = 1
+    if second.shape[0] != n:
+        raise ValueError(f"lengths differ: {n} and {second.shape[0]}")
+    dpo_exact_init(&acc)
+    if n:
+        with nogil:
+            finite = dpo_exact_add_differences(&acc, &first[0], &second[0], n)
+    if not finite:
+        return None, False
+    return _result(&acc), True
 
 
 def fsum_split(const double[:] values, labels):

@@ -137,6 +137,34 @@ static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when
         }
 }
 
+/* Adds a[i] - b[i] (each difference rounded to double, as a float subtraction gives it) for
+ * contiguous a, b of n values; returns 1 when every a[i] and b[i] was finite (a finite pair
+ * may still give an infinite difference, which takes the flag path), else 0 (the total is
+ * then incomplete). */
+static inline int dpo_exact_add_differences(DpoExactSum *acc, const double *a, const double *b,
+                                            ptrdiff_t n)
+{
+    const uint64_t exponent = UINT64_C(0x7ff0000000000000);
+    for (ptrdiff_t start = 0; start < n; start += DPO_EXACT_CARRY_EVERY) {
+        ptrdiff_t stop = n - start < DPO_EXACT_CARRY_EVERY ? n : start + DPO_EXACT_CARRY_EVERY;
+        for (ptrdiff_t i = start; i < stop; i++) {
+            uint64_t a_bits, b_bits, bits;
+            memcpy(&a_bits, &a[i], sizeof a_bits);
+            memcpy(&b_bits, &b[i], sizeof b_bits);
+            if ((a_bits & exponent) == exponent || (b_bits & exponent) == exponent)
+                return 0;
+            double difference = a[i] - b[i];
+            memcpy(&bits, &difference, sizeof bits);
+            if ((bits & exponent) == exponent)
+                dpo_exact_add(acc, difference);   /* overflowed: +-inf */
+            else
+                dpo_exact_add_bits(acc->digit, bits, (bits >> 52) & 0x7ff);
+        }
+        dpo_exact_carry(acc);
+    }
+    return 1;
+}
+
 /* Bit `position` of the non-negative normalised digits. */
 static inline unsigned dpo_exact_bit(const uint32_t *magnitude, int position)
 {
