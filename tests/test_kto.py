@@ -161,6 +161,31 @@ def test_sums_are_correctly_rounded(n, reduction):
     assert strided.metrics == result.metrics
 
 
+def test_every_simd_level_gives_the_same_bits():
+    """KTO's rows run at the chosen SIMD level (csrc/pairwise_simd.c): every level, the same
+    bits, for rows around the 512-row blocks, extremes and both sides."""
+    from dpo_fast._kernels._pairwise import set_simd_level, simd_level, supported_simd_levels
+
+    rng = np.random.default_rng(5)
+    n = 1300
+    ref = rng.normal(-40.0, 5.0, n)
+    logps = ref + rng.normal(0.0, 3.0, n) * 10.0 ** rng.integers(-8, 4, n)
+    logps[:4] = [1e300, -1e300, 0.0, -0.0]
+    desirable = rng.random(n) < 0.5
+    before = simd_level()
+    results = {}
+    try:
+        for level in supported_simd_levels():
+            set_simd_level(level)
+            result = kto_loss(logps, ref, desirable, beta=0.7, kl=0.3, compute_grad=True,
+                              desirable_weight=1.3)
+            results[level] = (result.losses.tobytes(), result.rewards.tobytes(),
+                              result.grad.tobytes(), result.loss, tuple(result.metrics.items()))
+    finally:
+        set_simd_level(before)
+    assert len(set(results.values())) == 1, list(results)
+
+
 def test_a_bad_value_is_named_beyond_the_first_block():
     logps, ref = np.full(2000, -3.0), np.full(2000, -4.0)
     logps[1500] = math.inf

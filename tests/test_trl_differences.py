@@ -160,3 +160,20 @@ def test_wpo_weights_are_per_sequence():
     ours = min(weights[0] * weights[1], 1.0)
     np.testing.assert_allclose(weights, np.exp(means), rtol=1e-14)
     assert ours == pytest.approx(trl, rel=1e-14)
+
+
+def test_kto_sums_are_exact_and_an_infinite_reference_point_is_refused():
+    from dpo_fast import kto_loss
+
+    # logps/chosen_sum: exactly 1.0; a float sum left to right (as a float tensor's sum
+    # may go) loses the 1.0 against 1e16.
+    logps = np.array([1e16, 1.0, -1e16])
+    result = kto_loss(logps, logps - 1.0, np.array([True, True, True]), beta=0.1)
+    assert result.metrics["logps/chosen_sum"] == 1.0 == math.fsum(logps.tolist())
+    assert (logps[0] + logps[1]) + logps[2] == 0.0
+    # TRL: kl = (policy_KL_logps - reference_KL_logps).mean().clamp(min=0) = inf here.
+    kl_logps, ref_kl_logps = np.array([1e308, 1e308]), np.array([-1e308, -1e308])
+    with np.errstate(over="ignore"):
+        assert max(float(np.mean(kl_logps - ref_kl_logps)), 0.0) == math.inf
+    with pytest.raises(ValueError, match="pass kl instead"):
+        kto_loss([-1.0], [-2.0], [True], kl_logps=kl_logps, ref_kl_logps=ref_kl_logps)

@@ -71,6 +71,8 @@ LOOPS = [
     ("general_body.h", "#define DPO_EACH_X DPO_GEN_TERM_CASE", 1, _terms),
     ("general_body.h", "#define DPO_EACH_X DPO_GEN_GT_TERM_CASE", 1, _gt_terms),
     ("general_body.h", "/* 3. finish */", 2, lambda: 2),
+    # KTO's rows (kto_loss, dpo-fast score --loss-type kto): with and without the gradient.
+    ("kto_rows.h", "for (ptrdiff_t i = 0; i < count; i++) {", 0, lambda: 2),
 ]
 
 

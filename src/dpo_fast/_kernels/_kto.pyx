@@ -1,11 +1,13 @@
 # cython: language_level=3
-"""The kernels of dpo_fast.kto: KTO's per-completion rows (csrc/kto_rows.h) and correctly
-rounded sums (csrc/exact_sum.h, the numbers ``math.fsum`` gives).
+"""The kernels of dpo_fast.kto: KTO's per-completion rows and correctly rounded sums (the
+numbers ``math.fsum`` gives, csrc/exact_sum.h).
 
 kto_loss reports correctly rounded sums, so that its metrics equal the scorer's exact ones
 bit for bit; ``math.fsum(array.tolist())`` cost ~40 ns a value and most of a call, and the
-rows took ~15 NumPy passes. Here a call is one pass over the rows (loss, reward, gradient
-and the five sums), with the GIL released.
+rows took ~15 NumPy passes. Here a call is one pass over blocks of 512 rows: the rows at the
+chosen SIMD level (csrc/kto_rows.h, compiled per level in csrc/pairwise_simd.c and reached
+through dpo_fast._kernels._pairwise), then their five sums while the block is in cache, with
+the GIL released.
 """
 
 cimport numpy as cnp
@@ -29,12 +31,9 @@ cdef extern from "exact_sum.h" nogil:
                              const double *x, Py_ssize_t stride, const unsigned char *flags,
                              Py_ssize_t flag_stride, Py_ssize_t n)
 
+from dpo_fast._kernels._pairwise cimport DpoKtoParams, kto_rows_block
+
 cdef extern from "kto_rows.h" nogil:
-    ctypedef struct DpoKtoParams:
-        double beta
-        double kl
-        double desirable_weight
-        double undesirable_weight
     ctypedef struct DpoKtoSums:
         DpoExactSum losses
         DpoExactSum rewards_chosen
@@ -42,9 +41,11 @@ cdef extern from "kto_rows.h" nogil:
         DpoExactSum logps_chosen
         DpoExactSum logps_rejected
         Py_ssize_t count_chosen
-    int dpo_kto_rows(const DpoKtoParams *params, const double *policy, const double *reference,
-                     const unsigned char *desirable, Py_ssize_t n, double *losses,
-                     double *rewards, double *grad, DpoKtoSums *sums)
+    void dpo_kto_block_sums(DpoKtoSums *sums, const double *policy,
+                            const unsigned char *desirable, Py_ssize_t n,
+                            const double *losses, const double *rewards)
+    enum:
+        DPO_EXACT_CARRY_EVERY
 
 
 cdef double _result(DpoExactSum *acc) except? -1.0:
@@ -151,12 +152,27 @@ def kto_rows(const double[::1] policy, const double[::1] reference, desirable, d
     dpo_exact_init(&sums.logps_chosen)
     dpo_exact_init(&sums.logps_rejected)
     sums.count_chosen = 0
-    if n:
-        with nogil:
-            finite = dpo_kto_rows(&params, &policy[0], &reference[0], &flags[0], n,
-                                  <double *>cnp.PyArray_DATA(losses),
-                                  <double *>cnp.PyArray_DATA(rewards), grad_data,
-                                  &sums if with_sums else NULL)
+    cdef const double *policy_data = &policy[0] if n else NULL
+    cdef const double *reference_data = &reference[0] if n else NULL
+    cdef const unsigned char *flags_data = &flags[0] if n else NULL
+    cdef double *losses_data = <double *>cnp.PyArray_DATA(losses)
+    cdef double *rewards_data = <double *>cnp.PyArray_DATA(rewards)
+    cdef Py_ssize_t block = DPO_EXACT_CARRY_EVERY, start = 0, count
+    with nogil:
+        # Block by block: the rows at the chosen SIMD level, then their exact sums while the
+        # block is in cache (a block is the accumulators' carry interval).
+        while start < n:
+            count = min(block, n - start)
+            finite = kto_rows_block(&params, policy_data + start, reference_data + start,
+                                    flags_data + start, count, losses_data + start,
+                                    rewards_data + start,
+                                    grad_data + start if grad_data != NULL else NULL)
+            if not finite:
+                break
+            if with_sums:
+                dpo_kto_block_sums(&sums, policy_data + start, flags_data + start, count,
+                                   losses_data + start, rewards_data + start)
+            start += count
     if not finite:
         return False, losses, rewards, grad, None
     totals = None

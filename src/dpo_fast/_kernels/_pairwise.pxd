@@ -130,5 +130,16 @@ cdef int run_loss(const DpoChunkArgs *args, Py_ssize_t n, int n_threads, bint si
 # dpo_exact_count_sum_typed).
 cdef double exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n) noexcept nogil
 
+# KTO's rows at the chosen SIMD level (csrc/kto_rows.h, for dpo_fast._kernels._kto).
+cdef extern from "kto_rows.h" nogil:
+    ctypedef struct DpoKtoParams:
+        double beta
+        double kl
+        double desirable_weight
+        double undesirable_weight
+cdef int kto_rows_block(const DpoKtoParams *params, const double *policy,
+                        const double *reference, const unsigned char *desirable, Py_ssize_t n,
+                        double *losses, double *rewards, double *grad) noexcept nogil
+
 # The SIMD level (DPO_SIMD_*) the kernels run now: what _logps stores in its C arguments.
 cdef int simd_level_id() noexcept nogil

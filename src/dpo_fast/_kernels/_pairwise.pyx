@@ -52,6 +52,9 @@ cdef extern from "pairwise.h" nogil:
                          float *x, float *y, float *z, Py_ssize_t start, Py_ssize_t n)
     int dpo_openmp_enabled()
     double dpo_exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n)
+    int dpo_kto_rows(const DpoKtoParams *params, const double *policy, const double *reference,
+                     const unsigned char *desirable, Py_ssize_t n, double *losses,
+                     double *rewards, double *grad)
     ctypedef struct DpoLossInfo:
         int id
         const char *name
@@ -404,6 +407,13 @@ cdef double exact_count_sum_typed(const void *x, int side_type, Py_ssize_t n) no
     the kernel's doubled the cost of a call whenever the other CPU was busy (~4 ms a region
     on the shared 2-CPU machine)."""
     return dpo_exact_count_sum_typed(x, side_type, n)
+
+
+cdef int kto_rows_block(const DpoKtoParams *params, const double *policy,
+                        const double *reference, const unsigned char *desirable, Py_ssize_t n,
+                        double *losses, double *rewards, double *grad) noexcept nogil:
+    """dpo_kto_rows: KTO's rows at the chosen SIMD level (1: every input finite)."""
+    return dpo_kto_rows(params, policy, reference, desirable, n, losses, rewards, grad)
 
 
 _COUNT_SIDE_TYPES = {np.dtype(np.float64): DPO_SIDE_F64, np.dtype(np.float32): DPO_SIDE_F32,

@@ -8,6 +8,10 @@
  *   reward = beta * x.
  * The sigmoids are the overflow-free pair 1 / (1 + e), e / (1 + e) with e = exp(-|u|), the
  * kernels' own exp (simd_math.h), so the bits are the same on every platform and SIMD level.
+ *
+ * The row loop is compiled once per SIMD level (pairwise_simd.c's dpo_kto_block_<level>,
+ * called through pairwise.c's dpo_kto_block); the exact sums of a block's rows run in
+ * dpo_fast._kernels._kto (a scatter of integer adds: no vector instructions to gain).
  */
 #ifndef DPO_KTO_ROWS_H
 #define DPO_KTO_ROWS_H
@@ -27,9 +31,10 @@ typedef struct {
     ptrdiff_t count_chosen;
 } DpoKtoSums;
 
-/* One block of rows, contiguous arrays: branch-free, so that it vectorises (with_grad is a
- * constant at each call, so each instance is one straight loop). Returns 1 when every
- * policy and reference value was finite. */
+/* Rows [0, n) of contiguous arrays: losses[i], rewards[i] and (with_grad) grad[i];
+ * branch-free, so that it vectorises (with_grad is a constant at each call: each instance is
+ * one straight loop). Returns 1 when every policy and reference value was finite, else 0
+ * (the caller names the first bad one). */
 /* Whether a[0..n) and b[0..n) are all finite: an OR of exponent tests in a loop of its own
  * (a flag reduction inside the rows' loop would keep GCC from vectorising that loop). */
 static inline int dpo_kto_all_finite(const double *a, const double *b, ptrdiff_t n)
@@ -45,42 +50,44 @@ static inline int dpo_kto_all_finite(const double *a, const double *b, ptrdiff_t
     return special == 0;
 }
 
-DPO_INLINE int dpo_kto_block_impl(const DpoKtoParams *params,
-                                  const double *DPO_RESTRICT policy,
-                                  const double *DPO_RESTRICT reference,
-                                  const unsigned char *DPO_RESTRICT desirable, ptrdiff_t n,
-                                  double *DPO_RESTRICT losses, double *DPO_RESTRICT rewards,
-                                  double *DPO_RESTRICT grad, const int with_grad)
+/* Rows per pass of dpo_kto_rows_impl: its labels as doubles fit a stack buffer (4 KiB). */
+#define DPO_KTO_PASS 512
+
+DPO_INLINE int dpo_kto_rows_impl(const DpoKtoParams *params,
+                                 const double *DPO_RESTRICT policy,
+                                 const double *DPO_RESTRICT reference,
+                                 const unsigned char *DPO_RESTRICT desirable, ptrdiff_t n,
+                                 double *DPO_RESTRICT losses, double *DPO_RESTRICT rewards,
+                                 double *DPO_RESTRICT grad, const int with_grad)
 {
     const double beta = params->beta, kl = params->kl;
     const double wd = params->desirable_weight, wu = params->undesirable_weight;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double p = policy[i], r = reference[i];
-        int good = desirable[i] != 0;
-        double x = p - r;
-        double u = beta * (x - kl);
-        double e = dpo_exp(-((u < 0.0) ? -u : u));
-        double one_plus = 1.0 + e;
-        double big = 1.0 / one_plus, small = e / one_plus;
-        double sig_pos = (u >= 0.0) ? big : small;    /* sigmoid(u) */
-        double sig_neg = (-u >= 0.0) ? big : small;   /* sigmoid(-u) */
-        losses[i] = (good ? wd : wu) * (good ? sig_neg : sig_pos);
-        rewards[i] = beta * x;
-        if (with_grad)
-            grad[i] = (good ? -wd : wu) * (beta * sig_pos * sig_neg);
+    /* The labels as doubles first: with bytes and doubles in one loop, GCC's AVX-512
+     * vectoriser finds no vector type for the mix and leaves the loop scalar. */
+    double good[DPO_KTO_PASS];
+    for (ptrdiff_t start = 0; start < n; start += DPO_KTO_PASS) {
+        ptrdiff_t count = n - start < DPO_KTO_PASS ? n - start : DPO_KTO_PASS;
+        const double *p_in = policy + start, *r_in = reference + start;
+        double *loss_out = losses + start, *reward_out = rewards + start;
+        double *grad_out = with_grad ? grad + start : NULL;
+        for (ptrdiff_t i = 0; i < count; i++)
+            good[i] = (double)desirable[start + i];
+        for (ptrdiff_t i = 0; i < count; i++) {
+            double x = p_in[i] - r_in[i];
+            double u = beta * (x - kl);
+            double e = dpo_exp(-((u < 0.0) ? -u : u));
+            double one_plus = 1.0 + e;
+            double big = 1.0 / one_plus, small = e / one_plus;
+            double sig_pos = (u >= 0.0) ? big : small;    /* sigmoid(u) */
+            double sig_neg = (-u >= 0.0) ? big : small;   /* sigmoid(-u) */
+            int is_good = good[i] != 0.0;
+            loss_out[i] = (is_good ? wd : wu) * (is_good ? sig_neg : sig_pos);
+            reward_out[i] = beta * x;
+            if (with_grad)
+                grad_out[i] = (is_good ? -wd : wu) * (beta * sig_pos * sig_neg);
+        }
     }
     return dpo_kto_all_finite(policy, reference, n);
-}
-
-static inline int dpo_kto_block(const DpoKtoParams *params, const double *policy,
-                                const double *reference, const unsigned char *desirable,
-                                ptrdiff_t n, double *losses, double *rewards, double *grad)
-{
-    if (grad != NULL)
-        return dpo_kto_block_impl(params, policy, reference, desirable, n, losses, rewards,
-                                  grad, 1);
-    return dpo_kto_block_impl(params, policy, reference, desirable, n, losses, rewards, NULL,
-                              0);
 }
 
 /* The exact sums of one block's rows (all finite inputs): the two sides picked by index, not
@@ -110,29 +117,6 @@ static inline void dpo_kto_block_sums(DpoKtoSums *sums, const double *policy,
     dpo_exact_carry(&sums->rewards_rejected);
     dpo_exact_carry(&sums->logps_chosen);
     dpo_exact_carry(&sums->logps_rejected);
-}
-
-/*
- * Rows [0, n) of contiguous arrays: losses[i], rewards[i] and (grad non-NULL) grad[i]; with
- * `sums` non-NULL (initialised by the caller) the sums too, block by block while the block
- * is in cache. Returns 1 when every policy and reference value was finite, else 0 (the
- * outputs and sums are then incomplete; the caller names the first bad value).
- */
-static inline int dpo_kto_rows(const DpoKtoParams *params, const double *policy,
-                               const double *reference, const unsigned char *desirable,
-                               ptrdiff_t n, double *losses, double *rewards, double *grad,
-                               DpoKtoSums *sums)
-{
-    for (ptrdiff_t start = 0; start < n; start += DPO_EXACT_CARRY_EVERY) {
-        ptrdiff_t count = n - start < DPO_EXACT_CARRY_EVERY ? n - start : DPO_EXACT_CARRY_EVERY;
-        if (!dpo_kto_block(params, policy + start, reference + start, desirable + start, count,
-                           losses + start, rewards + start, grad ? grad + start : NULL))
-            return 0;
-        if (sums != NULL)
-            dpo_kto_block_sums(sums, policy + start, desirable + start, count, losses + start,
-                               rewards + start);
-    }
-    return 1;
 }
 
 #endif /* DPO_KTO_ROWS_H */

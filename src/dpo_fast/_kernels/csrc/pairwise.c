@@ -94,6 +94,24 @@ void dpo_chunk_f32(const DpoChunkArgs *args, ptrdiff_t start, ptrdiff_t n, doubl
     DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_chunk_f32, read, start, n, sums)
 }
 
+static void dpo_kto_rows_level(const DpoKtoParams *params, const double *policy,
+                               const double *reference, const unsigned char *desirable,
+                               ptrdiff_t n, double *losses, double *rewards, double *grad,
+                               int *finite)
+{
+    DPO_SIMD_DISPATCH(dpo_simd_get(), dpo_kto_rows, params, policy, reference, desirable, n,
+                      losses, rewards, grad, finite)
+}
+
+int dpo_kto_rows(const DpoKtoParams *params, const double *policy, const double *reference,
+                 const unsigned char *desirable, ptrdiff_t n, double *losses, double *rewards,
+                 double *grad)
+{
+    int finite = 1;
+    dpo_kto_rows_level(params, policy, reference, desirable, n, losses, rewards, grad, &finite);
+    return finite;
+}
+
 #define DPO_REGISTRY_ENTRY(KIND, ID, PAIR_FN, NAME, FLAGS, SMOOTHING_MAX) \
     {ID, NAME, (FLAGS) | DPO_KIND_FLAGS_##KIND, SMOOTHING_MAX},
 const DpoLossInfo dpo_loss_registry[DPO_N_LOSS_TYPES] = {DPO_LOSS_REGISTRY(DPO_REGISTRY_ENTRY)};

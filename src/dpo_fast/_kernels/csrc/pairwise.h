@@ -8,6 +8,7 @@
 
 #include <float.h>
 #include <stddef.h>
+#include "kto_rows.h"
 #include "pair_losses.h"
 #include "simd.h"
 
@@ -121,6 +122,15 @@ int dpo_openmp_enabled(void);
  * the lengths. */
 double dpo_exact_count_sum_typed(const void *x, int type, ptrdiff_t n);
 DPO_SIMD_DECLARE(void, dpo_count_sum, (const void *, int, ptrdiff_t, double *))
+
+/* KTO's rows (csrc/kto_rows.h) at the chosen SIMD level: returns 1 when every policy and
+ * reference value was finite. One thread; the caller splits the rows into blocks. */
+int dpo_kto_rows(const DpoKtoParams *params, const double *policy, const double *reference,
+                 const unsigned char *desirable, ptrdiff_t n, double *losses, double *rewards,
+                 double *grad);
+DPO_SIMD_DECLARE(void, dpo_kto_rows, (const DpoKtoParams *, const double *, const double *,
+                                      const unsigned char *, ptrdiff_t, double *, double *,
+                                      double *, int *))
 
 /* The loss-type registry (pair_losses.h) as data: one entry per loss type, by id. */
 typedef struct {

@@ -2,7 +2,7 @@
  * The chunk loop's instances for one SIMD level: dpo_chunk_f64_<DPO_ISA> and
  * dpo_chunk_f32_<DPO_ISA> (and the static general loops they call), from chunk_body.h for
  * double and float; and the passes over side arrays of another dtype (their rows as doubles,
- * the exact sum of token counts). setup.py compiles this file once per level (simd.h); pairwise.c calls the
+ * the exact sum of token counts; KTO's rows, csrc/kto_rows.h). setup.py compiles this file once per level (simd.h); pairwise.c calls the
  * instance of the chosen one. Nothing else lives here, so no code outside these functions can
  * use the wider instructions of a level the CPU may lack.
  */
@@ -133,3 +133,18 @@ DPO_TARGET DPO_HIDDEN void DPO_SIMD_FN(dpo_count_sum)(const void *x, int type, p
     }
 }
 #undef DPO_EXACT_COUNT_SUM_BODY
+
+/* KTO's rows (kto_rows.h), one block; *finite as dpo_kto_rows_impl returns it. */
+DPO_TARGET DPO_HIDDEN void DPO_SIMD_FN(dpo_kto_rows)(const DpoKtoParams *params,
+                                                  const double *policy, const double *reference,
+                                                  const unsigned char *desirable, ptrdiff_t n,
+                                                  double *losses, double *rewards, double *grad,
+                                                  int *finite)
+{
+    if (grad != NULL)
+        *finite = dpo_kto_rows_impl(params, policy, reference, desirable, n, losses, rewards,
+                                    grad, 1);
+    else
+        *finite = dpo_kto_rows_impl(params, policy, reference, desirable, n, losses, rewards,
+                                    NULL, 0);
+}
