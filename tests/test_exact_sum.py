@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_fast._kernels._kto import fsum, fsum_differences, fsum_split
+from dpo_fast._kernels._kto import exact_units, fsum, fsum_differences, fsum_split
 
 MAX = np.finfo(np.float64).max
 TINY = 5e-324
@@ -174,6 +174,26 @@ def test_fsum_differences_flags_non_finite_inputs_and_overflow():
     with pytest.raises(ValueError, match="lengths differ"):
         fsum_differences(np.zeros(2), np.zeros(3))
     assert fsum_differences(np.zeros(0), np.zeros(0)) == (0.0, True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [0, 1, 513, 3000])
+def test_exact_units_is_the_exact_total(kind, n):
+    """The scorer's mergeable sums: the exact total in units of 2^-1074, not rounded."""
+    rng = np.random.default_rng(23 + n)
+    values = make(kind, n, rng)
+    want = sum((Fraction(float(v)) for v in values), Fraction(0)) * 2**1074
+    assert want.denominator == 1
+    assert exact_units(values) == want.numerator
+    assert exact_units(values[::-1]) == want.numerator
+    halves = exact_units(values[: values.size // 2]) + exact_units(values[values.size // 2:])
+    assert halves == want.numerator
+
+
+def test_exact_units_takes_finite_values_only():
+    assert exact_units(np.array([-TINY, -TINY, MAX])) == -2 + (int(Fraction(MAX) * 2**1074))
+    with pytest.raises(ValueError, match="finite values only"):
+        exact_units(np.array([1.0, np.inf]))
 
 
 def test_inputs_are_not_modified():

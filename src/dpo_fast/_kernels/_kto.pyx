@@ -11,6 +11,7 @@ the GIL released.
 """
 
 cimport numpy as cnp
+from libc.stdint cimport uint32_t
 
 import numpy as np
 
@@ -18,11 +19,15 @@ cnp.import_array()
 
 cdef extern from "exact_sum.h" nogil:
     enum:
+        DPO_EXACT_DIGITS
         DPO_EXACT_OK
         DPO_EXACT_INF_CLASH
         DPO_EXACT_OVERFLOW
     ctypedef struct DpoExactSum:
-        pass
+        int has_nan
+        int has_pos_inf
+        int has_neg_inf
+    void dpo_exact_digits(DpoExactSum *acc, uint32_t *out)
     void dpo_exact_init(DpoExactSum *acc)
     double dpo_exact_result(DpoExactSum *acc, int *status)
     int dpo_exact_add_differences(DpoExactSum *acc, const double *a, const double *b,
@@ -81,6 +86,31 @@ def fsum(const double[:] values):
         with nogil:
             dpo_exact_add_array(&acc, NULL, &values[0], step, NULL, 0, n)
     return _result(&acc)
+
+
+def exact_units(const double[:] values):
+    """The exact sum of finite float64 ``values`` (any strides) as a Python int number of
+    ``2**-1074`` (every finite double is one), so that totals from several calls can be added
+    exactly: the scorer's mergeable sums (dpo_fast.score.unpaired_summary)."""
+    cdef DpoExactSum acc
+    cdef Py_ssize_t n = values.shape[0]
+    cdef Py_ssize_t step = _step(values)
+    cdef uint32_t digits[DPO_EXACT_DIGITS]
+    dpo_exact_init(&acc)
+    if n:
+        with nogil:
+            dpo_exact_add_array(&acc, NULL, &values[0], step, NULL, 0, n)
+    if acc.has_nan or acc.has_pos_inf or acc.has_neg_inf:
+        raise ValueError("exact_units takes finite values only")
+    dpo_exact_digits(&acc, digits)
+    cdef bytearray little = bytearray(4 * DPO_EXACT_DIGITS)
+    cdef int i
+    for i in range(DPO_EXACT_DIGITS):
+        little[4 * i] = digits[i] & 0xff
+        little[4 * i + 1] = (digits[i] >> 8) & 0xff
+        little[4 * i + 2] = (digits[i] >> 16) & 0xff
+        little[4 * i + 3] = digits[i] >> 24
+    return int.from_bytes(little, "little", signed=True)
 
 
 def fsum_differences(const double[::1] first, const double[::1] second):

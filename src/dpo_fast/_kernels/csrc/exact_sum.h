@@ -32,7 +32,6 @@ enum { DPO_EXACT_OK = 0, DPO_EXACT_INF_CLASH = 1, DPO_EXACT_OVERFLOW = 2 };
 
 typedef struct {
     int64_t digit[DPO_EXACT_DIGITS];
-    int64_t pending;   /* values added since the last carry pass */
     int has_nan, has_pos_inf, has_neg_inf;
 } DpoExactSum;
 
@@ -49,40 +48,17 @@ static inline void dpo_exact_carry(DpoExactSum *acc)
         acc->digit[i] -= (int64_t)((uint64_t)carry << 32);
         acc->digit[i + 1] += carry;
     }
-    acc->pending = 0;
 }
 
-static inline void dpo_exact_add(DpoExactSum *acc, double value)
+/* A non-finite value: only its flag (NaN, +inf or -inf); dpo_exact_result applies them. */
+static inline void dpo_exact_add_special(DpoExactSum *acc, double value)
 {
-    uint64_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    int biased = (int)((bits >> 52) & 0x7ff);
-    uint64_t mantissa = bits & ((UINT64_C(1) << 52) - 1);
-    int negative = (int)(bits >> 63);
-    if (biased == 0x7ff) {
-        if (mantissa != 0)
-            acc->has_nan = 1;
-        else if (negative)
-            acc->has_neg_inf = 1;
-        else
-            acc->has_pos_inf = 1;
-        return;
-    }
-    if (biased != 0)
-        mantissa |= UINT64_C(1) << 52;
-    int shift = (biased != 0 ? biased : 1) - 1;
-    int index = shift >> 5, offset = shift & 31;
-    /* The low (32 - offset) bits land in digit `index`, the rest in the next one. */
-    int64_t low = (int64_t)((mantissa & ((UINT64_C(1) << (32 - offset)) - 1)) << offset);
-    int64_t high = (int64_t)(mantissa >> (32 - offset));
-    if (negative) {
-        low = -low;
-        high = -high;
-    }
-    acc->digit[index] += low;
-    acc->digit[index + 1] += high;
-    if (++acc->pending == DPO_EXACT_CARRY_EVERY)
-        dpo_exact_carry(acc);
+    if (value != value)
+        acc->has_nan = 1;
+    else if (value < 0.0)
+        acc->has_neg_inf = 1;
+    else
+        acc->has_pos_inf = 1;
 }
 
 /* The finite value of `bits` (biased exponent `biased` < 0x7ff) into the digits, branch-free:
@@ -132,8 +108,8 @@ static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when
         for (ptrdiff_t i = 0; i < n; i++) {
             double value = x[i * stride];
             if (!isfinite(value))
-                dpo_exact_add((flags == NULL || flags[i * flag_stride]) ? when_true : when_false,
-                              value);   /* sets the flags only */
+                dpo_exact_add_special(
+                    (flags == NULL || flags[i * flag_stride]) ? when_true : when_false, value);
         }
 }
 
@@ -156,13 +132,23 @@ static inline int dpo_exact_add_differences(DpoExactSum *acc, const double *a, c
             double difference = a[i] - b[i];
             memcpy(&bits, &difference, sizeof bits);
             if ((bits & exponent) == exponent)
-                dpo_exact_add(acc, difference);   /* overflowed: +-inf */
+                dpo_exact_add_special(acc, difference);   /* overflowed: +-inf */
             else
                 dpo_exact_add_bits(acc->digit, bits, (bits >> 52) & 0x7ff);
         }
         dpo_exact_carry(acc);
     }
     return 1;
+}
+
+/* The exact total of the finite values added, as DPO_EXACT_DIGITS 32-bit digits of a two's
+ * complement integer in units of 2^-1074, least significant first (for a caller that keeps
+ * the total exact, e.g. to merge it with others). */
+static inline void dpo_exact_digits(DpoExactSum *acc, uint32_t *out)
+{
+    dpo_exact_carry(acc);
+    for (int i = 0; i < DPO_EXACT_DIGITS; i++)
+        out[i] = (uint32_t)acc->digit[i];
 }
 
 /* Bit `position` of the non-negative normalised digits. */

@@ -107,7 +107,7 @@ static inline void dpo_kto_block_sums(DpoKtoSums *sums, const double *policy,
         dpo_exact_add_bits(logps_side[good], bits, (bits >> 52) & 0x7ff);
         memcpy(&bits, &rewards[i], sizeof bits);      /* +-inf when policy - reference overflows */
         if (((bits >> 52) & 0x7ff) == 0x7ff)
-            dpo_exact_add(reward_side[good], rewards[i]);
+            dpo_exact_add_special(reward_side[good], rewards[i]);
         else
             dpo_exact_add_bits(reward_side[good]->digit, bits, (bits >> 52) & 0x7ff);
         sums->count_chosen += good;
