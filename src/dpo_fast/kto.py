@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dpo_fast._arrays import check_finite_real, check_flag, tensor_as_array
+from dpo_fast._arrays import check_finite_real, check_flag, kernel_array, tensor_as_array
 from dpo_fast._kernels import _kto
 from dpo_fast._seed import validate_beta
 
@@ -84,11 +84,6 @@ def _finite(array: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name}[{bad[0]}] is {float(values[bad[0]])!r}; {name} must be "
                          "finite")
     return values
-
-
-def _float64(array: np.ndarray) -> np.ndarray:
-    """Contiguous float64 values of a checked real array (no copy when they are already)."""
-    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
@@ -153,8 +148,8 @@ def kto_loss(logps: Any, ref_logps: Any, desirable: Any, *, beta: float = 0.1,
             raise ValueError(f"{name} must be >= 0, got {value!r}")
         weights.append(number)
 
-    policy = _float64(_float_array(logps, "logps"))
-    reference = _float64(_float_array(ref_logps, "ref_logps"))
+    policy = kernel_array(_float_array(logps, "logps"), np.float64)
+    reference = kernel_array(_float_array(ref_logps, "ref_logps"), np.float64)
     labels = tensor_as_array(desirable, "desirable", _ADAPTER)
     labels = np.asarray(desirable) if labels is None else labels
     if labels.dtype != np.bool_:
@@ -212,8 +207,8 @@ def kto_rows(policy: np.ndarray, reference: np.ndarray, desirable: np.ndarray, *
     are the ``kto`` rows at ``z = 0``). Returns :class:`KTORows`.
     """
     _, losses, rewards, grad, _ = _kto.kto_rows(
-        _float64(policy), _float64(reference), desirable, beta, kl, desirable_weight,
-        undesirable_weight, compute_grad, 0)
+        kernel_array(policy, np.float64), kernel_array(reference, np.float64), desirable, beta,
+        kl, desirable_weight, undesirable_weight, compute_grad, 0)
     return KTORows(losses=losses, rewards=rewards, grad=grad)
 
 
@@ -242,8 +237,8 @@ def _reference_point(loss_type: str, kl: Any, kl_logps: Any, ref_kl_logps: Any) 
         raise ValueError(f"kl_logps and ref_kl_logps come together: {missing} is missing")
     if kl_logps is None:
         return 0.0
-    policy = _float64(_float_array(kl_logps, "kl_logps"))
-    reference = _float64(_float_array(ref_kl_logps, "ref_kl_logps"))
+    policy = kernel_array(_float_array(kl_logps, "kl_logps"), np.float64)
+    reference = kernel_array(_float_array(ref_kl_logps, "ref_kl_logps"), np.float64)
     if policy.shape != reference.shape or policy.shape[0] == 0:
         raise ValueError(f"kl_logps and ref_kl_logps must have the same non-zero length, got "
                          f"{policy.shape[0]} and {reference.shape[0]}")

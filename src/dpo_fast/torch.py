@@ -224,6 +224,14 @@ def _check_constants(function: str, arguments: dict[str, Any]) -> None:
             check(value, name)
 
 
+def _any_non_scalar(values: Any) -> bool:
+    """Whether a keyword value could hold a tensor (then _check_constants must look)."""
+    for value in values:
+        if type(value) not in _SCALARS:
+            return True
+    return False
+
+
 def _first_order_only(function: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a Function's backward as not differentiable, refusing ``create_graph=True``.
 
@@ -394,13 +402,8 @@ def sequence_logps(logits: torch.Tensor, labels: Any, *, ignore_index: int = -10
     # After the dtype checks: a labels / mask tensor that requires grad is a float one, and
     # "must be an integer tensor" is the better message for it. Integer and bool tensors
     # cannot require grad, so the common call (tensors, scalar options) skips the walk.
-    walk = not isinstance(labels, _Tensor) or (mask is not None
-                                               and not isinstance(mask, _Tensor))
-    for value in options.values():
-        if type(value) not in _SCALARS:
-            walk = True
-            break
-    if walk or type(return_token_logps) not in _SCALARS:
+    if (not isinstance(labels, _Tensor) or (mask is not None and not isinstance(mask, _Tensor))
+            or type(return_token_logps) not in _SCALARS or _any_non_scalar(options.values())):
         _check_constants("sequence_logps", {"labels": labels, "mask": mask,
                                             "return_token_logps": return_token_logps,
                                             **options})
@@ -669,13 +672,9 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
                         "come from autograd)")
     # Every keyword (weights, chosen_lengths, ..., and any added later) is a constant. (The
     # common call -- references that do not require grad, scalar keywords -- skips the walk.)
-    walk = (getattr(ref_chosen_logps, "requires_grad", False)
-            or getattr(ref_rejected_logps, "requires_grad", False))
-    for value in kwargs.values():
-        if type(value) not in _SCALARS:
-            walk = True
-            break
-    if walk:
+    if (getattr(ref_chosen_logps, "requires_grad", False)
+            or getattr(ref_rejected_logps, "requires_grad", False)
+            or _any_non_scalar(kwargs.values())):
         _check_constants("preference_loss", {"ref_chosen_logps": ref_chosen_logps,
                                              "ref_rejected_logps": ref_rejected_logps, **kwargs})
     arrays = (_loss_array(chosen_logps, "chosen_logps"),

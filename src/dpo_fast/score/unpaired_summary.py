@@ -32,7 +32,7 @@ def exact_units(values: np.ndarray) -> int:
     One compiled pass of integer adds (``dpo_fast._kernels._kto.exact_units``, the
     accumulator behind :func:`dpo_fast.kto_loss`'s correctly rounded sums), ~2 ns a value.
     """
-    return _kto.exact_units(np.ascontiguousarray(values, dtype=np.float64).ravel())
+    return _kto.exact_units(np.asarray(values, dtype=np.float64).ravel())
 
 
 def add_exact(total: ExactSum, values: np.ndarray) -> None:
