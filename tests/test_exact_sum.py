@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_fast._kernels._kto import exact_units, fsum, fsum_differences, fsum_split
+from dpo_fast import kto_loss
+from dpo_fast._kernels._kto import exact_units, fsum, fsum_differences
 
 MAX = np.finfo(np.float64).max
 TINY = 5e-324
@@ -122,28 +123,30 @@ def test_stride_must_be_whole_doubles():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n", [0, 1, 7, 513, 3000])
-def test_fsum_split_sums_each_side(kind, n):
+@pytest.mark.parametrize("n", [1, 7, 513, 3000])
+def test_kto_sums_each_side(kind, n):
+    """kto_loss's per-side sums (csrc/kto_rows.h, the side picked by index): with ref = 0 and
+    beta = 1 the rewards are the log-probs themselves, so both are the values' exact sums."""
     rng = np.random.default_rng(7 + n)
     values = make(kind, n, rng)
     labels = rng.random(values.size) < 0.3
-    chosen, rejected = fsum_split(values, labels)
-    assert same(chosen, exact(values[labels]))
-    assert same(rejected, exact(values[~labels]))
-    chosen, rejected = fsum_split(values[::-1], labels[::-1])
-    assert same(chosen, exact(values[labels]))
-    assert same(rejected, exact(values[~labels]))
+    for logps, desirable in ((values, labels), (values[::-1], labels[::-1])):
+        m = kto_loss(logps, np.zeros(values.size), desirable, beta=1.0).metrics
+        for side, mask in (("chosen", labels), ("rejected", ~labels)):
+            want = exact(values[mask])
+            assert same(m[f"logps/{side}_sum"], want)
+            assert same(m[f"rewards/{side}_sum"], want)
 
 
-def test_fsum_split_checks_lengths_and_keeps_non_finite_per_side():
-    with pytest.raises(ValueError, match="labels has 2 elements, values 3"):
-        fsum_split(np.zeros(3), np.array([True, False]))
-    values = np.array([np.inf, 1.0, -np.inf, np.nan, 2.0])
-    labels = np.array([True, True, False, False, False])
-    chosen, rejected = fsum_split(values, labels)
-    assert chosen == np.inf and math.isnan(rejected)
+def test_kto_sums_keep_non_finite_rewards_per_side():
+    # Finite log-probs whose difference overflows: the reward is +-inf, on its own side only.
+    logps = np.array([1e308, 1.0, -1e308, 2.0])
+    ref = np.array([-1e308, 0.0, 0.0, 0.0])
+    m = kto_loss(logps, ref, np.array([True, True, False, False]), beta=1.0).metrics
+    assert m["rewards/chosen_sum"] == np.inf and m["rewards/rejected_sum"] == -1e308 + 2.0
     with pytest.raises(ValueError, match="-inf \\+ inf"):
-        fsum_split(values, np.array([True, True, True, False, False]))
+        kto_loss(np.array([1e308, -1e308]), np.array([-1e308, 1e308]), np.array([True, True]),
+                 beta=1.0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -201,6 +204,7 @@ def test_inputs_are_not_modified():
     labels = np.array([True, False, True, False])
     before = values.copy(), labels.copy()
     fsum(values)
-    fsum_split(values, labels)
+    exact_units(values[:3])
+    kto_loss(values[:3], values[:3] - 1.0, labels[:3])
     np.testing.assert_array_equal(values, before[0])
     np.testing.assert_array_equal(labels, before[1])

@@ -8,9 +8,6 @@ def exact_units(values: npt.NDArray[np.float64]) -> int: ...
 def fsum_differences(
     first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]
 ) -> tuple[float | None, bool]: ...
-def fsum_split(
-    values: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_]
-) -> tuple[float, float]: ...
 def kto_rows(
     policy: npt.NDArray[np.float64],
     reference: npt.NDArray[np.float64],

@@ -75,17 +75,13 @@ static inline void dpo_exact_add_bits(int64_t *digit, uint64_t bits, uint64_t bi
     digit[(shift >> 5) + 1] += (high ^ sign) - sign;
 }
 
-/* Adds x[0], x[stride], ... (n values) to `when_true` where flags[i * flag_stride] is non-zero
- * and to `when_false` elsewhere (flags NULL: all to when_true), in blocks of
- * DPO_EXACT_CARRY_EVERY values with no per-value bookkeeping and a carry pass after each.
- * Non-finite values are rare: a second pass sets their flags. */
-static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when_false,
-                                       const double *x, ptrdiff_t stride,
-                                       const unsigned char *flags, ptrdiff_t flag_stride,
+/* Adds x[0], x[stride], ... (n values) in blocks of DPO_EXACT_CARRY_EVERY values with no
+ * per-value bookkeeping and a carry pass after each. Non-finite values are rare: a second
+ * pass sets their flags. */
+static inline void dpo_exact_add_array(DpoExactSum *acc, const double *x, ptrdiff_t stride,
                                        ptrdiff_t n)
 {
     int non_finite = 0;
-    int64_t *digits[2] = {flags != NULL ? when_false->digit : NULL, when_true->digit};
     for (ptrdiff_t start = 0; start < n; start += DPO_EXACT_CARRY_EVERY) {
         ptrdiff_t stop = n - start < DPO_EXACT_CARRY_EVERY ? n : start + DPO_EXACT_CARRY_EVERY;
         for (ptrdiff_t i = start; i < stop; i++) {
@@ -96,20 +92,15 @@ static inline void dpo_exact_add_array(DpoExactSum *when_true, DpoExactSum *when
                 non_finite = 1;
                 continue;
             }
-            /* The side by index, not by a branch: labels come in no order. */
-            int side = flags == NULL || flags[i * flag_stride] != 0;
-            dpo_exact_add_bits(digits[side], bits, biased);
+            dpo_exact_add_bits(acc->digit, bits, biased);
         }
-        dpo_exact_carry(when_true);
-        if (flags != NULL)
-            dpo_exact_carry(when_false);
+        dpo_exact_carry(acc);
     }
     if (non_finite)
         for (ptrdiff_t i = 0; i < n; i++) {
             double value = x[i * stride];
             if (!isfinite(value))
-                dpo_exact_add_special(
-                    (flags == NULL || flags[i * flag_stride]) ? when_true : when_false, value);
+                dpo_exact_add_special(acc, value);
         }
 }
 

@@ -31,10 +31,6 @@ typedef struct {
     ptrdiff_t count_chosen;
 } DpoKtoSums;
 
-/* Rows [0, n) of contiguous arrays: losses[i], rewards[i] and (with_grad) grad[i];
- * branch-free, so that it vectorises (with_grad is a constant at each call: each instance is
- * one straight loop). Returns 1 when every policy and reference value was finite, else 0
- * (the caller names the first bad one). */
 /* Whether a[0..n) and b[0..n) are all finite: an OR of exponent tests in a loop of its own
  * (a flag reduction inside the rows' loop would keep GCC from vectorising that loop). */
 static inline int dpo_kto_all_finite(const double *a, const double *b, ptrdiff_t n)
@@ -53,6 +49,10 @@ static inline int dpo_kto_all_finite(const double *a, const double *b, ptrdiff_t
 /* Rows per pass of dpo_kto_rows_impl: its labels as doubles fit a stack buffer (4 KiB). */
 #define DPO_KTO_PASS 512
 
+/* Rows [0, n) of contiguous arrays: losses[i], rewards[i] and (with_grad) grad[i];
+ * branch-free, so that it vectorises (with_grad is a constant at each call: each instance is
+ * one straight loop). Returns 1 when every policy and reference value was finite, else 0
+ * (the caller names the first bad one). */
 DPO_INLINE int dpo_kto_rows_impl(const DpoKtoParams *params,
                                  const double *DPO_RESTRICT policy,
                                  const double *DPO_RESTRICT reference,
